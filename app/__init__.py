@@ -1,0 +1,1 @@
+"""Gradio UI. Never imports torch, diffusers or grpo_guard.models."""

@@ -1,0 +1,341 @@
+"""RunConfig: every knob of a run, validated, with a YAML/JSON round trip.
+
+Imports no torch (the app uses this module). Field help is written once, in each field's
+``description``; it feeds ``grpo-guard train --help``-style listings, the New-run form and
+the docs. Fields are flat (``--set key=value`` works for all of them) and each carries a
+``group`` used to lay the form out in sections.
+
+Defaults that depend on the algorithm (noise level, clip range, KL weight, advantage std scope,
+learning rate, dynamics, RatioNorm and reweighting) are ``None`` in the schema and are filled by
+``RunConfig`` from :data:`ALGORITHM_DEFAULTS` (ALGORITHM.md §5), so a config that names only the
+algorithm gets the paper's settings, and ``fields_set()`` still tells what the user chose.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+Backbone = Literal["toy", "sd3", "flux"]
+Algorithm = Literal["flow_grpo", "grpo_guard", "dance_grpo", "dance_grpo_guard"]
+Dynamics = Literal["flow_grpo", "dance_grpo", "cps", "ode"]
+
+ALGORITHMS: tuple[str, ...] = ("flow_grpo", "grpo_guard", "dance_grpo", "dance_grpo_guard")
+BACKBONES: tuple[str, ...] = ("toy", "sd3", "flux")
+
+# ALGORITHM.md §5.1 / §5.2 (clip ranges for the toy backbone are rescaled by √(D_paper/D_toy),
+# TOYWORLD.md "Clip ranges per scale"; those are applied per backbone below).
+ALGORITHM_DEFAULTS: dict[str, dict[str, Any]] = {
+    "flow_grpo": dict(dynamics="flow_grpo", noise_level=0.7, clip_range=1e-4, kl_beta=0.04,
+                      std_scope="global", learning_rate=3e-4, ratio_norm=False, grad_reweight=False,
+                      delta="none", train_timesteps="first", init_same_noise=False),
+    "grpo_guard": dict(dynamics="flow_grpo", noise_level=0.7, clip_range=2e-6, kl_beta=0.0,
+                       std_scope="group", learning_rate=1e-4, ratio_norm=True, grad_reweight=True,
+                       delta="inv_dt", train_timesteps="first", init_same_noise=False),
+    "dance_grpo": dict(dynamics="dance_grpo", noise_level=0.3, clip_range=1e-4, kl_beta=0.0,
+                       std_scope="global", learning_rate=3e-4, ratio_norm=False, grad_reweight=False,
+                       delta="none", train_timesteps="random", init_same_noise=True),
+    "dance_grpo_guard": dict(dynamics="dance_grpo", noise_level=0.3, clip_range=2e-6, kl_beta=0.0,
+                             std_scope="group", learning_rate=2e-4, ratio_norm=True, grad_reweight=True,
+                             delta="beta_over_dt", train_timesteps="random", init_same_noise=True),
+}
+
+# The toy world's latents have D = 4·16·16 = 1024 elements against 65,536 for SD3.5-M at 512 px;
+# per-dim-mean log-ratios scale by √(65536/1024) = 8 (TOYWORLD.md), so the clip ranges do too.
+TOY_CLIP_RANGE = {"flow_grpo": 8e-4, "grpo_guard": 1.5e-4, "dance_grpo": 8e-4, "dance_grpo_guard": 1.5e-4}
+
+BACKBONE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "toy": dict(resolution=32, cfg_scale=4.0, shift=3.0, num_steps=10, eval_num_steps=20),
+    "sd3": dict(resolution=512, cfg_scale=4.5, shift=3.0, num_steps=10, eval_num_steps=40),
+    "flux": dict(resolution=512, cfg_scale=3.5, shift=3.0, num_steps=16, eval_num_steps=28),
+}
+# Pixel resolution must be divisible by VAE factor × patch size (FLUX: × 2 for 2×2 packing).
+RESOLUTION_MULTIPLE = {"toy": 4, "sd3": 16, "flux": 16}
+
+_DERIVED = ("dynamics", "noise_level", "clip_range", "kl_beta", "std_scope", "learning_rate",
+            "ratio_norm", "grad_reweight", "delta", "train_timesteps", "init_same_noise",
+            "resolution", "cfg_scale", "shift", "num_steps", "eval_num_steps")
+
+
+class ConfigError(ValueError):
+    """A run configuration is invalid. ``errors`` lists (field, message) pairs; the string
+    form is one line per field, each naming the field."""
+
+    def __init__(self, errors: list[tuple[str, str]]):
+        self.errors = errors
+        super().__init__("\n".join(f"{f}: {m}" if f else m for f, m in errors))
+
+    def by_field(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for f, m in self.errors:
+            out[f] = f"{out[f]}; {m}" if f in out else m
+        return out
+
+
+def _f(default: Any, help: str, group: str, **kw: Any) -> Any:
+    return Field(default, description=help, json_schema_extra={"group": group}, **kw)
+
+
+class RunConfig(BaseModel):
+    """Every knob of a GRPO / GRPO-Guard run. See ``grpo-guard config --help`` or the New-run form."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=False, allow_inf_nan=False)
+
+    # ---- model -------------------------------------------------------------------------
+    backbone: Backbone = _f("toy", "Backbone adapter: 'toy' (the shipped CPU shapes model), 'sd3' (SD3.5-Medium) or 'flux' (FLUX.1-dev).", "model")
+    model: str | None = _f(None, "Local directory or hub id of the base pipeline. Empty: the shipped toy base model (toy backbone only).", "model")
+    resolution: int | None = _f(None, "Image side in pixels (toy 32, SD3/FLUX 512). Must be divisible by the backbone's VAE factor × patch size.", "model", ge=8, le=4096)
+    lora_rank: int = _f(32, "LoRA rank (paper: 32). 0 means full fine-tuning.", "model", ge=0, le=1024)
+    lora_alpha: float = _f(64.0, "LoRA alpha (paper: 64).", "model", gt=0, le=1e6)
+    lora_targets: list[str] = _f(
+        ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"],
+        "Module names that receive LoRA adapters.", "model", min_length=1)
+    mixed_precision: Literal["no", "bf16", "fp16"] = _f("no", "Autocast dtype for the transformer (log-probs are always float32).", "model")
+    gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass to save memory.", "model")
+    num_gpus: int = _f(1, "GPUs for this run; >1 launches data parallel over prompt groups with accelerate.", "model", ge=1, le=64)
+
+    # ---- algorithm & sampler -----------------------------------------------------------
+    algorithm: Algorithm = _f("grpo_guard", "flow_grpo | grpo_guard (RatioNorm + 1/|dt| reweighting) | dance_grpo | dance_grpo_guard. Sets the defaults below.", "algorithm")
+    dynamics: Dynamics | None = _f(None, "SDE used for rollouts: flow_grpo (σ_t = η√(t/(1−t))), dance_grpo (σ_t = η), cps (coefficient-preserving) or ode. Default: by algorithm.", "algorithm")
+    noise_level: float | None = _f(None, "η, the SDE noise level (Flow-GRPO 0.7, DanceGRPO 0.3).", "algorithm", ge=0.0, le=10.0)
+    cps_logprob: Literal["flow_grpo", "gaussian"] = _f("flow_grpo", "CPS log-prob form: flow_grpo's unscaled −mean (x'−μ)², or the Gaussian density.", "algorithm")
+    num_steps: int | None = _f(None, "Denoising steps T for rollouts (SD3.5-M 10, FLUX 16).", "algorithm", ge=2, le=1000)
+    shift: float | None = _f(None, "Sigma schedule shift (SD3.5-M 3). With shift 1 every step has the same |dt| and reweighting is a constant.", "algorithm", gt=0, le=100)
+    cfg_scale: float | None = _f(None, "Classifier-free guidance scale for rollouts and the training forward (SD3.5-M 4.5; FLUX: the guidance embedding).", "algorithm", ge=0, le=100)
+    detach_uncond: bool = _f(False, "Detach the unconditional CFG branch in the training forward (older train_sd3.py); Guard does not.", "algorithm")
+    timestep_fraction: float = _f(0.99, "Share of the T steps that are trained: the first int(T·f) (Flow-GRPO) or a random subset per sample (DanceGRPO: 0.6).", "algorithm", gt=0, le=1)
+    train_timesteps: Literal["first", "random", "window"] | None = _f(None, "Which denoising steps are trained: 'first' int(T·fraction), 'random' per sample, or an SDE 'window'.", "algorithm")
+    sde_window_size: int = _f(0, "With train_timesteps='window': the number of consecutive SDE steps (others are ODE).", "algorithm", ge=0, le=1000)
+    sde_window_range: tuple[int, int] = _f((0, 10), "Range [lo, hi) from which the window start is drawn.", "algorithm")
+    init_same_noise: bool | None = _f(None, "Share the initial noise within a group (DanceGRPO).", "algorithm")
+
+    # ---- policy update -----------------------------------------------------------------
+    group_size: int = _f(8, "G: images sampled per prompt (paper: 24).", "policy", ge=2, le=4096)
+    prompts_per_epoch: int = _f(8, "Prompt groups sampled per epoch (paper: 48).", "policy", ge=1, le=100000)
+    epochs: int = _f(40, "Training epochs (one epoch = sample, score, update).", "policy", ge=1, le=10_000_000)
+    inner_epochs: int = _f(1, "Passes over each epoch's samples.", "policy", ge=1, le=100)
+    train_batch_size: int = _f(16, "Samples per micro-batch in the policy update.", "policy", ge=1, le=100000)
+    gradient_accumulation_steps: int = _f(1, "Micro-batches per optimizer step (each covers all trained denoising steps).", "policy", ge=1, le=100000)
+    learning_rate: float | None = _f(None, "AdamW learning rate (Flow-GRPO 3e-4, Guard 1e-4, FLUX Guard 2e-4).", "policy", gt=0, le=1.0)
+    adam_beta1: float = _f(0.9, "AdamW β1.", "policy", ge=0, lt=1)
+    adam_beta2: float = _f(0.999, "AdamW β2.", "policy", ge=0, lt=1)
+    weight_decay: float = _f(1e-4, "AdamW weight decay.", "policy", ge=0, le=10)
+    adam_eps: float = _f(1e-8, "AdamW epsilon.", "policy", gt=0, le=1)
+    max_grad_norm: float = _f(1.0, "Gradient clipping norm (0 disables).", "policy", ge=0, le=1e6)
+    clip_range: float | None = _f(None, "PPO clip ε_c on the (per-dim-mean) ratio. Flow-GRPO 1e-4, Guard 2e-6 (toy: 8e-4 / 1.5e-4).", "policy", gt=0, le=10)
+    adv_clip: float = _f(5.0, "Advantages are clamped to ±adv_clip.", "policy", gt=0, le=1e6)
+    std_scope: Literal["global", "group"] | None = _f(None, "Advantage std over the whole batch (Flow-GRPO) or within each group (Guard).", "policy")
+    kl_beta: float | None = _f(None, "Weight of the KL to the reference (base) model (Flow-GRPO 0.04; Guard 0).", "policy", ge=0, le=1e6)
+    ratio_norm: bool | None = _f(None, "GRPO-Guard RatioNorm (per-sample bias, ALGORITHM.md §4.2). Default: by algorithm.", "policy")
+    grad_reweight: bool | None = _f(None, "GRPO-Guard per-step gradient reweighting by δ (§4.3). Default: by algorithm.", "policy")
+    delta: Literal["inv_dt", "beta_over_dt", "inv_beta_dt", "none"] | None = _f(None, "Reweighting form δ: 1/|dt| (Flow-SDE), β/|dt| (Dance, paper), 1/(β|dt|) (exact).", "policy")
+    ema: bool = _f(True, "Keep an EMA of the trained weights for eval and checkpoints.", "policy")
+    ema_decay: float = _f(0.9, "EMA decay.", "policy", ge=0, lt=1)
+    ema_every: int = _f(8, "Update the EMA every N optimizer steps.", "policy", ge=1, le=100000)
+    seed: int = _f(0, "Seed for every RNG stream of the run (sampling, shuffling, init).", "policy", ge=0, le=2**31 - 1)
+
+    # ---- rewards -----------------------------------------------------------------------
+    prompts: list[str] | str = _f("toy:train", "Training prompts: a list, or a named set ('toy:train', 'toy:heldout', 'file:PATH' with one prompt a line).", "rewards")
+    rewards: dict[str, float] = _f({"toy_fg_share": 1.0}, "Proxy rewards and their weights, R = Σ w_k R_k (a weight of 0 logs without optimising).", "rewards", min_length=1)
+    gold: list[str] = _f(["toy_alignment", "toy_fidelity"], "Gold evaluators scored on the eval set (never optimised).", "rewards")
+
+    # ---- eval & checkpoints ------------------------------------------------------------
+    eval_prompts: list[str] | str = _f("toy:heldout", "Fixed eval prompts (list or named set, see `prompts`).", "eval")
+    eval_seeds: list[int] = _f([0, 1], "Fixed eval seeds; each prompt is sampled once per seed.", "eval", min_length=1)
+    eval_num_steps: int | None = _f(None, "ODE steps for evaluation sampling (SD3.5-M 40).", "eval", ge=1, le=1000)
+    eval_every: int = _f(5, "Evaluate every N epochs (and at epoch 0 and the end).", "eval", ge=1, le=10_000_000)
+    checkpoint_every: int = _f(10, "Save a checkpoint every N epochs (and at the end and on stop).", "eval", ge=1, le=10_000_000)
+    keep_checkpoints: int = _f(3, "Latest checkpoints kept on disk (the best-gold one is kept too).", "eval", ge=1, le=100000)
+
+    # ------------------------------------------------------------------------------------
+    @model_validator(mode="before")
+    @classmethod
+    def _reject_non_mapping(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            raise ValueError(f"a run config must be a mapping of field: value, got {type(data).__name__}")
+        return data
+
+    @model_validator(mode="after")
+    def _fill_and_check(self) -> RunConfig:
+        algo = ALGORITHM_DEFAULTS[self.algorithm]
+        back = BACKBONE_DEFAULTS[self.backbone]
+        for name in _DERIVED:
+            if getattr(self, name) is None:
+                value = back[name] if name in back else algo[name]
+                if name == "clip_range" and self.backbone == "toy":
+                    value = TOY_CLIP_RANGE[self.algorithm]
+                object.__setattr__(self, name, value)
+        errors: list[tuple[str, str]] = []
+        mult = RESOLUTION_MULTIPLE[self.backbone]
+        if self.resolution % mult:
+            lo = max(mult, self.resolution // mult * mult)
+            errors.append(("resolution", f"{self.resolution} is not divisible by {mult} for the {self.backbone} backbone; use {lo} or {lo + mult}"))
+        if self.backbone != "toy" and not self.model:
+            errors.append(("model", f"the {self.backbone} backbone needs `model`: a local directory or a hub id"))
+        if self.ratio_norm and self.dynamics == "ode":
+            errors.append(("ratio_norm", "RatioNorm needs a stochastic step; dynamics 'ode' has std 0"))
+        if self.dynamics == "ode":
+            errors.append(("dynamics", "'ode' rollouts have no log-probabilities to train on; use flow_grpo, dance_grpo or cps"))
+        if self.train_timesteps == "window":
+            lo, hi = self.sde_window_range
+            if self.sde_window_size < 1:
+                errors.append(("sde_window_size", "must be >= 1 when train_timesteps is 'window'"))
+            if not (0 <= lo < hi <= self.num_steps):
+                errors.append(("sde_window_range", f"must satisfy 0 <= lo < hi <= num_steps ({self.num_steps}), got {list(self.sde_window_range)}"))
+            elif hi - 1 + self.sde_window_size > self.num_steps:
+                errors.append(("sde_window_size", f"a window of {self.sde_window_size} starting at {hi - 1} passes num_steps ({self.num_steps})"))
+        if self.num_trained_steps() < 1:
+            errors.append(("timestep_fraction", f"trains no step: int({self.num_steps} × {self.timestep_fraction}) = 0"))
+        for k, w in self.rewards.items():
+            if not math.isfinite(w) or w < 0:
+                errors.append((f"rewards.{k}", f"weight must be a finite number >= 0, got {w}"))
+        if all(w == 0 for w in self.rewards.values()):
+            errors.append(("rewards", "at least one proxy reward needs a weight > 0"))
+        if self.gradient_accumulation_steps * self.train_batch_size > self.group_size * self.prompts_per_epoch * 64:
+            errors.append(("gradient_accumulation_steps", "one optimizer step would need more samples than 64 epochs provide"))
+        if errors:
+            raise ValueError(_ErrorBundle(errors))
+        return self
+
+    # ---- helpers -----------------------------------------------------------------------
+    def num_trained_steps(self) -> int:
+        """|S|, the number of denoising steps trained per sample."""
+        if self.train_timesteps == "window":
+            return self.sde_window_size
+        return int(self.num_steps * self.timestep_fraction)
+
+    def samples_per_epoch(self) -> int:
+        return self.group_size * self.prompts_per_epoch
+
+    def fields_set(self) -> set[str]:
+        """Fields the user gave explicitly (the rest are defaults or algorithm-derived)."""
+        return set(self.model_fields_set)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> RunConfig:
+        """A new validated config with `overrides` applied on top of the user-set fields (so
+        changing `algorithm` re-derives its defaults unless they were set explicitly)."""
+        base = {k: v for k, v in self.to_dict().items() if k in self.fields_set()}
+        base.update(overrides)
+        return RunConfig.from_dict(base)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> RunConfig:
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            raise ConfigError(_format_errors(e)) from None
+
+    @classmethod
+    def from_yaml(cls, text: str, overrides: Iterable[str] = ()) -> RunConfig:
+        """Parse YAML text, apply ``key=value`` overrides (values parsed as YAML), validate."""
+        try:
+            data = yaml.safe_load(text) if text.strip() else {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ConfigError([("", f"the file is not valid YAML{where}: {getattr(e, 'problem', e)}")]) from None
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError([("", f"the YAML must be a mapping of field: value, got a {type(data).__name__}")])
+        data.update(parse_overrides(overrides))
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_file(cls, path: str, overrides: Iterable[str] = ()) -> RunConfig:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                text = fh.read()
+        except OSError as e:
+            raise ConfigError([("", f"cannot read config file {path}: {e.strerror}")]) from None
+        except UnicodeDecodeError:
+            raise ConfigError([("", f"config file {path} is not UTF-8 text")]) from None
+        return cls.from_yaml(text, overrides)
+
+    @classmethod
+    def field_groups(cls) -> dict[str, list[str]]:
+        """Field names by form section, in declaration order."""
+        groups: dict[str, list[str]] = {}
+        for name, info in cls.model_fields.items():
+            extra = info.json_schema_extra or {}
+            groups.setdefault(extra.get("group", "other"), []).append(name)  # type: ignore[union-attr]
+        return groups
+
+
+class _ErrorBundle:
+    """Carries several (field, message) pairs out of a pydantic validator."""
+
+    def __init__(self, errors: list[tuple[str, str]]):
+        self.errors = errors
+
+    def __str__(self) -> str:
+        return "; ".join(f"{f}: {m}" for f, m in self.errors)
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """``["lr=1e-4", "rewards={a: 1}"]`` -> dict. Values are YAML scalars/collections."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError([("", f"override {item!r} is not of the form key=value")])
+        key, _, raw = item.partition("=")
+        key = key.strip()
+        if not key:
+            raise ConfigError([("", f"override {item!r} has an empty key")])
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        if isinstance(value, str) and value.lower() in ("nan", ".nan", "inf", "-inf", ".inf", "-.inf"):
+            value = float(value.lstrip("."))
+        if "." in key and key.split(".", 1)[0] == "rewards":
+            out.setdefault("rewards", {})[key.split(".", 1)[1]] = value
+        else:
+            out[key] = value
+    return out
+
+
+def _format_errors(exc: ValidationError) -> list[tuple[str, str]]:
+    errors: list[tuple[str, str]] = []
+    for err in exc.errors():
+        ctx = err.get("ctx") or {}
+        inner = ctx.get("error")
+        if isinstance(inner, ValueError) and inner.args and isinstance(inner.args[0], _ErrorBundle):
+            errors.extend(inner.args[0].errors)
+            continue
+        loc = ".".join(str(p) for p in err.get("loc", ()))
+        typ = err.get("type", "")
+        msg = err.get("msg", "invalid value")
+        if typ == "extra_forbidden":
+            close = _closest(loc.split(".")[0], RunConfig.model_fields)
+            msg = "unknown key" + (f"; did you mean '{close}'?" if close else "")
+        elif typ == "literal_error":
+            msg = f"{msg}, got {err.get('input')!r}"
+        elif msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        elif "input" in err and typ not in ("missing",):
+            shown = repr(err["input"])
+            msg = f"{msg}, got {shown[:60]}"
+        errors.append((loc, msg))
+    return errors
+
+
+def _closest(name: str, candidates: Iterable[str]) -> str | None:
+    import difflib
+
+    hits = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    return hits[0] if hits else None
