@@ -1,0 +1,439 @@
+"""SD3 / SD3.5 backbone: a diffusers ``StableDiffusion3Pipeline`` behind the ``Backbone`` interface.
+
+What the trainer gets (ALGORITHM.md §1 conventions):
+- ``sigmas(T, shift, resolution)``: the (T+1,) table the pipeline's ``FlowMatchEulerDiscreteScheduler``
+  would use with that shift (1 → 0, last entry exactly 0).
+- ``encode_prompts(prompts)``: ``{"prompt_embeds": (B, S, D), "pooled_prompt_embeds": (B, P)}``,
+  cached per prompt string; the unconditional ("") embedding is cached as well.
+- ``velocity(x, σ, embeds, cfg_scale=w)``: one batched transformer pass over [uncond; cond] with
+  timestep 1000·σ, returning ``v_u + w·(v_c − v_u)`` in float32 (the pipeline's CFG order).
+- ``decode(latents)``: uint8 (B, H, W, 3), bit-identical to the pipeline's ``output_type="np"``
+  path followed by the PIL conversion.
+- LoRA through peft (``transformer.add_adapter``); rank 0 is full fine-tuning.
+
+Every pipeline component is put in eval mode on load (STACK.md F1); the VAE and text encoders are
+frozen. With ``mixed_precision`` bf16/fp16 the transformer forward runs under autocast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+from collections import OrderedDict
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+from grpo_guard.models.base import Backbone, Embeds, ModelNotFoundError
+
+# A full-fine-tuned transformer keeps a frozen copy for the KL reference when it is this small
+# (the toy model: 2.3 M); larger models have no free reference and ``reference()`` raises.
+REFERENCE_COPY_MAX_PARAMS = 100_000_000
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".safetensors.index.json", ".bin.index.json", ".pt", ".ckpt")
+_DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+# ---- locating a model -----------------------------------------------------------------------
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _looks_like_path(spec: str) -> bool:
+    return (os.path.isabs(spec) or spec.startswith((".", "~")) or "\\" in spec
+            or spec.count("/") != 1 or spec.endswith("/"))
+
+
+def check_pipeline_dir(path: str, *, what: str = "diffusers pipeline") -> None:
+    """Raise ``ModelNotFoundError`` unless ``path`` holds a complete ``save_pretrained`` layout:
+    ``model_index.json`` plus, per listed component, a config and (for networks) weight files."""
+    index = os.path.join(path, "model_index.json")
+    if not os.path.isfile(index):
+        raise ModelNotFoundError(
+            f"No {what} in {path}: model_index.json is missing there; point `model` at a directory "
+            f"written by save_pretrained (or, for the toy world, run `grpo-guard toy pretrain --out DIR`).")
+    try:
+        with open(index, encoding="utf-8") as fh:
+            components = json.load(fh)
+    except (OSError, ValueError) as e:
+        raise ModelNotFoundError(f"The {what} index {index} cannot be read ({e}); re-save or re-download the model.") from None
+    missing: list[str] = []
+    for name, spec in components.items():
+        if name.startswith("_") or not isinstance(spec, list) or spec[0] is None:
+            continue
+        sub = os.path.join(path, name)
+        files = os.listdir(sub) if os.path.isdir(sub) else []
+        if not files:
+            missing.append(f"{name}/")
+        elif name.startswith("scheduler"):
+            if "scheduler_config.json" not in files:
+                missing.append(f"{name}/scheduler_config.json")
+        elif not name.startswith("tokenizer") and (
+                "config.json" not in files or not any(f.endswith(_WEIGHT_SUFFIXES) for f in files)):
+            missing.append(f"{name}/ (config.json and weights)")
+    if missing:
+        raise ModelNotFoundError(
+            f"The {what} in {path} is incomplete (missing {', '.join(missing)}); re-save it with "
+            f"save_pretrained or download it again.")
+
+
+def resolve_pipeline(model: str | None, *, what: str = "SD3 pipeline") -> str:
+    """A local directory for ``model`` (a directory or a hub id), or a hub id to download.
+
+    Checks files only — nothing big is allocated. Raises ``ModelNotFoundError`` with one
+    sentence: what was looked for, where, and how to fix it."""
+    if not model:
+        raise ModelNotFoundError(f"No {what} configured: set `model` to a local pipeline directory or a hub id.")
+    local = os.path.abspath(os.path.expanduser(model))
+    if os.path.isdir(local):
+        check_pipeline_dir(local, what=what)
+        return local
+    if _looks_like_path(model):
+        raise ModelNotFoundError(
+            f"No {what} directory at {local}: the path does not exist; set `model` to a directory "
+            f"written by save_pretrained or to a hub id such as 'org/name'.")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    if hub_offline():
+        try:
+            cached = snapshot_download(model, local_files_only=True)
+        except (LocalEntryNotFoundError, FileNotFoundError, OSError, ValueError):
+            hf_home = os.environ.get("HF_HOME", "~/.cache/huggingface")
+            raise ModelNotFoundError(
+                f"The {what} '{model}' is not in the local Hugging Face cache ({hf_home}/hub) and "
+                f"HF_HUB_OFFLINE=1 forbids downloading it: download it once with "
+                f"`huggingface-cli download {model}` (or unset HF_HUB_OFFLINE), or set `model` to a local directory.") from None
+        check_pipeline_dir(cached, what=f"{what} '{model}' (cached)")
+        return cached
+    from huggingface_hub import hf_hub_download
+
+    try:
+        hf_hub_download(model, "model_index.json")
+    except GatedRepoError:
+        raise ModelNotFoundError(
+            f"The {what} '{model}' is gated on the Hugging Face hub: accept its licence on the model page "
+            f"and log in (`huggingface-cli login` or HF_TOKEN), or set `model` to a local directory.") from None
+    except RepositoryNotFoundError:
+        raise ModelNotFoundError(
+            f"No {what} '{model}' on the Hugging Face hub (no such repository, or it is private): check "
+            f"the id, or set `model` to a local directory.") from None
+    except Exception as e:  # network errors, missing model_index.json, ...
+        raise ModelNotFoundError(
+            f"Could not fetch model_index.json of the {what} '{model}' from the Hugging Face hub "
+            f"({type(e).__name__}): check the id and the network, or set `model` to a local directory.") from None
+    return model
+
+
+@contextlib.contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """No per-component progress bars while loading (they flood worker logs)."""
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    was_d, was_t = dlog.is_progress_bar_enabled(), tlog.is_progress_bar_enabled()
+    dlog.disable_progress_bar()
+    tlog.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_d:
+            dlog.enable_progress_bar()
+        if was_t:
+            tlog.enable_progress_bar()
+
+
+def _check_pipeline_class(path: str, expected: str) -> None:
+    index = os.path.join(path, "model_index.json")
+    if not os.path.isfile(index):
+        return  # a hub id that from_pretrained resolves itself
+    with open(index, encoding="utf-8") as fh:
+        found = json.load(fh).get("_class_name")
+    if found and found != expected:
+        raise ValueError(f"{path} holds a {found}, not a {expected}; choose the matching backbone")
+
+
+# ---- the backbone ---------------------------------------------------------------------------
+
+class SD3Backbone(Backbone):
+    """``Backbone`` over a ``StableDiffusion3Pipeline``.
+
+    Args:
+        pipe: the loaded pipeline (any device; it is moved to ``device``).
+        device: torch device; default CUDA when available, else CPU.
+        mixed_precision: ``"no"``, ``"bf16"`` or ``"fp16"`` — autocast dtype for the transformer.
+        max_sequence_length: T5 tokens per prompt; default ``min(256, tokenizer_3.model_max_length)``.
+        gradient_checkpointing: recompute transformer activations in the backward pass.
+        max_cached_prompts: LRU size of the prompt-embedding cache.
+    """
+
+    name = "sd3"
+    pipeline_class_name = "StableDiffusion3Pipeline"
+    model_description = "SD3 pipeline"
+
+    def __init__(self, pipe, *, device: str | torch.device | None = None, mixed_precision: str = "no",
+                 max_sequence_length: int | None = None, gradient_checkpointing: bool = False,
+                 max_cached_prompts: int = 4096):
+        if mixed_precision not in _DTYPES:
+            raise ValueError(f"mixed_precision must be one of {', '.join(_DTYPES)}, got {mixed_precision!r}")
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.mixed_precision = mixed_precision
+        self.pipe = pipe.to(self.device)
+        self.pipe.set_progress_bar_config(disable=True)
+        self.transformer = pipe.transformer
+        self.vae = pipe.vae
+        for comp_name, comp in pipe.components.items():
+            if isinstance(comp, torch.nn.Module):
+                comp.eval()  # STACK.md F1
+                if comp_name != "transformer":
+                    comp.requires_grad_(False)
+        self.transformer.requires_grad_(False)  # nothing trains until add_lora()
+        if gradient_checkpointing:
+            self.transformer.enable_gradient_checkpointing()
+        tok3 = getattr(pipe, "tokenizer_3", None)
+        if max_sequence_length is None:
+            max_sequence_length = min(256, int(getattr(tok3, "model_max_length", 256) or 256))
+        self.max_sequence_length = int(max_sequence_length)
+        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.patch_size = int(self.transformer.config.patch_size)
+        self._cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self._max_cached = max(2, int(max_cached_prompts))
+        self.lora_rank: int | None = None  # None: add_lora not called; 0: full fine-tuning
+        self._reference_transformer: torch.nn.Module | None = None
+
+    # ---- construction ----------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config, device: str | None = None) -> SD3Backbone:
+        return cls.load(config.model, device=device, mixed_precision=config.mixed_precision,
+                        gradient_checkpointing=config.gradient_checkpointing)
+
+    @classmethod
+    def load(cls, model: str | None, *, device: str | None = None, mixed_precision: str = "no",
+             **kwargs: Any) -> SD3Backbone:
+        """Load from a local directory or hub id. Weights saved in fp16 are upcast to float32
+        unless a CUDA device and ``mixed_precision`` ask for the low-precision dtype."""
+        path = resolve_pipeline(model, what=cls.model_description)
+        _check_pipeline_class(path, cls.pipeline_class_name)
+        import diffusers
+
+        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        dtype = _DTYPES[mixed_precision] if dev.type == "cuda" else torch.float32
+        pipeline_class = getattr(diffusers, cls.pipeline_class_name)
+        with _quiet_loading():
+            pipe = pipeline_class.from_pretrained(path, dtype=dtype,
+                                                  local_files_only=hub_offline() or os.path.isdir(path))
+        return cls(pipe, device=dev, mixed_precision=mixed_precision, **kwargs)
+
+    # ---- geometry and schedule --------------------------------------------------------------
+    def latent_shape(self, resolution: int) -> tuple[int, ...]:
+        mult = self.vae_scale_factor * self.patch_size
+        if resolution % mult:
+            raise ValueError(f"resolution {resolution} is not divisible by {mult} (VAE factor × patch size)")
+        side = resolution // self.vae_scale_factor
+        return (int(self.transformer.config.in_channels), side, side)
+
+    def sigmas(self, num_steps: int, shift: float, resolution: int) -> torch.Tensor:
+        """(T+1,) float32: exactly what the pipeline's scheduler uses with ``shift``."""
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        sched = FlowMatchEulerDiscreteScheduler.from_config(self.pipe.scheduler.config, shift=float(shift))
+        kwargs = {}
+        if sched.config.get("use_dynamic_shifting", False):
+            from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift
+
+            seq = (resolution // self.vae_scale_factor // self.patch_size) ** 2
+            c = sched.config
+            kwargs["mu"] = calculate_shift(seq, c.get("base_image_seq_len", 256), c.get("max_image_seq_len", 4096),
+                                           c.get("base_shift", 0.5), c.get("max_shift", 1.16))
+        sched.set_timesteps(num_steps, device="cpu", **kwargs)
+        return sched.sigmas.detach().to(torch.float32).cpu().clone()
+
+    # ---- conditioning -----------------------------------------------------------------------
+    @torch.no_grad()
+    def _encode_uncached(self, prompts: list[str], chunk: int = 64) -> None:
+        for i in range(0, len(prompts), chunk):
+            part = prompts[i:i + chunk]
+            pe, _, pooled, _ = self.pipe.encode_prompt(
+                prompt=part, prompt_2=None, prompt_3=None, device=self.device,
+                do_classifier_free_guidance=False, max_sequence_length=self.max_sequence_length)
+            for j, p in enumerate(part):
+                self._cache[p] = (pe[j:j + 1].clone(), pooled[j:j + 1].clone())
+        while len(self._cache) > self._max_cached:
+            oldest = next(iter(self._cache))
+            if oldest == "":
+                self._cache.move_to_end("")
+                oldest = next(iter(self._cache))
+            self._cache.pop(oldest)
+
+    def encode_prompts(self, prompts: list[str]) -> Embeds:
+        prompts = list(prompts)
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._cache]
+        if missing:
+            self._encode_uncached(missing)
+        for p in dict.fromkeys(prompts):
+            self._cache.move_to_end(p)
+        return {
+            "prompt_embeds": torch.cat([self._cache[p][0] for p in prompts]),
+            "pooled_prompt_embeds": torch.cat([self._cache[p][1] for p in prompts]),
+        }
+
+    def unconditional(self, batch_size: int) -> Embeds:
+        """The "" embedding repeated ``batch_size`` times (cached)."""
+        e = self.encode_prompts([""])
+        return {k: v.expand(batch_size, *v.shape[1:]) for k, v in e.items()}
+
+    # ---- the model --------------------------------------------------------------------------
+    def _autocast(self):
+        if self.mixed_precision == "no":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=_DTYPES[self.mixed_precision])
+
+    def _forward(self, x: torch.Tensor, t: torch.Tensor, pe: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+        if self.mixed_precision == "no":
+            dtype = self.transformer.dtype
+            x, pe, pooled = x.to(dtype), pe.to(dtype), pooled.to(dtype)
+        return self.transformer(hidden_states=x, timestep=t, encoder_hidden_states=pe,
+                                pooled_projections=pooled, return_dict=False)[0]
+
+    def velocity(self, latents: torch.Tensor, sigma: torch.Tensor, embeds: Embeds, *,
+                 cfg_scale: float, detach_uncond: bool = False) -> torch.Tensor:
+        """Guided velocity ``v_u + w·(v_c − v_u)``, float32, shaped like ``latents``.
+
+        ``sigma`` is (B,) (a scalar is broadcast); the transformer sees timestep 1000·σ.
+        ``cfg_scale`` 1 runs the conditional branch only. With ``detach_uncond`` the
+        unconditional branch runs separately under ``no_grad`` (values equal up to float
+        rounding; gradients flow through the conditional branch only)."""
+        b = latents.shape[0]
+        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=latents.device)
+        if sigma.ndim == 0:
+            sigma = sigma.expand(b)
+        t = sigma * 1000.0
+        pe, pooled = embeds["prompt_embeds"], embeds["pooled_prompt_embeds"]
+        with self._autocast():
+            if cfg_scale == 1.0:
+                return self._forward(latents, t, pe, pooled).float()
+            unc = self.unconditional(b)
+            if detach_uncond:
+                with torch.no_grad():
+                    v_u = self._forward(latents, t, unc["prompt_embeds"], unc["pooled_prompt_embeds"]).float()
+                v_c = self._forward(latents, t, pe, pooled).float()
+            else:
+                out = self._forward(torch.cat([latents, latents]), torch.cat([t, t]),
+                                    torch.cat([unc["prompt_embeds"].to(pe.dtype), pe]),
+                                    torch.cat([unc["pooled_prompt_embeds"].to(pooled.dtype), pooled])).float()
+                v_u, v_c = out.chunk(2)
+        return v_u + cfg_scale * (v_c - v_u)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, batch_size: int = 32) -> np.ndarray:
+        """uint8 (B, H, W, 3), as the pipeline's PIL output."""
+        cfg = self.vae.config
+        out = []
+        for i in range(0, latents.shape[0], batch_size):
+            z = latents[i:i + batch_size].to(self.device, torch.float32) / cfg.scaling_factor + (cfg.shift_factor or 0.0)
+            img = self.vae.decode(z.to(self.vae.dtype), return_dict=False)[0].float()
+            img = (img / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+            out.append((img * 255).round().astype(np.uint8))
+        return np.concatenate(out) if out else np.zeros((0, 0, 0, 3), np.uint8)
+
+    # ---- training state ---------------------------------------------------------------------
+    def add_lora(self, rank: int, alpha: float, targets: list[str]) -> None:
+        """Attach a LoRA adapter (A Gaussian, B zero: the model is unchanged at init), or with
+        ``rank`` 0 make every transformer parameter trainable (full fine-tuning)."""
+        if self.lora_rank is not None:
+            raise RuntimeError("add_lora was already called on this backbone")
+        if rank < 0:
+            raise ValueError(f"LoRA rank must be >= 0, got {rank}")
+        if rank == 0:
+            n = sum(p.numel() for p in self.transformer.parameters())
+            if n <= REFERENCE_COPY_MAX_PARAMS:
+                ref = copy.deepcopy(self.transformer).eval()
+                self._reference_transformer = ref.requires_grad_(False)
+            self.transformer.to(torch.float32).requires_grad_(True)
+        else:
+            from peft import LoraConfig
+
+            self.transformer.requires_grad_(False)
+            try:
+                self.transformer.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets),
+                                                        init_lora_weights="gaussian"))
+            except ValueError as e:
+                raise ValueError(f"LoRA targets {list(targets)} match no module of the transformer ({e})") from None
+            for p in self.transformer.parameters():
+                if p.requires_grad:
+                    p.data = p.data.float()  # adapter weights train in float32
+        self.lora_rank = rank
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.transformer.parameters() if p.requires_grad]
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Detached CPU copies: the LoRA weights with LoRA, else the full transformer state."""
+        if self.lora_rank:
+            from peft.utils import get_peft_model_state_dict
+
+            state = get_peft_model_state_dict(self.transformer)
+        else:
+            state = self.transformer.state_dict()
+        return {k: v.detach().cpu().clone() for k, v in state.items()}
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Load what ``trainable_state_dict`` returned; a mismatch raises ``ValueError``."""
+        mine = self.trainable_state_dict()
+        missing = sorted(set(mine) - set(state))
+        extra = sorted(set(state) - set(mine))
+        bad = sorted(k for k in set(mine) & set(state) if tuple(mine[k].shape) != tuple(state[k].shape))
+        if missing or extra or bad:
+            kind = f"LoRA rank {self.lora_rank}" if self.lora_rank else "full transformer"
+            parts = [f"{len(missing)} missing (e.g. {missing[0]})" if missing else "",
+                     f"{len(extra)} unexpected (e.g. {extra[0]})" if extra else "",
+                     f"{len(bad)} with other shapes (e.g. {bad[0]})" if bad else ""]
+            raise ValueError(f"the saved trainable state does not fit this {kind} model: "
+                             f"{', '.join(p for p in parts if p)} keys")
+        if self.lora_rank:
+            from peft.utils import set_peft_model_state_dict
+
+            set_peft_model_state_dict(self.transformer, {k: v.to(self.device) for k, v in state.items()})
+        else:
+            self.transformer.load_state_dict(state, strict=True)
+
+    @contextlib.contextmanager
+    def reference(self) -> Iterator[None]:
+        """The frozen base model inside the block: adapters disabled (LoRA), or the frozen copy
+        kept at ``add_lora(0, ...)`` for small fully fine-tuned models."""
+        if self.lora_rank is None:
+            yield
+        elif self.lora_rank > 0:
+            self.transformer.disable_adapters()
+            try:
+                yield
+            finally:
+                self.transformer.enable_adapters()
+        elif self._reference_transformer is not None:
+            trained, self.transformer = self.transformer, self._reference_transformer
+            try:
+                yield
+            finally:
+                self.transformer = trained
+        else:
+            raise RuntimeError(
+                f"{type(self).__name__}: full fine-tuning of a model this large keeps no reference copy; "
+                "set kl_beta: 0 or use LoRA (lora_rank > 0)")
+
+    def eval(self) -> None:
+        for comp in self.pipe.components.values():
+            if isinstance(comp, torch.nn.Module):
+                comp.eval()
+        self.transformer.eval()
+
+    def train(self) -> None:
+        self.transformer.train()
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        params = self.trainable_parameters() if trainable_only else list(self.transformer.parameters())
+        return sum(p.numel() for p in params)
