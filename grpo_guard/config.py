@@ -113,6 +113,7 @@ class RunConfig(BaseModel):
     sde_window_size: int = _f(0, "With train_timesteps='window': the number of consecutive SDE steps (others are ODE).", "algorithm", ge=0, le=1000)
     sde_window_range: tuple[int, int] = _f((0, 10), "Range [lo, hi) from which the window start is drawn.", "algorithm")
     init_same_noise: bool | None = _f(None, "Share the initial noise within a group (DanceGRPO).", "algorithm")
+    sample_batch_size: int = _f(64, "Trajectories per forward pass when sampling rollouts and eval images (a memory knob; each sample's noise depends only on its seed, not on this).", "algorithm", ge=1, le=100000)
 
     # ---- policy update -----------------------------------------------------------------
     group_size: int = _f(8, "G: images sampled per prompt (paper: 24).", "policy", ge=2, le=4096)

@@ -1,0 +1,137 @@
+"""Checkpoints: a step-numbered ``.pt`` file plus a JSON sidecar holding the full RunConfig.
+
+Layout in the run's checkpoint directory (``Recorder.checkpoint_dir()``)::
+
+    ckpt_000040.pt     trainable weights, EMA, optimizer, trainer state (loaded weights-only)
+    ckpt_000040.json   {"format", "step", "config": RunConfig, "meta": {...}}
+
+Everything a resume needs is in the ``.pt`` (like nanoGPT's checkpoint): the sampling and
+shuffling generators are derived from (seed, epoch, ...), so no RNG state is stored. Files are
+written to a temporary name and renamed, so a crash never leaves a half-written checkpoint
+behind a valid name. A file that cannot be read raises ``CheckpointError`` with one sentence.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from grpo_guard.config import ConfigError, RunConfig
+
+FORMAT = 1
+_NAME = re.compile(r"^ckpt_(\d+)\.pt$")
+
+# Fields that fix the shape of the trainable weights: on resume they come from the checkpoint.
+ARCHITECTURE_KEYS = ("backbone", "model", "resolution", "lora_rank", "lora_alpha", "lora_targets")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, truncated or not a GRPO-Guard checkpoint."""
+
+
+@dataclass
+class Checkpoint:
+    step: int
+    config: RunConfig
+    trainable: dict[str, torch.Tensor]
+    ema: list[torch.Tensor] | None
+    optimizer: dict[str, Any] | None
+    trainer: dict[str, Any] = field(default_factory=dict)
+    path: str = ""
+    filled: list[str] = field(default_factory=list)  # config keys the file lacked (defaults used)
+
+
+def checkpoint_path(directory: str, step: int) -> str:
+    return os.path.join(directory, f"ckpt_{step:06d}.pt")
+
+
+def sidecar_path(path: str) -> str:
+    return os.path.splitext(path)[0] + ".json"
+
+
+def save_checkpoint(directory: str, ckpt: Checkpoint, meta: dict[str, Any] | None = None) -> str:
+    """Write ``ckpt`` as ``ckpt_<step>.pt`` + ``.json`` (atomically); returns the ``.pt`` path."""
+    os.makedirs(directory, exist_ok=True)
+    path = checkpoint_path(directory, ckpt.step)
+    blob = {"format": FORMAT, "step": ckpt.step, "config": ckpt.config.to_json(),
+            "trainable": ckpt.trainable, "ema": ckpt.ema, "optimizer": ckpt.optimizer,
+            "trainer": ckpt.trainer}
+    tmp = path + ".tmp"
+    torch.save(blob, tmp)
+    os.replace(tmp, path)
+    side = {"format": FORMAT, "step": ckpt.step, "config": ckpt.config.to_dict(), "meta": meta or {}}
+    with open(sidecar_path(path) + ".tmp", "w", encoding="utf-8") as fh:
+        json.dump(side, fh, indent=1, sort_keys=True)
+    os.replace(sidecar_path(path) + ".tmp", sidecar_path(path))
+    ckpt.path = path
+    return path
+
+
+def resolve_checkpoint(path: str) -> str:
+    """A ``.pt`` file, its ``.json`` sidecar, or a directory (its latest checkpoint)."""
+    if os.path.isdir(path):
+        found = list_checkpoints(path)
+        if not found:
+            raise CheckpointError(f"no checkpoint (ckpt_*.pt) found in directory {path}.")
+        return found[-1][1]
+    if path.endswith(".json"):
+        path = os.path.splitext(path)[0] + ".pt"
+    if not os.path.exists(path):
+        raise CheckpointError(f"checkpoint {path} does not exist; pass a ckpt_*.pt file or the directory holding it.")
+    return path
+
+
+def load_checkpoint(path: str) -> Checkpoint:
+    """Read a checkpoint written by :func:`save_checkpoint` (weights-only unpickling)."""
+    path = resolve_checkpoint(path)
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, wrong format, foreign pickle ...
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read ({type(e).__name__}); it is truncated, corrupt or not a "
+            "GRPO-Guard checkpoint — resume from another ckpt_*.pt in the same directory.") from None
+    if not isinstance(blob, dict) or "trainable" not in blob or "config" not in blob:
+        raise CheckpointError(f"checkpoint {path} is not a GRPO-Guard checkpoint (it lacks the trainable weights or the config).")
+    try:
+        raw = json.loads(blob["config"])
+        config = RunConfig.from_dict(raw)
+    except (ConfigError, ValueError, TypeError) as e:
+        raise CheckpointError(f"checkpoint {path} holds a config this version cannot read: {e}".replace("\n", "; ")) from None
+    return Checkpoint(step=int(blob.get("step", 0)), config=config, trainable=blob["trainable"],
+                      ema=blob.get("ema"), optimizer=blob.get("optimizer"),
+                      trainer=dict(blob.get("trainer") or {}), path=path,
+                      filled=sorted(set(RunConfig.model_fields) - set(raw)))
+
+
+def list_checkpoints(directory: str) -> list[tuple[int, str]]:
+    """(step, path) of every checkpoint in ``directory``, by step."""
+    if not os.path.isdir(directory):
+        return []
+    out = []
+    for name in os.listdir(directory):
+        m = _NAME.match(name)
+        if m:
+            out.append((int(m.group(1)), os.path.join(directory, name)))
+    return sorted(out)
+
+
+def prune_checkpoints(directory: str, keep: int, protect: set[int] = frozenset()) -> list[int]:
+    """Delete all but the latest ``keep`` checkpoints, never those whose step is in ``protect``
+    (the best-gold one). Returns the deleted steps."""
+    found = list_checkpoints(directory)
+    latest = {s for s, _ in found[-keep:]} if keep > 0 else set()
+    removed = []
+    for step, path in found:
+        if step in latest or step in protect:
+            continue
+        for p in (path, sidecar_path(path)):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(p)
+        removed.append(step)
+    return removed

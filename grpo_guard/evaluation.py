@@ -1,0 +1,74 @@
+"""Evaluation on the fixed prompt × seed set: deterministic ODE sampling (ALGORITHM.md §2.4) with
+the EMA weights, scored by every proxy reward (weight 0 included) and every gold evaluator."""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from grpo_guard.models.base import Backbone
+from grpo_guard.recording import Recorder, Sample
+from grpo_guard.rollout import sample_ode, seed_noise
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """uint8 (H, W, 3) -> PNG file bytes."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@dataclass
+class EvalSet:
+    """The fixed eval set: every prompt once per seed, with its initial noise drawn from the seed."""
+
+    prompts: list[str]   # (M,) one entry per (prompt, seed) pair
+    seeds: list[int]     # (M,)
+    noise: torch.Tensor  # (M, *L)
+
+    @classmethod
+    def build(cls, prompts: list[str], seeds: list[int], latent_shape: tuple[int, ...]) -> EvalSet:
+        pairs = [(p, s) for p in prompts for s in seeds]
+        return cls([p for p, _ in pairs], [s for _, s in pairs], seed_noise([s for _, s in pairs], latent_shape))
+
+
+def score_images(images: np.ndarray, prompts: list[str], rewards: Mapping[str, object]) -> dict[str, np.ndarray]:
+    """name -> (B,) float64 scores."""
+    out = {}
+    for name, fn in rewards.items():
+        vals = np.asarray(fn(images, prompts), dtype=np.float64).reshape(-1)  # type: ignore[operator]
+        if vals.shape[0] != len(prompts):
+            raise ValueError(f"reward {name!r} returned {vals.shape[0]} scores for {len(prompts)} images")
+        out[name] = vals
+    return out
+
+
+@torch.no_grad()
+def evaluate(backbone: Backbone, eval_set: EvalSet, sigmas: torch.Tensor, *, cfg_scale: float,
+             proxies: Mapping[str, tuple[object, float]], golds: Mapping[str, object], step: int,
+             recorder: Recorder, chunk: int = 64) -> dict[str, float]:
+    """Sample the eval set (the caller swaps in the EMA weights), score it, log one PNG per image
+    and return ``eval/*`` scalars: each reward and evaluator, ``eval/proxy`` (the weighted total
+    of the proxies) and ``eval/gold`` (the mean of the gold evaluators)."""
+    latents = sample_ode(backbone, eval_set.prompts, eval_set.noise, sigmas, cfg_scale=cfg_scale, chunk=chunk)
+    images = backbone.decode(latents)
+    p_scores = score_images(images, eval_set.prompts, {k: fn for k, (fn, _) in proxies.items()})
+    g_scores = score_images(images, eval_set.prompts, golds)
+    proxy_total = sum(w * p_scores[k] for k, (_, w) in proxies.items())
+    gold_total = np.mean([g_scores[k] for k in golds], axis=0) if golds else None
+    for i, (prompt, seed) in enumerate(zip(eval_set.prompts, eval_set.seeds, strict=True)):
+        scores = {k: float(v[i]) for k, v in {**p_scores, **g_scores}.items()}
+        recorder.log_sample(Sample(step=step, prompt=prompt, seed=seed, image=png_bytes(images[i]), scores=scores,
+                                   proxy=float(proxy_total[i]),
+                                   gold=float(gold_total[i]) if gold_total is not None else None))
+    out = {f"eval/{k}": float(v.mean()) for k, v in {**p_scores, **g_scores}.items()}
+    out["eval/proxy"] = float(np.mean(proxy_total))
+    out["eval/gold"] = float(np.mean(gold_total)) if gold_total is not None else math.nan
+    return out

@@ -1,0 +1,194 @@
+"""The policy update of one epoch: micro-batches of trajectories, all trained steps batched into one
+forward and one backward per micro-batch, one optimizer step per ``gradient_accumulation_steps``
+micro-batches (ALGORITHM.md §3.4, §4.4, invariant I16).
+
+Batching the S trained steps of a micro-batch into one (B·S)-row forward computes the same loss as
+Flow-GRPO's S separate forward/backward calls — mean_B·S of the per-row loss is (1/S)·Σ_j L_j, the
+scaling accelerate applies with ``gradient_accumulation_steps × num_train_timesteps`` — in one
+larger, faster call. Every schedule constant is per row (§1 rule 5), so rows at different steps
+(DanceGRPO) are handled too.
+
+Per-denoising-step statistics (§8) are computed once per epoch from the rows actually trained:
+the ``policy_loss`` statistics of each step j over all its rows, plus ``grad_norm_v`` =
+‖∂L_j/∂v‖ read off the velocity's gradient, which the backward pass computes anyway (no extra cost).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from grpo_guard.config import RunConfig
+from grpo_guard.ema import EMA
+from grpo_guard.models.base import Backbone, select_embeds
+from grpo_guard.policy import policy_loss
+from grpo_guard.rollout import Rollout
+from grpo_guard.sde import sde_step
+
+
+@dataclass
+class UpdateResult:
+    scalars: dict[str, float]
+    step_stats: dict[int, dict[str, float]]  # denoising step j -> §8 statistics
+    sigma: dict[int, tuple[float, float]] = field(default_factory=dict)  # j -> (σ_j, |dt_j|)
+    optimizer_steps: int = 0
+
+
+def has_active_dropout(module: torch.nn.Module) -> bool:
+    """True if ``module.train()`` would change its outputs (a dropout with p > 0)."""
+    return any(isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0 for m in module.modules())
+
+
+def micro_batches(keep: torch.Tensor, dropped: torch.Tensor, num_batches: int, inner_epochs: int,
+                  generator: torch.Generator) -> list[torch.Tensor]:
+    """Shuffle the kept samples into ``num_batches`` equal micro-batches per inner epoch. The keep
+    list is padded with random dropped (zero-advantage) samples until its length divides evenly
+    (ALGORITHM.md §3.1), so the number of optimizer steps per epoch does not depend on the rewards."""
+    pad = (-keep.numel()) % num_batches
+    if pad and dropped.numel():
+        extra = dropped[torch.randperm(dropped.numel(), generator=generator)[:pad]]
+        keep = torch.cat([keep, extra])
+    if keep.numel() < num_batches:
+        num_batches = max(1, keep.numel())
+    out = []
+    for _ in range(inner_epochs):
+        order = keep[torch.randperm(keep.numel(), generator=generator)]
+        out.extend(order.tensor_split(num_batches))
+    return [mb for mb in out if mb.numel()]
+
+
+def policy_update(backbone: Backbone, optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter],
+                  ro: Rollout, advantages: torch.Tensor, batches: list[torch.Tensor], config: RunConfig,
+                  ema: EMA | None, state: dict[str, int]) -> UpdateResult:
+    """Run the update over ``batches`` (index tensors into the rollout). ``state`` carries the
+    run's ``optimizer_steps`` counter (EMA cadence) and is updated in place."""
+    c = config
+    accum = c.gradient_accumulation_steps
+    use_train_mode = not has_active_dropout(backbone.transformer)  # I3: identical forward values
+    log_prob_form = "neg_mse" if c.dynamics == "cps" and c.cps_logprob == "flow_grpo" else "gaussian"
+    reweight = bool(c.grad_reweight) and c.delta != "none"
+    steps = ro.step_index.shape[1]
+    rows_mb: list[dict[str, torch.Tensor]] = []
+    grad_sq: dict[int, list[float]] = {}
+    grad_norms: list[float] = []
+    onpolicy_max = 0.0
+    n_opt = 0
+    optimizer.zero_grad(set_to_none=True)
+    for k, mb in enumerate(batches):
+        # a. Gather the micro-batch: B trajectories × S trained steps -> B·S rows.
+        group_start = k - k % accum
+        in_group = min(accum, len(batches) - group_start)
+        b = mb.numel()
+        x = ro.x[mb].flatten(0, 1)                          # (B·S, *L)
+        x_next = ro.x_next[mb].flatten(0, 1)                # (B·S, *L)
+        old_mean = ro.mean[mb].flatten(0, 1)                # (B·S, *L)
+        old_lp = ro.log_prob[mb].flatten()                  # (B·S,)
+        sig, sig_next = ro.sigma[mb].flatten(), ro.sigma_next[mb].flatten()   # (B·S,)
+        j_rows = ro.step_index[mb].flatten()                # (B·S,)
+        adv = advantages[mb].repeat_interleave(steps)       # (B·S,)
+        cond = select_embeds(ro.embeds, ro.prompt_index[mb].repeat_interleave(steps))
+
+        # b. Forward with grad: guided velocity, then the step's mean and log-prob at the stored x'.
+        if use_train_mode:
+            backbone.train()
+        v = backbone.velocity(x, sig, cond, cfg_scale=c.cfg_scale, detach_uncond=c.detach_uncond)
+        v.retain_grad()
+        st = sde_step(v, x, sig, sig_next, noise_level=c.noise_level, dynamics=c.dynamics, prev_sample=x_next,
+                      cps_logprob=c.cps_logprob, validate=False)
+        ref_mean = None
+        if c.kl_beta > 0:
+            with torch.no_grad(), backbone.reference():
+                v_ref = backbone.velocity(x, sig, cond, cfg_scale=c.cfg_scale)
+                ref_mean = sde_step(v_ref, x, sig, sig_next, noise_level=c.noise_level, dynamics=c.dynamics,
+                                    prev_sample=x_next, cps_logprob=c.cps_logprob, validate=False).mean
+
+        # c. Loss (Flow-GRPO or GRPO-Guard by the config flags) and backward.
+        out = policy_loss(st.log_prob, old_lp, adv, clip_range=c.clip_range, ratio_norm=c.ratio_norm,
+                          grad_reweight=reweight, mean=st.mean, old_mean=old_mean, std=st.std, dt=st.dt,
+                          delta=c.delta if reweight else "inv_dt", beta=st.beta, prev_sample=x_next,
+                          kl_beta=c.kl_beta, ref_mean=ref_mean, std_dev_t=st.std_dev_t, adv_clip=c.adv_clip,
+                          log_prob_form=log_prob_form, compute_stats=False, validate=k == 0)
+        (out.loss / in_group).backward()
+
+        # d. Keep what the epoch's statistics need (detached; no sync here).
+        with torch.no_grad():
+            rows_mb.append({"j": j_rows, "lp": st.log_prob.detach(), "old_lp": old_lp, "adv": adv,
+                            "mean": st.mean.detach(), "old_mean": old_mean, "x_next": x_next,
+                            "std": st.std.detach(), "dt": st.dt, "beta": st.beta, "std_dev_t": st.std_dev_t,
+                            "sigma": sig, "ref_mean": ref_mean})
+            # ‖∂L_j/∂v‖: the loss is the mean over B·S rows / in_group, L_j the mean over step j's rows.
+            g = v.grad.flatten(1).square().sum(1)          # (B·S,)
+            for j in j_rows.unique().tolist():
+                sel = j_rows == j
+                scale = float(in_group) * b * steps / int(sel.sum())
+                grad_sq.setdefault(j, []).append(float(g[sel].sum()) * scale * scale)
+            if n_opt == 0:  # micro-batches before the epoch's first optimizer step are on-policy (I3)
+                onpolicy_max = max(onpolicy_max, float((st.log_prob.detach() - old_lp).abs().max()),
+                                   float(out.log_ratio.detach().abs().max()))
+
+        # e. Optimizer step after `accum` micro-batches (and at the end of the epoch).
+        if k - group_start + 1 == in_group:
+            norm = torch.nn.utils.clip_grad_norm_(params, c.max_grad_norm if c.max_grad_norm > 0 else math.inf)
+            grad_norms.append(float(norm))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            n_opt += 1
+            state["optimizer_steps"] += 1
+            if ema is not None and state["optimizer_steps"] % c.ema_every == 0:
+                ema.update()
+    backbone.eval()
+
+    # f. Per-step statistics over every row trained this epoch.
+    step_stats, sigma_dt = _per_step_stats(rows_mb, c, log_prob_form)
+    for j, vals in grad_sq.items():
+        step_stats.setdefault(j, {})["grad_norm_v"] = math.sqrt(sum(vals) / len(vals))
+    allstats = list(step_stats.values())
+    scalars = {
+        "policy_loss": _avg(allstats, "policy_loss"), "loss": _avg(allstats, "loss"),
+        "grad_norm": sum(grad_norms) / max(1, len(grad_norms)),
+        "lr": optimizer.param_groups[0]["lr"], "optimizer_steps": float(state["optimizer_steps"]),
+        "optimizer_steps_epoch": float(n_opt), "micro_batches": float(len(batches)),
+        "backward_rows": float(sum(int(r["j"].numel()) for r in rows_mb)),
+        "sanity/onpolicy_max_abs_logr": onpolicy_max,
+        "ratio/mean_minus_1": _avg(allstats, "rhat_mean_minus_1" if c.ratio_norm else "r_mean_minus_1"),
+        "ratio/std": _avg(allstats, "rhat_std" if c.ratio_norm else "r_std"),
+        "ratio/clip_frac": _avg(allstats, "clip_high") + _avg(allstats, "clip_low"),
+    }
+    if c.kl_beta > 0:
+        scalars["kl"] = _avg(allstats, "kl_ref")
+    if ema is not None:
+        scalars["ema_decay"] = ema.decay
+    return UpdateResult(scalars=scalars, step_stats=step_stats, sigma=sigma_dt, optimizer_steps=n_opt)
+
+
+def _avg(stats: list[dict[str, float]], key: str) -> float:
+    vals = [s[key] for s in stats if key in s and math.isfinite(s[key])]
+    return sum(vals) / len(vals) if vals else math.nan
+
+
+@torch.no_grad()
+def _per_step_stats(rows_mb: list[dict[str, torch.Tensor]], c: RunConfig, log_prob_form: str):
+    """§8 statistics of each denoising step j over all rows trained at j this epoch."""
+    reweight = bool(c.grad_reweight) and c.delta != "none"
+    if not rows_mb:
+        return {}, {}
+    cat = {k: torch.cat([r[k] for r in rows_mb]) for k in rows_mb[0] if rows_mb[0][k] is not None}
+    out: dict[int, dict[str, float]] = {}
+    sigma_dt: dict[int, tuple[float, float]] = {}
+    for j in cat["j"].unique().tolist():
+        sel = cat["j"] == j
+        ref = cat["ref_mean"][sel] if "ref_mean" in cat else None
+        res = policy_loss(cat["lp"][sel], cat["old_lp"][sel], cat["adv"][sel], clip_range=c.clip_range,
+                          ratio_norm=c.ratio_norm, grad_reweight=reweight, mean=cat["mean"][sel],
+                          old_mean=cat["old_mean"][sel], std=cat["std"][sel], dt=cat["dt"][sel],
+                          delta=c.delta if reweight else "inv_dt", beta=cat["beta"][sel],
+                          prev_sample=cat["x_next"][sel], kl_beta=0.0, ref_mean=ref,
+                          std_dev_t=cat["std_dev_t"][sel], adv_clip=c.adv_clip, log_prob_form=log_prob_form,
+                          compute_stats=True, validate=False)
+        out[j] = dict(res.stats)
+        out[j]["delta"] = float(res.delta.double().mean())
+        out[j]["rows"] = float(sel.sum())
+        sigma_dt[j] = (float(cat["sigma"][sel][0]), float(cat["dt"][sel][0]))
+    return out, sigma_dt
