@@ -12,6 +12,7 @@ from grpo_guard import __version__
 # Commands that live in other modules, loaded only when invoked (keeps `--help` instant and
 # keeps torch out of app-side commands). name -> ("module:attribute", short help).
 LAZY_COMMANDS: dict[str, tuple[str, str]] = {
+    "db": ("grpo_guard.store.cli:db_group", "Create or upgrade the store's database schema."),
 }
 
 

@@ -1,0 +1,162 @@
+"""Rows as they leave the store: plain frozen dataclasses, no SQLAlchemy attached.
+
+The app and the worker see only these (and dicts, lists, numbers). Times are timezone-aware
+UTC ``datetime``s. Imports no torch and no SQLAlchemy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+RUN_STATUSES: tuple[str, ...] = ("queued", "running", "stopping", "succeeded", "failed", "cancelled")
+ACTIVE_STATUSES: tuple[str, ...] = ("queued", "running", "stopping")
+TERMINAL_STATUSES: tuple[str, ...] = ("succeeded", "failed", "cancelled")
+
+
+def _jsonable(obj: Any) -> dict[str, Any]:
+    out = asdict(obj)
+    for k, v in out.items():
+        if isinstance(v, datetime):
+            out[k] = v.isoformat()
+        elif isinstance(v, tuple):
+            out[k] = list(v)
+    return out
+
+
+@dataclass(frozen=True)
+class RunRow:
+    """Every column of one run. ``config`` is the full resolved RunConfig as a dict
+    (``{}`` when the stored text is unreadable; ``config_error`` then says why)."""
+
+    id: int
+    name: str
+    status: str
+    config: dict[str, Any]
+    config_fields_set: tuple[str, ...]
+    config_error: str | None
+    algorithm: str
+    backbone: str
+    stop_requested: bool
+    sample_now: bool
+    save_now: bool
+    step: int
+    total: int
+    last_step: int
+    attempt: int
+    worker_host: str | None
+    worker_gpu: str | None
+    task_id: str | None
+    heartbeat_at: datetime | None
+    error: str | None
+    traceback: str | None
+    parent_id: int | None
+    pair_id: str | None
+    tags: tuple[str, ...]
+    notes: str
+    last_proxy: float | None
+    last_gold: float | None
+    last_eval_step: int | None
+    created_at: datetime
+    enqueued_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    def to_dict(self) -> dict[str, Any]:
+        return _jsonable(self)
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """One line of the runs table: a run's headline columns plus its latest eval values.
+
+    ``latest_proxy`` / ``latest_gold`` are means over the eval prompt x seed set at
+    ``latest_eval_step``; ``eta_seconds`` extrapolates this attempt's pace (None unless
+    running); ``stale`` is True for a running run whose heartbeat is older than GG_STALE_AFTER.
+    """
+
+    id: int
+    name: str
+    status: str
+    algorithm: str
+    backbone: str
+    step: int
+    total: int
+    attempt: int
+    tags: tuple[str, ...]
+    notes: str
+    latest_proxy: float | None
+    latest_gold: float | None
+    latest_eval_step: int | None
+    eta_seconds: float | None
+    stale: bool
+    error: str | None
+    parent_id: int | None
+    pair_id: str | None
+    worker_host: str | None
+    worker_gpu: str | None
+    heartbeat_at: datetime | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return _jsonable(self)
+
+
+@dataclass(frozen=True)
+class SampleRow:
+    """One eval image. ``image_location`` resolves to a file with ``queries.artifact_path``."""
+
+    run_id: int
+    step: int
+    prompt: str
+    seed: int
+    image_location: str
+    scores: dict[str, float] = field(default_factory=dict)
+    proxy: float | None = None
+    gold: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return _jsonable(self)
+
+
+@dataclass(frozen=True)
+class CheckpointRow:
+    run_id: int
+    step: int
+    location: str
+    meta: dict[str, Any]
+    created_at: datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        return _jsonable(self)
+
+
+@dataclass(frozen=True)
+class LogRow:
+    id: int
+    run_id: int
+    attempt: int
+    created_at: datetime
+    level: str
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return _jsonable(self)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What a worker gets when it takes a queued run (``lifecycle.claim_run``)."""
+
+    run_id: int
+    lease: str
+    attempt: int
+    start_step: int
