@@ -530,6 +530,7 @@ def _step_stats(logr, logrhat, ratio, adv, clip_range, policy_part, loss, kl, we
         st["rhat_mean_minus_1"], st["rhat_std"] = _nanmean(rhat_m1), _nanstd(rhat_m1)
     if have_means:
         s = per["std"].double()
+        s = torch.where(s > 0, s, torch.full_like(s, math.nan))  # s = 0: no bias defined, skipped
         d2 = (mean.detach().double() - old_mean.detach().double()).square().mean(dim=tuple(range(1, mean.ndim)))
         st["bias"] = _nanmean(d2 / (2 * s * s))
         st["drift_rms"] = _nanmean(d2).sqrt()

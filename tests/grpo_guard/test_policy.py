@@ -473,7 +473,7 @@ def test_stats_follow_their_section_8_definitions():
     assert st["eff_weight"] == approx(float(old.beta.mean()), rel=1e-12)
     assert st["dt_abs"] == approx(float(old.dt.mean()), rel=1e-12)
     assert st["kl_ref"] == approx(float(kl_to_reference(new.mean.detach(), ref, old.std_dev_t).mean()), rel=1e-12)
-    assert st["loss"] == approx(float(out.loss), rel=1e-12)
+    assert st["loss"] == approx(float(out.loss.detach()), rel=1e-12)
     assert 0 < st["clip_high"] + st["clip_low"] < 1, "fixture: some but not all samples clipped"
 
 
@@ -485,9 +485,11 @@ def test_raw_mode_also_reports_normalized_ratio_and_skips_nan():
     out = policy_loss(new.log_prob, old.log_prob, torch.ones(2, dtype=F64), clip_range=0.1, mean=new.mean,
                       old_mean=old.mean, std=std, prev_sample=old.prev_sample)
     eps0 = (old.prev_sample[0] - old.mean[0]) / std[0]
-    expected = float((eps0 * (new.mean[0] - old.mean[0])).mean())
+    expected = float((eps0 * (new.mean[0] - old.mean[0])).mean().detach())
     assert out.stats["logrhat_mean"] == pytest.approx(expected, rel=1e-12)
     assert out.stats["logrhat_std"] == 0.0
+    d0 = (new.mean[0] - old.mean[0]).detach()
+    assert out.stats["bias"] == pytest.approx(float((d0**2).mean() / (2 * std[0] ** 2)), rel=1e-12)
 
 
 def test_compute_stats_false_returns_no_stats():
