@@ -405,12 +405,14 @@ class StoreRecorder:
                         heartbeat_at=utcnow(), last_eval_step=None, last_proxy=None, last_gold=None)
             after = EvalSample.run_id == self.run_id, EvalSample.step > step
             locations = list(s.scalars(select(EvalSample.image_location).where(*after)))
+            removed = 0
             for model in (Scalar, StepStatRow, EvalSample, Checkpoint):
-                s.execute(delete(model).where(model.run_id == self.run_id, model.step > step))
+                removed += s.execute(delete(model).where(model.run_id == self.run_id, model.step > step)).rowcount
             latest = s.scalar(select(func.max(EvalSample.step)).where(EvalSample.run_id == self.run_id))
             self._update_latest_eval(s, latest)
-            s.add(LogLine(run_id=self.run_id, attempt=self.attempt, created_at=utcnow(), level="info",
-                          message=f"resuming after step {step}: rows of later steps removed"))
+            if removed:
+                s.add(LogLine(run_id=self.run_id, attempt=self.attempt, created_at=utcnow(), level="info",
+                              message=f"resuming after step {step}: {removed} rows of later steps removed"))
         return locations
 
 

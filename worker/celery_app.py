@@ -1,0 +1,123 @@
+"""The Celery app, built from the environment, and ``enqueue_run`` for the app and the CLI.
+
+Imports no torch and no task module: the app sends ``worker.tasks.train_run`` *by name*; only a
+worker process imports ``worker.tasks`` (through ``include``).
+
+Environment:
+  GG_BROKER_URL          broker, e.g. ``redis://redis:6379/0``. Unset: an embedded broker that
+                         needs no server (kombu's filesystem transport under GG_DATA_DIR/broker;
+                         one host only).
+  GG_QUEUE               queue the runs go to and the GPU workers consume (default ``runs``)
+  GG_VISIBILITY_TIMEOUT  Redis: seconds before an unacknowledged message is redelivered
+                         (default 7 days: longer than any run, STACK.md C4)
+
+Delivery settings (STACK.md C4/C5): ``acks_late`` with ``reject_on_worker_lost`` and prefetch 1,
+so a worker holds exactly the message it runs and never reserves a second one behind it; one
+process per GPU, a fresh child per run (``max_tasks_per_child=1``). The run's truth is the
+database: a task re-reads its row and only starts a ``queued`` run, so a redelivered or
+duplicated message is harmless, and runs whose worker died are recovered from the database by
+``worker.recovery`` (stale heartbeat), not by the broker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+
+from celery import Celery
+
+from grpo_guard.store.db import data_dir
+
+TASK_NAME = "worker.tasks.train_run"
+DEFAULT_QUEUE = "runs"
+DEFAULT_VISIBILITY_TIMEOUT = 7 * 24 * 3600
+
+
+def broker_url() -> str:
+    """GG_BROKER_URL, or ``filesystem://`` (the embedded broker)."""
+    return os.environ.get("GG_BROKER_URL", "").strip() or "filesystem://"
+
+
+def queue_name() -> str:
+    return os.environ.get("GG_QUEUE", "").strip() or DEFAULT_QUEUE
+
+
+def embedded_broker_dir() -> str:
+    return os.path.join(data_dir(), "broker")
+
+
+def _filesystem_options() -> dict[str, object]:
+    root = embedded_broker_dir()
+    folders = {"data_folder_in": os.path.join(root, "queue"), "data_folder_out": os.path.join(root, "queue"),
+               "processed_folder": os.path.join(root, "processed"), "control_folder": os.path.join(root, "control")}
+    for path in folders.values():
+        with contextlib.suppress(OSError):  # kombu reports it when the broker is actually used
+            os.makedirs(path, exist_ok=True)
+    return {**folders, "store_processed": False, "polling_interval": 0.5}
+
+
+def make_app(url: str | None = None) -> Celery:
+    """A Celery app for broker ``url`` (default: ``broker_url()``)."""
+    url = url or broker_url()
+    app = Celery("grpo_guard", broker=url, include=["worker.tasks"])
+    try:
+        vt = int(os.environ.get("GG_VISIBILITY_TIMEOUT", DEFAULT_VISIBILITY_TIMEOUT))
+    except ValueError:
+        vt = DEFAULT_VISIBILITY_TIMEOUT
+    is_redis = url.startswith(("redis", "rediss"))
+    transport_options: dict[str, object] = {"visibility_timeout": vt} if is_redis else {}
+    if url.startswith("filesystem"):
+        transport_options = _filesystem_options()
+    app.conf.update(
+        task_default_queue=queue_name(),
+        task_serializer="json", accept_content=["json"],
+        task_ignore_result=True, result_backend=None,  # progress and outcome live in our tables (C3)
+        task_acks_late=True, task_reject_on_worker_lost=True,  # C4
+        broker_transport_options=transport_options,
+        worker_prefetch_multiplier=1, worker_concurrency=1, worker_max_tasks_per_child=1,  # C5
+        worker_disable_prefetch=is_redis,
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,  # a broker restart is waited out, not fatal
+        worker_soft_shutdown_timeout=60.0,
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+        worker_hijack_root_logger=False,
+        enable_utc=True,
+    )
+    return app
+
+
+app = make_app()
+_apps: dict[tuple[str, str, str], Celery] = {}
+_lock = threading.Lock()
+
+
+def get_app() -> Celery:
+    """The app for the current environment (rebuilt if GG_BROKER_URL / GG_DATA_DIR / GG_QUEUE
+    changed since import, e.g. in tests)."""
+    key = (broker_url(), data_dir(), queue_name())
+    if key == _APP_KEY:
+        return app
+    with _lock:
+        if key not in _apps:
+            _apps[key] = make_app(key[0])
+        return _apps[key]
+
+
+_APP_KEY = (broker_url(), data_dir(), queue_name())
+
+
+def enqueue_run(run_id: int) -> str:
+    """Send ``worker.tasks.train_run(run_id)`` by name, after the run's row is committed.
+    Records the task id on the row; returns it."""
+    from grpo_guard.store.lifecycle import mark_enqueued
+
+    result = get_app().send_task(TASK_NAME, args=[int(run_id)], queue=queue_name())
+    mark_enqueued(int(run_id), result.id)
+    return result.id
+
+
+def revoke_run(task_id: str, *, terminate: bool = False) -> None:
+    """Drop a queued message (``terminate=False``), or as an admin's last resort kill the
+    process running it (STACK.md C1; use ``queries.request_stop`` for a normal stop)."""
+    get_app().control.revoke(task_id, terminate=terminate, signal="SIGTERM")

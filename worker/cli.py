@@ -1,0 +1,357 @@
+"""CLI commands of the job layer: ``grpo-guard worker``, ``grpo-guard submit``, ``grpo-guard runs``.
+
+``worker`` starts one Celery worker process per GPU (``-c 1 -P prefork --max-tasks-per-child=1``,
+``CUDA_VISIBLE_DEVICES`` set per process, STACK.md C6). ``submit`` validates a config, inserts
+the run, sends the task and prints the run id. ``runs`` lists, shows, stops, resumes, clones,
+sweeps and deletes runs. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import click
+
+from grpo_guard.config import parse_overrides
+
+
+def _store_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Store errors become one clean line and exit code 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from grpo_guard.store.db import StoreError
+
+        try:
+            return fn(*args, **kwargs)
+        except StoreError as e:
+            raise click.ClickException(str(e)) from None
+
+    return wrapper
+
+
+# ---- worker ---------------------------------------------------------------------------------
+def parse_gpus(spec: str | None) -> list[str | None]:
+    """"0,1" or "0 1" -> ["0", "1"]; None or "" -> [None] (one worker, default device)."""
+    if not spec or not spec.strip():
+        return [None]
+    gpus = [g for g in spec.replace(",", " ").split() if g]
+    for g in gpus:
+        if not g.isdigit():
+            raise click.BadParameter(f"GPU indices are integers like 0 or 0,1; got {g!r}", param_hint="--gpus")
+    if len(set(gpus)) != len(gpus):
+        raise click.BadParameter("a GPU is listed twice; one worker per GPU", param_hint="--gpus")
+    return gpus
+
+
+def worker_command(gpu: str | None, *, queue: str | None = None, loglevel: str = "info",
+                   name: str | None = None) -> list[str]:
+    """The command line of one worker process."""
+    from worker.celery_app import queue_name
+
+    node = name or (f"gpu{gpu}@%h" if gpu is not None else "cpu@%h")
+    return [sys.executable, "-m", "celery", "-A", "worker.celery_app:app", "worker",
+            "-Q", queue or queue_name(), "-c", "1", "-P", "prefork", "--max-tasks-per-child=1",
+            "--prefetch-multiplier=1", "-n", node, "--loglevel", loglevel,
+            "--without-gossip", "--without-mingle", "--without-heartbeat"]
+
+
+def spawn_worker(gpu: str | None = None, *, queue: str | None = None, loglevel: str = "info",
+                 name: str | None = None, env: dict[str, str] | None = None, **popen: Any) -> subprocess.Popen:
+    """Start one worker process (also used by ``grpo-guard serve`` and the tests)."""
+    child_env = dict(os.environ if env is None else env)
+    if gpu is not None:
+        child_env["CUDA_VISIBLE_DEVICES"] = str(gpu)
+        child_env["GG_WORKER_GPU"] = str(gpu)
+    return subprocess.Popen(worker_command(gpu, queue=queue, loglevel=loglevel, name=name), env=child_env, **popen)
+
+
+@click.command("worker")
+@click.option("--gpus", default=None, metavar="0,1", help="GPU indices; one worker process per GPU. Omit for one worker on the default device.")
+@click.option("--queue", default=None, help="Queue to consume (default GG_QUEUE or 'runs').")
+@click.option("--loglevel", default="info", show_default=True)
+@click.option("--name", default=None, help="Celery node name (single worker only), e.g. box1@%h.")
+@_store_errors
+def worker_cmd(gpus: str | None, queue: str | None, loglevel: str, name: str | None) -> None:
+    """Run training workers: one process per GPU, one run at a time each."""
+    from grpo_guard.store import db
+    from worker.celery_app import broker_url
+
+    db.verify_schema()  # fail here, with the fix, rather than inside every task
+    targets = parse_gpus(gpus)
+    if name and len(targets) > 1:
+        raise click.BadParameter("--name works with a single worker", param_hint="--name")
+    click.echo(f"store {db.redact(db.database_url())}; broker {db.redact(broker_url())}; "
+               f"{len(targets)} worker(s): " + ", ".join(f"GPU {g}" if g else "default device" for g in targets), err=True)
+    procs = [spawn_worker(g, queue=queue, loglevel=loglevel, name=name) for g in targets]
+
+    def forward(signum: int, _frame: Any) -> None:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    codes = [p.wait() for p in procs]
+    sys.exit(max((c for c in codes if c is not None), default=0))
+
+
+# ---- submit ---------------------------------------------------------------------------------
+def _enqueue(run_id: int) -> None:
+    from worker.celery_app import enqueue_run
+
+    try:
+        enqueue_run(run_id)
+    except Exception as e:  # the row is committed; a worker's sweep re-sends waiting runs
+        click.echo(f"warning: run {run_id} is queued but its task could not be sent ({e}); "
+                   "a worker will pick it up once the broker is reachable", err=True)
+
+
+def wait_for(run_id: int, *, timeout: float | None = None, quiet: bool = False) -> str:
+    """Poll the run until it ends (or ``timeout``); print progress on stderr; return the status."""
+    from grpo_guard.store.queries import get_run
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    shown: tuple[str, int] | None = None
+    while True:
+        row = get_run(run_id)
+        if not quiet and (row.status, row.step) != shown:
+            shown = (row.status, row.step)
+            click.echo(f"run {run_id}: {row.status} (attempt {row.attempt}) step {row.step}/{row.total}", err=True)
+        if row.is_terminal:
+            if row.status == "failed" and not quiet:
+                click.echo(f"run {run_id} failed: {row.error}", err=True)
+            return row.status
+        if deadline is not None and time.monotonic() > deadline:
+            return row.status
+        time.sleep(0.5)
+
+
+def _finish_wait(run_id: int, timeout: float | None) -> None:
+    status = wait_for(run_id, timeout=timeout)
+    if status != "succeeded":
+        if status not in ("failed", "cancelled"):
+            click.echo(f"run {run_id}: still {status} after {timeout:g}s", err=True)
+        sys.exit(1)
+
+
+@click.command("submit")
+@click.argument("config_path", metavar="CONFIG.yaml", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config field (repeatable).")
+@click.option("--epochs", type=int, default=None, help="Shorthand for --set epochs=N.")
+@click.option("--name", default=None, help="Run name (default: algorithm-backbone-id).")
+@click.option("--tag", "tags", multiple=True, help="Tag the run (repeatable).")
+@click.option("--wait", is_flag=True, help="Wait for the run to end; exit non-zero unless it succeeded.")
+@click.option("--timeout", type=float, default=None, help="With --wait: give up after this many seconds.")
+@_store_errors
+def submit_cmd(config_path: str, overrides: tuple[str, ...], epochs: int | None, name: str | None,
+               tags: tuple[str, ...], wait: bool, timeout: float | None) -> None:
+    """Validate CONFIG.yaml, queue a run, print its id."""
+    from grpo_guard.config import RunConfig
+    from grpo_guard.store import queries
+
+    items = list(overrides) + ([f"epochs={epochs}"] if epochs is not None else [])
+    config = RunConfig.from_file(config_path, items)
+    run_id = queries.create_run(config, name=name, tags=list(tags))
+    _enqueue(run_id)
+    click.echo(run_id)
+    if wait:
+        _finish_wait(run_id, timeout)
+
+
+# ---- runs -----------------------------------------------------------------------------------
+def _dump(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.4f}"
+
+
+@click.group("runs")
+def runs_group() -> None:
+    """List, inspect, stop, resume, clone and recover runs."""
+
+
+@runs_group.command("list")
+@click.option("--status", multiple=True, help="Only runs with this status (repeatable).")
+@click.option("--tag", default=None, help="Only runs with this tag.")
+@click.option("--text", default=None, help="Text in the name, notes, algorithm or backbone.")
+@click.option("--limit", type=int, default=500, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_store_errors
+def runs_list(status: tuple[str, ...], tag: str | None, text: str | None, limit: int, as_json: bool) -> None:
+    """The runs table, newest first."""
+    from grpo_guard.store import queries
+
+    try:
+        rows = queries.list_runs(status=list(status) or None, tag=tag, text=text, limit=limit)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+    if as_json:
+        _dump([r.to_dict() for r in rows])
+        return
+    click.echo(f"{'ID':>5}  {'STATUS':10} {'STEP':>11}  {'PROXY':>7} {'GOLD':>7}  {'CREATED':16}  NAME")
+    for r in rows:
+        status_text = r.status + ("?" if r.stale else "")
+        click.echo(f"{r.id:>5}  {status_text:10} {f'{r.step}/{r.total}':>11}  {_fmt(r.latest_proxy):>7} "
+                   f"{_fmt(r.latest_gold):>7}  {r.created_at:%Y-%m-%d %H:%M}  {r.name}"
+                   + (f"  [{', '.join(r.tags)}]" if r.tags else ""))
+
+
+@runs_group.command("show")
+@click.argument("run_id", type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (every column, the config included).")
+@_store_errors
+def runs_show(run_id: int, as_json: bool) -> None:
+    """Everything about one run: status, progress, worker, error and traceback, config."""
+    from grpo_guard.store import queries
+
+    row = queries.get_run(run_id)
+    if as_json:
+        d = row.to_dict()
+        d["checkpoints"] = [c.to_dict() for c in queries.checkpoints(run_id)]
+        _dump(d)
+        return
+    click.echo(f"run {row.id}: {row.name}\n  status     {row.status} (attempt {row.attempt})")
+    click.echo(f"  progress   step {row.step}/{row.total}; last stored step {row.last_step}")
+    click.echo(f"  eval       proxy {_fmt(row.last_proxy)}, gold {_fmt(row.last_gold)} at step {row.last_eval_step}")
+    if row.worker_host:
+        click.echo(f"  worker     {row.worker_host}" + (f" GPU {row.worker_gpu}" if row.worker_gpu else "")
+                   + f"; heartbeat {row.heartbeat_at}")
+    click.echo(f"  created    {row.created_at}; started {row.started_at}; finished {row.finished_at}")
+    if row.parent_id:
+        click.echo(f"  parent     run {row.parent_id}")
+    if row.tags:
+        click.echo(f"  tags       {', '.join(row.tags)}")
+    if row.notes:
+        click.echo(f"  notes      {row.notes}")
+    ck = queries.checkpoints(run_id)
+    if ck:
+        click.echo(f"  checkpoint step {ck[-1].step}: {ck[-1].location}")
+    if row.error:
+        click.echo(f"  error      {row.error}")
+    if row.traceback:
+        click.echo("  traceback\n" + "\n".join("    " + line for line in row.traceback.rstrip().splitlines()))
+    if row.config_error:
+        click.echo(f"  config     {row.config_error}")
+    else:
+        click.echo("  config     " + ", ".join(f"{k}={row.config[k]!r}" for k in (row.config_fields_set or sorted(row.config))
+                                               if k in row.config))
+
+
+@runs_group.command("stop")
+@click.argument("run_id", type=int)
+@click.option("--json", "as_json", is_flag=True)
+@_store_errors
+def runs_stop(run_id: int, as_json: bool) -> None:
+    """Stop a run: a queued one is cancelled; a running one checkpoints and ends cancelled."""
+    from grpo_guard.store import queries
+
+    status = queries.request_stop(run_id)
+    if as_json:
+        _dump({"id": run_id, "status": status})
+    else:
+        click.echo(f"run {run_id}: {status}")
+
+
+@runs_group.command("resume")
+@click.argument("run_id", type=int)
+@click.option("--wait", is_flag=True, help="Wait for the run to end; exit non-zero unless it succeeded.")
+@click.option("--timeout", type=float, default=None)
+@click.option("--json", "as_json", is_flag=True)
+@_store_errors
+def runs_resume(run_id: int, wait: bool, timeout: float | None, as_json: bool) -> None:
+    """Queue a failed or cancelled run again; it continues from its last checkpoint."""
+    from grpo_guard.store import queries
+
+    queries.resume_run(run_id)
+    _enqueue(run_id)
+    row = queries.get_run(run_id)
+    if as_json:
+        _dump({"id": run_id, "status": row.status, "attempt": row.attempt})
+    else:
+        click.echo(f"run {run_id}: queued (attempt {row.attempt})")
+    if wait:
+        _finish_wait(run_id, timeout)
+
+
+@runs_group.command("clone")
+@click.argument("run_id", type=int)
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Change a config field (repeatable).")
+@click.option("--epochs", type=int, default=None, help="Shorthand for --set epochs=N.")
+@click.option("--wait", is_flag=True, help="Wait for the new run to end; exit non-zero unless it succeeded.")
+@click.option("--timeout", type=float, default=None)
+@click.option("--json", "as_json", is_flag=True)
+@_store_errors
+def runs_clone(run_id: int, overrides: Sequence[str], epochs: int | None, wait: bool, timeout: float | None,
+               as_json: bool) -> None:
+    """Start a new run from a copy of RUN_ID's config; prints the new id."""
+    from grpo_guard.store import queries
+
+    changes = parse_overrides(list(overrides) + ([f"epochs={epochs}"] if epochs is not None else []))
+    new_id = queries.clone_run(run_id, changes)
+    _enqueue(new_id)
+    if as_json:
+        _dump({"id": new_id, "parent_id": run_id, "status": "queued"})
+    else:
+        click.echo(new_id)
+    if wait:
+        _finish_wait(new_id, timeout)
+
+
+@runs_group.command("sweep")
+@click.option("--json", "as_json", is_flag=True)
+@_store_errors
+def runs_sweep(as_json: bool) -> None:
+    """Recover runs whose worker died (stale heartbeat) now, as workers do periodically."""
+    from worker.recovery import sweep
+
+    done = sweep()
+    if as_json:
+        _dump([a.__dict__ for a in done])
+        return
+    for a in done:
+        click.echo(f"run {a.run_id}: {a.action}: {a.message}")
+    if not done:
+        click.echo("nothing to recover")
+
+
+@runs_group.command("logs")
+@click.argument("run_id", type=int)
+@click.option("--tail", type=int, default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@_store_errors
+def runs_logs(run_id: int, tail: int, as_json: bool) -> None:
+    """The run's last log lines."""
+    from grpo_guard.store import queries
+
+    queries.get_run(run_id)
+    lines = queries.log_lines(run_id, tail=tail)
+    if as_json:
+        _dump([ln.to_dict() for ln in lines])
+        return
+    for ln in lines:
+        click.echo(f"{ln.created_at:%Y-%m-%d %H:%M:%S} #{ln.attempt} {ln.level.upper():7} {ln.message}")
+
+
+@runs_group.command("delete")
+@click.argument("run_id", type=int)
+@click.option("--yes", is_flag=True, help="Do not ask.")
+@_store_errors
+def runs_delete(run_id: int, yes: bool) -> None:
+    """Delete a run's rows and artifacts (a running run must be stopped first)."""
+    from grpo_guard.store import queries
+
+    if not yes:
+        click.confirm(f"delete run {run_id} and its images and checkpoints?", abort=True)
+    queries.delete_run(run_id)
+    click.echo(f"run {run_id}: deleted")
