@@ -35,6 +35,15 @@ def derive_generator(seed: int, *keys: int) -> torch.Generator:
     return torch.Generator().manual_seed(derive_seed(seed, *keys))
 
 
+def encode_each(backbone: Backbone, prompts: list[str]) -> Embeds:
+    """Conditioning for ``prompts``, each distinct prompt encoded on its own first, so its embedding
+    does not depend on which prompts shared its batch (float rounding of batched matmuls): a resumed
+    run then conditions on bit-identical embeddings."""
+    for p in dict.fromkeys(prompts):
+        backbone.encode_prompts([p])
+    return backbone.encode_prompts(prompts)
+
+
 @dataclass
 class Rollout:
     """One epoch of trajectories: N = K prompts × G samples, S trained steps per trajectory."""
@@ -89,7 +98,7 @@ def sample_rollouts(backbone: Backbone, prompts: list[str], prompt_index: torch.
     """
     backbone.eval()
     device = backbone.device
-    embeds = backbone.encode_prompts(prompts)
+    embeds = encode_each(backbone, prompts)
     n, s_count = steps.shape
     num_steps = sigmas.shape[0] - 1
     latent = tuple(noise.shape[1:])
@@ -148,7 +157,7 @@ def sample_ode(backbone: Backbone, prompts: list[str], noise: torch.Tensor, sigm
     device = backbone.device
     out = []
     for a in range(0, len(prompts), chunk):
-        cond = backbone.encode_prompts(prompts[a:a + chunk])
+        cond = encode_each(backbone, prompts[a:a + chunk])
         x = noise[a:a + chunk].to(device)
         b = x.shape[0]
         for j in range(sigmas.shape[0] - 1):

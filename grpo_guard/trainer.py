@@ -76,7 +76,8 @@ def train(config: RunConfig, recorder: Recorder, control: Control, *, resume_fro
         config = _resume_config(config, ckpt, recorder)
     c = config
 
-    # 2. Model, rewards, optimizer, EMA.
+    # 2. Rewards (first: an unknown name fails before a model loads), model, optimizer, EMA.
+    proxies, golds = _build_rewards(c, rewards)
     if backbone is None:
         from grpo_guard.models import build_backbone
 
@@ -89,7 +90,6 @@ def train(config: RunConfig, recorder: Recorder, control: Control, *, resume_fro
     optimizer = torch.optim.AdamW(params, lr=c.learning_rate, betas=(c.adam_beta1, c.adam_beta2),
                                   weight_decay=c.weight_decay, eps=c.adam_eps)
     ema = EMA(params, c.ema_decay) if c.ema else None
-    proxies, golds = _build_rewards(c, rewards)
 
     # 3. Prompts, sigma tables, the fixed eval set.
     from grpo_guard.toyworld.prompts import resolve_prompts

@@ -1,0 +1,180 @@
+"""``grpo-guard train`` and ``grpo-guard sample``: the trainer in the foreground, and one image from
+a base model or a checkpoint. Imported only when one of these commands runs (it loads torch)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+import click
+
+
+class _SignalControl:
+    """Ctrl-C once: stop cleanly at the next epoch boundary (with a checkpoint); twice: abort."""
+
+    def __init__(self) -> None:
+        self.stop = False
+        self._old = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.stop:
+            signal.signal(signal.SIGINT, self._old)
+            raise KeyboardInterrupt
+        self.stop = True
+        click.echo("\nstopping after this epoch (Ctrl-C again to abort without a checkpoint)", err=True)
+
+    def restore(self) -> None:
+        signal.signal(signal.SIGINT, self._old)
+
+    def stop_requested(self) -> bool:
+        return self.stop
+
+    def take_sample_now(self) -> bool:
+        return False
+
+    def take_save_now(self) -> bool:
+        return False
+
+
+class _ProgressRecorder:
+    """Forwards to a recorder and drives a tqdm bar: epoch, reward, ratio statistics, ETA."""
+
+    def __init__(self, inner: Any, total: int) -> None:
+        from tqdm import tqdm
+
+        self.inner = inner
+        self.bar = tqdm(total=total, unit="epoch", dynamic_ncols=True, file=sys.stderr)
+        self.post: dict[str, str] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def log_scalars(self, step: int, values: dict[str, float]) -> None:
+        self.inner.log_scalars(step, values)
+        for key, short, fmt in (("reward/total/mean", "reward", ".4f"), ("ratio/mean_minus_1", "r-1", ".1e"),
+                                ("ratio/std", "r_std", ".1e"), ("ratio/clip_frac", "clip", ".2f"),
+                                ("eval/proxy", "eval_proxy", ".4f"), ("eval/gold", "eval_gold", ".4f")):
+            if key in values:
+                self.post[short] = format(values[key], fmt)
+        self.bar.set_postfix(self.post, refresh=False)
+
+    def set_progress(self, step: int, total: int) -> None:
+        self.inner.set_progress(step, total)
+        self.bar.total = total
+        self.bar.n = step
+        self.bar.refresh()
+
+    def log_line(self, message: str, level: str = "info") -> None:
+        self.inner.log_line(message, level)
+        if level in ("info", "warning", "error"):
+            self.bar.write(message, file=sys.stderr)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+@click.command("train")
+@click.argument("config_path", metavar="CONFIG.yaml", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config field (repeatable).")
+@click.option("--epochs", type=int, default=None, help="Override the number of epochs.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Run directory (scalars, samples, checkpoints). Default: runs/<timestamp>.")
+@click.option("--resume", "resume", type=click.Path(), default=None,
+              help="Checkpoint (ckpt_*.pt) or checkpoint directory to continue from.")
+@click.option("--device", default=None, help="torch device (default: cuda if available, else cpu).")
+def train_cmd(config_path: str, overrides: tuple[str, ...], epochs: int | None, out_dir: str | None,
+              resume: str | None, device: str | None) -> None:
+    """Train CONFIG.yaml in the foreground with a progress bar; Ctrl-C stops cleanly with a checkpoint."""
+    from grpo_guard.config import RunConfig
+
+    items = list(overrides) + ([f"epochs={epochs}"] if epochs is not None else [])
+    config = RunConfig.from_file(config_path, items)
+    if out_dir is None:
+        out_dir = os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
+    from grpo_guard.checkpoint import CheckpointError
+    from grpo_guard.models.base import ModelNotFoundError
+    from grpo_guard.recording import FolderRecorder
+    from grpo_guard.trainer import train
+
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "config.yaml"), "w", encoding="utf-8") as fh:
+        fh.write(config.to_yaml())
+    recorder = _ProgressRecorder(FolderRecorder(out_dir), config.epochs)
+    control = _SignalControl()
+    click.echo(f"run directory: {out_dir}", err=True)
+    try:
+        result = train(config, recorder, control, resume_from=resume, device=device)
+    except (CheckpointError, ModelNotFoundError) as e:
+        recorder.close()
+        raise click.ClickException(str(e)) from None
+    except KeyError as e:  # an unknown reward name
+        recorder.close()
+        raise click.ClickException(str(e.args[0] if e.args else e)) from None
+    finally:
+        control.restore()
+    recorder.close()
+    click.echo(f"{result.status} after {result.step} epochs; last checkpoint: {result.last_checkpoint}")
+
+
+@click.command("sample")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="Run config (backbone, model, resolution, CFG, eval steps).")
+@click.option("--backbone", type=click.Choice(["toy", "sd3", "flux"]), default=None,
+              help="Without --config: a default config for this backbone (toy: the shipped base model).")
+@click.option("--checkpoint", type=click.Path(), default=None,
+              help="Checkpoint to sample from (its EMA weights); its config is used when --config is absent.")
+@click.option("--prompt", required=True, help="The prompt.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the initial noise.")
+@click.option("--steps", type=int, default=None, help="ODE steps (default: the config's eval_num_steps).")
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Output PNG file.")
+@click.option("--device", default=None, help="torch device.")
+def sample_cmd(config_path: str | None, backbone: str | None, checkpoint: str | None, prompt: str, seed: int,
+               steps: int | None, out_path: str, device: str | None) -> None:
+    """Write one image (deterministic ODE sampling, as in evaluation) for PROMPT and SEED."""
+    from grpo_guard.checkpoint import CheckpointError, load_checkpoint
+    from grpo_guard.config import RunConfig
+    from grpo_guard.models.base import ModelNotFoundError
+
+    try:
+        ckpt = load_checkpoint(checkpoint) if checkpoint else None
+    except CheckpointError as e:
+        raise click.ClickException(str(e)) from None
+    if config_path:
+        config = RunConfig.from_file(config_path)
+    elif ckpt is not None:
+        config = ckpt.config
+    elif backbone:
+        config = RunConfig.from_dict({"backbone": backbone})
+    else:
+        raise click.UsageError("give --config, --backbone or --checkpoint")
+    import torch
+
+    from grpo_guard.evaluation import png_bytes
+    from grpo_guard.models import build_backbone
+    from grpo_guard.rollout import sample_ode, seed_noise
+
+    try:
+        bb = build_backbone(config, device=device)
+    except ModelNotFoundError as e:
+        raise click.ClickException(str(e)) from None
+    if ckpt is not None:
+        arch = ckpt.config
+        bb.add_lora(arch.lora_rank, arch.lora_alpha, arch.lora_targets)
+        try:
+            bb.load_trainable_state_dict(ckpt.trainable)
+        except ValueError as e:
+            raise click.ClickException(f"checkpoint {ckpt.path} does not fit this model: {e}") from None
+        if ckpt.ema is not None:
+            with torch.no_grad():
+                for p, s in zip(bb.trainable_parameters(), ckpt.ema, strict=True):
+                    p.copy_(s)
+    sigmas = bb.sigmas(steps or config.eval_num_steps, config.shift, config.resolution)
+    noise = seed_noise([seed], bb.latent_shape(config.resolution))
+    image = bb.decode(sample_ode(bb, [prompt], noise, sigmas, cfg_scale=config.cfg_scale))[0]
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    with open(out_path, "wb") as fh:
+        fh.write(png_bytes(image))
+    click.echo(out_path)
