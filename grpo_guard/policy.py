@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -312,10 +312,10 @@ class PolicyLossOutput:
     """
 
     loss: torch.Tensor
-    stats: dict[str, float] = field(default_factory=dict)
-    per_sample: torch.Tensor | None = None
-    log_ratio: torch.Tensor | None = None
-    delta: torch.Tensor | None = None
+    stats: dict[str, float]
+    per_sample: torch.Tensor
+    log_ratio: torch.Tensor
+    delta: torch.Tensor
 
 
 def policy_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor, *,
@@ -531,7 +531,7 @@ def _step_stats(logr, logrhat, ratio, adv, clip_range, policy_part, loss, kl, we
     if have_means:
         s = per["std"].double()
         s = torch.where(s > 0, s, torch.full_like(s, math.nan))  # s = 0: no bias defined, skipped
-        d2 = (mean.detach().double() - old_mean.detach().double()).square().mean(dim=tuple(range(1, mean.ndim)))
+        d2 = (mean.detach() - old_mean.detach()).square().mean(dim=tuple(range(1, mean.ndim))).double()
         st["bias"] = _nanmean(d2 / (2 * s * s))
         st["drift_rms"] = _nanmean(d2).sqrt()
     high = (ratio > 1 + clip_range).double()
