@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from grpo_guard.sde import LOG_PROB_FORMS, _describe, _is_real, _per_sample
+from grpo_guard.sde import LOG_PROB_FORMS, _describe, _is_real, _per_sample, _raise_failed
 
 __all__ = [
     "DELTAS",
@@ -202,17 +202,21 @@ def normalized_log_ratio(log_prob: torch.Tensor, old_log_prob: torch.Tensor, mea
     if log_prob_form not in LOG_PROB_FORMS:
         raise ValueError(f"normalized_log_ratio: `log_prob_form` must be one of {LOG_PROB_FORMS}, got {log_prob_form!r}")
     _check_like(mean, old_mean, "old_mean", "normalized_log_ratio")
-    batch = mean.shape[0]
-    s = _per_sample(std, batch, mean.dtype, mean.device, "std", "normalized_log_ratio").detach()
-    dims = tuple(range(1, mean.ndim))
-    d = mean - old_mean.detach()
     if prev_sample is not None:
         _check_like(mean, prev_sample, "prev_sample", "normalized_log_ratio")
-        eps = (prev_sample.detach() - old_mean.detach()) / s.view((batch,) + (1,) * (mean.ndim - 1))
-        return (eps * d).mean(dim=dims)
-    delta_log_p = log_prob - old_log_prob.detach()
-    d2 = d.square().mean(dim=dims)
-    if log_prob_form == "gaussian":
+    s = _per_sample(std, mean.shape[0], mean.dtype, mean.device, "std", "normalized_log_ratio").detach()
+    d = mean - old_mean.detach()
+    d2 = d.square().mean(dim=tuple(range(1, mean.ndim)))
+    return _log_ratio_hat(log_prob - old_log_prob.detach(), d, d2, s, old_mean, prev_sample, log_prob_form)
+
+
+def _log_ratio_hat(delta_log_p, d, d2, s, old_mean, prev_sample, form) -> torch.Tensor:
+    """log r̂ (B,) from Δ log p (B,), d = μ_θ − μ_old, d2 = mean_D d² (B,) and s (B,); see normalized_log_ratio."""
+    if prev_sample is not None:  # clean form
+        s_b = s.view((s.shape[0],) + (1,) * (d.ndim - 1))
+        eps = (prev_sample.detach() - old_mean.detach()) / s_b
+        return (eps * d).mean(dim=tuple(range(1, d.ndim)))
+    if form == "gaussian":  # implemented form
         return s * (delta_log_p + d2 / (2 * s * s))
     return (delta_log_p + d2) / (2 * s)
 
@@ -431,14 +435,48 @@ def policy_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: 
     per = {n: _per_sample(x, batch, dtype, device, n, fn).detach()
            for n, x in (("std", std), ("dt", dt), ("beta", beta), ("std_dev_t", std_dev_t)) if x is not None}
 
-    # 2. Value checks, evaluated lazily together with the statistics (one sync).
-    checks: list[tuple[str, torch.Tensor]] = []
+    # 2. Log-ratios: raw Δ, and RatioNorm's log r̂ whenever the means are given (with grad only when it
+    #    is the ratio in the loss; for the statistics alone, samples with s = 0 give NaN and are skipped).
+    adv = advantages.detach().to(dtype)
+    if adv_clip is not None:
+        adv = adv.clamp(-adv_clip, adv_clip)
+    logr = log_prob - old_log_prob.detach()
+    have_means = mean is not None and old_mean is not None and std is not None
+    d2 = logrhat = None
+    if have_means and (ratio_norm or compute_stats):
+        s = per["std"] if ratio_norm else torch.where(per["std"] > 0, per["std"], math.nan)
+        with torch.set_grad_enabled(ratio_norm and torch.is_grad_enabled()):
+            d = mean - old_mean.detach()
+            d2 = d.square().mean(dim=tuple(range(1, mean.ndim)))  # (B,)
+            logrhat = _log_ratio_hat(logr, d, d2, s, old_mean, prev_sample, log_prob_form)
+    log_ratio = logrhat if ratio_norm else logr
+
+    # 3. Clipped surrogate, per-sample reweighting (inside the batch mean), KL (not reweighted).
+    ratio = torch.exp(log_ratio)
+    surrogate = torch.maximum(-adv * ratio, -adv * ratio.clamp(1 - clip_range, 1 + clip_range))
+    weight = reweight_delta(per["dt"], delta=delta, beta=per.get("beta"), batch_size=batch) if grad_reweight \
+        else torch.ones(batch, dtype=dtype, device=device)
+    policy_part = weight * surrogate
+    per_sample = policy_part
+    kl = None
+    if mean is not None and ref_mean is not None and std_dev_t is not None and (kl_beta > 0 or compute_stats):
+        sd = per["std_dev_t"] if kl_beta > 0 else torch.where(per["std_dev_t"] > 0, per["std_dev_t"], math.nan)
+        with torch.set_grad_enabled(kl_beta > 0 and torch.is_grad_enabled()):
+            kl = kl_to_reference(mean, ref_mean, sd)
+        if kl_beta > 0:
+            per_sample = per_sample + kl_beta * kl
+    loss = per_sample.mean()
+
+    # 4. Value checks. The (B,) inputs are checked directly; the latent-sized ones through the (B,)
+    #    quantities they feed (NaN/inf propagates into d2, log r̂ and KL), and examined one by one
+    #    only on failure, to name the culprit. Evaluated with the statistics: one sync in all.
+    checks: list = []
     if validate:
-        tensors = {"log_prob": log_prob, "old_log_prob": old_log_prob, "advantages": advantages,
-                   **latent_like, **per}
-        checks += [(f"{fn}: `{n}` contains NaN or inf", torch.isfinite(x.detach()).all()) for n, x in tensors.items()]
+        small = {"log_prob": log_prob, "old_log_prob": old_log_prob, "advantages": advantages, **per}
+        checks += [(f"{fn}: `{n}` contains NaN or inf", torch.isfinite(x.detach()).all()) for n, x in small.items()]
         if ratio_norm:
-            checks.append((f"{fn}: `std` must be > 0 for ratio_norm (s = 0 is a deterministic step)", (per["std"] > 0).all()))
+            checks.append((f"{fn}: `std` must be > 0 for ratio_norm (s = 0 is a deterministic step)",
+                           (per["std"] > 0).all()))
         if grad_reweight:
             checks.append((f"{fn}: `dt` must be nonzero for grad_reweight (δ ∝ 1/|dt|)", (per["dt"] != 0).all()))
             if delta in ("beta_over_dt", "inv_beta_dt"):
@@ -446,55 +484,29 @@ def policy_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: 
         if kl_beta > 0:
             checks.append((f"{fn}: `std_dev_t` must be > 0 for the KL term", (per["std_dev_t"] > 0).all()))
 
-    # 3. Log-ratios: raw Δ, and RatioNorm's log r̂ whenever the means are given.
-    adv = advantages.detach().to(dtype)
-    if adv_clip is not None:
-        adv = adv.clamp(-adv_clip, adv_clip)
-    logr = log_prob - old_log_prob.detach()
-    have_means = mean is not None and old_mean is not None and std is not None
-    logrhat = None
-    if ratio_norm:
-        logrhat = normalized_log_ratio(log_prob, old_log_prob, mean, old_mean, per["std"],
-                                       prev_sample=prev_sample, log_prob_form=log_prob_form)
-    elif have_means and compute_stats:
+        def culprits(*names):
+            return [(f"{fn}: `{n}` contains NaN or inf", latent_like[n].detach()) for n in names if n in latent_like]
+
+        if d2 is not None:
+            checks.append((f"{fn}: (μ_θ − μ_old)² overflowed: `mean` or `old_mean` is too large",
+                           torch.isfinite(d2.detach()).all(), culprits("mean", "old_mean")))
+        if logrhat is not None and prev_sample is not None:
+            probe = torch.where(torch.isnan(s), 0.0, logrhat.detach())
+            checks.append((f"{fn}: log r̂ overflowed: `prev_sample` is too large", torch.isfinite(probe).all(),
+                           culprits("prev_sample", "old_mean", "mean")))
+        if kl is not None and kl_beta > 0:
+            checks.append((f"{fn}: the KL overflowed: `mean` or `ref_mean` is too large",
+                           torch.isfinite(kl.detach()).all(), culprits("mean", "ref_mean")))
+
+    # 5. Statistics (ALGORITHM.md §8), converted together with the checks.
+    named: dict[str, torch.Tensor] = {}
+    if compute_stats:
         with torch.no_grad():
-            s_safe = torch.where(per["std"] > 0, per["std"], torch.full_like(per["std"], math.nan))
-            logrhat = normalized_log_ratio(log_prob.detach(), old_log_prob, mean.detach(), old_mean, s_safe,
-                                           prev_sample=prev_sample, log_prob_form=log_prob_form)
-    log_ratio = logrhat if ratio_norm else logr
-
-    # 4. Clipped surrogate, reweighting, KL.
-    ratio = torch.exp(log_ratio)
-    surrogate = torch.maximum(-adv * ratio, -adv * ratio.clamp(1 - clip_range, 1 + clip_range))
-    weight = reweight_delta(per["dt"], delta=delta, beta=per.get("beta"), batch_size=batch) if grad_reweight \
-        else torch.ones(batch, dtype=dtype, device=device)
-    per_sample = weight * surrogate
-    kl = None
-    if mean is not None and ref_mean is not None and std_dev_t is not None and (kl_beta > 0 or compute_stats):
-        kl = kl_to_reference(mean, ref_mean, per["std_dev_t"]) if kl_beta > 0 else \
-            kl_to_reference(mean.detach(), ref_mean, per["std_dev_t"])
-    policy_part = per_sample
-    if kl_beta > 0:
-        per_sample = per_sample + kl_beta * kl
-    loss = per_sample.mean()
-
-    # 5. Statistics (ALGORITHM.md §8), one batched conversion.
-    stats: dict[str, float] = {}
-    if compute_stats or checks:
-        named: dict[str, torch.Tensor] = {}
-        if compute_stats:
-            with torch.no_grad():
-                named = _step_stats(logr.detach(), logrhat.detach() if logrhat is not None else None,
-                                    ratio.detach(), adv, clip_range, policy_part.detach(), loss.detach(),
-                                    kl.detach() if kl is not None else None, weight if grad_reweight else None,
-                                    per, mean, old_mean, have_means)
-        values = [v.reshape(()).to(device=device, dtype=torch.float64) for v in named.values()]
-        values += [ok.reshape(()).to(device=device, dtype=torch.float64) for _, ok in checks]
-        flat = torch.stack(values).tolist() if values else []
-        for (msg, _), ok in zip(checks, flat[len(named):], strict=True):
-            if not ok:
-                raise ValueError(msg)
-        stats = dict(zip(named, flat[:len(named)], strict=True))
+            named = _step_stats(logr.detach(), None if logrhat is None else logrhat.detach(), ratio.detach(), adv,
+                                clip_range, policy_part.detach(), loss.detach(), None if kl is None else kl.detach(),
+                                weight if grad_reweight else None, per, None if d2 is None else d2.detach())
+    flat = _raise_failed(checks, list(named.values()))
+    stats = dict(zip(named, flat, strict=True))
     return PolicyLossOutput(loss=loss, stats=stats, per_sample=per_sample, log_ratio=log_ratio, delta=weight)
 
 
@@ -518,8 +530,7 @@ def _nanstd(x: torch.Tensor) -> torch.Tensor:
     return torch.nanmean((x - torch.nanmean(x)).square()).sqrt()
 
 
-def _step_stats(logr, logrhat, ratio, adv, clip_range, policy_part, loss, kl, weight, per, mean, old_mean,
-                have_means) -> dict[str, torch.Tensor]:
+def _step_stats(logr, logrhat, ratio, adv, clip_range, policy_part, loss, kl, weight, per, d2) -> dict[str, torch.Tensor]:
     st: dict[str, torch.Tensor] = {}
     r_m1 = torch.expm1(logr.double())  # r − 1 without the float32 rounding of r near 1
     st["logr_mean"], st["logr_std"] = _nanmean(logr), _nanstd(logr)
@@ -528,12 +539,11 @@ def _step_stats(logr, logrhat, ratio, adv, clip_range, policy_part, loss, kl, we
         rhat_m1 = torch.expm1(logrhat.double())
         st["logrhat_mean"], st["logrhat_std"] = _nanmean(logrhat), _nanstd(logrhat)
         st["rhat_mean_minus_1"], st["rhat_std"] = _nanmean(rhat_m1), _nanstd(rhat_m1)
-    if have_means:
+    if d2 is not None:
         s = per["std"].double()
-        s = torch.where(s > 0, s, torch.full_like(s, math.nan))  # s = 0: no bias defined, skipped
-        d2 = (mean.detach() - old_mean.detach()).square().mean(dim=tuple(range(1, mean.ndim))).double()
-        st["bias"] = _nanmean(d2 / (2 * s * s))
-        st["drift_rms"] = _nanmean(d2).sqrt()
+        s = torch.where(s > 0, s, math.nan)  # s = 0: no bias defined, skipped
+        st["bias"] = _nanmean(d2.double() / (2 * s * s))
+        st["drift_rms"] = _nanmean(d2.double()).sqrt()
     high = (ratio > 1 + clip_range).double()
     low = (ratio < 1 - clip_range).double()
     pos, neg = (adv > 0).double(), (adv < 0).double()

@@ -236,11 +236,15 @@ def step_log_prob(prev_sample: torch.Tensor, mean: torch.Tensor, std: SigmaLike,
     if prev_sample.shape != mean.shape:
         raise ValueError(f"step_log_prob: `prev_sample` {tuple(prev_sample.shape)} and `mean` "
                          f"{tuple(mean.shape)} must have the same shape")
-    dims = tuple(range(1, mean.ndim))
-    sq = (prev_sample.detach() - mean).square().mean(dim=dims)  # (B,)
+    sq = (prev_sample.detach() - mean).square().mean(dim=tuple(range(1, mean.ndim)))  # (B,)
+    s = None if form == "neg_mse" else _per_sample(std, mean.shape[0], mean.dtype, mean.device, "std", "step_log_prob")
+    return _log_prob_from_sq(sq, s, form)
+
+
+def _log_prob_from_sq(sq: torch.Tensor, s: torch.Tensor | None, form: str) -> torch.Tensor:
+    """log p from sq = mean_D (x' − μ)², shape (B,); s (B,) is unused by ``neg_mse``."""
     if form == "neg_mse":
         return -sq
-    s = _per_sample(std, mean.shape[0], mean.dtype, mean.device, "std", "step_log_prob")
     positive = s > 0
     s_safe = torch.where(positive, s, torch.ones_like(s))
     lp = -sq / (2 * s_safe * s_safe) - torch.log(s_safe) - _HALF_LOG_2PI
@@ -330,13 +334,9 @@ def sde_step(velocity: torch.Tensor, latents: torch.Tensor, sigma: SigmaLike, si
     device = latents.device
     t, tn = _sigma_pair(sigma, sigma_next, batch, dtype, device, fn)
 
-    # 3. Check values: one fused device sync.
-    if validate:
-        checks = _sigma_checks(sigma, sigma_next, t, tn, fn)
-        checks += [(f"{fn}: `{name}` contains NaN or inf", torch.isfinite(x).all())
-                   for name, x in (("velocity", velocity), ("latents", latents), ("prev_sample", prev_sample))
-                   if x is not None]
-        _raise_failed(checks)
+    # 3. Check the sigmas given as floats now; tensor checks wait for one fused sync (step 7).
+    checks = _sigma_checks(sigma, sigma_next, t, tn, fn) if validate else []
+    _raise_failed([c for c in checks if not isinstance(c[1], torch.Tensor)])
 
     # 4. Mean and std.
     eta = float(noise_level)
@@ -357,11 +357,27 @@ def sde_step(velocity: torch.Tensor, latents: torch.Tensor, sigma: SigmaLike, si
         x_next = (mean + std * noise).detach()
 
     # 6. Log-probability, averaged over the non-batch dims.
+    sq = None
     if dynamics == "ode":
         log_prob = torch.zeros(batch, dtype=dtype, device=device)
     else:
         form = "neg_mse" if dynamics == "cps" and cps_logprob == "flow_grpo" else "gaussian"
-        log_prob = step_log_prob(x_next, mean, k.std, form=form)
+        sq = (x_next - mean).square().mean(dim=tuple(range(1, mean.ndim)))  # (B,)
+        log_prob = _log_prob_from_sq(sq, k.std, form)
+
+    # 7. Value checks, one sync. NaN/inf in v, x or x' always reaches sq = mean_D (x' − μ)² (NaN·0 is
+    #    NaN), so a (B,) probe replaces three passes over the latents; the inputs are examined one by
+    #    one only when the probe fails, to name the culprit.
+    if validate:
+        inputs = [(f"{fn}: `{name}` contains NaN or inf", x)
+                  for name, x in (("velocity", velocity), ("latents", latents), ("prev_sample", prev_sample))
+                  if x is not None]
+        if sq is None:
+            checks += [(msg, torch.isfinite(x).all()) for msg, x in inputs]
+        else:
+            checks.append((f"{fn}: (x' − μ)² overflowed: `velocity`, `latents` or `prev_sample` is too large",
+                           torch.isfinite(sq.detach()).all(), inputs))
+        _raise_failed(checks)
     return SDEStep(prev_sample=x_next, mean=mean, std=std, log_prob=log_prob,
                    std_dev_t=k.std_dev_t, beta=k.beta, dt=k.dt)
 
@@ -411,9 +427,12 @@ def _sigma_pair(sigma, sigma_next, batch, dtype, device, fn):
             _per_sample(sigma_next, batch, dtype, device, "sigma_next", fn))
 
 
-def _sigma_checks(sigma, sigma_next, t, tn, fn) -> list[tuple[str, torch.Tensor | bool]]:
+Check = tuple  # (message, ok: bool | 0-d bool tensor) or (message, ok, [(message, tensor), ...] to name a culprit)
+
+
+def _sigma_checks(sigma, sigma_next, t, tn, fn) -> list[Check]:
     """(message, ok) pairs; floats are checked in Python, tensors lazily (see :func:`_raise_failed`)."""
-    checks: list[tuple[str, torch.Tensor | bool]] = []
+    checks: list[Check] = []
     for name, raw, val in (("sigma", sigma, t), ("sigma_next", sigma_next, tn)):
         msg = f"{fn}: `{name}` must be finite and in [0, 1]" + (f", got {raw!r}" if _is_real(raw) else "")
         ok = (math.isfinite(raw) and 0 <= raw <= 1) if _is_real(raw) else ((val >= 0) & (val <= 1)).all()
@@ -426,19 +445,30 @@ def _sigma_checks(sigma, sigma_next, t, tn, fn) -> list[tuple[str, torch.Tensor 
     return checks
 
 
-def _raise_failed(checks: list[tuple[str, torch.Tensor | bool]]) -> None:
-    """Raise ValueError for the first failed check; tensor checks cost one sync all together."""
-    for msg, ok in checks:
+def _raise_failed(checks: list[Check], values: list[torch.Tensor] | None = None) -> list[float]:
+    """Raise ValueError for the first failed check, else return ``values`` as floats.
+
+    Tensor checks and ``values`` (0-d tensors) are converted together: one device sync in all. A
+    check that carries culprits ``[(message, tensor), ...]`` raises the first culprit's message whose
+    tensor holds NaN/inf, and its own message if none does.
+    """
+    for msg, ok, *_ in checks:
         if ok is False:
             raise ValueError(msg)
-    tensor_checks = [(msg, ok) for msg, ok in checks if isinstance(ok, torch.Tensor)]
-    if not tensor_checks:
-        return
-    dev = tensor_checks[0][1].device
-    flags = torch.stack([ok.reshape(()).to(dev) for _, ok in tensor_checks]).tolist()
-    for (msg, _), flag in zip(tensor_checks, flags, strict=True):
+    tensor_checks = [c for c in checks if isinstance(c[1], torch.Tensor)]
+    values = values or []
+    if not tensor_checks and not values:
+        return []
+    dev = (tensor_checks[0][1] if tensor_checks else values[0]).device
+    flat = torch.stack([x.reshape(()).to(device=dev, dtype=torch.float64)
+                        for x in [c[1] for c in tensor_checks] + values]).tolist()
+    for check, flag in zip(tensor_checks, flat, strict=False):
         if not flag:
-            raise ValueError(msg)
+            for culprit_msg, tensor in (check[2] if len(check) > 2 else []):
+                if not bool(torch.isfinite(tensor).all()):
+                    raise ValueError(culprit_msg)
+            raise ValueError(check[0])
+    return flat[len(tensor_checks):]
 
 
 def _randn(shape: torch.Size, generator: GeneratorLike, device: torch.device, dtype: torch.dtype) -> torch.Tensor:

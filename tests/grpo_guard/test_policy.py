@@ -558,6 +558,12 @@ def test_bad_arguments_raise_value_error_naming_the_argument(over, name):
         _bad_call(**over)
 
 
+def test_overflowing_latents_are_reported_not_propagated():
+    """Finite but absurd latents that overflow (μ_θ − μ_old)² raise a ValueError naming the inputs."""
+    with pytest.raises(ValueError, match="overflowed: `mean` or `old_mean`"):
+        _bad_call(old_mean=torch.full((2, 2, 3, 3), 1e200, dtype=F64))
+
+
 def test_validate_false_skips_value_checks():
     """validate=False skips the data-dependent checks: NaN propagates instead of raising."""
     out = _bad_call(log_prob=NAN2, validate=False, compute_stats=False)

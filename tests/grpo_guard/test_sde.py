@@ -353,6 +353,12 @@ def test_bad_arguments_raise_value_error_naming_the_argument(over, name):
         _call(**over)
 
 
+def test_overflowing_inputs_are_reported_not_propagated():
+    """Finite but absurd inputs that overflow (x' − μ)² raise a ValueError naming the inputs."""
+    with pytest.raises(ValueError, match="overflowed: `velocity`, `latents` or `prev_sample`"):
+        _call(velocity=torch.full(SHAPE, 1e200, dtype=F64), prev_sample=torch.zeros(SHAPE, dtype=F64))
+
+
 def test_validate_false_skips_value_checks():
     """validate=False skips the data-dependent checks (no device sync); shapes are still checked."""
     step = _call(velocity=NAN_X, validate=False)
