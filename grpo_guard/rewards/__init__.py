@@ -57,3 +57,21 @@ def build_reward(name: str, **options: Any) -> Reward:
 # ---- the registry ---------------------------------------------------------------------------
 # Entries are added next to their implementation's module path; keep this list in one place so
 # that `grpo-guard config fields` and the New-run form can list them without importing anything.
+
+# Rewards for real images (SD3 / FLUX). Model-based ones load local weights only: the reward
+# option `path`, or GG_REWARD_<NAME>_PATH, or their standard hub id from the HF cache.
+_REAL = ("sd3", "flux")
+register("ocr", "grpo_guard.rewards.ocr:ocr", "proxy",
+         "OCR accuracy of the prompt's quoted text: 1 − normalised edit distance (rapidocr, bundled models).", _REAL)
+register("clipscore", "grpo_guard.rewards.clip:clipscore", "any",
+         "CLIP cosine(image, prompt); CLIP ViT-L/14 from GG_REWARD_CLIPSCORE_PATH or the HF cache.", _REAL)
+register("pickscore", "grpo_guard.rewards.pickscore:pickscore", "any",
+         "PickScore (≈21–23); PickScore_v1 from GG_REWARD_PICKSCORE_PATH or the HF cache.", _REAL)
+register("hpsv2", "grpo_guard.rewards.hps:hpsv2", "gold",
+         "HPSv2 (≈0.2–0.3); a transformers-format CLIP of the HPSv2 weights at GG_REWARD_HPSV2_PATH.", _REAL)
+register("imagereward", "grpo_guard.rewards.imagereward:imagereward", "gold",
+         "ImageReward (normalised); a transformers-format BLIP + MLP head at GG_REWARD_IMAGEREWARD_PATH.", _REAL)
+register("aesthetic", "grpo_guard.rewards.aesthetic:aesthetic", "any",
+         "LAION aesthetic predictor v2 (≈1–10): CLIP ViT-L/14 + the MLP head file at GG_REWARD_AESTHETIC_HEAD.", _REAL)
+register("geneval", "grpo_guard.rewards.geneval:geneval", "proxy",
+         "GenEval object/count/colour/position rules; needs a detector passed in code (none ships offline).", _REAL)

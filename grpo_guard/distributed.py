@@ -1,0 +1,139 @@
+"""Data parallel over prompt groups (``num_gpus`` > 1), launched through ``accelerate``.
+
+The split (ALGORITHM.md §3.1, "groups are spread over GPUs, so all rewards and prompts are
+gathered before normalising"):
+
+1. every rank draws the same epoch prompts (same seed), then keeps its own groups,
+   :func:`shard_indices` (whole groups per rank, so a group never straddles two ranks);
+2. it samples and scores those groups locally;
+3. :func:`gather_rewards` concatenates every rank's rewards (and group ids) in rank order, so
+   every rank computes the same advantages over the full batch (global or group std);
+4. :func:`local_slice` picks this rank's part of the advantages back out;
+5. gradients are averaged by DDP / ``accelerator.backward`` as usual.
+
+Sizes may differ per rank (K groups not divisible by the world size). With no process group (a
+single process) every function degrades to the identity, so the single-GPU trainer can call them
+unconditionally.
+
+:func:`build_launch_command` gives the ``accelerate launch`` argv a worker runs for a multi-GPU
+run (``python -m accelerate.commands.launch ... -m grpo_guard.cli train CONFIG``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from typing import TypeVar
+
+import numpy as np
+
+T = TypeVar("T")
+
+
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size) of this process: the initialised torch.distributed group, else the
+    ``RANK`` / ``WORLD_SIZE`` variables that ``accelerate launch`` (torchrun) sets, else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def shard_indices(n: int, rank: int, world_size: int) -> list[int]:
+    """Indices of the ``n`` prompt groups that ``rank`` samples: contiguous blocks whose sizes
+    differ by at most one (ranks < n % world_size get one more). Concatenating the shards in rank
+    order gives 0 … n−1, so gathered results are in the global group order."""
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in a world of size {world_size}")
+    base, extra = divmod(n, world_size)
+    start = rank * base + min(rank, extra)
+    return list(range(start, start + base + (rank < extra)))
+
+
+def shard_prompts(prompts: Sequence[T], rank: int | None = None, world_size: int | None = None) -> list[T]:
+    """This rank's share of the epoch's prompt groups (see :func:`shard_indices`)."""
+    if rank is None or world_size is None:
+        rank, world_size = rank_and_world()
+    return [prompts[i] for i in shard_indices(len(prompts), rank, world_size)]
+
+
+def _gather_1d(values: np.ndarray, dtype) -> tuple[np.ndarray, list[int]]:
+    """All-gather a 1-D array of any per-rank length; returns (concatenation, sizes)."""
+    import torch
+    import torch.distributed as dist
+
+    values = np.asarray(values, dtype=dtype).reshape(-1)
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return values.copy(), [values.shape[0]]
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    world = dist.get_world_size()
+    size = torch.tensor([values.shape[0]], dtype=torch.long, device=device)
+    sizes_t = [torch.zeros_like(size) for _ in range(world)]
+    dist.all_gather(sizes_t, size)
+    sizes = [int(s.item()) for s in sizes_t]
+    longest = max(sizes)
+    padded = torch.zeros(longest, dtype=torch.from_numpy(values[:0]).dtype, device=device)
+    padded[: values.shape[0]] = torch.from_numpy(values).to(device)
+    parts = [torch.zeros_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    out = np.concatenate([p[:n].cpu().numpy() for p, n in zip(parts, sizes, strict=True)])
+    return out, sizes
+
+
+def gather_rewards(rewards, group_ids=None):
+    """Concatenate every rank's rewards (B_r,) in rank order: (Σ B_r,) float64.
+
+    With ``group_ids`` (B_r,) int (global group indices) also returns the gathered group ids,
+    and the per-rank sizes: ``(rewards, group_ids, sizes)``. Call on every rank (a collective)."""
+    if hasattr(rewards, "detach"):
+        rewards = rewards.detach().cpu().numpy()
+    out, sizes = _gather_1d(rewards, np.float64)
+    if group_ids is None:
+        return out
+    if hasattr(group_ids, "detach"):
+        group_ids = group_ids.detach().cpu().numpy()
+    ids, id_sizes = _gather_1d(group_ids, np.int64)
+    if id_sizes != sizes:
+        raise ValueError(f"rewards and group ids differ in length per rank: {sizes} vs {id_sizes}")
+    return out, ids, sizes
+
+
+def local_slice(sizes: Sequence[int], rank: int | None = None) -> slice:
+    """The slice of a gathered (Σ B_r,) array that belongs to ``rank``."""
+    if rank is None:
+        rank = rank_and_world()[0]
+    start = int(sum(sizes[:rank]))
+    return slice(start, start + int(sizes[rank]))
+
+
+def build_launch_command(config_path: str, num_gpus: int, gpu_ids: Sequence[int] | None = None, *,
+                         overrides: Sequence[str] = (), main_process_port: int | None = None,
+                         python: str | None = None) -> list[str]:
+    """The argv that runs ``grpo-guard train CONFIG`` on ``num_gpus`` GPUs.
+
+    One GPU: ``python -m grpo_guard.cli train CONFIG`` (the caller sets CUDA_VISIBLE_DEVICES).
+    More: ``python -m accelerate.commands.launch --multi_gpu --num_processes N --num_machines 1
+    --gpu_ids 0,1 --mixed_precision no --dynamo_backend no [--main_process_port P] -m
+    grpo_guard.cli train CONFIG [--set k=v ...]``. Mixed precision stays ``no`` for accelerate
+    because the backbone autocasts itself (``mixed_precision`` in the run config).
+
+    Raises ``ValueError`` when ``gpu_ids`` are not ``num_gpus`` distinct non-negative ints."""
+    if num_gpus < 1:
+        raise ValueError(f"num_gpus must be >= 1, got {num_gpus}")
+    ids = list(range(num_gpus)) if gpu_ids is None else [int(i) for i in gpu_ids]
+    if len(ids) != num_gpus or len(set(ids)) != len(ids) or any(i < 0 for i in ids):
+        raise ValueError(f"gpu_ids must be {num_gpus} distinct GPU indices, got {list(gpu_ids or [])}")
+    python = python or sys.executable
+    tail = ["-m", "grpo_guard.cli", "train", str(config_path)]
+    for item in overrides:
+        tail += ["--set", item]
+    if num_gpus == 1:
+        return [python, *tail]
+    cmd = [python, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_gpus),
+           "--num_machines", "1", "--gpu_ids", ",".join(map(str, ids)), "--mixed_precision", "no",
+           "--dynamo_backend", "no"]
+    if main_process_port is not None:
+        cmd += ["--main_process_port", str(int(main_process_port))]
+    return cmd + tail

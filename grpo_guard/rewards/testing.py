@@ -1,0 +1,77 @@
+"""Tiny random reward models built in code, for tests (no hub access): a CLIP model + processor
+saved like a real checkpoint, so the rewards' real loading code runs against it."""
+
+from __future__ import annotations
+
+import os
+
+
+def tiny_clip_dir(tmp_path, *, seed: int = 0, projection_dim: int = 32, image_size: int = 32,
+                  name: str = "tiny_clip") -> str:
+    """Save a random ``CLIPModel`` (2 layers, hidden 32) and a ``CLIPProcessor`` (offline BPE
+    tokenizer, 16 tokens; ``image_size`` px centre crop) under ``tmp_path/name``."""
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    from grpo_guard.toyworld.tokenizers import make_clip_tokenizer
+
+    torch.manual_seed(seed)
+    tok = make_clip_tokenizer(model_max_length=16)
+    cfg = CLIPConfig(
+        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=16, bos_token_id=0, eos_token_id=1,
+                         pad_token_id=1, projection_dim=projection_dim),
+        vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=image_size, patch_size=8, projection_dim=projection_dim),
+        projection_dim=projection_dim)
+    model = CLIPModel(cfg).eval()
+    proc = CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": image_size},
+                                                            crop_size={"height": image_size, "width": image_size}),
+                         tokenizer=tok)
+    out = os.path.join(str(tmp_path), name)
+    model.save_pretrained(out)
+    proc.save_pretrained(out)
+    return out
+
+
+def tiny_mlp_head_state(in_dim: int, *, seed: int = 0) -> dict:
+    """Random weights in the aesthetic / ImageReward MLP layout (keys ``layers.{0,2,4,6,7}.*``),
+    with the official hidden sizes 1024, 128, 64, 16."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    dims = [in_dim, 1024, 128, 64, 16, 1]
+    state = {}
+    for k, (i, o) in zip((0, 2, 4, 6, 7), zip(dims[:-1], dims[1:], strict=True), strict=True):
+        state[f"layers.{k}.weight"] = torch.randn(o, i, generator=g) / i ** 0.5
+        state[f"layers.{k}.bias"] = torch.zeros(o)
+    return state
+
+
+def tiny_blip_dir(tmp_path, *, seed: int = 0, name: str = "tiny_blip") -> str:
+    """Save a random ``BlipForImageTextRetrieval`` (hidden 32), a word-level ``BertTokenizer``,
+    a 32 px ``BlipImageProcessor`` and ``mlp_head.safetensors`` under ``tmp_path/name``: the
+    directory layout the ``imagereward`` reward loads."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import BertTokenizer, BlipConfig, BlipForImageTextRetrieval, BlipImageProcessor
+
+    from grpo_guard.toyworld.tokenizers import EXTRA_WORDS
+
+    torch.manual_seed(seed)
+    words = sorted(set(EXTRA_WORDS) | {"a", "red", "green", "blue", "circle", "square", "on", "background"})
+    chars = [c for c in "abcdefghijklmnopqrstuvwxyz0123456789" if c not in words]
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words, *chars])}
+    tok = BertTokenizer(vocab=vocab)
+    cfg = BlipConfig(
+        text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                         num_attention_heads=4, encoder_hidden_size=32, max_position_embeddings=40,
+                         bos_token_id=2, sep_token_id=3, pad_token_id=0),
+        vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=32, patch_size=8), projection_dim=16)
+    out = os.path.join(str(tmp_path), name)
+    BlipForImageTextRetrieval(cfg).eval().save_pretrained(out)
+    tok.save_pretrained(out)
+    BlipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(out)
+    save_file(tiny_mlp_head_state(32, seed=seed), os.path.join(out, "mlp_head.safetensors"))
+    return out

@@ -1,0 +1,95 @@
+"""Data parallel over prompt groups: sharding, reward gather (world size 1 and a real 2-process
+gloo group on CPU) and the ``accelerate launch`` command."""
+
+import os
+import tempfile
+
+import numpy as np
+import pytest
+import torch
+
+from grpo_guard.distributed import (
+    build_launch_command,
+    gather_rewards,
+    local_slice,
+    rank_and_world,
+    shard_indices,
+    shard_prompts,
+)
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 8, 48])
+@pytest.mark.parametrize("world", [1, 2, 3, 16])
+def test_shards_partition_the_groups_in_order(n, world):
+    """Concatenated in rank order the shards are 0..n-1, sizes differ by at most one."""
+    shards = [shard_indices(n, r, world) for r in range(world)]
+    assert sum(shards, []) == list(range(n))
+    sizes = [len(s) for s in shards]
+    assert max(sizes) - min(sizes) <= 1
+
+
+def test_single_process_is_the_identity():
+    assert rank_and_world() == (0, 1)
+    r = np.array([0.1, 0.5, 0.2])
+    assert np.array_equal(gather_rewards(r), r)
+    out, ids, sizes = gather_rewards(torch.tensor(r), group_ids=torch.tensor([0, 0, 1]))
+    assert np.array_equal(out, r) and ids.tolist() == [0, 0, 1] and sizes == [3]
+    assert local_slice(sizes) == slice(0, 3)
+    assert shard_prompts(["a", "b"]) == ["a", "b"]
+    with pytest.raises(ValueError, match="not in a world"):
+        shard_indices(4, 2, 2)
+
+
+def _worker(rank, world, init_file, out_dir):
+    import torch.distributed as dist
+
+    from grpo_guard.policy import group_advantages
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        groups = shard_indices(5, rank, world)               # 5 groups of 2 over 2 ranks: 3 + 2
+        assert rank_and_world() == (rank, world)
+        ids = np.repeat(groups, 2)
+        rewards = ids * 10.0 + np.tile([0.0, 1.0], len(groups))
+        all_r, all_ids, sizes = gather_rewards(rewards, group_ids=ids)
+        adv = group_advantages(torch.from_numpy(all_r), torch.from_numpy(all_ids), std_scope="global")
+        mine = adv[local_slice(sizes, rank)]
+        np.save(os.path.join(out_dir, f"r{rank}.npy"), np.concatenate([all_r, all_ids, sizes, mine.numpy()]))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_gloo_two_processes_gather_rewards_before_advantages():
+    """Two CPU processes with uneven shards (6 and 4 samples) gather identical global rewards in
+    group order, and each gets its own slice of the (global) advantages back."""
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory() as d:
+        mp.spawn(_worker, args=(2, os.path.join(d, "init"), d), nprocs=2, join=True)
+        r0, r1 = np.load(os.path.join(d, "r0.npy")), np.load(os.path.join(d, "r1.npy"))
+    expect = np.array([0, 1, 10, 11, 20, 21, 30, 31, 40, 41], dtype=float)
+    for r in (r0, r1):
+        assert np.array_equal(r[:10], expect), "gathered rewards are not in global group order"
+        assert np.array_equal(r[10:20], np.repeat(np.arange(5), 2))
+        assert r[20:22].tolist() == [6, 4]
+    assert r0[22:].shape == (6,) and r1[22:].shape == (4,)
+    assert np.allclose(np.concatenate([r0[22:], r1[22:]]).reshape(5, 2).sum(1), 0), "group means not removed"
+
+
+def test_launch_command_for_several_gpus_parses_with_accelerate():
+    from accelerate.commands.launch import launch_command_parser
+
+    cmd = build_launch_command("run.yaml", 2, [2, 3], overrides=["epochs=3"], main_process_port=29555)
+    assert cmd[1:3] == ["-m", "accelerate.commands.launch"]
+    args = launch_command_parser().parse_args(cmd[3:])
+    assert args.multi_gpu and args.num_processes == 2 and args.gpu_ids == "2,3" and args.module
+    assert args.main_process_port == 29555
+    assert args.training_script == "grpo_guard.cli"
+    assert args.training_script_args == ["train", "run.yaml", "--set", "epochs=3"]
+
+
+def test_launch_command_for_one_gpu_and_bad_ids():
+    assert build_launch_command("c.yaml", 1, python="py") == ["py", "-m", "grpo_guard.cli", "train", "c.yaml"]
+    for n, ids in [(2, [0]), (2, [1, 1]), (2, [0, -1]), (0, None)]:
+        with pytest.raises(ValueError):
+            build_launch_command("c.yaml", n, ids)
