@@ -43,7 +43,8 @@ RUN pip install --no-deps /tmp/wheels/*.whl \
  && rm -rf /tmp/wheels /tmp/build \
  && pip check \
  && python -c "import importlib.util as u, sys; sys.exit('torch must not be in the app image' if u.find_spec('torch') else 0)" \
- && python -c "import app.main, worker.celery_app, grpo_guard.store.db" \
+ && GG_DATA_DIR=/tmp/import-check python -c "import app.main, worker.celery_app, grpo_guard.store.db" \
+ && rm -rf /tmp/import-check \
  && grpo-guard --version
 WORKDIR /data
 USER 1000:1000
