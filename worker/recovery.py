@@ -99,13 +99,41 @@ def _send(enqueue: Callable[[int], object], run_id: int) -> None:
 
 
 # ---- in the worker process --------------------------------------------------------------------
+# The periodic sweep runs in a thread of the prefork parent, which forks a fresh child per run.
+# A fork taken while that thread is mid-pass copies whatever locks it holds (database driver,
+# connection pool, broker client) into the child, where nobody will ever release them: the
+# child then hangs (seen with the Redis transport). So a pass holds `_pass_lock`, and every fork
+# waits for the pass in flight to finish.
 _stop = threading.Event()
+_pass_lock = threading.Lock()
+
+
+def _before_fork() -> None:
+    _pass_lock.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    _pass_lock.release()
+
+
+def _after_fork_in_child() -> None:
+    global _pass_lock
+    _pass_lock = threading.Lock()
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                    after_in_child=_after_fork_in_child)
+
+
+def _guarded_sweep() -> list[SweepAction]:
+    with _pass_lock:
+        return sweep()
 
 
 def _periodic(interval: float) -> None:
     while not _stop.wait(interval):
         try:
-            sweep()
+            _guarded_sweep()
         except Exception as e:  # never let the sweeper kill the worker
             log.warning("sweep failed: %s", e)
 
@@ -113,7 +141,7 @@ def _periodic(interval: float) -> None:
 @worker_ready.connect
 def _on_worker_ready(**_: object) -> None:
     try:
-        for a in sweep():
+        for a in _guarded_sweep():
             log.warning("startup sweep: run %s %s", a.run_id, a.action)
     except Exception as e:
         log.warning("startup sweep failed: %s", e)

@@ -32,6 +32,7 @@ from grpo_guard.store import lifecycle
 from grpo_guard.store.artifacts import resolve
 from grpo_guard.store.db import StoreUnavailableError
 from grpo_guard.store.lifecycle import LeaseLostError
+from grpo_guard.store.recorder import StoreControl, StoreRecorder
 from worker import recovery  # noqa: F401  (connects the worker_ready sweep)
 from worker.celery_app import TASK_NAME
 
@@ -80,8 +81,6 @@ def execute_run(run_id: int, *, task_id: str | None = None) -> str:
     if claim is None:
         log.info("run %s is not queued (cancelled, deleted or taken by another delivery): skipping", run_id)
         return "skipped"
-
-    from grpo_guard.store.recorder import StoreControl, StoreRecorder
 
     recorder = StoreRecorder(run_id, lease=claim.lease, attempt=claim.attempt,
                              flush_interval=_env_float("GG_FLUSH_SECONDS", 0.5),

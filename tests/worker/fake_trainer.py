@@ -7,6 +7,7 @@ Every logged value is a pure function of (step, j), so a resumed run must log ex
 uninterrupted one would. Knobs (environment, read per call):
   GG_FAKE_STEP_SECONDS  sleep per epoch (default 0.05)
   GG_FAKE_FAIL_AT       raise at this epoch (default: never)
+A config with ``seed: 13`` fails at epoch 2 (lets a test make one run fail through its config).
 Selected in worker subprocesses with ``GG_TRAINER=tests.worker.fake_trainer:train``.
 """
 
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 
 from grpo_guard.recording import Sample, StepStat
 
+FAILING_SEED = 13
 PROMPTS = ("a red circle on a blue background", "a green square on a white background")
 PNG = (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x02\x00\x00\x00\x90wS"
        b"\xde\x00\x00\x00\x0cIDATx\x9cc\xf8\xcf\xc0\x00\x00\x03\x01\x01\x00\xc9\xfe\x92\xef\x00\x00\x00"
@@ -51,7 +53,7 @@ def _eval(recorder, config, step: int) -> None:
 
 def train(config, recorder, control, *, resume_from: str | None = None, device: str | None = None) -> TrainResult:
     delay = float(os.environ.get("GG_FAKE_STEP_SECONDS", "0.05"))
-    fail_at = int(os.environ.get("GG_FAKE_FAIL_AT", "-1"))
+    fail_at = 2 if config.seed == FAILING_SEED else int(os.environ.get("GG_FAKE_FAIL_AT", "-1"))
     T, E = config.num_steps, config.epochs
     start, last = 0, resume_from
     recorder.log_line(f"fake trainer started (pid {os.getpid()}, resume_from={resume_from})")

@@ -1,0 +1,69 @@
+"""The Celery wiring in one process (STACK.md C9): the app from the environment, a task sent by
+name through a real broker transport (``memory://``), consumed by an in-process worker thread."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from celery.contrib.testing.worker import start_worker
+
+from grpo_guard.config import RunConfig
+from grpo_guard.store import queries
+from worker import celery_app
+
+
+@pytest.fixture(scope="module")
+def memory_app(store):
+    """One in-process worker (solo pool, a thread) per module and backend."""
+    import worker.tasks
+    from tests.worker import fake_trainer
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(worker.tasks, "TRAIN_FN", fake_trainer.train)
+        mp.setenv("GG_FAKE_STEP_SECONDS", "0.02")
+        mp.setenv("GG_BROKER_URL", "memory://")
+        mp.setenv("GG_QUEUE", "inproc")
+        mp.setenv("GG_SWEEP_INTERVAL", "0")
+        app = celery_app.get_app()
+        assert app.conf.broker_url == "memory://" and app.conf.task_acks_late and app.conf.worker_prefetch_multiplier == 1
+        with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=10):
+            yield app
+
+
+def _wait_terminal(rid: int, timeout: float = 30) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        row = queries.get_run(rid)
+        if row.is_terminal:
+            return row.status
+        time.sleep(0.05)
+    raise AssertionError(f"run {rid} still {queries.get_run(rid).status}")
+
+
+def test_a_task_sent_by_name_runs_the_run(memory_app):
+    rid = queries.create_run(RunConfig.from_dict({"epochs": 3, "num_steps": 2, "eval_seeds": [0]}))
+    task_id = celery_app.enqueue_run(rid)
+    assert queries.get_run(rid).task_id == task_id and queries.get_run(rid).enqueued_at is not None
+    assert _wait_terminal(rid) == "succeeded"
+    assert queries.max_steps([rid])[rid] == 3
+
+
+def test_duplicate_messages_run_the_run_once(memory_app):
+    rid = queries.create_run(RunConfig.from_dict({"epochs": 2, "num_steps": 2, "eval_seeds": [0]}))
+    celery_app.enqueue_run(rid)
+    celery_app.enqueue_run(rid)
+    assert _wait_terminal(rid) == "succeeded"
+    time.sleep(0.5)  # let the second delivery be consumed
+    starts = [ln for ln in queries.log_lines(rid) if "fake trainer started" in ln.message]
+    assert len(starts) == 1
+
+
+def test_the_app_module_imports_no_torch_and_no_tasks():
+    import subprocess
+    import sys
+
+    code = ("import sys, worker.celery_app, grpo_guard.store.queries; "
+            "bad = [m for m in ('torch', 'worker.tasks', 'diffusers') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
