@@ -338,14 +338,17 @@ ENV_READ = re.compile(r"""(?:os\.environ(?:\.get|\.setdefault|\.pop)?\s*[(\[]|os
 
 @functools.cache
 def _code_env_vars() -> frozenset[str]:
-    """GG_* and HF_* names the code reads. Two nets: direct reads (`os.environ.get("X")`,
-    `os.environ["X"]`, `os.getenv("X")`) by regex, and every string literal that is exactly such a
-    name (catches `for v in ("HF_HUB_OFFLINE", ...): os.environ.get(v)` and constants)."""
+    """GG_* and HF_* names the code reads. Three nets: direct reads (`os.environ.get("X")`,
+    `os.environ["X"]`, `os.getenv("X")`) by regex; every string literal that is exactly such a
+    name (catches `for v in ("HF_HUB_OFFLINE", ...): os.environ.get(v)` and constants); and every
+    GG_REWARD_* name the code spells out anywhere, since those are read under computed names
+    (f"GG_REWARD_{name}_PATH")."""
     names: set[str] = set()
     for d in CODE_DIRS:
         for path in (REPO / d).rglob("*.py"):
             src = path.read_text(encoding="utf-8")
             names.update(ENV_READ.findall(src))
+            names.update(re.findall(r"\bGG_REWARD_[A-Z0-9_]*[A-Z0-9]\b", src))
             for node in ast.walk(ast.parse(src)):
                 if (isinstance(node, ast.Constant) and isinstance(node.value, str)
                         and re.fullmatch(r"(GG|HF)_[A-Z0-9_]+", node.value)):
