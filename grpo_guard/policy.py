@@ -206,7 +206,7 @@ def normalized_log_ratio(log_prob: torch.Tensor, old_log_prob: torch.Tensor, mea
         _check_like(mean, prev_sample, "prev_sample", "normalized_log_ratio")
     s = _per_sample(std, mean.shape[0], mean.dtype, mean.device, "std", "normalized_log_ratio").detach()
     d = mean - old_mean.detach()
-    d2 = d.square().mean(dim=tuple(range(1, mean.ndim)))
+    d2 = None if prev_sample is not None else d.square().mean(dim=tuple(range(1, mean.ndim)))
     return _log_ratio_hat(log_prob - old_log_prob.detach(), d, d2, s, old_mean, prev_sample, log_prob_form)
 
 
