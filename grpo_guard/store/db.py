@@ -27,7 +27,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 # The single Alembic head this code expects (tests check it against the migrations folder).
-SCHEMA_REVISION = "0001"
+SCHEMA_REVISION = "0002"
 DEFAULT_DATA_DIR = ".grpo-guard"
 UPGRADE_COMMAND = "grpo-guard db upgrade"
 
@@ -329,3 +329,56 @@ def upsert(session: Session, table: Table, rows: list[dict[str, Any]], keys: Seq
     else:
         stmt = stmt.on_conflict_do_nothing(index_elements=list(keys))
     session.execute(stmt, rows)
+
+
+_COPY_TYPES = {"Integer": "int4", "SmallInteger": "int2", "BigInteger": "int8", "Float": "float8"}
+
+
+def bulk_upsert(session: Session, table: Table, columns: Sequence[str], rows: list[tuple],
+                keys: Sequence[str]) -> None:
+    """``upsert`` for large batches of plain tuples (ints, floats, str, None; JSON already
+    serialised), bypassing SQLAlchemy's per-row parameter processing. SQLite: one DBAPI
+    ``executemany`` of ``INSERT .. ON CONFLICT DO UPDATE``. PostgreSQL: a binary COPY straight
+    into the table inside a savepoint; if a key already exists, the batch is copied into a
+    per-connection temporary table instead and merged with ``INSERT .. SELECT .. ON CONFLICT DO
+    UPDATE``. The batch must not repeat a key (the recorder's buffer is keyed by it)."""
+    if not rows:
+        return
+    name = table.name
+    cols = ", ".join(f'"{c}"' for c in columns)
+    updates = ", ".join(f'"{c}" = excluded."{c}"' for c in columns if c not in keys)
+    conflict = f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {updates}"
+    dbapi = session.connection().connection.driver_connection
+    dialect = dialect_name(session)
+    if dialect == "sqlite":
+        marks = ", ".join("?" * len(columns))
+        dbapi.cursor().executemany(f"INSERT INTO {name} ({cols}) VALUES ({marks}) {conflict}", rows)
+    elif dialect == "postgresql":
+        import psycopg
+
+        # text for strings and JSON: their binary COPY form is the UTF-8 text itself
+        types = [_COPY_TYPES.get(type(table.c[c].type).__name__, "text") for c in columns]
+
+        def copy_into(cur: Any, target: str) -> None:
+            with cur.copy(f"COPY {target} ({cols}) FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types(types)
+                for row in rows:
+                    copy.write_row(row)
+
+        with dbapi.cursor() as cur:
+            # Fast path: new keys (the usual case) are copied straight into the table.
+            cur.execute("SAVEPOINT gg_bulk")
+            try:
+                copy_into(cur, name)
+                cur.execute("RELEASE SAVEPOINT gg_bulk")
+                return
+            except psycopg.errors.UniqueViolation:
+                cur.execute("ROLLBACK TO SAVEPOINT gg_bulk")
+            # Some keys exist (a replayed step): stage the batch, then upsert it.
+            stage = f"_gg_stage_{name}"
+            cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {name} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
+            copy_into(cur, stage)
+            cur.execute(f"INSERT INTO {name} ({cols}) SELECT {cols} FROM {stage} {conflict}")
+            cur.execute(f"TRUNCATE {stage}")  # the same transaction may stage this table again
+    else:  # pragma: no cover
+        raise StoreError(f"unsupported database dialect {dialect!r}; use SQLite or PostgreSQL")

@@ -3,7 +3,9 @@
 The schema itself is owned by the Alembic migrations in ``migrations/versions``; these classes
 mirror them (``tests/grpo_guard/store/test_db.py`` checks that the two agree on both SQLite and
 PostgreSQL). Constraints are named through ``NAMING_CONVENTION`` so that batch migrations on
-SQLite can drop and recreate them.
+SQLite can drop and recreate them. The two high-volume tables, ``scalars`` and ``step_stats``,
+carry no foreign key (migration 0002: on PostgreSQL the per-row trigger halves ingestion);
+``queries.delete_run`` removes their rows explicitly.
 
 Tables (natural keys in brackets; writes are upserts on them):
   runs         one row per run: config, status, control flags, progress, worker, heartbeat, error
@@ -140,7 +142,7 @@ class RunKey(Base):
 class Scalar(Base):
     __tablename__ = "scalars"
 
-    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    run_id: Mapped[int] = mapped_column(Integer, primary_key=True)  # no FK: see migration 0002
     key: Mapped[str] = mapped_column(String(200), primary_key=True)
     step: Mapped[int] = mapped_column(Integer, primary_key=True)
     value: Mapped[float | None] = mapped_column(Float)  # NULL when not finite, see `special`
@@ -152,7 +154,7 @@ class Scalar(Base):
 class StepStatRow(Base):
     __tablename__ = "step_stats"
 
-    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    run_id: Mapped[int] = mapped_column(Integer, primary_key=True)  # no FK: see migration 0002
     step: Mapped[int] = mapped_column(Integer, primary_key=True)
     denoise_index: Mapped[int] = mapped_column(Integer, primary_key=True)
     sigma: Mapped[float | None] = mapped_column(Float)

@@ -32,6 +32,7 @@ from grpo_guard.store import artifacts
 from grpo_guard.store.db import (
     RunNotFoundError,
     StoreUnavailableError,
+    bulk_upsert,
     database_url,
     session_scope,
     upsert,
@@ -50,11 +51,18 @@ from grpo_guard.store.models import (
 )
 
 log = logging.getLogger("grpo_guard.store.recorder")
-_STAT_SET = frozenset(STEP_STAT_COLUMNS)
 _LEVELS = ("debug", "info", "warning", "error", "critical")
+# Rows of the two high-volume tables travel as tuples in these column orders (``bulk_upsert``).
+SCALAR_COLUMNS = ("run_id", "key", "step", "value", "special")
+STAT_COLUMNS = ("run_id", "step", "denoise_index", "sigma", "dt", "extra", *STEP_STAT_COLUMNS)
+_STAT_INDEX = {name: i for i, name in enumerate(STAT_COLUMNS) if i >= 6}
+_STAT_SKIP = frozenset(("sigma", "dt", "dt_abs"))  # schedule constants: own columns already
 
 
 def _finite(v: Any) -> float | None:
+    """A finite float, or None (NaN, inf, None, not a number)."""
+    if v.__class__ is float:
+        return v if v - v == 0.0 else None  # inf - inf and nan - nan are nan
     try:
         f = float(v)
     except (TypeError, ValueError):
@@ -92,8 +100,8 @@ class _Buffer:
     """Rows waiting for the next flush, keyed by natural key."""
 
     def __init__(self) -> None:
-        self.scalars: dict[tuple[int, str], dict[str, Any]] = {}
-        self.stats: dict[tuple[int, int], dict[str, Any]] = {}
+        self.scalars: dict[tuple[int, str], tuple] = {}
+        self.stats: dict[tuple[int, int], list] = {}
         self.samples: dict[tuple[int, str, int], dict[str, Any]] = {}
         self.ckpts: dict[int, dict[str, Any]] = {}
         self.lines: list[dict[str, Any]] = []
@@ -159,6 +167,7 @@ class StoreRecorder:
         self.flushes = 0  # transactions committed (for tests and benchmarks)
         self._buf = _Buffer()
         self._known_keys: set[tuple[str, str]] = set()
+        self._seen_stats: set[str] = set()
         self._lock = threading.Lock()  # guards _buf
         self._flush_lock = threading.RLock()  # one flush at a time
         self._failure: BaseException | None = None  # fatal error seen by the background flusher
@@ -174,39 +183,38 @@ class StoreRecorder:
     # ---- Recorder protocol --------------------------------------------------------------------
     def log_scalars(self, step: int, values: dict[str, float]) -> None:
         self._check()
-        step = int(step)
+        step, rid = int(step), self.run_id
         with self._lock:
             for k, v in values.items():
                 key = str(k)
                 value, special = _encode_scalar(v)
-                self._buf.scalars[(step, key)] = {"run_id": self.run_id, "key": key, "step": step,
-                                                  "value": value, "special": special}
+                self._buf.scalars[(step, key)] = (rid, key, step, value, special)
                 self._note_key("scalar", key)
         self._after_add()
 
     def log_step_stats(self, rows: list[StepStat]) -> None:
         self._check()
+        rid, template, index, seen = self.run_id, [None] * len(STAT_COLUMNS), _STAT_INDEX, self._seen_stats
         with self._lock:
             for r in rows:
-                row: dict[str, Any] = dict.fromkeys(STEP_STAT_COLUMNS)
-                row.update(run_id=self.run_id, step=int(r.step), denoise_index=int(r.denoise_index),
-                           sigma=_finite(r.sigma), dt=_finite(r.dt), extra=None)
-                extra: dict[str, Any] = {}
-                for k, v in r.stats.items():
-                    if k in _STAT_SET:
-                        row[k] = _finite(v)
-                        self._note_key("step_stat", k)
-                    elif k in ("sigma", "dt", "dt_abs"):
-                        continue  # the schedule constants already have their own columns
-                    else:
+                row = template.copy()
+                step, j = int(r.step), int(r.denoise_index)
+                row[0], row[1], row[2], row[3], row[4] = rid, step, j, _finite(r.sigma), _finite(r.dt)
+                stats = r.stats
+                if not stats.keys() <= seen:
+                    self._note_stat_keys(stats)
+                extra = None
+                for k, v in stats.items():
+                    i = index.get(k)
+                    if i is not None:
+                        row[i] = _finite(v)
+                    elif k not in _STAT_SKIP:
+                        if extra is None:
+                            extra = {}
                         extra[str(k)] = _json_clean(v)
-                        if isinstance(v, float | int) and not isinstance(v, bool):
-                            self._note_key("step_stat", str(k))
                 if extra:
-                    row["extra"] = extra
-                self._note_key("step_stat", "sigma")
-                self._note_key("step_stat", "dt")
-                self._buf.stats[(row["step"], row["denoise_index"])] = row
+                    row[5] = json.dumps(extra, sort_keys=True)
+                self._buf.stats[(step, j)] = row
         self._after_add()
 
     def log_sample(self, sample: Sample) -> None:
@@ -289,6 +297,15 @@ class StoreRecorder:
         self.close()
 
     # ---- internals ------------------------------------------------------------------------------
+    def _note_stat_keys(self, stats: dict[str, Any]) -> None:
+        """Register a statistic's name the first time it is seen (plottable ones only)."""
+        self._note_key("step_stat", "sigma")
+        self._note_key("step_stat", "dt")
+        for k, v in stats.items():
+            if k in _STAT_INDEX or (k not in _STAT_SKIP and isinstance(v, float | int) and not isinstance(v, bool)):
+                self._note_key("step_stat", str(k))
+        self._seen_stats.update(stats.keys())
+
     def _note_key(self, kind: str, key: str) -> None:
         if (kind, key) not in self._known_keys:
             self._known_keys.add((kind, key))
@@ -379,8 +396,8 @@ class StoreRecorder:
             if b.keys:
                 upsert(s, RunKey.__table__, [{"run_id": self.run_id, "kind": k, "key": key} for k, key in sorted(b.keys)],
                        ("run_id", "kind", "key"), update=())
-            upsert(s, Scalar.__table__, list(b.scalars.values()), ("run_id", "key", "step"))
-            upsert(s, StepStatRow.__table__, list(b.stats.values()), ("run_id", "step", "denoise_index"))
+            bulk_upsert(s, Scalar.__table__, SCALAR_COLUMNS, list(b.scalars.values()), ("run_id", "key", "step"))
+            bulk_upsert(s, StepStatRow.__table__, STAT_COLUMNS, list(b.stats.values()), ("run_id", "step", "denoise_index"))
             upsert(s, EvalSample.__table__, list(b.samples.values()), ("run_id", "step", "prompt", "seed"))
             upsert(s, Checkpoint.__table__, list(b.ckpts.values()), ("run_id", "step"))
             if b.lines:

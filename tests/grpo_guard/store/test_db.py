@@ -3,6 +3,7 @@ SQLite runs with WAL and BEGIN IMMEDIATE, read scopes cannot write."""
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 
@@ -166,3 +167,30 @@ def test_backend_env_leaves_no_postgres_schema_behind(tmp_path):
         left = c.execute(text("SELECT 1 FROM information_schema.schemata WHERE schema_name = :s"), {"s": schema}).all()
     eng.dispose()
     assert left == []
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_upgrading_from_0001_keeps_the_rows(backend, tmp_path):
+    from sqlalchemy import inspect
+
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(pg_schema()) if backend == "postgresql" else f"sqlite:///{tmp_path}/m.db"
+        db.upgrade(url, "0001")
+        with db.get_engine(url).begin() as conn:
+            conn.execute(text("INSERT INTO runs (id, name, config_json, config_fields_set, algorithm, backbone, status, "
+                              "step, total, start_step, last_step, attempt, notes, created_at, updated_at) VALUES "
+                              "(1, 'r', '{}', '[]', '', '', 'queued', 0, 0, 0, -1, 1, '', '2025-01-01', '2025-01-01')"))
+            conn.execute(text("INSERT INTO scalars (run_id, key, step, value, special) VALUES (1, 'loss', 3, 0.5, 0)"))
+            conn.execute(text("INSERT INTO step_stats (run_id, step, denoise_index, sigma) VALUES (1, 3, 0, 0.9)"))
+        db.upgrade(url)
+        assert db.current_revision(url) == db.SCHEMA_REVISION
+        insp = inspect(db.get_engine(url))
+        assert insp.get_foreign_keys("scalars") == [] and insp.get_foreign_keys("step_stats") == []
+        assert insp.get_foreign_keys("samples"), "only the two series tables lose their foreign key"
+        with db.get_engine(url).connect() as conn:
+            assert conn.execute(text("SELECT value FROM scalars")).scalar() == 0.5
+            assert conn.execute(text("SELECT sigma FROM step_stats")).scalar() == 0.9
+            if backend == "sqlite":
+                ddl = conn.execute(text("SELECT sql FROM sqlite_master WHERE name = 'step_stats'")).scalar()
+                assert "WITHOUT ROWID" in ddl
+        db.dispose_engines()
