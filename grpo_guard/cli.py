@@ -12,6 +12,7 @@ from grpo_guard import __version__
 # Commands that live in other modules, loaded only when invoked (keeps `--help` instant and
 # keeps torch out of app-side commands). name -> ("module:attribute", short help).
 LAZY_COMMANDS: dict[str, tuple[str, str]] = {
+    "toy": ("grpo_guard.toyworld.cli:toy", "Toy world: pretrain the base model, measure it."),
     "train": ("grpo_guard.cli_train:train_cmd", "Train CONFIG.yaml in the foreground (progress bar, Ctrl-C stops cleanly)."),
     "sample": ("grpo_guard.cli_train:sample_cmd", "Write one image from a base model or a checkpoint."),
     "db": ("grpo_guard.store.cli:db_group", "Create or upgrade the store's database schema."),

@@ -82,7 +82,10 @@ def check_pipeline_dir(path: str, *, what: str = "diffusers pipeline") -> None:
             f"save_pretrained or download it again.")
 
 
-def resolve_pipeline(model: str | None, *, what: str = "SD3 pipeline") -> str:
+_DEFAULT_FIX = "set `model` to a directory written by save_pretrained or to a hub id such as 'org/name'"
+
+
+def resolve_pipeline(model: str | None, *, what: str = "SD3 pipeline", fix: str = _DEFAULT_FIX) -> str:
     """A local directory for ``model`` (a directory or a hub id), or a hub id to download.
 
     Checks files only — nothing big is allocated. Raises ``ModelNotFoundError`` with one
@@ -94,9 +97,7 @@ def resolve_pipeline(model: str | None, *, what: str = "SD3 pipeline") -> str:
         check_pipeline_dir(local, what=what)
         return local
     if _looks_like_path(model):
-        raise ModelNotFoundError(
-            f"No {what} directory at {local}: the path does not exist; set `model` to a directory "
-            f"written by save_pretrained or to a hub id such as 'org/name'.")
+        raise ModelNotFoundError(f"No {what} directory at {local}: the path does not exist; {fix}.")
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
 
@@ -175,6 +176,7 @@ class SD3Backbone(Backbone):
     name = "sd3"
     pipeline_class_name = "StableDiffusion3Pipeline"
     model_description = "SD3 pipeline"
+    missing_model_fix = _DEFAULT_FIX
 
     def __init__(self, pipe, *, device: str | torch.device | None = None, mixed_precision: str = "no",
                  max_sequence_length: int | None = None, gradient_checkpointing: bool = False,
@@ -217,7 +219,7 @@ class SD3Backbone(Backbone):
              **kwargs: Any) -> SD3Backbone:
         """Load from a local directory or hub id. Weights saved in fp16 are upcast to float32
         unless a CUDA device and ``mixed_precision`` ask for the low-precision dtype."""
-        path = resolve_pipeline(model, what=cls.model_description)
+        path = resolve_pipeline(model, what=cls.model_description, fix=cls.missing_model_fix)
         _check_pipeline_class(path, cls.pipeline_class_name)
         import diffusers
 

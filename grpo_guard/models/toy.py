@@ -16,6 +16,8 @@ from grpo_guard.toyworld import BASE_MODEL_DIR
 class ToyBackbone(SD3Backbone):
     name = "toy"
     model_description = "toy pipeline"
+    missing_model_fix = ("run `grpo-guard toy pretrain --out DIR` and set `model` to DIR, or leave `model` "
+                         "empty for the shipped base model")
 
     @classmethod
     def from_config(cls, config, device: str | None = None) -> ToyBackbone:

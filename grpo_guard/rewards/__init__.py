@@ -75,3 +75,26 @@ register("aesthetic", "grpo_guard.rewards.aesthetic:aesthetic", "any",
          "LAION aesthetic predictor v2 (≈1–10): CLIP ViT-L/14 + the MLP head file at GG_REWARD_AESTHETIC_HEAD.", _REAL)
 register("geneval", "grpo_guard.rewards.geneval:geneval", "proxy",
          "GenEval object/count/colour/position rules; needs a detector passed in code (none ships offline).", _REAL)
+
+# Toy world (grpo_guard/rewards/toy.py) and model-free JPEG size (grpo_guard/rewards/jpeg.py).
+_TOY = ("toy",)
+register("toy_fg_share", "grpo_guard.rewards.toy:fg_share", "proxy",
+         "Soft share of pixels in the prompt's foreground colour. Gameable: flooding the image raises it.", _TOY)
+register("toy_classifier_confidence", "grpo_guard.rewards.toy:classifier_confidence", "proxy",
+         "A small learned classifier's mean probability of the prompt's shape, fg and bg colour (legit headroom, hackable).", _TOY)
+register("toy_alignment", "grpo_guard.rewards.toy:alignment", "gold",
+         "Mean of toy_shape, toy_fg_color, toy_bg_color by the analytic checker.", _TOY)
+register("toy_shape", "grpo_guard.rewards.toy:shape", "gold",
+         "1 if the analytic checker finds the prompt's shape (bounding-box fill ratio), else 0.", _TOY)
+register("toy_fg_color", "grpo_guard.rewards.toy:fg_color", "gold",
+         "1 if the most common non-background palette colour is the prompt's foreground colour.", _TOY)
+register("toy_bg_color", "grpo_guard.rewards.toy:bg_color", "gold",
+         "1 if the most common palette colour on the border is the prompt's background colour.", _TOY)
+register("toy_fidelity", "grpo_guard.rewards.toy:fidelity", "gold",
+         "Learned fidelity model in [0, 1]: low for flooded, noisy, blurred or degenerate images.", _TOY)
+register("toy_palette_purity", "grpo_guard.rewards.toy:palette_purity", "gold",
+         "Soft share of pixels near some palette colour; drops for noise and off-palette artefacts.", _TOY)
+register("jpeg_compressibility", "grpo_guard.rewards.jpeg:compressibility", "any",
+         "−kB of the image as JPEG at quality 95 (DDPO); favours flat, simple images.")
+register("jpeg_incompressibility", "grpo_guard.rewards.jpeg:incompressibility", "any",
+         "+kB of the image as JPEG at quality 95 (DDPO); favours detail and noise.")

@@ -20,7 +20,7 @@ EXTRA_WORDS = ["the", "of", "and", "with", "in", "photo", "cat", "dog", "astrona
 
 _CLIP_SPLIT = (r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]"
                r"|[^\s\p{L}\p{N}]+")
-_T5_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789.,!?'-:;()\"/&%+=*#@"
+_T5_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,!?'-:;()\"/&%+=*#@"
 
 
 def toy_corpus() -> list[str]:
