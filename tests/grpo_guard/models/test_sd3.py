@@ -224,3 +224,10 @@ def test_bf16_autocast_still_returns_float32(model_dir):
     x = _latents(bb, 2)
     v = bb.velocity(x, torch.tensor([0.5, 0.5]), bb.encode_prompts(PROMPTS), cfg_scale=4.0)
     assert v.dtype == torch.float32 and torch.isfinite(v).all()
+
+
+@pytest.mark.parametrize("steps, shift", [(10, 3.0), (20, 1.0), (7, 5.0)])
+def test_sigma_table_agrees_with_sde_flow_sigmas(backbone, steps, shift):
+    """The adapter reads the pipeline's scheduler; sde.flow_sigmas re-derives it — same table."""
+    sde = pytest.importorskip("grpo_guard.sde")
+    assert torch.equal(backbone.sigmas(steps, shift, 32), sde.flow_sigmas(steps, shift))
