@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import subprocess
 import uuid
 from collections.abc import Iterator
 
@@ -81,3 +83,40 @@ def backend_env(backend: str, tmp: os.PathLike | str, *, upgrade: bool = True) -
             yield url
         finally:
             db.dispose_engines()
+
+
+@contextlib.contextmanager
+def unwritable(path: str):
+    """A directory nothing can be written into, even by root: immutable where the filesystem
+    allows it, else a regular file standing where the directory should be."""
+    os.makedirs(path, exist_ok=True)
+    if subprocess.run(["chattr", "+i", path], capture_output=True).returncode == 0 and not _writable(path):
+        try:
+            yield
+        finally:
+            subprocess.run(["chattr", "-i", path], capture_output=True)
+        return
+    if os.geteuid() != 0:
+        os.chmod(path, 0o500)
+        try:
+            yield
+        finally:
+            os.chmod(path, 0o700)
+        return
+    shutil.rmtree(path)
+    with open(path, "w") as fh:
+        fh.write("not a directory")
+    try:
+        yield
+    finally:
+        os.unlink(path)
+
+
+def _writable(path: str) -> bool:
+    try:
+        with open(os.path.join(path, ".probe"), "w"):
+            pass
+        os.unlink(os.path.join(path, ".probe"))
+        return True
+    except OSError:
+        return False

@@ -13,7 +13,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import func, or_, select, tuple_
+from sqlalchemy import Column, func, or_, select
 
 from grpo_guard.store import artifacts
 from grpo_guard.store.db import as_utc, session_scope
@@ -66,45 +66,100 @@ def step_stats_keys(run_id: int) -> list[str]:
     return _keys(run_id, "step_stat")
 
 
-def _strided(partition: list[Any], order: Any, max_points: int) -> tuple[Any, Any, int]:
-    """Window columns (row number, partition size) for ``_keep``, and the point budget."""
-    m = max(2, int(max_points))
+def _stride(n: int, m: int) -> int:
+    """Keep every s-th point, s = ceil(n / (m - 1)): at most m - 1 of them, plus the last."""
+    return -(-n // (m - 1))
+
+
+def _fetch(conn: Any, sql: str, params: Sequence[Any]) -> list[tuple]:
+    """Run ``sql`` (qmark placeholders) on the raw DBAPI cursor and return plain tuples: the
+    hot series queries return tens of thousands of rows, and SQLAlchemy's per-row result
+    processing would cost more than the query."""
+    if conn.dialect.name == "postgresql":
+        sql = sql.replace("%", "%%").replace("?", "%s")
+    cur = conn.connection.driver_connection.cursor()
+    try:
+        cur.execute(sql, tuple(params))
+        return cur.fetchall()
+    finally:
+        cur.close()
+
+
+def _window_keep(partition: Any, order: Any, m: int, conds: list[Any], cols: list[Any]) -> Any:
+    """A query keeping every s-th row per partition (by row number) plus the last: exact for
+    series with gaps, at the price of a sort."""
     rn = func.row_number().over(partition_by=partition, order_by=order).label("rn")
     n = func.count().over(partition_by=partition).label("n")
-    return rn, n, m
-
-
-def _keep(sub: Any, m: int) -> Any:
-    """At most ``m`` rows per partition: all of them when n <= m, else every s-th row with
-    s = ceil(n / (m - 1)) (integer division on both backends) plus the last one."""
-    return or_(sub.c.n <= m, sub.c.rn == sub.c.n, (sub.c.rn - 1) % ((sub.c.n + (m - 2)) // (m - 1)) == 0)
+    sub = select(*cols, rn, n).where(*conds).subquery()
+    keep = or_(sub.c.rn == sub.c.n, (sub.c.rn - 1) % ((sub.c.n + (m - 2)) // (m - 1)) == 0)
+    return select(*[sub.c[c.name] for c in cols]).where(keep)
 
 
 def metric_series(run_id: int, keys: Sequence[str] | None = None, *, max_points: int = 2000,
                   since_step: int | None = None) -> dict[str, tuple[list[int], list[float]]]:
     """``{key: (steps, values)}`` for the run's scalars (all keys when ``keys`` is None),
-    steps ascending, each key downsampled in SQL to at most ``max_points`` points (the last
-    point always kept). ``since_step``: only steps after it (incremental refresh). Non-finite
-    values come back as nan / inf."""
+    steps ascending, each key downsampled in SQL to at most ``max_points`` points (every s-th
+    step, the last point always kept). ``since_step``: only steps after it (incremental
+    refresh). Non-finite values come back as nan / inf.
+
+    Each key's first and last step come from two primary-key seeks. A key whose span fits is
+    read whole; a longer one with a stride on the step value (exact for contiguous steps, no
+    sort); if that returns too few points, the key has gaps and is strided by row number."""
     rid = int(run_id)
     if keys is None:
         keys = metric_keys(rid)
     keys = [str(k) for k in keys]
     if not keys:
         return {}
-    conds = [Scalar.run_id == rid, Scalar.key.in_(keys)]
+    m = max(2, int(max_points))
+    base = [Scalar.run_id == rid]
     if since_step is not None:
-        conds.append(Scalar.step > int(since_step))
-    rn, n, m = _strided([Scalar.key], Scalar.step, max_points)
-    sub = select(Scalar.key, Scalar.step, Scalar.value, Scalar.special, rn, n).where(*conds).subquery()
-    q = select(sub.c.key, sub.c.step, sub.c.value, sub.c.special).where(_keep(sub, m)).order_by(sub.c.key, sub.c.step)
-    out: dict[str, tuple[list[int], list[float]]] = {k: ([], []) for k in keys}
+        base.append(Scalar.step > int(since_step))
+    cols = [Scalar.key, Scalar.step, Scalar.value, Scalar.special]
+    out: dict[str, tuple[list[int], list[float]]] = {}
+    since = [] if since_step is None else [int(since_step)]
+    after = "" if since_step is None else " AND step > ?"
+    select_key = "SELECT key, step, value, special FROM scalars WHERE run_id = ? AND key = ?" + after
+    first_last = " UNION ALL ".join(
+        f"SELECT ?, ({select_key.replace('key, step, value, special', 'step')} ORDER BY step LIMIT 1), "
+        f"({select_key.replace('key, step, value, special', 'step')} ORDER BY step DESC LIMIT 1)" for _ in keys)
     with session_scope() as s:
-        for key, step, value, special in s.execute(q):
-            steps, values = out[key]
+        conn = s.connection()
+        # 1. first and last step of every key: two primary-key seeks each, one round trip
+        spans = _fetch(conn, first_last, [x for k in keys for x in (k, rid, k, *since, rid, k, *since)])
+        # 2. every key's kept rows in one round trip (members return in key order; sorted below)
+        parts, params, strided = [], [], []
+        for key, lo, hi in spans:
+            if lo is None:
+                continue
+            if hi - lo + 1 <= m:
+                parts.append(select_key)
+                params += [rid, key, *since]
+            else:
+                w = _stride(hi - lo + 1, m)
+                parts.append(select_key + " AND ((step - ?) % ? = 0 OR step = ?)")
+                params += [rid, key, *since, lo, w, hi]
+                strided.append((key, len(range(lo, hi + 1, w))))
+        rows = _fetch(conn, " UNION ALL ".join(parts), params) if parts else []
+        # 3. a strided key that came back short has gaps: stride it over its rows instead
+        counts: dict[str, int] = {}
+        for r in rows:
+            counts[r[0]] = counts.get(r[0], 0) + 1
+        gappy = [key for key, expected in strided if counts.get(key, 0) < 0.9 * expected]
+        if gappy:
+            rows = [r for r in rows if r[0] not in gappy]
+            for key in gappy:
+                rows += conn.execute(_window_keep(Scalar.key, Scalar.step, m, [*base, Scalar.key == key], cols)).all()
+        for key, step, value, special in rows:
+            steps, values = out.setdefault(key, ([], []))
             steps.append(step)
             values.append(value if not special else _SPECIAL.get(special, math.nan))
-    return {k: v for k, v in out.items() if v[0]}
+    for steps, values in out.values():  # each part comes back in primary-key order; make sure
+        if any(a > b for a, b in zip(steps, steps[1:], strict=False)):
+            order = sorted(range(len(steps)), key=steps.__getitem__)
+            steps[:] = [steps[i] for i in order]
+            values[:] = [values[i] for i in order]
+    return {k: out[k] for k in keys if k in out}
 
 
 def _stat_column(stat: str) -> Any:
@@ -115,25 +170,50 @@ def _stat_column(stat: str) -> Any:
     return _stats.extra[stat].as_float()  # a statistic without its own column (JSON)
 
 
+def _stat_rows(run_id: int, col: Any, budget: int) -> list[Any]:
+    """(step, denoise_index, value) rows of at most ``budget`` steps of a run, ordered.
+
+    Steps are normally contiguous (one row set per optimizer step), so the kept steps are
+    computed (every s-th from the first, plus the last) and fetched by primary key, reading
+    only those rows. If the run has gaps, fewer come back, and a stride over the row numbers
+    of the distinct steps is used instead."""
+    m = max(2, int(budget))
+    with session_scope() as s:
+        conn = s.connection()
+        lo, hi = conn.execute(select(func.min(_stats.step), func.max(_stats.step)).where(_stats.run_id == run_id)).one()
+        if lo is None:
+            return []
+        span = hi - lo + 1
+        q = select(_stats.step, _stats.denoise_index, col).where(_stats.run_id == run_id)
+        if span <= m:
+            return conn.execute(q.order_by(_stats.step, _stats.denoise_index)).all()
+        w = _stride(span, m)
+        wanted = list(range(lo, hi + 1, w))
+        if wanted[-1] != hi:
+            wanted.append(hi)
+        if isinstance(col, Column):  # a statistic with its own column: the raw, fast path
+            head = f"SELECT step, denoise_index, {col.name} FROM step_stats WHERE run_id = ? AND "
+            if conn.dialect.name == "postgresql":
+                rows = _fetch(conn, head + "step = ANY(?) ORDER BY step, denoise_index", [run_id, wanted])
+            else:
+                rows = _fetch(conn, head + f"step IN ({', '.join('?' * len(wanted))}) ORDER BY step, denoise_index",
+                              [run_id, *wanted])
+        else:
+            rows = conn.execute(q.where(_stats.step.in_(wanted)).order_by(_stats.step, _stats.denoise_index)).all()
+        if len({r[0] for r in rows}) >= 0.9 * len(wanted):
+            return rows
+        steps = select(_stats.step).where(_stats.run_id == run_id).distinct().subquery()
+        kept = _window_keep(None, steps.c.step, m, [], [steps.c.step]).subquery()
+        return conn.execute(q.where(_stats.step.in_(select(kept.c.step)))
+                            .order_by(_stats.step, _stats.denoise_index)).all()
+
+
 def step_stats_matrix(run_id: int, stat: str, *, max_steps: int = 400
                       ) -> tuple[list[int], list[int], list[list[float | None]]]:
     """``(steps, denoise_indices, matrix)`` with ``matrix[i][j]`` the value of ``stat`` at
     ``steps[i]`` and denoising index ``denoise_indices[j]`` (None where missing), for a
-    heatmap. Long runs keep every s-th step (s = ceil(span / (max_steps - 1))) plus the last."""
-    rid = int(run_id)
-    col = _stat_column(stat)
-    with session_scope() as s:
-        lo, hi = s.execute(select(func.min(_stats.step), func.max(_stats.step)).where(_stats.run_id == rid)).one()
-        if lo is None:
-            return [], [], []
-        m = max(2, int(max_steps))
-        span = hi - lo + 1
-        conds = [_stats.run_id == rid]
-        if span > m:
-            stride = -(-span // (m - 1))
-            conds.append(or_((_stats.step - lo) % stride == 0, _stats.step == hi))
-        rows = s.execute(select(_stats.step, _stats.denoise_index, col).where(*conds)
-                         .order_by(_stats.step, _stats.denoise_index)).all()
+    heatmap. Long runs keep every s-th step, s = ceil(steps / (max_steps - 1)), plus the last."""
+    rows = _stat_rows(int(run_id), _stat_column(stat), max_steps)
     steps = sorted({r[0] for r in rows})
     js = sorted({r[1] for r in rows})
     si, ji = {v: i for i, v in enumerate(steps)}, {v: i for i, v in enumerate(js)}
@@ -143,22 +223,18 @@ def step_stats_matrix(run_id: int, stat: str, *, max_steps: int = 400
     return steps, js, matrix
 
 
-def step_stats_series(run_id: int, stat: str, *, max_points: int = 2000
+def step_stats_series(run_id: int, stat: str, *, max_points: int = 1000
                       ) -> dict[int, tuple[list[int], list[float]]]:
     """``{denoise_index: (steps, values)}``: one line per denoising step, each downsampled to
-    at most ``max_points`` points. Missing values are skipped."""
-    rid = int(run_id)
-    col = _stat_column(stat).label("v")
-    rn, n, m = _strided([_stats.denoise_index], _stats.step, max_points)
-    sub = select(_stats.denoise_index, _stats.step, col, rn, n).where(_stats.run_id == rid, col.isnot(None)).subquery()
-    q = select(sub.c.denoise_index, sub.c.step, sub.c.v).where(_keep(sub, m)).order_by(sub.c.denoise_index, sub.c.step)
+    at most ``max_points`` steps (the same steps for every line). Missing values are skipped."""
     out: dict[int, tuple[list[int], list[float]]] = {}
-    with session_scope() as s:
-        for j, step, v in s.execute(q):
-            steps, values = out.setdefault(j, ([], []))
-            steps.append(step)
-            values.append(v)
-    return out
+    for step, j, v in _stat_rows(int(run_id), _stat_column(stat), max_points):
+        if v is None:
+            continue
+        steps, values = out.setdefault(j, ([], []))
+        steps.append(step)
+        values.append(v)
+    return dict(sorted(out.items()))
 
 
 # ---- samples --------------------------------------------------------------------------------
@@ -213,10 +289,9 @@ def samples_across_runs(run_ids: Sequence[int], prompt: str, seed: int, step: in
     ids = [int(i) for i in run_ids]
     if not ids:
         return []
-    keys = [(i, int(step), prompt, int(seed)) for i in ids]
-    with session_scope() as s:
-        rows = s.execute(select(*_SAMPLE_COLS).where(
-            tuple_(EvalSample.run_id, EvalSample.step, EvalSample.prompt, EvalSample.seed).in_(keys))).all()
+    with session_scope() as s:  # served by the unique index (run_id, step, prompt, seed)
+        rows = s.execute(select(*_SAMPLE_COLS).where(EvalSample.run_id.in_(ids), EvalSample.step == int(step),
+                                                     EvalSample.prompt == prompt, EvalSample.seed == int(seed))).all()
     by_run = {r.run_id: _sample(r) for r in rows}
     return [by_run[i] for i in ids if i in by_run]
 

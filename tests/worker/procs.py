@@ -29,11 +29,24 @@ def world_env(url: str, data_dir: str, broker: str, queue: str | None = None, **
         "GG_SWEEP_INTERVAL": "1", "GG_RESEND_QUEUED_AFTER": "0", "GG_BROKER_URL": "",
     }
     if broker == "redis":
+        require_redis()
         env["GG_BROKER_URL"] = REDIS_URL
     elif broker.startswith("redis://"):
         env["GG_BROKER_URL"] = broker
     env.update(extra)
     return env
+
+
+def require_redis(url: str = REDIS_URL) -> None:
+    """Fail clearly (not hang) when the shared Redis server is down."""
+    import redis
+
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=2).ping()
+    except redis.RedisError as e:
+        import pytest
+
+        pytest.fail(f"Redis is not reachable at {url} ({e}); run `bash scripts/services.sh`")
 
 
 class Worker:

@@ -22,8 +22,7 @@ from grpo_guard.cli import main
 from grpo_guard.config import RunConfig
 from grpo_guard.store import db, queries
 from grpo_guard.store.models import Run
-from tests.grpo_guard.store.test_recorder import unwritable
-from tests.storehelpers import backend_env
+from tests.storehelpers import backend_env, unwritable
 from tests.worker.conftest import assert_continuous
 from tests.worker.procs import REPO, clear_redis_queue, wait_status, wait_step, workers, world_env
 from worker.celery_app import enqueue_run

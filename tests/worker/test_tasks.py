@@ -15,7 +15,7 @@ from grpo_guard.config import RunConfig
 from grpo_guard.store import db, lifecycle, queries
 from grpo_guard.store.models import Run
 from grpo_guard.store.recorder import StoreRecorder
-from tests.grpo_guard.store.test_recorder import unwritable
+from tests.storehelpers import unwritable
 from tests.worker.conftest import assert_continuous
 from worker import recovery
 from worker.tasks import execute_run

@@ -248,3 +248,25 @@ def test_artifact_path_refuses_escapes(store, tmp_path):
         os.symlink(str(tmp_path), link)
     with pytest.raises(ValueError, match="outside"):
         queries.artifact_path("evil/file.png")
+
+
+def test_downsampling_handles_steps_with_gaps(store):
+    """Series logged every k steps (eval metrics, sparse stats) still come back within budget,
+    ascending, with their last point."""
+    r = queries.create_run(_cfg())
+    with StoreRecorder(r, background=False) as rec:
+        for step in range(0, 3000, 7):
+            rec.log_scalars(step, {"eval/gold": step / 3000})
+            rec.log_step_stats([StepStat(step, j, 0.5, 0.1, {"grad_norm_v": float(step)}) for j in range(3)])
+        for step in range(3000):
+            rec.log_scalars(step, {"loss": 1.0})
+    last = max(range(0, 3000, 7))
+    series = queries.metric_series(r, max_points=50)
+    for key, (steps, _values) in series.items():
+        assert len(steps) <= 50 and steps == sorted(steps) and len(steps) >= 40, (key, len(steps))
+    assert series["eval/gold"][0][-1] == last and series["loss"][0][-1] == 2999
+    steps, js, m = queries.step_stats_matrix(r, "grad_norm_v", max_steps=30)
+    assert 20 <= len(steps) <= 30 and steps[-1] == last and steps == sorted(steps) and js == [0, 1, 2]
+    assert all(row == [float(s)] * 3 for s, row in zip(steps, m, strict=True))
+    lines = queries.step_stats_series(r, "grad_norm_v", max_points=30)
+    assert all(v[0] == steps for v in lines.values())

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import subprocess
 import time
 
 import pytest
@@ -18,6 +16,7 @@ from grpo_guard.store.artifacts import ArtifactError
 from grpo_guard.store.lifecycle import LeaseLostError
 from grpo_guard.store.models import EvalSample, Scalar, StepStatRow
 from grpo_guard.store.recorder import StoreControl, StoreRecorder
+from tests.storehelpers import unwritable
 
 
 def _run(**kw) -> int:
@@ -191,43 +190,6 @@ def test_control_survives_a_database_blip(store, monkeypatch):
 
     monkeypatch.setattr("grpo_guard.store.recorder.session_scope", down)
     assert not ctl.stop_requested() and not ctl.take_save_now()
-
-
-@contextlib.contextmanager
-def unwritable(path: str):
-    """A directory nothing can be written into, even by root: immutable where the filesystem
-    allows it, else a regular file standing where the directory should be."""
-    os.makedirs(path, exist_ok=True)
-    if subprocess.run(["chattr", "+i", path], capture_output=True).returncode == 0 and not _writable(path):
-        try:
-            yield
-        finally:
-            subprocess.run(["chattr", "-i", path], capture_output=True)
-        return
-    if os.geteuid() != 0:
-        os.chmod(path, 0o500)
-        try:
-            yield
-        finally:
-            os.chmod(path, 0o700)
-        return
-    shutil.rmtree(path)
-    with open(path, "w") as fh:
-        fh.write("not a directory")
-    try:
-        yield
-    finally:
-        os.unlink(path)
-
-
-def _writable(path: str) -> bool:
-    try:
-        with open(os.path.join(path, ".probe"), "w"):
-            pass
-        os.unlink(os.path.join(path, ".probe"))
-        return True
-    except OSError:
-        return False
 
 
 def test_an_unwritable_artifact_dir_gives_a_clear_error(store):
