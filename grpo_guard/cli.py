@@ -16,6 +16,7 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("grpo_guard.cli_train:train_cmd", "Train CONFIG.yaml in the foreground (progress bar, Ctrl-C stops cleanly)."),
     "sample": ("grpo_guard.cli_train:sample_cmd", "Write one image from a base model or a checkpoint."),
     "db": ("grpo_guard.store.cli:db_group", "Create or upgrade the store's database schema."),
+    "serve": ("app.cli:serve_cmd", "Start the web UI (and, by default, an embedded worker)."),
     "worker": ("worker.cli:worker_cmd", "Run training workers (one process per GPU)."),
     "submit": ("worker.cli:submit_cmd", "Queue a run from CONFIG.yaml and print its id."),
     "runs": ("worker.cli:runs_group", "List, show, stop, resume, clone and recover runs."),

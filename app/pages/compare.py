@@ -1,0 +1,287 @@
+"""Compare: eval images of one run as a step x prompt grid, the same prompt and seed across
+runs side by side with a before/after wipe slider, metric curves of several runs overlaid
+(A/B pairs by default) and a config diff. One step slider drives every image panel."""
+
+from __future__ import annotations
+
+import bisect
+from typing import Any
+from urllib.parse import quote
+
+import gradio as gr
+
+from app import figures as F
+from app.common import esc, fmt_float, parse_ids, parse_int, queries
+
+MAX_GRID_ROWS = 12
+OVERLAY_DEFAULTS = ("eval/proxy", "eval/gold")
+
+
+# ---- pure helpers --------------------------------------------------------------------------
+def snap(steps: list[int], step: int | None) -> int | None:
+    """The largest available step <= ``step`` (the first one if ``step`` is before all)."""
+    if not steps:
+        return None
+    if step is None:
+        return steps[-1]
+    i = bisect.bisect_right(steps, int(step))
+    return steps[max(0, i - 1)]
+
+
+def grid_steps(steps: list[int], chosen: int | None, limit: int = MAX_GRID_ROWS) -> list[int]:
+    """At most ``limit`` evenly spaced steps, always with the first, the last and ``chosen``."""
+    if len(steps) <= limit:
+        return list(steps)
+    idx = {round(i * (len(steps) - 1) / (limit - 2)) for i in range(limit - 1)}
+    picked = {steps[i] for i in idx}
+    if chosen is not None:
+        picked.add(chosen)
+    return sorted(picked)
+
+
+def file_url(path: str) -> str:
+    """URL of a file under an allowed path (the artifact root, STACK.md G8)."""
+    return "gradio_api/file=" + quote(path)
+
+
+def default_selection(runs: list[Any]) -> list[int]:
+    """The newest A/B pair, else the two newest runs."""
+    for r in runs:
+        if r.pair_id:
+            return sorted(x.id for x in runs if x.pair_id == r.pair_id)
+    return sorted(r.id for r in runs[:2])
+
+
+def side_html(cards: list[tuple[str, str, str]]) -> str:
+    """One card per run: (image path, title, caption)."""
+    if not cards:
+        return '<div class="gg-muted">No image for this prompt and seed at this step yet.</div>'
+    items = "".join(f'<figure class="gg-card"><img src="{esc(file_url(p))}" alt="{esc(t)}"><figcaption><b>{esc(t)}</b>'
+                    f"<br>{esc(c)}</figcaption></figure>" for p, t, c in cards)
+    return f'<div class="gg-cards" id="compare-side-cards">{items}</div>'
+
+
+def grid_html(samples: list[Any], steps: list[int], prompts: list[str], chosen: int | None, path_of) -> str:
+    """An HTML table: one row per eval step, one column per prompt (same seed throughout);
+    the chosen step's row is highlighted. Each image shows its proxy / gold on hover."""
+    if not samples:
+        return '<div class="gg-muted">No eval images for this run yet.</div>'
+    by_key = {(s.step, s.prompt): s for s in samples}
+    head = "".join(f'<th title="{esc(p)}">{esc(p)}</th>' for p in prompts)
+    body = []
+    for st in steps:
+        cells = []
+        for p in prompts:
+            s = by_key.get((st, p))
+            if s is None:
+                cells.append('<td class="gg-missing">—</td>')
+                continue
+            try:
+                url = file_url(path_of(s.image_location))
+            except ValueError:
+                cells.append('<td class="gg-missing">?</td>')
+                continue
+            tip = f"step {st} · {p} · proxy {fmt_float(s.proxy)} · gold {fmt_float(s.gold)}"
+            cells.append(f'<td><img src="{esc(url)}" title="{esc(tip)}" loading="lazy"></td>')
+        cls = ' class="gg-chosen"' if st == chosen else ""
+        body.append(f'<tr{cls}><th class="gg-rowhead">step {st}</th>{"".join(cells)}</tr>')
+    return (f'<div class="gg-grid-wrap"><table class="gg-grid" id="compare-grid"><thead><tr><th></th>{head}</tr>'
+            f'</thead><tbody>{"".join(body)}</tbody></table></div>')
+
+
+# ---- queries -------------------------------------------------------------------------------
+def _labels(q: Any, ids: list[int]) -> dict[int, str]:
+    out = {}
+    for i in ids:
+        try:
+            r = q.get_run(i)
+            out[i] = f"#{r.id} {r.name}"
+        except LookupError:
+            continue
+    return out
+
+
+def metric_panel(ids: list[int], key: str | None, normalize: bool) -> tuple[Any, Any, Any, Any]:
+    """Overlay of proxy, gold and a chosen key across runs, plus gold-at-equal-proxy."""
+    q = queries()
+    labels = _labels(q, ids)
+    keys = list(dict.fromkeys([*OVERLAY_DEFAULTS, F.ALARM_KEY, *([key] if key else [])]))
+    runs = {labels[i]: q.metric_series(i, keys, max_points=1000) for i in labels}
+    onsets = {labels[i]: F.onset_of_run(runs[labels[i]]) for i in labels}
+    rev = "cmp-" + "-".join(map(str, labels))
+    return (F.overlay_figure(runs, "eval/proxy", title="Proxy reward (eval)", normalize=normalize, onsets=onsets,
+                             uirevision=rev + "-p"),
+            F.overlay_figure(runs, "eval/gold", title="Gold (eval)", normalize=normalize, onsets=onsets,
+                             uirevision=rev + "-g"),
+            F.overlay_figure(runs, key, normalize=normalize, uirevision=rev + "-k") if key else
+            F.empty_figure("metric", "pick a metric"),
+            F.gold_vs_proxy_figure(runs, uirevision=rev + "-gp"))
+
+
+def config_table(ids: list[int], only_diff: bool) -> list[list[str]]:
+    q = queries()
+    cfgs = {}
+    for i in ids:
+        try:
+            cfgs[f"#{i}"] = q.get_run(i).config
+        except LookupError:
+            continue
+    headers, rows = F.config_diff(cfgs, only_differences=only_diff)
+    if not rows:
+        rows = [["(no differences)" if len(cfgs) > 1 else "(select runs)", *[""] * (len(headers) - 1)]]
+    return gr.Dataframe(value=rows, headers=headers)
+
+
+# ---- the page ------------------------------------------------------------------------------
+with gr.Blocks(title="Compare") as page:
+    gr.Markdown("## Compare runs", elem_id="compare-title")
+    with gr.Row(equal_height=True):
+        runs_pick = gr.Dropdown(choices=[], value=[], multiselect=True, label="Runs", scale=4, elem_id="compare-runs")
+        refresh = gr.Button("Refresh", scale=0, min_width=110, elem_id="compare-refresh")
+    step = gr.Slider(0, 1, value=0, step=1, label="Step (shared by every image panel; snaps to each run's eval steps)",
+                     elem_id="compare-step")
+    with gr.Row(equal_height=True):
+        prompt = gr.Dropdown(choices=[], value=None, label="Prompt", scale=3, elem_id="compare-prompt")
+        seed = gr.Dropdown(choices=[], value=None, label="Seed", scale=1, elem_id="compare-seed")
+    gr.Markdown("### Same prompt and seed across runs")
+    side = gr.HTML('<div class="gg-muted">Select runs.</div>', elem_id="compare-side")
+    gr.Markdown("### Before / after")
+    with gr.Row(equal_height=True):
+        a_run = gr.Dropdown(choices=[], value=None, label="A: run", scale=2, elem_id="wipe-a-run")
+        a_step = gr.Number(value=None, precision=0, label="A: step", scale=1, elem_id="wipe-a-step")
+        b_run = gr.Dropdown(choices=[], value=None, label="B: run", scale=2, elem_id="wipe-b-run")
+        b_step = gr.Number(value=None, precision=0, label="B: step", scale=1, elem_id="wipe-b-step")
+    with gr.Row():
+        wipe = gr.ImageSlider(value=None, type="filepath", label="A | B", slider_position=50, height=360,
+                              elem_id="compare-wipe", interactive=False)
+        wipe_info = gr.Markdown("", elem_id="compare-wipe-info")
+    gr.Markdown("### Image grid: eval steps × prompts")
+    grid_run = gr.Dropdown(choices=[], value=None, label="Run", elem_id="grid-run")
+    grid = gr.HTML('<div class="gg-muted">Select runs.</div>', elem_id="compare-grid-box")
+    gr.Markdown("### Metrics")
+    with gr.Row(equal_height=True):
+        metric = gr.Dropdown(choices=[], value=None, label="Metric", scale=3, elem_id="compare-metric")
+        normalize = gr.Checkbox(value=False, label="Relative to step 0", scale=1)
+    with gr.Row():
+        fig_proxy = gr.Plot(show_label=False, elem_id="compare-proxy")
+        fig_gold = gr.Plot(show_label=False, elem_id="compare-gold")
+    with gr.Row():
+        fig_metric = gr.Plot(show_label=False, elem_id="compare-metric-plot")
+        fig_gp = gr.Plot(show_label=False, elem_id="compare-gold-vs-proxy")
+    gr.Markdown("### Config")
+    only_diff = gr.Checkbox(value=True, label="Differences only")
+    cfg_table = gr.Dataframe(value=[], interactive=False, elem_id="compare-config", wrap=True)
+
+    # -- load: runs from ?runs=1,2 (else the newest A/B pair) and ?step= --
+    def on_load(request: gr.Request):
+        q = queries()
+        runs = q.list_runs(limit=500)
+        params = dict(request.query_params) if request else {}
+        ids = [i for i in parse_ids(params.get("runs")) if any(r.id == i for r in runs)] or default_selection(runs)
+        choices = [(f"#{r.id} {r.name} ({r.algorithm})", r.id) for r in runs]
+        return gr.Dropdown(choices=choices, value=ids), parse_int(params.get("step"))
+
+    want_step = gr.State(None)
+
+    # -- selection changed: ranges, choices, metrics, config --
+    def on_runs(ids, wanted, norm, diff):
+        ids = [int(i) for i in ids or []]
+        q = queries()
+        labels = _labels(q, ids)
+        all_steps = sorted({s for i in labels for s in q.sample_steps(i)})
+        pairs = sorted({pr for i in labels for pr in q.sample_prompts(i)})
+        prompts = sorted({p for p, _ in pairs})
+        seeds = sorted({s for _, s in pairs})
+        hi = all_steps[-1] if all_steps else 1
+        chosen = snap(all_steps, wanted) if wanted is not None else (all_steps[-1] if all_steps else 0)
+        keys = sorted({k for i in labels for k in q.metric_keys(i)})
+        run_choices = [(labels[i], i) for i in labels]
+        first = next(iter(labels), None)
+        second = list(labels)[1] if len(labels) > 1 else first
+        key = next((k for k in F.REWARD_MEAN_KEYS if k in keys), keys[0] if keys else None)
+        figs = metric_panel(list(labels), key, norm)
+        return (gr.Slider(minimum=all_steps[0] if all_steps else 0, maximum=max(hi, 1), value=chosen or 0),
+                gr.Dropdown(choices=prompts, value=prompts[0] if prompts else None),
+                gr.Dropdown(choices=seeds, value=seeds[0] if seeds else None),
+                gr.Dropdown(choices=run_choices, value=first), gr.Dropdown(choices=run_choices, value=first),
+                gr.Dropdown(choices=run_choices, value=second), gr.Dropdown(choices=keys, value=key),
+                *figs, config_table(list(labels), diff))
+
+    runs_outputs = [step, prompt, seed, grid_run, a_run, b_run, metric, fig_proxy, fig_gold, fig_metric, fig_gp, cfg_table]
+
+    # -- image panels, all driven by the shared step --
+    def images(ids, st, p, sd, g_run):
+        ids = [int(i) for i in ids or []]
+        q = queries()
+        st = parse_int(st)
+        sd = parse_int(sd)
+        labels = _labels(q, ids)
+        cards = []
+        for i in labels:
+            steps = q.sample_steps(i)
+            s_step = snap(steps, st)
+            if s_step is None or p is None or sd is None:
+                continue
+            rows = q.samples_for(i, prompt=p, seed=sd, step=s_step)
+            if rows:
+                try:
+                    path = q.artifact_path(rows[0].image_location)
+                except ValueError:
+                    continue
+                cards.append((path, labels[i], f"step {s_step} · proxy {fmt_float(rows[0].proxy)} · "
+                                                f"gold {fmt_float(rows[0].gold)}"))
+        g_html = '<div class="gg-muted">Pick a run for the grid.</div>'
+        g_run = parse_int(g_run)
+        if g_run is not None and sd is not None:
+            steps = q.sample_steps(g_run)
+            chosen = snap(steps, st)
+            samples = q.samples_for(g_run, seed=sd)
+            prompts = sorted({s.prompt for s in samples})
+            g_html = grid_html(samples, grid_steps(steps, chosen), prompts, chosen, q.artifact_path)
+        return side_html(cards), g_html, st, st
+
+    image_outputs = [side, grid, a_step, b_step]
+
+    def wipe_images(ar, ast, br, bst, p, sd):
+        q = queries()
+        sd = parse_int(sd)
+        out, info = [], []
+        for tag, r, st in (("A", ar, ast), ("B", br, bst)):
+            r, st = parse_int(r), parse_int(st)
+            if r is None or p is None or sd is None:
+                return None, ""
+            s_step = snap(q.sample_steps(r), st)
+            rows = q.samples_for(r, prompt=p, seed=sd, step=s_step) if s_step is not None else []
+            if not rows:
+                return None, f"{tag}: run #{r} has no image for this prompt/seed yet."
+            out.append(q.artifact_path(rows[0].image_location))
+            info.append(f"**{tag}**: run #{r} · step {s_step} · proxy {fmt_float(rows[0].proxy)} · gold {fmt_float(rows[0].gold)}")
+        return tuple(out), "<br>".join(info)
+
+    wipe_inputs = [a_run, a_step, b_run, b_step, prompt, seed]
+
+    page.load(on_load, None, [runs_pick, want_step], api_visibility="private")
+    runs_pick.change(on_runs, [runs_pick, want_step, normalize, only_diff], runs_outputs, api_visibility="private",
+                     trigger_mode="always_last").then(
+        images, [runs_pick, step, prompt, seed, grid_run], image_outputs, api_visibility="private").then(
+        wipe_images, wipe_inputs, [wipe, wipe_info], api_visibility="private")
+    refresh.click(on_runs, [runs_pick, step, normalize, only_diff], runs_outputs, api_visibility="private").then(
+        images, [runs_pick, step, prompt, seed, grid_run], image_outputs, api_visibility="private").then(
+        wipe_images, wipe_inputs, [wipe, wipe_info], api_visibility="private")
+    for comp in (step, prompt, seed, grid_run):
+        comp.input(images, [runs_pick, step, prompt, seed, grid_run], image_outputs, api_visibility="private",
+                   trigger_mode="always_last", show_progress="hidden").then(
+            wipe_images, wipe_inputs, [wipe, wipe_info], api_visibility="private", show_progress="hidden")
+    for comp in (a_run, a_step, b_run, b_step):
+        comp.input(wipe_images, wipe_inputs, [wipe, wipe_info], api_visibility="private", trigger_mode="always_last",
+                   show_progress="hidden")
+
+    def on_metric(ids, key, norm):
+        return metric_panel([int(i) for i in ids or []], key, norm)
+
+    metric.input(on_metric, [runs_pick, metric, normalize], [fig_proxy, fig_gold, fig_metric, fig_gp],
+                 api_visibility="private")
+    normalize.input(on_metric, [runs_pick, metric, normalize], [fig_proxy, fig_gold, fig_metric, fig_gp],
+                    api_visibility="private")
+    only_diff.input(lambda ids, d: config_table([int(i) for i in ids or []], d), [runs_pick, only_diff], cfg_table,
+                    api_visibility="private")

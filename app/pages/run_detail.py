@@ -1,0 +1,362 @@
+"""Run: live figures of one run (proxy vs gold, rewards, ratio heatmaps, clipping by advantage
+sign, per-step gradient norms, KL, lr), its logs, config, checkpoints and status, and the
+stop / sample-now / save-now buttons.
+
+Live refresh (STACK.md §6): a private 1 s timer reads the run's ``last_step`` and status into
+a cursor; the figures are rebuilt only when the cursor moved, and keep a stable
+``uirevision`` so the user's zoom survives the redraw.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import gradio as gr
+import yaml
+
+from app import figures as F
+from app import run_cache
+from app.common import (
+    alarm_badge,
+    esc,
+    fmt_duration,
+    fmt_float,
+    fmt_time,
+    parse_int,
+    progress_html,
+    queries,
+    run_onset,
+    status_badge,
+)
+
+SCALAR_KEYS = ["kl", "lr", "grad_norm", "policy_loss"]
+HEATMAPS = ["r_mean_minus_1", "rhat_mean_minus_1", "r_std", "rhat_std"]
+CLIP_STATS = ["pos_adv_clipped", "neg_adv_clipped"]  # by advantage sign: the ones that tell Guard from Flow-GRPO
+LOG_TAIL = 300
+SUMMARY_MAX_AGE = 10.0  # seconds between re-reads of the runs-table row (ETA, stale flag)
+
+
+# ---- data -> figures -----------------------------------------------------------------------
+SERIES_FIGURES = ["proxy_gold", "rewards", "scalars"]
+STAT_FIGURES = [*HEATMAPS, "clip", "clip_heat", "grad"]
+FIGURE_NAMES = [*SERIES_FIGURES, *STAT_FIGURES]
+
+
+def series_figures(q: Any, run_id: int, config: dict[str, Any], last_step: int, normalize: bool) -> dict[str, Any]:
+    """Proxy vs gold, rewards, training scalars (and ``_onset``), from the cached series."""
+    rev = f"run-{run_id}"
+    keys, _ = run_cache.key_lists(q, run_id)
+    gold_extra = F.gold_keys(keys, config.get("gold"))
+    wanted = [k for k in keys if k.startswith("eval/") or k.startswith("reward/") or k in
+              ("zero_std_ratio", "adv_abs_mean", F.ALARM_KEY, *SCALAR_KEYS)]
+    series = run_cache.series(q, run_id, wanted, last_step)
+    onset = F.onset_of_run(series)
+    missing = {"kl": "not used (kl_beta = 0)"} if config.get("kl_beta") == 0 else {}
+    return {
+        "proxy_gold": F.proxy_gold_figure(series, onset=onset, normalize=normalize, extra_gold=gold_extra,
+                                          uirevision=f"{rev}-pg-{int(normalize)}"),
+        "rewards": F.reward_figure(series, uirevision=f"{rev}-rw"),
+        "scalars": F.scalars_figure(series, SCALAR_KEYS, title="KL, learning rate, grad norm, loss",
+                                    uirevision=f"{rev}-sc", log_y=("lr",), missing=missing),
+        "_onset": onset,
+    }
+
+
+# Which statistics each per-step figure is drawn from (it is redrawn only when they were re-read).
+STAT_DEPS: dict[str, tuple[str, ...]] = {**{h: (h,) for h in HEATMAPS}, "clip": tuple(CLIP_STATS),
+                                         "clip_heat": ("pos_adv_clipped",), "grad": ("grad_norm_v",)}
+
+
+def stat_figures(q: Any, run_id: int, last_step: int) -> dict[str, tuple[tuple[int, ...], Any]]:
+    """``{figure: (versions of its statistics, figure)}`` for the per-denoising-step figures;
+    each is rebuilt only when one of its matrices was re-read."""
+    rev = f"run-{run_id}"
+    _, available = run_cache.key_lists(q, run_id)
+    versions, mats = run_cache.stat_matrices(q, run_id, [*HEATMAPS, *CLIP_STATS, "grad_norm_v"], available, last_step)
+
+    def make(name: str) -> Any:
+        if name in HEATMAPS:
+            return F.stat_heatmap(*mats[name], stat=name, uirevision=f"{rev}-{name}")
+        if name == "clip":
+            steps, js, _ = next((m for m in (mats[s] for s in CLIP_STATS) if m[0].size), mats[CLIP_STATS[0]])
+            return F.clip_by_sign_figure(steps, js, {s: mats[s][2] for s in CLIP_STATS if mats[s][0].size},
+                                         uirevision=f"{rev}-clip")
+        if name == "clip_heat":
+            return F.stat_heatmap(*mats["pos_adv_clipped"], stat="pos_adv_clipped",
+                                  title="A>0 clipped above 1+ε, per step", uirevision=f"{rev}-cliph")
+        return F.grad_norm_figure(*mats["grad_norm_v"], uirevision=f"{rev}-grad")
+
+    out = {}
+    for name, deps in STAT_DEPS.items():
+        ver = tuple(versions[d] for d in deps)
+        out[name] = (ver, run_cache.memo(run_id, ("stat_figure", name, ver), lambda n=name: make(n), keep=64))
+    return out
+
+
+def build_figures(run_id: int, *, normalize: bool = False, config: dict[str, Any] | None = None,
+                  last_step: int | None = None, q: Any = None) -> dict[str, Any]:
+    """Every figure of the Run page (plus ``_onset``)."""
+    q = q or queries()
+    last_step = q.max_steps([run_id]).get(run_id, -1) if last_step is None else last_step
+    figs = series_figures(q, run_id, config or {}, last_step, normalize)
+    return {**figs, **{name: fig for name, (_, fig) in stat_figures(q, run_id, last_step).items()}}
+
+
+def header_html(run: Any, summary: Any | None, onset: int | None) -> str:
+    eta = summary.eta_seconds if summary is not None else None
+    stale = summary.stale if summary is not None else False
+    flags = [n for n, on in (("stop requested", run.stop_requested), ("sample now pending", run.sample_now),
+                             ("save now pending", run.save_now)) if on]
+    pair = f' · <a class="gg-link" href="compare?runs={run.id}" target="_self">compare</a>'
+    parent = f' · clone of <a class="gg-link" href="run?run={run.parent_id}" target="_self">#{run.parent_id}</a>' if run.parent_id else ""
+    err = f'<div class="gg-error">{esc(run.error.splitlines()[0])}</div>' if run.error else ""
+    tags = "".join(f'<span class="gg-tag">{esc(t)}</span>' for t in run.tags)
+    return (f'<div class="gg-run-header" id="run-header" data-status="{esc(run.status)}" data-step="{run.last_step}">'
+            f'<div class="gg-run-title"><span class="gg-run-name">#{run.id} {esc(run.name)}</span> '
+            f'{status_badge(run.status, stale=stale)} {alarm_badge(onset)} {tags}</div>'
+            f'<div class="gg-run-sub">{esc(run.algorithm)} · {esc(run.backbone)}'
+            f'{" · attempt " + str(run.attempt) if run.attempt > 1 else ""}{parent}{pair}'
+            f'{" · " + ", ".join(flags) if flags else ""}</div>'
+            f"{progress_html(run.step, run.total, run.status, eta)}"
+            f"<div class=\"gg-run-sub\">latest eval (step {run.last_eval_step if run.last_eval_step is not None else '—'}): "
+            f"proxy <b>{fmt_float(run.last_proxy)}</b> · gold <b>{fmt_float(run.last_gold)}</b></div>{err}</div>")
+
+
+def status_markdown(run: Any) -> str:
+    now = datetime.now(UTC)
+    hb = f"{fmt_duration((now - run.heartbeat_at).total_seconds())} ago" if run.heartbeat_at else "—"
+    rows = [("status", run.status), ("step", f"{run.step} / {run.total} (last stored step {run.last_step})"),
+            ("attempt", run.attempt), ("worker", f"{run.worker_host or '—'} gpu {run.worker_gpu or '—'}"),
+            ("task id", run.task_id or "—"), ("heartbeat", hb), ("created", fmt_time(run.created_at, now=now)),
+            ("enqueued", fmt_time(run.enqueued_at, now=now)), ("started", fmt_time(run.started_at, now=now)),
+            ("finished", fmt_time(run.finished_at, now=now)), ("parent run", run.parent_id or "—"),
+            ("A/B pair", run.pair_id or "—"), ("notes", run.notes or "—")]
+    return "\n".join(["| | |", "|---|---|", *[f"| {k} | {str(v).replace('|', '/')} |" for k, v in rows]])
+
+
+def log_text(lines: list[Any]) -> str:
+    return "\n".join(f"{fmt_time(r.created_at)} {r.level.upper():7s} {r.message}" for r in lines) or "(no log lines yet)"
+
+
+def checkpoint_rows(ckpts: list[Any]) -> list[list[Any]]:
+    return [[c.step, fmt_time(c.created_at), c.location, ", ".join(f"{k}={v}" for k, v in (c.meta or {}).items())[:80]]
+            for c in ckpts]
+
+
+def checkpoint_files(ckpts: list[Any], q: Any) -> list[str]:
+    """Paths (inside the artifact root) of each checkpoint file and its JSON sidecar."""
+    out = []
+    for c in ckpts:
+        try:
+            path = q.artifact_path(c.location)
+        except ValueError:
+            continue
+        for p in (path, os.path.splitext(path)[0] + ".json"):
+            if os.path.isfile(p) and p not in out:
+                out.append(p)
+    return out
+
+
+def _summary(q: Any, run_id: int) -> Any | None:
+    """The runs-table row (ETA, stale flag) of one run, re-read every SUMMARY_MAX_AGE s."""
+    def read() -> Any | None:
+        return next((r for r in q.list_runs(text=str(run_id), limit=50) if r.id == run_id), None)
+
+    return run_cache.memo(run_id, ("summary", int(time.monotonic() // SUMMARY_MAX_AGE)), read)
+
+
+def tail_logs(run_id: int | None, level: str) -> Any:
+    """The last LOG_TAIL lines of the run (``level`` 'all' or one level)."""
+    if run_id is None:
+        return gr.skip()
+    return log_text(queries().log_lines(run_id, tail=LOG_TAIL, level=None if level == "all" else level))
+
+
+def cursor_of(run: Any) -> tuple:
+    """What the 1 s poll compares: it changes when a step lands or the state moves."""
+    return (run.id, run.last_step, run.status, run.last_eval_step, run.stop_requested, run.sample_now, run.save_now)
+
+
+def poll_cursor(run_id: int | None) -> tuple | None:
+    """The 1 s change check: one primary-key read of the run (None if there is no such run).
+    The row is kept for the redraw that a moved cursor triggers."""
+    if run_id is None:
+        return None
+    try:
+        run = queries().get_run(run_id)
+    except LookupError:
+        return None
+    cur = cursor_of(run)
+    run_cache.memo(run_id, ("row", cur), lambda: run, keep=16)
+    return cur
+
+
+def render_run(run_id: int | None, cursor: tuple | None, normalize: bool, shown: Any = None) -> tuple | None:
+    """What the Run page redraws when the cursor moved: the figures (FIGURE_NAMES order), header,
+    checkpoints table and files, status, traceback, and the new ``shown`` token. A
+    per-denoising-step figure comes back as ``gr.skip()`` when ``shown`` says this page already
+    has that version of it (its matrices were not re-read)."""
+    if run_id is None or cursor is None:
+        return None
+    q = queries()
+    try:
+        run = run_cache.memo(run_id, ("row", cursor), lambda: q.get_run(run_id), keep=16)
+    except LookupError:
+        return None
+    last_step = cursor[1]
+    key = (run_id, cursor, bool(normalize))
+    figs = run_cache.memo(run_id, ("series_figures", key),
+                          lambda: series_figures(q, run_id, run.config, last_step, bool(normalize)))
+    stats = stat_figures(q, run_id, last_step)
+    token = {"run": run_id, **{n: stats[n][0] for n in STAT_FIGURES}}
+    same = isinstance(shown, dict) and shown.get("run") == run_id
+    stat_out = [gr.skip() if same and shown.get(n) == stats[n][0] else stats[n][1] for n in STAT_FIGURES]
+    onset = figs["_onset"] if figs["_onset"] is not None else run_onset(run_id, run.last_eval_step)
+    ckpts = q.checkpoints(run_id)
+    return (*[figs[n] for n in SERIES_FIGURES], *stat_out, header_html(run, _summary(q, run_id), onset),
+            checkpoint_rows(ckpts), checkpoint_files(ckpts, q) or None, status_markdown(run),
+            gr.Code(value=run.traceback or "", visible=bool(run.traceback)), token)
+
+
+# ---- the page ------------------------------------------------------------------------------
+with gr.Blocks(title="Run") as page:
+    rid_state = gr.State(None)
+    cursor = gr.State(None)
+    shown = gr.State(None)  # which per-step-statistics figures this page already shows
+    with gr.Row(equal_height=True):
+        run_pick = gr.Dropdown(choices=[], value=None, label="Run", scale=3, elem_id="run-pick")
+        live = gr.Checkbox(value=True, label="Live", scale=0, min_width=90, elem_id="run-live")
+        normalize = gr.Checkbox(value=False, label="Relative to step 0", scale=0, min_width=170, elem_id="run-normalize")
+        b_stop = gr.Button("Stop", variant="stop", scale=0, min_width=100, elem_id="run-stop")
+        b_sample = gr.Button("Sample now", scale=0, min_width=120, elem_id="run-sample-now")
+        b_save = gr.Button("Save now", scale=0, min_width=110, elem_id="run-save-now")
+    header = gr.HTML('<div class="gg-muted">Pick a run.</div>', elem_id="run-header-box")
+    message = gr.HTML("", elem_id="run-message")
+    plots: dict[str, gr.Plot] = {}
+    plots["proxy_gold"] = gr.Plot(label="Proxy vs gold", show_label=False, elem_id="plot-proxy-gold")
+    with gr.Row():
+        plots["rewards"] = gr.Plot(show_label=False, elem_id="plot-rewards")
+        plots["scalars"] = gr.Plot(show_label=False, elem_id="plot-scalars")
+    gr.Markdown("#### Importance ratio per denoising step: raw (Flow-GRPO) and normalized (RatioNorm)")
+    with gr.Row():
+        plots["r_mean_minus_1"] = gr.Plot(show_label=False, elem_id="plot-r-mean")
+        plots["rhat_mean_minus_1"] = gr.Plot(show_label=False, elem_id="plot-rhat-mean")
+    with gr.Row():
+        plots["r_std"] = gr.Plot(show_label=False, elem_id="plot-r-std")
+        plots["rhat_std"] = gr.Plot(show_label=False, elem_id="plot-rhat-std")
+    with gr.Row():
+        plots["clip"] = gr.Plot(show_label=False, elem_id="plot-clip")
+        plots["clip_heat"] = gr.Plot(show_label=False, elem_id="plot-clip-heat")
+    plots["grad"] = gr.Plot(show_label=False, elem_id="plot-grad")
+    with gr.Tabs():
+        with gr.Tab("Logs", elem_id="tab-logs"):
+            with gr.Row():
+                log_level = gr.Dropdown(choices=["all", "debug", "info", "warning", "error"], value="all", label="Level",
+                                        scale=0, min_width=140)
+                follow = gr.Checkbox(value=True, label="Follow", scale=0, min_width=100, elem_id="log-follow")
+            logs = gr.Textbox(value="", lines=16, max_lines=16, autoscroll=True, interactive=False, show_label=False,
+                              elem_id="run-logs", buttons=["copy"])
+        with gr.Tab("Config", elem_id="tab-config"):
+            config_code = gr.Code(value="", language="yaml", interactive=False, elem_id="run-config", buttons=["copy", "download"])
+        with gr.Tab("Checkpoints", elem_id="tab-checkpoints"):
+            ckpt_table = gr.Dataframe(headers=["step", "saved", "location", "meta"], value=[], interactive=False,
+                                      elem_id="run-checkpoints")
+            ckpt_files = gr.File(label="Download (weights + JSON sidecar)", file_count="multiple", interactive=False,
+                                 elem_id="run-checkpoint-files")
+        with gr.Tab("Status", elem_id="tab-status"):
+            status_md = gr.Markdown("", elem_id="run-status")
+            traceback_code = gr.Code(value="", language="python", interactive=False, label="Error traceback",
+                                     visible=False, elem_id="run-traceback")
+    timer = gr.Timer(1.0)
+    log_timer = gr.Timer(2.0)
+    plot_list = [plots[n] for n in FIGURE_NAMES]
+
+    # -- load / pick --
+    def on_pick(rid):
+        """The run's id, its cursor (which triggers the redraw), config YAML and log tail."""
+        rid = parse_int(rid)
+        if rid is None:
+            return None, None, "", ""  # nothing picked
+        try:
+            run = queries().get_run(rid)
+        except LookupError:
+            return None, None, f"# no run #{rid}", ""
+        cfg = yaml.safe_dump(run.config, sort_keys=False, allow_unicode=True) if run.config else f"# {run.config_error}"
+        return rid, cursor_of(run), cfg, tail_logs(rid, "all")
+
+    def on_load(request: gr.Request):
+        """Deep link ?run=ID (else the newest run): fill the picker and draw in one round trip."""
+        q = queries()
+        runs = q.list_runs(limit=500)
+        choices = [(f"#{r.id} {r.name} ({r.status})", r.id) for r in runs]
+        want = parse_int((dict(request.query_params) if request else {}).get("run"))
+        if want is None and runs:
+            want = runs[0].id
+        if want is not None and all(c[1] != want for c in choices):
+            choices.insert(0, (f"#{want}", want))
+        return gr.Dropdown(choices=choices, value=want), *on_pick(want)
+
+    picked = [rid_state, cursor, config_code, logs]
+    page.load(on_load, None, [run_pick, *picked], api_visibility="private")
+    run_pick.input(on_pick, run_pick, picked, api_visibility="private", show_progress="hidden")
+
+    # -- the 1 s change check --
+    def poll(rid, cur):
+        new = poll_cursor(rid)
+        return gr.skip() if new is None or new == cur else new
+
+    timer.tick(poll, [rid_state, cursor], cursor, api_visibility="private", show_progress="hidden",
+               concurrency_limit=None, trigger_mode="always_last")
+    live.change(lambda on: (gr.Timer(active=bool(on)), gr.Timer(active=bool(on))), live, [timer, log_timer],
+                api_visibility="private")
+
+    # -- rebuild on change --
+    def rebuild(rid, cur, norm, shown_token):
+        out = render_run(rid, cur, norm, shown_token)
+        return out if out is not None else [gr.skip()] * (len(plot_list) + 6)
+
+    rebuild_outputs = [*plot_list, header, ckpt_table, ckpt_files, status_md, traceback_code, shown]
+    cursor.change(rebuild, [rid_state, cursor, normalize, shown], rebuild_outputs, api_visibility="private",
+                  show_progress="hidden", trigger_mode="always_last")
+    normalize.change(rebuild, [rid_state, cursor, normalize, shown], rebuild_outputs, api_visibility="private",
+                     show_progress="hidden", trigger_mode="always_last")
+
+    # -- logs: tail and follow --
+    log_timer.tick(tail_logs, [rid_state, log_level], logs, api_visibility="private", show_progress="hidden",
+                   concurrency_limit=None, trigger_mode="always_last")
+    follow.change(lambda on, live_on: gr.Timer(active=bool(on and live_on)), [follow, live], log_timer,
+                  api_visibility="private")
+    log_level.change(tail_logs, [rid_state, log_level], logs, api_visibility="private")
+
+    # -- control buttons: set a DB flag and return (the trainer polls it once per step) --
+    def _need(rid) -> int:
+        if rid is None:
+            raise gr.Error("Pick a run first.")
+        return int(rid)
+
+    def on_stop(rid):
+        rid = _need(rid)
+        status = queries().request_stop(rid)
+        text = {"cancelled": "was queued and is now cancelled", "stopping": "will checkpoint and stop within a step"}
+        return f'<div class="gg-ok">Run #{rid} {text.get(status, f"is {status}; nothing to stop")}.</div>'
+
+    def on_sample(rid):
+        rid = _need(rid)
+        ok = queries().request_sample_now(rid)
+        return (f'<div class="gg-ok">Run #{rid} will run an eval round at its next step.</div>' if ok
+                else f'<div class="gg-warn">Run #{rid} is not active; nothing to sample.</div>')
+
+    def on_save(rid):
+        rid = _need(rid)
+        ok = queries().request_save_now(rid)
+        return (f'<div class="gg-ok">Run #{rid} will save a checkpoint at its next step.</div>' if ok
+                else f'<div class="gg-warn">Run #{rid} is not active; nothing to save.</div>')
+
+    b_stop.click(on_stop, rid_state, message, api_name="run_stop")
+    b_sample.click(on_sample, rid_state, message, api_name="run_sample_now")
+    b_save.click(on_save, rid_state, message, api_name="run_save_now")
+
+

@@ -1,0 +1,272 @@
+"""The New-run form as data: one widget per ``RunConfig`` field (kind, choices, help, section),
+and the conversions config <-> widget values with per-field errors. Pure: no Gradio, no store.
+
+Derived fields (``None`` in the schema, filled from the algorithm and backbone) show as empty
+("auto") unless the user set them, so a config records only what the user chose and changing
+the algorithm re-derives the rest; the same rule makes the exported YAML minimal.
+"""
+
+from __future__ import annotations
+
+import os
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import yaml
+
+from grpo_guard.config import ConfigError, RunConfig
+
+PRESET_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "presets")
+PRESETS: dict[str, str] = {
+    "toy Flow-GRPO": "toy_flow_grpo.yaml",
+    "toy GRPO-Guard": "toy_grpo_guard.yaml",
+    "SD3.5-M GRPO-Guard": "sd35m_grpo_guard.yaml",
+    "FLUX.1-dev DanceGRPO-Guard": "flux_dance_grpo_guard.yaml",
+}
+AUTO = "auto"
+# Fields that define the algorithm itself: an A/B pair takes them from each arm's algorithm.
+AB_ALGORITHM_FIELDS = ("ratio_norm", "grad_reweight", "delta")
+
+
+# ---- the form model (pure) -----------------------------------------------------------------
+@dataclass(frozen=True)
+class FormField:
+    """How one RunConfig field appears in the form.
+
+    kind: ``choice`` (dropdown), ``bool`` (checkbox), ``tristate`` (auto/true/false),
+    ``int`` / ``float`` (number), ``text`` (textbox) or ``yaml`` (lists and maps, flow YAML).
+    ``auto``: the field may be left empty and is then derived from algorithm and backbone.
+    """
+
+    name: str
+    group: str
+    kind: str
+    choices: tuple[str, ...]
+    auto: bool
+    default: Any
+    help: str
+
+
+def _strip_none(annotation: Any) -> tuple[Any, bool]:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        optional = len(args) < len(typing.get_args(annotation))
+        return (args[0] if len(args) == 1 else annotation), optional
+    return annotation, False
+
+
+def form_fields() -> list[FormField]:
+    """Every RunConfig field, in section order, with its widget kind."""
+    out = []
+    for group, names in RunConfig.field_groups().items():
+        for name in names:
+            info = RunConfig.model_fields[name]
+            ann, optional = _strip_none(info.annotation)
+            choices: tuple[str, ...] = ()
+            if typing.get_origin(ann) is Literal:
+                kind, choices = "choice", tuple(str(a) for a in typing.get_args(ann))
+            elif ann is bool:
+                kind = "tristate" if optional else "bool"
+            elif ann is int:
+                kind = "int"
+            elif ann is float:
+                kind = "float"
+            elif ann is str:
+                kind = "text"
+            else:
+                kind = "yaml"
+            out.append(FormField(name, group, kind, choices, optional and info.default is None and kind != "text",
+                                 info.default, info.description or ""))
+    return out
+
+
+FIELDS: list[FormField] = form_fields()
+FIELD_NAMES = [f.name for f in FIELDS]
+
+
+def _yaml_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, tuple):
+        value = list(value)
+    return yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=10_000).strip()
+
+
+def to_form_value(f: FormField, value: Any, explicit: bool = True) -> Any:
+    """The widget value showing ``value``; derived fields not given explicitly show 'auto'."""
+    if f.auto and (value is None or not explicit):
+        return AUTO if f.kind in ("choice", "tristate") else ""
+    if f.auto and f.kind in ("int", "float"):
+        return f"{value:g}" if isinstance(value, float) else str(value)
+    if f.kind == "tristate":
+        return "true" if value else "false"
+    if f.kind == "choice":
+        return str(value)
+    if f.kind == "bool":
+        return bool(value)
+    if f.kind in ("int", "float"):
+        return value
+    if f.kind == "text":
+        return "" if value is None else str(value)
+    return _yaml_text(value)
+
+
+def form_values(data: dict[str, Any] | None = None, explicit: set[str] | None = None) -> list[Any]:
+    """Widget values for a config mapping (missing fields get their defaults). ``explicit``:
+    the fields the user chose (others that the algorithm derives show 'auto'); None means all
+    keys of ``data``."""
+    data = data or {}
+    chosen = set(data) if explicit is None else explicit
+    return [to_form_value(f, data.get(f.name, f.default), f.name in chosen) for f in FIELDS]
+
+
+def from_form_value(f: FormField, v: Any) -> tuple[bool, Any, str | None]:
+    """(include, value, error) for one widget value. Not included: 'auto', or equal to the
+    default (so the config records only what the user chose, and derived values follow
+    the algorithm)."""
+    if f.kind in ("choice", "tristate") and (v is None or v == AUTO):
+        return False, None, None
+    if f.kind == "tristate":
+        value: Any = v == "true" or v is True
+    elif f.kind == "choice":
+        value = str(v)
+    elif f.kind in ("int", "float"):
+        if isinstance(v, str):
+            v = v.strip()
+        if v is None or v == "" or (f.auto and isinstance(v, str) and v.lower() == AUTO):
+            return (False, None, None) if f.auto else (False, None, "a value is required")
+        try:
+            num = float(v)
+        except (TypeError, ValueError):
+            return False, None, f"not a number: {v!r}"
+        value = int(num) if f.kind == "int" and num.is_integer() else (num if isinstance(v, str) else v)
+    elif f.kind == "text":
+        value = (v or "").strip()
+        if not value and f.default is None:
+            return False, None, None
+    elif f.kind == "yaml":
+        text = (v or "").strip()
+        if not text:
+            return False, None, None
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            return False, None, f"not valid YAML: {getattr(e, 'problem', None) or e}"
+    else:
+        value = bool(v)
+    default = f.default
+    if isinstance(default, tuple):
+        default = list(default)
+    if not f.auto and value == default:
+        return False, None, None
+    return True, value, None
+
+
+def collect(values: list[Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Form values -> (config mapping of the chosen fields, widget-level errors)."""
+    data: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    for f, v in zip(FIELDS, values, strict=True):
+        include, value, err = from_form_value(f, v)
+        if err:
+            errors[f.name] = err
+        elif include:
+            data[f.name] = value
+    return data, errors
+
+
+def field_of(error_key: str) -> str:
+    """'rewards.toy_fg_share' -> 'rewards', 'eval_seeds.0' -> 'eval_seeds'; '' stays general."""
+    head = error_key.split(".", 1)[0]
+    return head if head in FIELD_NAMES else ""
+
+
+def validate(values: list[Any]) -> tuple[RunConfig | None, dict[str, Any], dict[str, str]]:
+    """(config or None, chosen mapping, {field or '': message})."""
+    data, errors = collect(values)
+    if errors:
+        return None, data, errors
+    try:
+        return RunConfig.from_dict(data), data, {}
+    except ConfigError as e:
+        out: dict[str, str] = {}
+        for key, msg in e.errors:
+            fld = field_of(key)
+            text = msg if fld == key or not key else f"{key}: {msg}"
+            out[fld] = f"{out[fld]}; {text}" if fld in out else text
+        return None, data, out
+
+
+def ab_pair_algorithms(algorithm: str) -> tuple[str, str]:
+    """The baseline and its Guard: DanceGRPO pairs with DanceGRPO-Guard, else Flow-GRPO with GRPO-Guard."""
+    return ("dance_grpo", "dance_grpo_guard") if algorithm.startswith("dance") else ("flow_grpo", "grpo_guard")
+
+
+def ab_configs(data: dict[str, Any]) -> tuple[list[tuple[str, RunConfig]], dict[str, str]]:
+    """The same chosen config twice, once per algorithm of the pair (same seeds; the Guard
+    switches and each algorithm's derived defaults come from that algorithm)."""
+    base = {k: v for k, v in data.items() if k not in AB_ALGORITHM_FIELDS}
+    out = []
+    for algo in ab_pair_algorithms(str(data.get("algorithm", "grpo_guard"))):
+        try:
+            out.append((algo, RunConfig.from_dict({**base, "algorithm": algo})))
+        except ConfigError as e:
+            errs: dict[str, str] = {}
+            for key, msg in e.errors:
+                errs[field_of(key)] = f"[{algo}] {msg}"
+            return [], errs
+    return out, {}
+
+
+def load_preset(label: str) -> dict[str, Any]:
+    with open(os.path.join(PRESET_DIR, PRESETS[label]), encoding="utf-8") as fh:
+        return yaml.safe_load(fh) or {}
+
+
+def preset_yaml(label: str) -> str:
+    with open(os.path.join(PRESET_DIR, PRESETS[label]), encoding="utf-8") as fh:
+        return fh.read()
+
+
+def derived_hints(algorithm: str, backbone: str) -> dict[str, Any]:
+    """What each 'auto' field resolves to for this algorithm and backbone."""
+    data: dict[str, Any] = {"algorithm": algorithm, "backbone": backbone}
+    if backbone != "toy":
+        data["model"] = "placeholder"
+    try:
+        cfg = RunConfig.from_dict(data)
+    except ConfigError:
+        return {}
+    return {f.name: getattr(cfg, f.name) for f in FIELDS if f.auto}
+
+
+def config_yaml(cfg: RunConfig) -> str:
+    """The fields the user chose, as YAML (the rest take defaults: `grpo-guard config fields`)."""
+    chosen = cfg.to_dict()
+    body = {k: chosen[k] for k in chosen if k in cfg.fields_set()}
+    head = "# GRPO-Guard Studio run config. Fields left out take their defaults (grpo-guard config fields).\n"
+    return head + (yaml.safe_dump(body, sort_keys=False, allow_unicode=True) if body else "{}\n")
+
+
+def read_uploaded_yaml(path: str) -> tuple[list[Any] | None, dict[str, str]]:
+    """(form values or None, errors) for an uploaded YAML file: unreadable text or a non-mapping
+    gives None and a general error; known keys fill the form (validated, errors by field), unknown
+    keys are reported, never silently dropped."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh.read())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        return None, {"": f"the file is not valid YAML: {getattr(e, 'problem', None) or e}"}
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        return None, {"": f"the YAML must be a mapping of field: value, got a {type(data).__name__}"}
+    unknown = [str(k) for k in data if k not in FIELD_NAMES]
+    values = form_values({k: v for k, v in data.items() if k in FIELD_NAMES})
+    _, _, errors = validate(values)
+    if unknown:
+        errors[""] = "unknown keys ignored: " + ", ".join(unknown)
+    return values, errors

@@ -1,0 +1,165 @@
+"""New run: the form is generated from RunConfig, round-trips every config, shows errors next
+to their field, enqueues nothing on error, and an A/B request makes a linked pair."""
+
+from __future__ import annotations
+
+import pytest
+
+from app import run_form as N
+from app.pages import new_run as P
+from grpo_guard.config import RunConfig
+
+
+def test_every_config_field_has_a_widget_with_its_help():
+    assert [f.name for f in N.FIELDS] == list(RunConfig.model_fields), "the form must cover RunConfig exactly"
+    for f in N.FIELDS:
+        assert f.help == RunConfig.model_fields[f.name].description, f"{f.name}: help must come from the field docs"
+        assert f.group in RunConfig.field_groups()
+    kinds = {f.name: f.kind for f in N.FIELDS}
+    assert kinds["algorithm"] == "choice" and kinds["ratio_norm"] == "tristate" and kinds["rewards"] == "yaml"
+    assert kinds["group_size"] == "int" and kinds["clip_range"] == "float"
+    assert {f.name for f in N.FIELDS if f.auto} >= {"clip_range", "learning_rate", "dynamics", "ratio_norm"}
+
+
+def test_the_default_form_is_the_default_config():
+    cfg, data, errors = N.validate(N.form_values())
+    assert errors == {} and data == {}, "an untouched form chooses nothing"
+    assert cfg == RunConfig.from_dict({})
+
+
+@pytest.mark.parametrize("label", list(N.PRESETS))
+def test_presets_are_valid_and_round_trip_through_the_form(label):
+    raw = N.load_preset(label)
+    cfg, data, errors = N.validate(N.form_values(raw))
+    assert errors == {}, f"preset {label} does not validate: {errors}"
+    assert cfg == RunConfig.from_dict(raw), "the form must reproduce the preset exactly"
+    assert set(data) <= set(raw), "the form must not invent choices the preset did not make"
+
+
+def test_a_stored_config_round_trips_with_derived_fields_left_auto():
+    """A clone shows the parent's choices; fields the algorithm derived stay 'auto', so switching
+    the algorithm re-derives them."""
+    parent = RunConfig.from_dict({"algorithm": "flow_grpo", "group_size": 4, "clip_range": 5e-4,
+                                  "rewards": {"toy_fg_share": 1.0, "toy_alignment": 0.0}, "eval_seeds": [3, 4]})
+    values = N.form_values(parent.to_dict(), set(parent.fields_set()))
+    cfg, data, errors = N.validate(values)
+    assert errors == {} and cfg == parent
+    assert values[N.FIELD_NAMES.index("learning_rate")] == "", "a derived field the user did not set shows auto"
+    assert values[N.FIELD_NAMES.index("clip_range")] == "0.0005"
+    i = N.FIELD_NAMES.index("algorithm")
+    values[i] = "grpo_guard"
+    cfg2, _, _ = N.validate(values)
+    assert cfg2.ratio_norm and cfg2.learning_rate == 1e-4 and cfg2.clip_range == 5e-4
+
+
+def test_errors_are_reported_next_to_their_field():
+    values = N.form_values()
+    values[N.FIELD_NAMES.index("group_size")] = 1
+    values[N.FIELD_NAMES.index("rewards")] = "{toy_fg_share: -1}"
+    values[N.FIELD_NAMES.index("eval_seeds")] = "[0, 1"
+    values[N.FIELD_NAMES.index("clip_range")] = "abc"
+    cfg, _, errors = N.validate(values)
+    assert cfg is None
+    assert set(errors) == {"eval_seeds", "clip_range"}, "widget-level errors (YAML, number) come first"
+    assert "YAML" in errors["eval_seeds"] and "not a number" in errors["clip_range"]
+    values[N.FIELD_NAMES.index("eval_seeds")] = "[0, 1]"
+    values[N.FIELD_NAMES.index("clip_range")] = ""
+    cfg, _, errors = N.validate(values)
+    assert set(errors) == {"group_size"}, errors
+    assert "greater than or equal to 2" in errors["group_size"]
+    html = P._errors_html(errors)
+    assert "Nothing was enqueued" in html and "group_size" in html
+    values[N.FIELD_NAMES.index("group_size")] = 4  # cross-field checks run once every field parses
+    _, _, errors = N.validate(values)
+    assert set(errors) == {"rewards"}, errors
+    assert "toy_fg_share" in errors["rewards"], "a sub-key error names the key and shows under its field"
+
+
+def test_backbone_needs_a_model_error_lands_on_model():
+    values = N.form_values({"backbone": "sd3"})
+    _, _, errors = N.validate(values)
+    assert "model" in errors and "needs `model`" in errors["model"]
+
+
+def test_ab_pair_uses_each_algorithms_defaults_and_the_same_seeds():
+    data = {"algorithm": "grpo_guard", "seed": 7, "group_size": 4, "ratio_norm": True}
+    configs, errors = N.ab_configs(data)
+    assert errors == {}
+    (a_algo, a), (b_algo, b) = configs
+    assert (a_algo, b_algo) == ("flow_grpo", "grpo_guard")
+    assert a.seed == b.seed == 7 and a.group_size == b.group_size == 4 and a.eval_seeds == b.eval_seeds
+    assert not a.ratio_norm and b.ratio_norm, "the Guard switches follow each arm's algorithm"
+    assert a.clip_range != b.clip_range, "each arm gets its algorithm's clip range unless the user set one"
+    assert N.ab_pair_algorithms("dance_grpo_guard") == ("dance_grpo", "dance_grpo_guard")
+
+
+def test_exported_yaml_reloads_to_the_same_config():
+    for cfg in (RunConfig.from_dict(N.load_preset("SD3.5-M GRPO-Guard")),
+                RunConfig.from_dict({"algorithm": "flow_grpo", "group_size": 4})):
+        text = N.config_yaml(cfg)
+        assert RunConfig.from_yaml(text) == cfg
+    assert "learning_rate" not in text, "derived values are left out so they follow the algorithm"
+
+
+def test_submit_creates_runs_and_enqueues_them(store, monkeypatch):
+    import worker.celery_app
+    from grpo_guard.store import queries
+
+    sent = []
+    monkeypatch.setattr(worker.celery_app, "enqueue_run", lambda rid: sent.append(rid) or "task")
+    cfg = RunConfig.from_dict({"epochs": 3})
+    ids, warnings = P.submit_configs([("grpo_guard", cfg)], name="one", tags=["t1"], notes="hello", parent_id=None)
+    assert warnings == [] and sent == ids
+    run = queries.get_run(ids[0])
+    assert run.name == "one" and run.tags == ("t1",) and run.notes == "hello" and run.status == "queued"
+
+    configs, _ = N.ab_configs({"epochs": 3})
+    ids2, _ = P.submit_configs(configs, name="ab", tags=[], notes="", parent_id=ids[0])
+    a, b = (queries.get_run(i) for i in ids2)
+    assert a.pair_id and a.pair_id == b.pair_id, "an A/B request is linked as a pair"
+    assert (a.algorithm, b.algorithm) == ("flow_grpo", "grpo_guard")
+    assert a.name == "ab [flow_grpo]" and a.parent_id == ids[0]
+    assert sent == [*ids, *ids2]
+
+
+def test_a_broker_failure_keeps_the_run_and_says_so(store, monkeypatch):
+    import worker.celery_app
+
+    def boom(rid):
+        raise ConnectionError("broker down")
+
+    monkeypatch.setattr(worker.celery_app, "enqueue_run", boom)
+    ids, warnings = P.submit_configs([("grpo_guard", RunConfig.from_dict({}))], name="", tags=[], notes="",
+                                     parent_id=None)
+    assert len(ids) == 1 and "broker down" in warnings[0] and f"#{ids[0]}" in warnings[0]
+
+
+def test_uploaded_yaml_fills_the_form_and_reports_problems(tmp_path):
+    good = tmp_path / "good.yaml"
+    good.write_text("algorithm: flow_grpo\ngroup_size: 4\nbogus: 1\n")
+    values, errors = N.read_uploaded_yaml(str(good))
+    assert values[N.FIELD_NAMES.index("algorithm")] == "flow_grpo" and values[N.FIELD_NAMES.index("group_size")] == 4
+    assert errors == {"": "unknown keys ignored: bogus"}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("group_size: [1\n")
+    values, errors = N.read_uploaded_yaml(str(bad))
+    assert values is None and "not valid YAML" in errors[""]
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- 1\n- 2\n")
+    assert "mapping" in N.read_uploaded_yaml(str(listy))[1][""]
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text("group_size: 1\n")
+    values, errors = N.read_uploaded_yaml(str(wrong))
+    assert values is not None and "group_size" in errors, "a bad value is loaded and marked, not refused"
+
+
+def test_big_model_presets_match_the_example_configs():
+    """app/presets ships copies of examples/ (the Docker image has no examples/); they must agree."""
+    import os
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    for label, example in (("SD3.5-M GRPO-Guard", "sd35m_grpo_guard.yaml"),
+                           ("FLUX.1-dev DanceGRPO-Guard", "flux_dance_grpo_guard.yaml")):
+        path = os.path.join(root, "examples", example)
+        if os.path.exists(path):
+            assert RunConfig.from_dict(N.load_preset(label)) == RunConfig.from_file(path), f"{label} drifted from {path}"
