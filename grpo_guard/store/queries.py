@@ -91,6 +91,7 @@ def create_run(config: RunConfig, *, name: str | None = None, tags: Sequence[str
     """Insert a ``queued`` run holding the full resolved ``config``; return its id."""
     if not isinstance(config, RunConfig):
         raise TypeError(f"create_run needs a RunConfig, got {type(config).__name__}")
+    config.check_submittable()  # unregistered reward/gold names: ConfigError, nothing written
     tag_list = _clean_tags(tags)
     if name is not None and len(name) > 200:
         raise ValueError("a run name is at most 200 characters")

@@ -180,7 +180,9 @@ def _stat_rows(run_id: int, col: Any, budget: int) -> list[Any]:
     m = max(2, int(budget))
     with session_scope() as s:
         conn = s.connection()
-        lo, hi = conn.execute(select(func.min(_stats.step), func.max(_stats.step)).where(_stats.run_id == run_id)).one()
+        # two primary-key seeks (SQLite scans the whole run for min() and max() in one query)
+        first = "SELECT step FROM step_stats WHERE run_id = ? ORDER BY step"
+        lo, hi = _fetch(conn, f"SELECT ({first} LIMIT 1), ({first} DESC LIMIT 1)", [run_id, run_id])[0]
         if lo is None:
             return []
         span = hi - lo + 1

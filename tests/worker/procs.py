@@ -75,21 +75,31 @@ class Worker:
             time.sleep(0.1)
         return self
 
+    def _exited_unreaped(self) -> bool:
+        """True once the group leader has exited; it is left a zombie (not reaped), so its
+        process-group id cannot be reused by an unrelated process while we still signal it."""
+        if self.proc.returncode is not None:
+            return True
+        return os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+
+    def _signal_group(self, sig: int) -> None:
+        if self.proc.returncode is None:  # never signal a group whose leader was already reaped
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, sig)
+
     def kill9(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
+        """SIGKILL the whole worker (main process and pool children), as a crash would."""
+        self._signal_group(signal.SIGKILL)
         self.proc.wait(10)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.kill9()
-        with contextlib.suppress(ProcessLookupError):  # orphaned children, if any
-            os.killpg(self.proc.pid, signal.SIGKILL)
+        self._signal_group(signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while not self._exited_unreaped() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self._signal_group(signal.SIGKILL)  # children left behind, or a worker that would not stop
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(10)
         self._log.close()
 
 

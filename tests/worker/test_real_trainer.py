@@ -53,7 +53,8 @@ def _config(tmp: str) -> str:
 
 def test_the_real_trainer_runs_end_to_end_through_a_worker(tmp_path, monkeypatch):
     with backend_env("sqlite", tmp_path) as url:
-        env = world_env(url, str(tmp_path), "embedded", GG_TRAINER="")
+        # one intra-op thread: on a shared 2-core machine spin-waiting threads cost far more than they give
+        env = world_env(url, str(tmp_path), "embedded", GG_TRAINER="", OMP_NUM_THREADS="1")
         for k, v in env.items():
             monkeypatch.setenv(k, v)
         cfg = _config(str(tmp_path))
