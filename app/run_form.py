@@ -190,7 +190,9 @@ def validate(values: list[Any]) -> tuple[RunConfig | None, dict[str, Any], dict[
     if errors:
         return None, data, errors
     try:
-        return RunConfig.from_dict(data), data, {}
+        cfg = RunConfig.from_dict(data)
+        cfg.check_submittable()  # unregistered reward/gold names, by field
+        return cfg, data, {}
     except ConfigError as e:
         out: dict[str, str] = {}
         for key, msg in e.errors:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
@@ -56,6 +58,10 @@ BACKBONE_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 # Pixel resolution must be divisible by VAE factor × patch size (FLUX: × 2 for 2×2 packing).
 RESOLUTION_MULTIPLE = {"toy": 4, "sd3": 16, "flux": 16}
+
+# Reward and gold names are registry keys (grpo_guard.rewards.REGISTRY), never import paths: a
+# name like "os:system" or "pkg.mod:fn" is refused here, whatever the registry holds.
+_REWARD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,99}$")
 
 _DERIVED = ("dynamics", "noise_level", "clip_range", "kl_beta", "std_scope", "learning_rate",
             "ratio_norm", "grad_reweight", "delta", "train_timesteps", "init_same_noise",
@@ -192,6 +198,14 @@ class RunConfig(BaseModel):
                 errors.append(("sde_window_size", f"a window of {self.sde_window_size} starting at {hi - 1} passes num_steps ({self.num_steps})"))
         if self.num_trained_steps() < 1:
             errors.append(("timestep_fraction", f"trains no step: int({self.num_steps} × {self.timestep_fraction}) = 0"))
+        for k in self.rewards:
+            if not _REWARD_NAME.match(k):
+                errors.append((f"rewards.{k}", "is not a reward name (letters, digits, '_' and '-'; "
+                                               "rewards are chosen from the registry by name, never by import path)"))
+        for g in self.gold:
+            if not _REWARD_NAME.match(g):
+                errors.append(("gold", f"{g!r} is not an evaluator name (letters, digits, '_' and '-'; "
+                                       "evaluators are chosen from the registry by name, never by import path)"))
         for k, w in self.rewards.items():
             if not math.isfinite(w) or w < 0:
                 errors.append((f"rewards.{k}", f"weight must be a finite number >= 0, got {w}"))
@@ -204,6 +218,34 @@ class RunConfig(BaseModel):
         return self
 
     # ---- helpers -----------------------------------------------------------------------
+    def submit_errors(self, *, check_paths: bool = False) -> list[tuple[str, str]]:
+        """What stops this config from being queued, beyond its own validity: reward and gold
+        names missing from ``grpo_guard.rewards.REGISTRY`` and, with ``check_paths``, a
+        local-looking ``model`` path (starting with /, ./, ../ or ~) that does not exist here.
+        Hub ids are never checked (no network at submit time)."""
+        from grpo_guard.rewards import REGISTRY
+
+        known = ", ".join(sorted(REGISTRY))
+        errors: list[tuple[str, str]] = []
+        for k in self.rewards:
+            if k not in REGISTRY:
+                errors.append((f"rewards.{k}", f"unknown reward; registered: {known}"))
+        for g in self.gold:
+            if g not in REGISTRY:
+                errors.append(("gold", f"unknown evaluator {g!r}; registered: {known}"))
+        if check_paths and self.model and self.model.strip().startswith(("/", "./", "../", "~")):
+            path = os.path.expanduser(self.model.strip())
+            if not os.path.isdir(path):
+                errors.append(("model", f"no model directory at {path}; give an existing local directory "
+                                        "(as the workers see it) or a hub id such as stabilityai/stable-diffusion-3.5-medium"))
+        return errors
+
+    def check_submittable(self, *, check_paths: bool = False) -> None:
+        """Raise ConfigError with :meth:`submit_errors`, if any."""
+        errors = self.submit_errors(check_paths=check_paths)
+        if errors:
+            raise ConfigError(errors)
+
     def num_trained_steps(self) -> int:
         """|S|, the number of denoising steps trained per sample."""
         if self.train_timesteps == "window":

@@ -132,6 +132,10 @@ def policy_update(backbone: Backbone, optimizer: torch.optim.Optimizer, params: 
         if k - group_start + 1 == in_group:
             norm = torch.nn.utils.clip_grad_norm_(params, c.max_grad_norm if c.max_grad_norm > 0 else math.inf)
             grad_norms.append(float(norm))
+            if not math.isfinite(grad_norms[-1]):  # a NaN/inf loss: never write it into the weights
+                raise FloatingPointError(
+                    f"the policy gradient is not finite (norm {grad_norms[-1]}), so the optimizer step was not "
+                    "applied; resume from the last checkpoint, or lower learning_rate or clip_range")
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             n_opt += 1

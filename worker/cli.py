@@ -151,15 +151,18 @@ def _finish_wait(run_id: int, timeout: float | None) -> None:
 @click.option("--tag", "tags", multiple=True, help="Tag the run (repeatable).")
 @click.option("--wait", is_flag=True, help="Wait for the run to end; exit non-zero unless it succeeded.")
 @click.option("--timeout", type=float, default=None, help="With --wait: give up after this many seconds.")
+@click.option("--no-model-check", is_flag=True,
+              help="Do not check here that a local `model` path exists (it exists only where the workers run).")
 @_store_errors
 def submit_cmd(config_path: str, overrides: tuple[str, ...], epochs: int | None, name: str | None,
-               tags: tuple[str, ...], wait: bool, timeout: float | None) -> None:
+               tags: tuple[str, ...], wait: bool, timeout: float | None, no_model_check: bool) -> None:
     """Validate CONFIG.yaml, queue a run, print its id."""
     from grpo_guard.config import RunConfig
     from grpo_guard.store import queries
 
     items = list(overrides) + ([f"epochs={epochs}"] if epochs is not None else [])
     config = RunConfig.from_file(config_path, items)
+    config.check_submittable(check_paths=not no_model_check)
     run_id = queries.create_run(config, name=name, tags=list(tags))
     _enqueue(run_id)
     click.echo(run_id)

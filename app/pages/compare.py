@@ -44,6 +44,22 @@ def file_url(path: str) -> str:
     return "gradio_api/file=" + quote(path)
 
 
+IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF8", b"RIFF")
+
+
+def image_problem(path: str) -> str | None:
+    """Why an eval image file cannot be shown (missing, unreadable, not an image), else None.
+    Reads 8 bytes, so a broken file gets a message instead of a broken picture."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+    except OSError as e:
+        return f"image file missing ({e.strerror})"
+    if not head.startswith(IMAGE_MAGIC):
+        return "image file is not a PNG/JPEG/GIF/WEBP image"
+    return None
+
+
 def default_selection(runs: list[Any]) -> list[int]:
     """The newest A/B pair, else the two newest runs."""
     for r in runs:
@@ -77,10 +93,15 @@ def grid_html(samples: list[Any], steps: list[int], prompts: list[str], chosen: 
                 cells.append('<td class="gg-missing">—</td>')
                 continue
             try:
-                url = file_url(path_of(s.image_location))
+                path = path_of(s.image_location)
             except ValueError:
                 cells.append('<td class="gg-missing">?</td>')
                 continue
+            why = image_problem(path)
+            if why:
+                cells.append(f'<td class="gg-missing" title="{esc(why)}">✗ {esc(why)}</td>')
+                continue
+            url = file_url(path)
             tip = f"step {st} · {p} · proxy {fmt_float(s.proxy)} · gold {fmt_float(s.gold)}"
             cells.append(f'<td><img src="{esc(url)}" title="{esc(tip)}" loading="lazy"></td>')
         cls = ' class="gg-chosen"' if st == chosen else ""
@@ -216,7 +237,7 @@ with gr.Blocks(title="Compare") as page:
         st = parse_int(st)
         sd = parse_int(sd)
         labels = _labels(q, ids)
-        cards = []
+        cards, notes = [], []
         for i in labels:
             steps = q.sample_steps(i)
             s_step = snap(steps, st)
@@ -228,6 +249,10 @@ with gr.Blocks(title="Compare") as page:
                     path = q.artifact_path(rows[0].image_location)
                 except ValueError:
                     continue
+                why = image_problem(path)
+                if why:
+                    notes.append(f"{labels[i]}: {why}")
+                    continue
                 cards.append((path, labels[i], f"step {s_step} · proxy {fmt_float(rows[0].proxy)} · "
                                                 f"gold {fmt_float(rows[0].gold)}"))
         g_html = '<div class="gg-muted">Pick a run for the grid.</div>'
@@ -238,7 +263,8 @@ with gr.Blocks(title="Compare") as page:
             samples = q.samples_for(g_run, seed=sd)
             prompts = sorted({s.prompt for s in samples})
             g_html = grid_html(samples, grid_steps(steps, chosen), prompts, chosen, q.artifact_path)
-        return side_html(cards), g_html, st, st
+        note_html = "".join(f'<div class="gg-muted gg-image-problem">{esc(n)}</div>' for n in notes)
+        return side_html(cards) + note_html, g_html, st, st
 
     image_outputs = [side, grid, a_step, b_step]
 
@@ -254,7 +280,14 @@ with gr.Blocks(title="Compare") as page:
             rows = q.samples_for(r, prompt=p, seed=sd, step=s_step) if s_step is not None else []
             if not rows:
                 return None, f"{tag}: run #{r} has no image for this prompt/seed yet."
-            out.append(q.artifact_path(rows[0].image_location))
+            try:
+                path = q.artifact_path(rows[0].image_location)
+            except ValueError as e:
+                return None, f"{tag}: run #{r}: {e}"
+            why = image_problem(path)
+            if why:
+                return None, f"{tag}: run #{r} step {s_step}: {why}."
+            out.append(path)
             info.append(f"**{tag}**: run #{r} · step {s_step} · proxy {fmt_float(rows[0].proxy)} · gold {fmt_float(rows[0].gold)}")
         return tuple(out), "<br>".join(info)
 

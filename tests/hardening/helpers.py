@@ -1,0 +1,86 @@
+"""Shared helpers of the hardening suite: the bad-config corpus, store snapshots, an in-process
+app server on a free port."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import yaml
+
+CORPUS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bad_configs")
+
+
+def corpus() -> list[tuple[str, str]]:
+    """(file path, expected field) for every bad config; '' = the config as a whole."""
+    with open(os.path.join(CORPUS_DIR, "index.yaml"), encoding="utf-8") as fh:
+        index = yaml.safe_load(fh)["expected_field"]
+    files = sorted(f for f in os.listdir(CORPUS_DIR) if f.endswith(".yaml") and f != "index.yaml")
+    assert sorted(index) == files, "every corpus file needs an expected_field entry in index.yaml (and only those)"
+    return [(os.path.join(CORPUS_DIR, f), index[f]) for f in files]
+
+
+def names_field(errors: list[tuple[str, str]], field: str) -> bool:
+    """True when one of the (key, message) errors is about ``field`` ('rewards.x' counts as
+    'rewards'; '' means a general error)."""
+    return any(k.split(".", 1)[0] == field for k, _ in errors)
+
+
+def snapshot() -> dict[str, list[tuple]]:
+    """Every row of every table of the current store (and the artifact files), for
+    byte-for-byte before/after comparisons on SQLite and PostgreSQL alike."""
+    from sqlalchemy import MetaData, select
+
+    from grpo_guard.store import db
+
+    eng = db.get_engine()
+    meta = MetaData()
+    meta.reflect(eng)
+    out: dict[str, list[tuple]] = {}
+    with eng.connect() as c:
+        for name, table in sorted(meta.tables.items()):
+            cols = list(table.columns)
+            out[name] = sorted(tuple(repr(v) for v in row) for row in c.execute(select(*cols)))
+    root = db.artifacts_root()
+    files = []
+    for d, _, fs in os.walk(root):
+        for f in fs:
+            p = os.path.join(d, f)
+            with open(p, "rb") as fh:
+                files.append((os.path.relpath(p, root), fh.read()))
+    out["__artifacts__"] = sorted(files)
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve_app(host: str = "127.0.0.1") -> Iterator[str]:
+    """``app.main.create_app`` under uvicorn in a thread; yields the base URL."""
+    import uvicorn
+
+    from app.main import create_app
+
+    port = free_port()
+    app = create_app(host=host, port=port)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", lifespan="on"))
+    t = threading.Thread(target=server.run, daemon=True)
+    t.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert time.monotonic() < deadline, "the app did not start within 60 s"
+        assert t.is_alive(), "the app server thread died"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        t.join(timeout=10)
