@@ -9,8 +9,9 @@ replayed step or a retried batch neither duplicates nor loses rows. Every flush 
 run's heartbeat; with a ``lease`` the flush is fenced: once a sweep has taken the run away, the
 flush writes nothing and the next call from the trainer raises ``LeaseLostError``.
 
-``StoreControl`` reads the run's flags (one primary-key read, cached ``min_interval`` seconds so
-the three polls of one step share it); ``take_*`` clear a flag with a conditional update.
+``StoreControl`` reads the run's flags with one primary-key read per ``stop_requested`` (the
+trainer's once-per-step poll); ``take_*`` reuse that read for ``min_interval`` seconds and clear
+a flag with a conditional update.
 
 NaN and infinities: scalars keep them explicitly (``special``); per-step statistics and scores
 store them as NULL. Imports no torch.
@@ -449,8 +450,8 @@ class StoreControl:
         self._row: Any = None
         self._at = 0.0
 
-    def _read(self) -> Any:
-        if self._row is not None and time.monotonic() - self._at < self.min_interval:
+    def _read(self, fresh: bool = False) -> Any:
+        if not fresh and self._row is not None and time.monotonic() - self._at < self.min_interval:
             return self._row
         try:
             with session_scope(url=self.url) as s:
@@ -466,7 +467,7 @@ class StoreControl:
         return row
 
     def stop_requested(self) -> bool:
-        row = self._read()
+        row = self._read(fresh=True)  # always current: a stop takes effect at the next step
         return bool(row is not None and (row.stop_requested or row.status in ("stopping", "cancelled")))
 
     def _take(self, flag: str) -> bool:
