@@ -233,12 +233,32 @@ class RunConfig(BaseModel):
         for g in self.gold:
             if g not in REGISTRY:
                 errors.append(("gold", f"unknown evaluator {g!r}; registered: {known}"))
+        for name in ("prompts", "eval_prompts"):
+            why = prompt_file_problem(getattr(self, name))
+            if why:
+                errors.append((name, why))
         if check_paths and self.model and self.model.strip().startswith(("/", "./", "../", "~")):
             path = os.path.expanduser(self.model.strip())
             if not os.path.isdir(path):
                 errors.append(("model", f"no model directory at {path}; give an existing local directory "
                                         "(as the workers see it) or a hub id such as stabilityai/stable-diffusion-3.5-medium"))
         return errors
+
+    def with_prompt_files_inlined(self) -> RunConfig:
+        """This config with each ``file:PATH`` prompt spec that a queued run may not read
+        (:func:`prompt_file_problem`) replaced by the file's prompts, read here (``grpo-guard
+        submit``: the submitting user's own file). ConfigError names the field if unreadable."""
+        from grpo_guard.toyworld.prompts import resolve_prompts
+
+        changes: dict[str, Any] = {}
+        for name in ("prompts", "eval_prompts"):
+            spec = getattr(self, name)
+            if prompt_file_problem(spec):
+                try:
+                    changes[name] = resolve_prompts(spec)
+                except ValueError as e:
+                    raise ConfigError([(name, str(e))]) from None
+        return self.with_overrides(changes) if changes else self
 
     def check_submittable(self, *, check_paths: bool = False) -> None:
         """Raise ConfigError with :meth:`submit_errors`, if any."""
@@ -317,6 +337,24 @@ class RunConfig(BaseModel):
             extra = info.json_schema_extra or {}
             groups.setdefault(extra.get("group", "other"), []).append(name)  # type: ignore[union-attr]
         return groups
+
+
+def prompt_file_problem(spec: Any) -> str | None:
+    """Why a queued run may not read the prompt file ``spec`` names, else None. A worker reads
+    ``file:PATH`` with its own permissions, and the prompts end up in rows every UI user sees,
+    so a config may only name a relative path without '..' or hidden parts (e.g.
+    ``file:data/ocr/train.txt``, from the worker's directory): never /proc/self/environ, ~/.x,
+    .env or /etc/..."""
+    if not isinstance(spec, str) or not spec.startswith("file:"):
+        return None
+    path = spec[len("file:"):].strip()
+    parts = path.replace("\\", "/").split("/")
+    if (not path or os.path.isabs(path) or path.startswith("~")
+            or any(p == ".." or (p.startswith(".") and p != ".") for p in parts)):
+        return (f"a queued run reads prompt files only by a relative path without '..' or hidden parts "
+                f"(like file:data/ocr/train.txt), not {spec!r}; paste the prompts as a list, or use "
+                "`grpo-guard submit`, which reads such a file itself and stores its prompts")
+    return None
 
 
 class _ErrorBundle:

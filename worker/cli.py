@@ -161,7 +161,7 @@ def submit_cmd(config_path: str, overrides: tuple[str, ...], epochs: int | None,
     from grpo_guard.store import queries
 
     items = list(overrides) + ([f"epochs={epochs}"] if epochs is not None else [])
-    config = RunConfig.from_file(config_path, items)
+    config = RunConfig.from_file(config_path, items).with_prompt_files_inlined()
     config.check_submittable(check_paths=not no_model_check)
     run_id = queries.create_run(config, name=name, tags=list(tags))
     _enqueue(run_id)

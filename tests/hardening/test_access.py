@@ -204,3 +204,39 @@ def test_secrets_reach_no_row_log_or_page(backend, tmp_path, monkeypatch):
             r = c.get("/health")
         assert r.status_code == 503 and PGPW not in r.text, r.text
         db.dispose_engines()
+
+
+# ---- prompt files: a config must not make a worker read its secrets ------------------------------
+@pytest.mark.parametrize("spec", ["file:/proc/self/environ", "file:/etc/passwd", "file:~/.ssh/id_rsa", "file:.env",
+                                  "file:data/../../.env", "file:../secrets.txt"])
+def test_queued_runs_cannot_name_a_prompt_file_outside_the_workers_directory(world, spec):
+    """A worker would read the file with its own permissions and store each line as a prompt
+    that every UI user sees (e.g. /proc/self/environ holds HF_TOKEN and the database URL)."""
+    from app.run_form import form_values, validate
+    from grpo_guard.store import queries
+
+    for field in ("prompts", "eval_prompts"):
+        cfg = RunConfig.from_dict({field: spec})  # fine for `grpo-guard train` on one's own machine
+        with pytest.raises(ConfigError) as err:
+            queries.create_run(cfg)
+        assert [k for k, _ in err.value.errors] == [field]
+        _, _, errors = validate(form_values({field: spec}))
+        assert field in errors, errors
+    RunConfig.from_dict({"prompts": "file:data/ocr/train.txt"}).check_submittable()  # the presets' form
+
+
+def test_cli_submit_stores_the_prompts_of_a_local_file_not_its_path(world, tmp_path):
+    from click.testing import CliRunner
+
+    from grpo_guard.cli import main
+    from grpo_guard.store import queries
+
+    prompts = tmp_path / "mine.txt"
+    prompts.write_text("a red circle on a blue background\n# comment\na green square on a white background\n")
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"eval_prompts: file:{prompts}\nepochs: 2\n")
+    res = CliRunner().invoke(main, ["submit", str(cfg)])
+    assert res.exit_code == 0, res.output
+    row = queries.get_run(int(res.output.strip().splitlines()[-1]))
+    assert row.config["eval_prompts"] == ["a red circle on a blue background", "a green square on a white background"]
+    queries.delete_run(row.id)
