@@ -63,6 +63,9 @@ def main() -> int:
     ap.add_argument("--broker", default="", help="default: the embedded broker")
     ap.add_argument("--step-seconds", type=float, default=0.1, help="trainer-double seconds per epoch")
     ap.add_argument("--kill-every", type=float, default=90.0, help="mean seconds between kill -9 of a worker (0: never)")
+    ap.add_argument("--resend-after", type=float, default=20.0,
+                    help="GG_RESEND_QUEUED_AFTER for the workers' sweep: a queued run whose message died with a "
+                         "killed worker is sent again after this many seconds (product default 900)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--trainer", choices=["fake", "real"], default="fake")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "last_run.json"))
@@ -84,7 +87,7 @@ def main() -> int:
     from tests.worker.procs import Worker, world_env
 
     env = world_env(url, data, args.broker or "embedded", GG_FAKE_STEP_SECONDS=str(args.step_seconds),
-                    GG_STALE_AFTER="4", GG_HEARTBEAT_SECONDS="0.5")
+                    GG_STALE_AFTER="4", GG_HEARTBEAT_SECONDS="0.5", GG_RESEND_QUEUED_AFTER=str(args.resend_after))
     if args.trainer == "real":
         env["GG_TRAINER"] = ""
     os.environ.update(env)
@@ -115,6 +118,7 @@ def main() -> int:
     done: list[int] = []
     t0 = time.monotonic()
     end = t0 + args.minutes * 60
+    next_report = t0 + 30
     next_kill = t0 + (rng.expovariate(1 / args.kill_every) if args.kill_every > 0 else float("inf"))
     try:
         while time.monotonic() < end:
@@ -133,6 +137,9 @@ def main() -> int:
                 elif row.status == "cancelled" and rng.random() < 0.5:
                     resume(rid)
             running = [r for r, row in rows.items() if row.status == "running"]
+            if time.monotonic() >= next_report:
+                next_report += 30
+                print(f"[{time.monotonic() - t0:6.0f}s] {json.dumps(counts)}", flush=True)
             if running and rng.random() < 0.3:
                 queries.request_stop(rng.choice(running))
                 counts["stops"] += 1
@@ -165,11 +172,12 @@ def main() -> int:
             w.stop()
     problems = [p for rid in done for p in check_history(rid)]
     attempts = [queries.get_run(r).attempt for r in done]
+    recovered = sum("stopped heartbeating" in ln.message for r in done + active for ln in queries.log_lines(r, tail=10**5))
     result = {
         "minutes_requested": args.minutes, "chaos_seconds": round(chaos_seconds, 1), "drain_seconds": round(drain_seconds, 1),
         "workers": args.workers, "runs_in_flight": args.runs, "trainer": args.trainer,
         "store": db.redact(url).split("?")[0], "broker": args.broker or "embedded", **counts,
-        "runs_checked": len(done), "unfinished": active, "max_attempts": max(attempts, default=0),
+        "lost_runs_recovered_by_sweep": recovered, "runs_checked": len(done), "unfinished": active, "max_attempts": max(attempts, default=0),
         "steps_checked": len(done) * EPOCHS, "history_problems": problems,
     }
     print(json.dumps(result, indent=2))

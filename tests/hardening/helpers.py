@@ -10,8 +10,11 @@ import threading
 import time
 from collections.abc import Iterator
 
+import pytest
 import yaml
 
+# Every store-touching test runs on both databases (the PostgreSQL leg carries its marker).
+BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 CORPUS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bad_configs")
 
 

@@ -13,14 +13,14 @@ import pytest
 from fastapi.testclient import TestClient
 
 from grpo_guard.config import ConfigError, RunConfig
-from tests.hardening.helpers import snapshot
+from tests.hardening.helpers import BACKENDS, snapshot
 from tests.storehelpers import PG_BASE, backend_env
 
 CANARY = "canary-run-7c1f"
 DENIED = (401, 403, 404, 405, 302, 303, 307)
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+@pytest.fixture(scope="module", params=BACKENDS)
 def world(request, tmp_path_factory):
     tmp = tmp_path_factory.mktemp(f"access-{request.param}")
     with backend_env(request.param, tmp), pytest.MonkeyPatch.context() as mp:
@@ -147,7 +147,7 @@ HF = "sekrit-xyz-hf"
 PGPW = "pgsekrit-123"
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_secrets_reach_no_row_log_or_page(backend, tmp_path, monkeypatch):
     """HF_TOKEN and the database password, set in the environment, appear in no stored row (a
     text dump of every table), no log line, no page the UI renders, and no /health answer."""

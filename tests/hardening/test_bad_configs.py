@@ -15,7 +15,7 @@ import yaml
 from click.testing import CliRunner
 
 from grpo_guard.config import ConfigError, RunConfig
-from tests.hardening.helpers import corpus, names_field, serve_app, snapshot
+from tests.hardening.helpers import BACKENDS, corpus, names_field, serve_app, snapshot
 from tests.storehelpers import backend_env
 
 CASES = corpus()
@@ -34,7 +34,7 @@ def test_the_corpus_is_big_enough_and_covers_the_issue():
         assert f in fields, f"no bad config for {f or 'the config as a whole'}"
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+@pytest.fixture(scope="module", params=BACKENDS)
 def store(request, tmp_path_factory):
     with backend_env(request.param, tmp_path_factory.mktemp(f"bad-{request.param}")) as url:
         # a run already in the store, so "unchanged" means something

@@ -12,10 +12,11 @@ from sqlalchemy import update
 from grpo_guard.config import RunConfig
 from grpo_guard.store import db, queries
 from grpo_guard.store.models import Run
+from tests.hardening.helpers import BACKENDS
 from tests.storehelpers import backend_env
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+@pytest.fixture(scope="module", params=BACKENDS)
 def store(request, tmp_path_factory):
     from app import common, run_cache
 

@@ -16,6 +16,7 @@ import pytest
 from grpo_guard.config import RunConfig
 from grpo_guard.store import lifecycle, queries
 from grpo_guard.store.recorder import StoreRecorder
+from tests.hardening.helpers import BACKENDS
 from tests.storehelpers import backend_env
 
 HOLD_SECONDS = 3.0
@@ -40,7 +41,7 @@ c.commit()
 """
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_a_flush_waits_for_another_writer_and_loses_nothing(backend, tmp_path):
     """A separate process holds the write lock (SQLite BEGIN IMMEDIATE; PostgreSQL an exclusive
     table lock) for a few seconds while the recorder logs and flushes 200 steps."""
