@@ -116,6 +116,8 @@ def train(config: RunConfig, recorder: Recorder, control: Control, *, resume_fro
             ema.load(ckpt.ema)
         st.update(ckpt.trainer)
         start, last_path = ckpt.step, ckpt.path
+        if start > c.epochs:
+            raise ValueError(f"the checkpoint is at epoch {start}, beyond epochs={c.epochs}; set epochs >= {start} to resume")
         recorder.prune_after(start)
         recorder.log_line(f"resumed from {ckpt.path} at epoch {start}")
     else:

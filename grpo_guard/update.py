@@ -61,9 +61,10 @@ def micro_batches(keep: torch.Tensor, dropped: torch.Tensor, num_batches: int, i
 
 def policy_update(backbone: Backbone, optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter],
                   ro: Rollout, advantages: torch.Tensor, batches: list[torch.Tensor], config: RunConfig,
-                  ema: EMA | None, state: dict[str, int]) -> UpdateResult:
+                  ema: EMA | None, state: dict[str, int], *, grad_norm_v: bool = True) -> UpdateResult:
     """Run the update over ``batches`` (index tensors into the rollout). ``state`` carries the
-    run's ``optimizer_steps`` counter (EMA cadence) and is updated in place."""
+    run's ``optimizer_steps`` counter (EMA cadence) and is updated in place. ``grad_norm_v=False``
+    skips the per-step velocity-gradient norms (only the benchmark uses it, to measure their cost)."""
     c = config
     accum = c.gradient_accumulation_steps
     use_train_mode = not has_active_dropout(backbone.transformer)  # I3: identical forward values
@@ -94,7 +95,8 @@ def policy_update(backbone: Backbone, optimizer: torch.optim.Optimizer, params: 
         if use_train_mode:
             backbone.train()
         v = backbone.velocity(x, sig, cond, cfg_scale=c.cfg_scale, detach_uncond=c.detach_uncond)
-        v.retain_grad()
+        if grad_norm_v:
+            v.retain_grad()
         st = sde_step(v, x, sig, sig_next, noise_level=c.noise_level, dynamics=c.dynamics, prev_sample=x_next,
                       cps_logprob=c.cps_logprob, validate=False)
         ref_mean = None
@@ -119,11 +121,12 @@ def policy_update(backbone: Backbone, optimizer: torch.optim.Optimizer, params: 
                             "std": st.std.detach(), "dt": st.dt, "beta": st.beta, "std_dev_t": st.std_dev_t,
                             "sigma": sig, "ref_mean": ref_mean})
             # ‖∂L_j/∂v‖: the loss is the mean over B·S rows / in_group, L_j the mean over step j's rows.
-            g = v.grad.flatten(1).square().sum(1)          # (B·S,)
-            for j in j_rows.unique().tolist():
-                sel = j_rows == j
-                scale = float(in_group) * b * steps / int(sel.sum())
-                grad_sq.setdefault(j, []).append(float(g[sel].sum()) * scale * scale)
+            if grad_norm_v:
+                g = v.grad.flatten(1).square().sum(1)      # (B·S,)
+                for j in j_rows.unique().tolist():
+                    sel = j_rows == j
+                    scale = float(in_group) * b * steps / int(sel.sum())
+                    grad_sq.setdefault(j, []).append(float(g[sel].sum()) * scale * scale)
             if n_opt == 0:  # micro-batches before the epoch's first optimizer step are on-policy (I3)
                 onpolicy_max = max(onpolicy_max, float((st.log_prob.detach() - old_lp).abs().max()),
                                    float(out.log_ratio.detach().abs().max()))

@@ -1,0 +1,254 @@
+"""The toy over-optimisation experiment (the paper's Figure 1 on the shapes world), in one command.
+
+    python benchmarks/overoptimization/run.py [--seeds 0 1 2] [--jobs 2] [--kl] [--out DIR]
+
+Runs ``examples/toy_flow_grpo.yaml`` and ``examples/toy_grpo_guard.yaml`` (identical but for the
+algorithm) for every seed — optionally a KL-regularised Flow-GRPO third arm (``--kl``: kl_beta 0.04)
+— as ``grpo-guard train`` subprocesses, ``--jobs`` at a time with one torch thread each. A finished
+run is skipped and an interrupted one resumed from its checkpoints, so the command can be re-run.
+Then it writes, under ``--out`` (default ``benchmarks/overoptimization/results``):
+
+- ``figure.png``: eval proxy and eval gold against epoch for each arm (mean over seeds, band = min–max),
+  plus gold against proxy (the equal-proxy view);
+- ``table.md``: proxy and gold at the start, at the baseline's gold peak and at the end; gold at equal
+  proxy; the per-denoising-step ratio mean and std of each arm; the alarm's onset per run;
+- ``summary.json``: the curves behind them.
+
+``--report-only`` redraws from existing run directories.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+ARMS = {
+    "flow_grpo": ("examples/toy_flow_grpo.yaml", [], "Flow-GRPO"),
+    "grpo_guard": ("examples/toy_grpo_guard.yaml", [], "GRPO-Guard"),
+    "flow_grpo_kl": ("examples/toy_flow_grpo.yaml", ["kl_beta=0.04"], "Flow-GRPO + KL 0.04"),
+}
+COLORS = {"flow_grpo": "tab:red", "grpo_guard": "tab:blue", "flow_grpo_kl": "tab:orange"}
+
+
+# ---- running ------------------------------------------------------------------------------------
+def run_dir(out: str, arm: str, seed: int) -> str:
+    return os.path.join(out, "runs", f"{arm}_seed{seed}")
+
+
+def finished(path: str) -> bool:
+    try:
+        with open(os.path.join(path, "progress.json")) as fh:
+            p = json.load(fh)
+        return p["step"] >= p["total"] and os.path.exists(os.path.join(path, "done"))
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def command(arm: str, seed: int, path: str, epochs: int | None) -> list[str]:
+    cfg, extra, _ = ARMS[arm]
+    cmd = [sys.executable, "-m", "grpo_guard.cli", "train", os.path.join(ROOT, cfg), "--out", path,
+           "--set", f"seed={seed}"]
+    for item in extra:
+        cmd += ["--set", item]
+    if epochs:
+        cmd += ["--epochs", str(epochs)]
+    ckpts = os.path.join(path, "checkpoints")
+    if os.path.isdir(ckpts) and any(f.endswith(".pt") for f in os.listdir(ckpts)):
+        cmd += ["--resume", ckpts]
+    return cmd
+
+
+def run_all(arms: list[str], seeds: list[int], out: str, jobs: int, epochs: int | None) -> None:
+    todo = [(a, s) for s in seeds for a in arms if not finished(run_dir(out, a, s))]
+    running: list[tuple[subprocess.Popen, str, str]] = []
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               TQDM_MININTERVAL="30")
+    while todo or running:
+        while todo and len(running) < jobs:
+            arm, seed = todo.pop(0)
+            path = run_dir(out, arm, seed)
+            os.makedirs(path, exist_ok=True)
+            log = open(os.path.join(path, "stdout.log"), "a")  # noqa: SIM115 (closed when the run ends)
+            print(f"[{time.strftime('%H:%M:%S')}] start {arm} seed {seed}", flush=True)
+            running.append((subprocess.Popen(command(arm, seed, path, epochs), cwd=ROOT, env=env, stdout=log,
+                                             stderr=subprocess.STDOUT), path, log))
+        time.sleep(5)
+        for item in list(running):
+            proc, path, log = item
+            if proc.poll() is not None:
+                log.close()
+                running.remove(item)
+                status = "done" if proc.returncode == 0 else f"FAILED ({proc.returncode})"
+                if proc.returncode == 0:
+                    open(os.path.join(path, "done"), "w").close()
+                print(f"[{time.strftime('%H:%M:%S')}] {status}: {path}", flush=True)
+
+
+# ---- reading ------------------------------------------------------------------------------------
+def read_run(path: str) -> dict:
+    from grpo_guard.recording import read_jsonl
+
+    evals: dict[int, dict[str, float]] = {}
+    for r in read_jsonl(os.path.join(path, "scalars.jsonl"), dedupe=False):
+        for k, v in r.items():
+            if k.startswith(("eval/", "alarm/")) and v is not None:
+                evals.setdefault(r["step"], {})[k] = v
+    steps = sorted(s for s, e in evals.items() if "eval/proxy" in e)
+    per_step: dict[int, dict[str, list[float]]] = {}
+    for r in read_jsonl(os.path.join(path, "step_stats.jsonl")):
+        st = per_step.setdefault(r["denoise_index"], {})
+        for k, v in r["stats"].items():
+            if v is not None:
+                st.setdefault(k, []).append(v)
+    onset = [e["alarm/hacking_onset"] for e in evals.values() if "alarm/hacking_onset" in e]
+    return {"steps": steps, "proxy": [evals[s]["eval/proxy"] for s in steps],
+            "gold": [evals[s]["eval/gold"] for s in steps],
+            "parts": {k: [evals[s].get(k) for s in steps] for k in evals[steps[0]] if k.startswith("eval/")} if steps else {},
+            "per_step": {j: {k: sum(v) / len(v) for k, v in st.items()} for j, st in sorted(per_step.items())},
+            "onset": onset[0] if onset else None}
+
+
+def gold_at_proxy(proxy: list[float], gold: list[float], level: float) -> float | None:
+    """Gold, linearly interpolated, where the eval proxy first reaches ``level`` (None if never)."""
+    for i in range(1, len(proxy)):
+        lo, hi = proxy[i - 1], proxy[i]
+        if lo < level <= hi:
+            w = (level - lo) / (hi - lo)
+            return gold[i - 1] + w * (gold[i] - gold[i - 1])
+    return gold[0] if proxy and proxy[0] >= level else None
+
+
+# ---- reporting ----------------------------------------------------------------------------------
+def report(arms: list[str], seeds: list[int], out: str) -> str:
+    import numpy as np
+
+    runs = {a: {s: read_run(run_dir(out, a, s)) for s in seeds if os.path.exists(os.path.join(run_dir(out, a, s), "scalars.jsonl"))}
+            for a in arms}
+    runs = {a: {s: r for s, r in rs.items() if r["steps"]} for a, rs in runs.items()}
+    arms = [a for a in arms if runs[a]]
+    common = {a: sorted(set.intersection(*(set(r["steps"]) for r in runs[a].values()))) for a in arms}
+
+    def curve(a: str, key: str) -> np.ndarray:  # (seeds, steps) on the arm's common steps
+        return np.array([[r[key][r["steps"].index(s)] for s in common[a]] for r in runs[a].values()])
+
+    lines = ["# Results", ""]
+    lines.append(f"Seeds: {', '.join(str(s) for s in seeds)}. Eval: mean over the fixed prompt × seed set, ODE "
+                 "sampling with the EMA weights. Numbers are means over seeds (± std over seeds).")
+    lines.append("")
+    base = arms[0]
+    g_base = curve(base, "gold").mean(0)
+    peak = common[base][int(np.argmax(g_base))]
+    lines += [f"| arm | proxy @0 | gold @0 | proxy @ baseline gold peak (epoch {peak}) | gold @ peak | proxy @ end | gold @ end |",
+              "|---|---|---|---|---|---|---|"]
+
+    def fmt(x: np.ndarray) -> str:
+        return f"{x.mean():.4f} ± {x.std():.4f}"
+
+    for a in arms:
+        p, g = curve(a, "proxy"), curve(a, "gold")
+        i_peak = common[a].index(peak) if peak in common[a] else int(np.argmin(np.abs(np.array(common[a]) - peak)))
+        lines.append(f"| {ARMS[a][2]} | {fmt(p[:, 0])} | {fmt(g[:, 0])} | {fmt(p[:, i_peak])} | {fmt(g[:, i_peak])} | "
+                     f"{fmt(p[:, -1])} | {fmt(g[:, -1])} |")
+    # gold at equal proxy: levels every run of every arm reaches
+    start = max(r["proxy"][0] for rs in runs.values() for r in rs.values())
+    top = min(max(r["proxy"]) for rs in runs.values() for r in rs.values())
+    levels = np.linspace(start, top, 6)[1:] if top > start else np.array([])
+    lines += ["", "Gold at equal eval proxy (first time each run reaches the level; linear interpolation):", ""]
+    lines += ["| proxy level | " + " | ".join(ARMS[a][2] for a in arms) + " |", "|---" * (len(arms) + 1) + "|"]
+    eq = {}
+    for lv in levels:
+        row = []
+        for a in arms:
+            vals = [gold_at_proxy(r["proxy"], r["gold"], float(lv)) for r in runs[a].values()]
+            vals = np.array([v for v in vals if v is not None])
+            eq.setdefault(a, []).append(float(vals.mean()) if len(vals) else float("nan"))
+            row.append(fmt(vals) if len(vals) else "–")
+        lines.append(f"| {lv:.4f} | " + " | ".join(row) + " |")
+    if levels.size and len(arms) > 1:
+        diff = np.nanmean(np.array(eq[arms[1]]) - np.array(eq[arms[0]]))
+        lines += ["", f"Mean gold difference at equal proxy, {ARMS[arms[1]][2]} − {ARMS[arms[0]][2]}: {diff:+.4f}"]
+    # per-step ratio statistics
+    lines += ["", "Per-denoising-step ratio statistics (the ratio each arm clips: r for Flow-GRPO, r̂ for Guard), "
+              "mean over epochs and seeds:", ""]
+    js = sorted({j for rs in runs.values() for r in rs.values() for j in r["per_step"]})
+    head = " | ".join(f"{ARMS[a][2]} r−1 | {ARMS[a][2]} std | {ARMS[a][2]} clip+ / clip−" for a in arms)
+    lines += [f"| j | {head} |", "|---" * (1 + 3 * len(arms)) + "|"]
+    for j in js:
+        cells = []
+        for a in arms:
+            key_m, key_s = ("rhat_mean_minus_1", "rhat_std") if a == "grpo_guard" else ("r_mean_minus_1", "r_std")
+            vals = [r["per_step"].get(j, {}) for r in runs[a].values()]
+            m = np.mean([v.get(key_m, np.nan) for v in vals])
+            s = np.mean([v.get(key_s, np.nan) for v in vals])
+            pc = np.mean([v.get("pos_adv_clipped", np.nan) for v in vals])
+            nc = np.mean([v.get("neg_adv_clipped", np.nan) for v in vals])
+            cells.append(f"{m:+.2e} | {s:.2e} | {pc:.2f} / {nc:.2f}")
+        lines.append(f"| {j} | " + " | ".join(cells) + " |")
+    lines += ["", "Over-optimisation alarm (ALGORITHM.md §10) onset per run:", ""]
+    for a in arms:
+        lines.append(f"- {ARMS[a][2]}: " + ", ".join(f"seed {s}: {r['onset'] if r['onset'] is not None else '—'}"
+                                                   for s, r in runs[a].items()))
+    table = "\n".join(lines) + "\n"
+    with open(os.path.join(out, "table.md"), "w") as fh:
+        fh.write(table)
+    with open(os.path.join(out, "summary.json"), "w") as fh:
+        json.dump({a: {str(s): r for s, r in rs.items()} for a, rs in runs.items()}, fh, indent=1)
+    figure(arms, runs, common, curve, peak, os.path.join(out, "figure.png"))
+    return table
+
+
+def figure(arms, runs, common, curve, peak, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for a in arms:
+        x = common[a]
+        for ax, key, label in ((axes[0], "proxy", "eval proxy"), (axes[1], "gold", "eval gold")):
+            y = curve(a, key)
+            ax.plot(x, y.mean(0), color=COLORS[a], label=ARMS[a][2], lw=2)
+            ax.fill_between(x, y.min(0), y.max(0), color=COLORS[a], alpha=0.15)
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(label)
+        for r in runs[a].values():
+            axes[2].plot(r["proxy"], r["gold"], color=COLORS[a], alpha=0.5, marker=".", lw=1)
+        axes[2].plot([], [], color=COLORS[a], label=ARMS[a][2])
+    axes[1].axvline(peak, color="gray", ls=":", lw=1)
+    axes[0].set_title("proxy (optimised)")
+    axes[1].set_title("gold (held out; dotted: baseline's peak)")
+    axes[2].set_title("gold against proxy (each run)")
+    axes[2].set_xlabel("eval proxy")
+    axes[2].set_ylabel("eval gold")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="Toy over-optimisation experiment: Flow-GRPO vs GRPO-Guard.")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--jobs", type=int, default=2, help="runs at a time (one torch thread each)")
+    ap.add_argument("--kl", action="store_true", help="add the KL-regularised Flow-GRPO arm (kl_beta 0.04)")
+    ap.add_argument("--epochs", type=int, default=None, help="override the configs' epochs")
+    ap.add_argument("--out", default=os.path.join(HERE, "results"))
+    ap.add_argument("--report-only", action="store_true")
+    args = ap.parse_args()
+    arms = ["flow_grpo", "grpo_guard"] + (["flow_grpo_kl"] if args.kl else [])
+    os.makedirs(args.out, exist_ok=True)
+    if not args.report_only:
+        run_all(arms, args.seeds, args.out, args.jobs, args.epochs)
+    print(report(arms, args.seeds, args.out))
+
+
+if __name__ == "__main__":
+    main()
