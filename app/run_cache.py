@@ -49,7 +49,7 @@ class _Entry:
     mats_step: dict[str, int] = field(default_factory=dict)  # run step at each matrix's read
     mats_time: dict[str, float] = field(default_factory=dict)
     versions: dict[str, int] = field(default_factory=dict)  # bumped on each re-read of a matrix
-    memo: dict[Any, Any] = field(default_factory=dict)  # derived values keyed by (name, version...)
+    memo: dict[str, OrderedDict] = field(default_factory=dict)  # namespace -> {key: derived value}
     lock: threading.RLock = field(default_factory=threading.RLock)
     reads: dict[str, int] = field(default_factory=lambda: {"series_full": 0, "series_tail": 0, "stats": 0, "keys": 0})
 
@@ -169,12 +169,14 @@ def stat_matrices(q: Any, run_id: int, stats: list[str], available: list[str], l
                 {s: e.mats.get(s, empty) if s in have else empty for s in stats})
 
 
-def memo(run_id: int, key: Any, make: Callable[[], Any], keep: int = 8) -> Any:
-    """A value derived from this run's cached data, computed once per ``key``."""
+def memo(run_id: int, key: tuple, make: Callable[[], Any], keep: int = 8) -> Any:
+    """A value derived from this run's data, computed once per ``key``. ``key[0]`` names a
+    namespace ("row", "summary", ...) holding at most ``keep`` values (oldest dropped first)."""
     e = _entry(run_id)
     with e.lock:
-        if key not in e.memo:
-            e.memo[key] = make()
-            while len(e.memo) > keep:
-                e.memo.pop(next(iter(e.memo)))
-        return e.memo[key]
+        space = e.memo.setdefault(key[0], OrderedDict())
+        if key not in space:
+            space[key] = make()
+            while len(space) > keep:
+                space.popitem(last=False)
+        return space[key]

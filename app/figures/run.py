@@ -99,7 +99,8 @@ def proxy_gold_figure(series: SeriesMap | None, *, onset: int | None = None, nor
     """The paper's Figure 1: proxy reward (left axis) and gold metric (right axis) against step,
     on the fixed eval set. ``onset`` (see :func:`over_optimization_onset`) draws a red marker:
     a dashed line at that step, an "over-optimization" label and a shaded region after it.
-    ``extra_gold`` adds individual gold evaluators as dotted lines on the gold axis.
+    ``extra_gold`` adds individual gold evaluators as dotted lines on the gold axis (hidden until
+    clicked in the legend, so the gold mean keeps its own scale).
     ``normalize`` divides each curve by its step-0 value (base model = 1.00)."""
     ps, pv = _series(series, PROXY_KEY)
     gs, gv = _series(series, GOLD_KEY)
@@ -125,6 +126,7 @@ def proxy_gold_figure(series: SeriesMap | None, *, onset: int | None = None, nor
         d["line"]["dash"] = "dot"
         d["line"]["width"] = 1.3
         d["opacity"] = 0.8
+        d["visible"] = "legendonly"  # one click away; shown, they would stretch the gold axis flat
         data.append(d)
     lay = _layout(title, uirevision, height=height)
     lay["xaxis"] = dict(title=dict(text="step"), rangemode="tozero")

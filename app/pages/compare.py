@@ -173,7 +173,7 @@ with gr.Blocks(title="Compare") as page:
         b_run = gr.Dropdown(choices=[], value=None, label="B: run", scale=2, elem_id="wipe-b-run")
         b_step = gr.Number(value=None, precision=0, label="B: step", scale=1, elem_id="wipe-b-step")
     with gr.Row():
-        wipe = gr.ImageSlider(value=None, type="filepath", label="A | B", slider_position=50, height=360,
+        wipe = gr.ImageSlider(value=None, type="filepath", label="A | B", slider_position=50, height=420, max_height=420,
                               elem_id="compare-wipe", interactive=False)
         wipe_info = gr.Markdown("", elem_id="compare-wipe-info")
     gr.Markdown("### Image grid: eval steps × prompts")

@@ -3,8 +3,9 @@ sign, per-step gradient norms, KL, lr), its logs, config, checkpoints and status
 stop / sample-now / save-now buttons.
 
 Live refresh (STACK.md §6): a private 1 s timer reads the run's ``last_step`` and status into
-a cursor; the figures are rebuilt only when the cursor moved, and keep a stable
-``uirevision`` so the user's zoom survives the redraw.
+a cursor; the page redraws only when the cursor moved, from data cached and read
+incrementally by ``app.run_cache``, and resends only the figures that changed. A zoom survives
+the redraw (stable ``uirevision`` per run and figure, re-applied by ``app.main.KEEP_ZOOM_JS``).
 """
 
 from __future__ import annotations

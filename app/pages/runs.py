@@ -145,15 +145,14 @@ with gr.Blocks(title="Runs") as page:
     def on_selected(rid):
         rid = parse_int(rid)
         if rid is None:
-            return _selected_html(None), "", "", gr.Row(visible=False), ""
+            return _selected_html(None), "", "", gr.Row(visible=False)
         try:
             run = queries().get_run(rid)
         except LookupError:
-            return f'<div class="gg-error">No run #{rid}.</div>', "", "", gr.Row(visible=False), ""
-        return _selected_html(run), ", ".join(run.tags), run.notes, gr.Row(visible=False), ""
+            return f'<div class="gg-error">No run #{rid}.</div>', "", "", gr.Row(visible=False)
+        return _selected_html(run), ", ".join(run.tags), run.notes, gr.Row(visible=False)
 
-    selected.change(on_selected, selected, [selected_info, e_tags, e_notes, confirm_row, message],
-                    api_visibility="private")
+    selected.change(on_selected, selected, [selected_info, e_tags, e_notes, confirm_row], api_visibility="private")
 
     def _need(rid) -> int:
         rid = parse_int(rid)

@@ -28,6 +28,15 @@ def main() -> None:
 
     os.makedirs(args.out, exist_ok=True)
     out = lambda name: os.path.join(args.out, name)  # noqa: E731
+
+    def box(page, selector: str) -> dict:
+        """Page coordinates of an element (bounding_box is relative to the scrolled viewport)."""
+        b = page.locator(selector).first.bounding_box()
+        y = page.evaluate("() => window.scrollY")
+        return {**b, "y": b["y"] + y}
+
+    def clip(page, name: str, y0: float, y1: float) -> None:
+        page.screenshot(path=out(name), full_page=True, clip={"x": 0, "y": max(0, y0), "width": 1400, "height": y1 - max(0, y0)})
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=shutil.which("chromium"), headless=True,
                                     args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -36,7 +45,7 @@ def main() -> None:
         page.set_default_timeout(120_000)
 
         page.goto(args.url + "/", wait_until="domcontentloaded")
-        page.locator("#runs-table tbody tr").first.wait_for()
+        page.locator('#runs-table [data-testid="cell-0-0"]').wait_for()
         time.sleep(2)
         page.screenshot(path=out("runs.png"), full_page=True)
 
@@ -46,8 +55,8 @@ def main() -> None:
         page.locator("#run-live input").uncheck()
         time.sleep(4)
         page.screenshot(path=out("run_full.png"), full_page=True)
-        box = page.locator("#plot-proxy-gold").bounding_box()
-        page.screenshot(path=out("run.png"), clip={"x": 0, "y": 0, "width": 1400, "height": box["y"] + box["height"] + 12})
+        pg = box(page, "#plot-proxy-gold")
+        clip(page, "run.png", 0, pg["y"] + pg["height"] + 12)
 
         step = f"&step={args.step}" if args.step is not None else ""
         page.goto(f"{args.url}/compare?runs={args.compare}{step}", wait_until="domcontentloaded")
@@ -56,16 +65,15 @@ def main() -> None:
         page.locator("#compare-grid img").first.wait_for()
         time.sleep(4)
         page.screenshot(path=out("compare_full.png"), full_page=True)
-        box = page.locator("#compare-gold").bounding_box()
-        top = page.locator("#compare-grid-box").bounding_box()
-        page.screenshot(path=out("compare.png"), clip={"x": 0, "y": 0, "width": 1400, "height": top["y"] - 60})
-        page.screenshot(path=out("compare_metrics.png"),
-                        clip={"x": 0, "y": box["y"] - 120, "width": 1400, "height": 2 * box["height"] + 160})
+        grid = box(page, "#grid-run")
+        clip(page, "compare.png", 0, grid["y"] - 50)
+        gold, gp = box(page, "#compare-gold"), box(page, "#compare-gold-vs-proxy")
+        clip(page, "compare_metrics.png", gold["y"] - 110, gp["y"] + gp["height"] + 10)
 
         page.goto(f"{args.url}/new?preset=toy%20GRPO-Guard", wait_until="domcontentloaded")
         page.locator("#submit-run").wait_for()
         time.sleep(3)
-        page.screenshot(path=out("new_run.png"), clip={"x": 0, "y": 0, "width": 1400, "height": 1400})
+        clip(page, "new_run.png", 0, 1400)
         browser.close()
     print("wrote", ", ".join(sorted(f for f in os.listdir(args.out) if f.endswith(".png"))))
 
