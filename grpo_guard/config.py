@@ -283,7 +283,13 @@ class RunConfig(BaseModel):
         return self.model_dump(mode="json")
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+        data = self.to_dict()
+        text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+        # PyYAML writes some characters raw (e.g. U+0085, a line break to its reader) that do not
+        # read back; escape everything non-ASCII then, so the round trip is exact.
+        if yaml.safe_load(text) != data:
+            text = yaml.safe_dump(data, sort_keys=False, allow_unicode=False)
+        return text
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)

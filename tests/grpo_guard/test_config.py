@@ -92,3 +92,9 @@ def test_config_module_imports_no_torch():
     code = "import sys, grpo_guard.config, grpo_guard.recording, grpo_guard.rewards; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False", "the app imports these modules and must not load torch"
+
+
+def test_yaml_round_trip_keeps_characters_pyyaml_writes_raw():
+    """U+0085 is a line break to PyYAML's reader; to_yaml must escape it (found by hypothesis)."""
+    cfg = RunConfig.from_dict({"prompts": ["\x85", "a café"]})
+    assert RunConfig.from_yaml(cfg.to_yaml()).prompts == ["\x85", "a café"]
