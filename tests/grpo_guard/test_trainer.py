@@ -122,6 +122,32 @@ def test_stop_request_cancels_with_a_checkpoint_within_one_step(pipe_dir, loaded
     assert max(step for step, _ in rec.scalars) == 1, "the trainer ran past the stop request"
 
 
+class FlagsDuringEpoch1(MemoryControl):
+    """Sets sample-now and save-now while epoch 1 runs (at its stop poll)."""
+
+    def __init__(self):
+        super().__init__()
+        self.polls = 0
+
+    def stop_requested(self) -> bool:
+        self.polls += 1
+        if self.polls == 1:
+            self.sample_now = self.save_now = True
+        return False
+
+
+def test_sample_now_and_save_now_act_at_the_end_of_the_step(pipe_dir, loaded, tmp_path):
+    """Sample-now evaluates and save-now checkpoints at the current epoch although neither is due
+    (eval_every and checkpoint_every are 10); each flag is consumed once."""
+    cfg = make_config(pipe_dir, epochs=3, eval_every=10, checkpoint_every=10, gold=[])  # no best-gold saves
+    control = FlagsDuringEpoch1()
+    res, rec = run(loaded, cfg, tmp_path, control=control)
+    assert res.status == "succeeded"
+    assert sorted({s for s, _, _ in rec.samples}) == [0, 1, 3], "sample-now should evaluate epoch 1 only"
+    assert sorted(rec.checkpoints) == [1, 3], "save-now should checkpoint epoch 1 (and the end epoch 3)"
+    assert not control.sample_now and not control.save_now
+
+
 @pytest.mark.parametrize("algorithm, extra", [
     ("flow_grpo", dict(kl_beta=0.04, gradient_accumulation_steps=2, train_batch_size=2)),
     ("grpo_guard", dict(gradient_accumulation_steps=1, train_batch_size=4)),
