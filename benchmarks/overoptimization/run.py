@@ -173,16 +173,42 @@ def report(arms: list[str], seeds: list[int], out: str) -> str:
     if levels.size and len(arms) > 1:
         diff = np.nanmean(np.array(eq[arms[1]]) - np.array(eq[arms[0]]))
         lines += ["", f"Mean gold difference at equal proxy, {ARMS[arms[1]][2]} − {ARMS[arms[0]][2]}: {diff:+.4f}"]
+    # pooled view: every eval point of every seed, binned by proxy (robust to one run's noisy crossing)
+    pts = {a: np.array([(p, g) for r in runs[a].values() for p, g in zip(r["proxy"], r["gold"], strict=True)])
+           for a in arms}
+    lo = min(v[:, 0].min() for v in pts.values())
+    hi = max(v[:, 0].max() for v in pts.values())
+    edges = np.arange(np.floor(lo * 20) / 20, hi + 0.05, 0.05)
+    lines += ["", "Gold at equal eval proxy, pooled: mean gold of all eval points (all epochs, all seeds) in "
+              "each proxy bin (n = points):", "",
+              "| proxy bin | " + " | ".join(ARMS[a][2] for a in arms) + " |", "|---" * (len(arms) + 1) + "|"]
+    for b0, b1 in zip(edges[:-1], edges[1:], strict=True):
+        cells = []
+        for a in arms:
+            m = (pts[a][:, 0] >= b0) & (pts[a][:, 0] < b1)
+            cells.append(f"{pts[a][m, 1].mean():.4f} (n={int(m.sum())})" if m.any() else "–")
+        lines.append(f"| {b0:.2f}–{b1:.2f} | " + " | ".join(cells) + " |")
+    # what moved: every eval component at the start and at the end
+    keys = sorted({k for rs in runs.values() for r in rs.values() for k in r["parts"]}
+                  - {"eval/proxy", "eval/gold", "eval/gold_rel"})
+    lines += ["", "Every eval score at the start and at the end (mean over seeds):", "",
+              "| score | start | " + " | ".join(f"{ARMS[a][2]} end" for a in arms) + " |", "|---" * (len(arms) + 2) + "|"]
+    for k in keys:
+        first = np.mean([r["parts"][k][0] for r in runs[arms[0]].values()])
+        ends = [np.mean([r["parts"][k][-1] for r in runs[a].values()]) for a in arms]
+        lines.append(f"| {k[5:]} | {first:.4f} | " + " | ".join(f"{e:.4f}" for e in ends) + " |")
     # per-step ratio statistics
     lines += ["", "Per-denoising-step ratio statistics (the ratio each arm clips: r for Flow-GRPO, r̂ for Guard), "
               "mean over epochs and seeds:", ""]
     js = sorted({j for rs in runs.values() for r in rs.values() for j in r["per_step"]})
-    head = " | ".join(f"{ARMS[a][2]} r−1 | {ARMS[a][2]} std | {ARMS[a][2]} clip+ / clip−" for a in arms)
+    head = " | ".join(f"{ARMS[a][2]} r−1 | {ARMS[a][2]} std | {ARMS[a][2]} P(A>0, r>1+ε) / P(A<0, r<1−ε)"
+                      for a in arms)
     lines += [f"| j | {head} |", "|---" * (1 + 3 * len(arms)) + "|"]
     for j in js:
         cells = []
         for a in arms:
             key_m, key_s = ("rhat_mean_minus_1", "rhat_std") if a == "grpo_guard" else ("r_mean_minus_1", "r_std")
+            # (fractions of all samples at step j, averaged over every epoch's update)
             vals = [r["per_step"].get(j, {}) for r in runs[a].values()]
             m = np.mean([v.get(key_m, np.nan) for v in vals])
             s = np.mean([v.get(key_s, np.nan) for v in vals])
