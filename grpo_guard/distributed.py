@@ -110,30 +110,189 @@ def local_slice(sizes: Sequence[int], rank: int | None = None) -> slice:
 
 def build_launch_command(config_path: str, num_gpus: int, gpu_ids: Sequence[int] | None = None, *,
                          overrides: Sequence[str] = (), main_process_port: int | None = None,
-                         python: str | None = None) -> list[str]:
+                         python: str | None = None, extra_args: Sequence[str] = ()) -> list[str]:
     """The argv that runs ``grpo-guard train CONFIG`` on ``num_gpus`` GPUs.
 
     One GPU: ``python -m grpo_guard.cli train CONFIG`` (the caller sets CUDA_VISIBLE_DEVICES).
     More: ``python -m accelerate.commands.launch --multi_gpu --num_processes N --num_machines 1
     --gpu_ids 0,1 --mixed_precision no --dynamo_backend no [--main_process_port P] -m
-    grpo_guard.cli train CONFIG [--set k=v ...]``. Mixed precision stays ``no`` for accelerate
-    because the backbone autocasts itself (``mixed_precision`` in the run config).
+    grpo_guard.cli train CONFIG [--set k=v ...] [extra_args]``. Mixed precision stays ``no`` for
+    accelerate because the backbone autocasts itself (``mixed_precision`` in the run config).
 
     Raises ``ValueError`` when ``gpu_ids`` are not ``num_gpus`` distinct non-negative ints."""
+    tail = ["grpo_guard.cli", "train", str(config_path)]
+    for item in overrides:
+        tail += ["--set", item]
+    return launch_module_command(tail + list(extra_args), num_gpus, gpu_ids,
+                                 main_process_port=main_process_port, python=python)
+
+
+def launch_module_command(module_args: Sequence[str], num_gpus: int, gpu_ids: Sequence[int] | None = None, *,
+                          main_process_port: int | None = None, python: str | None = None) -> list[str]:
+    """``python -m MODULE ARGS`` on one GPU, or under ``accelerate launch`` on ``num_gpus`` (see
+    :func:`build_launch_command`); ``module_args`` = [module, *args]. The worker uses it with its
+    own rank entry point (``worker.ranks``), which records to the store."""
     if num_gpus < 1:
         raise ValueError(f"num_gpus must be >= 1, got {num_gpus}")
     ids = list(range(num_gpus)) if gpu_ids is None else [int(i) for i in gpu_ids]
     if len(ids) != num_gpus or len(set(ids)) != len(ids) or any(i < 0 for i in ids):
         raise ValueError(f"gpu_ids must be {num_gpus} distinct GPU indices, got {list(gpu_ids or [])}")
     python = python or sys.executable
-    tail = ["-m", "grpo_guard.cli", "train", str(config_path)]
-    for item in overrides:
-        tail += ["--set", item]
+    tail = ["-m", *module_args]
     if num_gpus == 1:
         return [python, *tail]
+    # --gpu_ids becomes the ranks' CUDA_VISIBLE_DEVICES, so these are physical indices.
     cmd = [python, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_gpus),
            "--num_machines", "1", "--gpu_ids", ",".join(map(str, ids)), "--mixed_precision", "no",
            "--dynamo_backend", "no"]
     if main_process_port is not None:
         cmd += ["--main_process_port", str(int(main_process_port))]
     return cmd + tail
+
+
+def in_launched_group() -> bool:
+    """True inside a process started by ``accelerate launch`` / torchrun (WORLD_SIZE > 1 set), so
+    ``grpo-guard train`` does not launch itself again."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size() > 1
+    return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
+
+
+def free_port() -> int:
+    """A TCP port free on this host now (the rendezvous port of one launched run, so two runs on
+    one machine do not both take accelerate's default 29500)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# ---- the trainer's side of data parallel ------------------------------------------------------
+def init_from_env() -> tuple[int, int]:
+    """Join the process group a launcher described in the environment (``WORLD_SIZE`` > 1 and no
+    group yet): NCCL with one GPU per rank (``LOCAL_RANK``) when CUDA is there, else gloo.
+    Returns (rank, world size); a plain single process stays (0, 1) and initialises nothing."""
+    import torch
+    import torch.distributed as dist
+
+    if dist.is_available() and not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+            dist.init_process_group("nccl")
+        else:
+            dist.init_process_group("gloo")
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def rank_device() -> str | None:
+    """``cuda:LOCAL_RANK`` for a rank of a CUDA group, else None (the caller's default)."""
+    import torch
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_backend() == "nccl":
+        return f"cuda:{torch.cuda.current_device()}"
+    return None
+
+
+def _comm_device():
+    import torch
+    import torch.distributed as dist
+
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def broadcast_flag(flag: bool) -> bool:
+    """Rank 0's ``flag`` on every rank (the stop request: the group stops together)."""
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor([1 if flag else 0], dtype=torch.long, device=_comm_device())
+    dist.broadcast(t, src=0)
+    return bool(t.item())
+
+
+def max_over_ranks(n: int) -> int:
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor([int(n)], dtype=torch.long, device=_comm_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
+def broadcast_params(params: Sequence) -> None:
+    """Copy rank 0's values into ``params`` on every rank (identical start, whatever each rank's
+    own initialisation did)."""
+    import torch
+    import torch.distributed as dist
+
+    with torch.no_grad():
+        for p in params:
+            dist.broadcast(p.data, src=0)
+
+
+def all_reduce_grads(params: Sequence) -> None:
+    """Average the gradients of ``params`` over the ranks, in one flat buffer (what DDP does,
+    without wrapping the peft model). A rank whose micro-batches were all padding has no grads:
+    it contributes zeros. Every rank then holds the same gradient, so clipping and AdamW take the
+    same step and the weights stay identical."""
+    import torch
+    import torch.distributed as dist
+
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    offset = 0
+    with torch.no_grad():
+        for p in params:
+            n = p.numel()
+            p.grad = flat[offset:offset + n].view_as(p).clone()
+            offset += n
+
+
+def merge_update_stats(scalars: dict[str, float], step_stats: dict[int, dict[str, float]],
+                       sigma: dict[int, tuple[float, float]]):
+    """The epoch's update statistics over all ranks (each rank computed them over its own rows):
+    scalars are averaged, except counts (summed) and the on-policy check (max); per-step
+    statistics are averaged weighted by their row counts. Returns (scalars, step_stats, sigma)."""
+    import math
+
+    import torch.distributed as dist
+
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, (scalars, step_stats, sigma))
+    summed, maxed = {"micro_batches", "backward_rows"}, {"sanity/onpolicy_max_abs_logr"}
+    out_s: dict[str, float] = {}
+    for k in scalars:
+        vals = [p[0][k] for p in parts if k in p[0] and math.isfinite(p[0][k])]
+        if not vals:
+            out_s[k] = scalars[k]
+        elif k in summed:
+            out_s[k] = float(sum(vals))
+        elif k in maxed:
+            out_s[k] = float(max(vals))
+        else:
+            out_s[k] = float(sum(vals) / len(vals))
+    out_j: dict[int, dict[str, float]] = {}
+    out_sigma: dict[int, tuple[float, float]] = {}
+    for _, stats, sig in parts:
+        out_sigma.update(sig)
+        for j, row in stats.items():
+            out_j.setdefault(j, {})
+            w = row.get("rows", 1.0)
+            for k, v in row.items():
+                if k == "rows" or not math.isfinite(v):
+                    continue
+                acc = out_j[j].setdefault(k, [0.0, 0.0])
+                acc[0] += w * v
+                acc[1] += w
+            out_j[j].setdefault("rows", [0.0, 0.0])[0] += w
+    merged = {j: {k: (a[0] if k == "rows" else a[0] / a[1]) for k, a in row.items() if k == "rows" or a[1] > 0}
+              for j, row in out_j.items()}
+    return out_s, merged, out_sigma

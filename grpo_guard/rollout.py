@@ -82,7 +82,7 @@ def trained_steps(mode: str, num_steps: int, num_trained: int, n: int, *, window
 def sample_rollouts(backbone: Backbone, prompts: list[str], prompt_index: torch.Tensor, sigmas: torch.Tensor,
                     steps: torch.Tensor, noise: torch.Tensor, *, seed_keys: tuple[int, ...], cfg_scale: float,
                     noise_level: float, dynamics: str, sde_steps: tuple[int, int] | None = None,
-                    cps_logprob: str = "flow_grpo", chunk: int = 64) -> Rollout:
+                    cps_logprob: str = "flow_grpo", chunk: int = 64, row_ids: torch.Tensor | None = None) -> Rollout:
     """Sample N trajectories with the SDE sampler and record their trained steps.
 
     Args:
@@ -95,6 +95,9 @@ def sample_rollouts(backbone: Backbone, prompts: list[str], prompt_index: torch.
             trajectory's noise depends only on the run seed, the epoch and its index — not on ``chunk``.
         sde_steps: [lo, hi) of stochastic steps (an SDE window); others are Euler ODE steps. None: all.
         chunk: trajectories per forward pass.
+        row_ids: (N,) each trajectory's index in the whole epoch, for its noise generator (a
+            data-parallel rank samples rows 12…23 of the epoch with the noise those rows get in a
+            single process). None: 0 … N−1.
     """
     backbone.eval()
     device = backbone.device
@@ -114,7 +117,8 @@ def sample_rollouts(backbone: Backbone, prompts: list[str], prompt_index: torch.
     for a in range(0, n, chunk):
         rows = torch.arange(a, min(a + chunk, n))
         b = rows.shape[0]
-        gens = [derive_generator(*seed_keys, int(i)) for i in rows]
+        ids = rows if row_ids is None else row_ids[rows]
+        gens = [derive_generator(*seed_keys, int(i)) for i in ids]
         cond = select_embeds(embeds, prompt_index[rows].to(device))
         x = noise[rows].to(device)
         for j in range(num_steps):

@@ -12,9 +12,17 @@ zero-advantage samples → one forward+backward per micro-batch over all its tra
 step per ``gradient_accumulation_steps`` micro-batches → EMA → record → evaluate / checkpoint on a
 cadence → poll control.
 
+Data parallel (``num_gpus`` > 1, one process per GPU under ``accelerate launch``; see
+``grpo_guard.distributed``): every rank draws the same epoch (prompts, noise, trained steps), samples
+and scores only its own prompt groups, and gathers the rewards before the advantages, so every rank
+computes the advantages of the whole batch and keeps its slice. Gradients are averaged over the ranks
+before each clip + AdamW step (the weights stay identical; LoRA init is broadcast from rank 0). Only
+rank 0 records, evaluates and checkpoints; its stop request is broadcast, so the group stops together.
+With one process, every step is exactly the single-GPU trainer.
+
 Deliberately left out: DanceGRPO's per-sample random step subsets are supported but untested at
-scale; no multi-GPU gather (``num_gpus`` > 1 is not implemented here); no learning-rate schedule
-(Flow-GRPO uses a constant rate); the "hacking step" probe of §8 and the r̂ histogram are not logged.
+scale; no learning-rate schedule (Flow-GRPO uses a constant rate); the "hacking step" probe of §8 and
+the r̂ histogram are not logged.
 
 Every random stream is derived from (seed, epoch, purpose), so a run resumed from a checkpoint logs
 exactly what the uninterrupted run logs. The step index of every row is the epoch (0 = base model).
@@ -31,6 +39,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from grpo_guard import distributed as ddp
 from grpo_guard.alarm import hacking_onset
 from grpo_guard.checkpoint import (
     ARCHITECTURE_KEYS,
@@ -43,7 +52,7 @@ from grpo_guard.config import RunConfig
 from grpo_guard.ema import EMA
 from grpo_guard.evaluation import EvalSet, evaluate, score_images
 from grpo_guard.policy import group_advantages, zero_variance_mask
-from grpo_guard.recording import Control, Recorder, StepStat
+from grpo_guard.recording import Control, NullRecorder, Recorder, StepStat
 from grpo_guard.rollout import (
     INIT_NOISE,
     PROMPTS,
@@ -68,7 +77,24 @@ def train(config: RunConfig, recorder: Recorder, control: Control, *, resume_fro
           device: str | None = None, backbone=None, rewards: Mapping[str, object] | None = None) -> TrainResult:
     """Train ``config`` to ``config.epochs`` epochs, reporting through ``recorder`` and obeying
     ``control``. ``backbone`` and ``rewards`` (name -> reward callable) may be injected (tests,
-    workers that keep a model loaded); otherwise they are built from the config."""
+    workers that keep a model loaded); otherwise they are built from the config.
+
+    Inside a launched process group (``accelerate launch``, WORLD_SIZE > 1) this process is one
+    rank of a data-parallel run: ranks other than 0 ignore ``recorder`` and ``control``."""
+    # 0. Data parallel: join the launcher's group (a no-op for a single process).
+    rank, world = ddp.init_from_env()
+    is_main = rank == 0
+    if world != config.num_gpus:
+        raise ValueError(
+            f"num_gpus is {config.num_gpus} but this process group has {world} process(es): "
+            + ("run it with `grpo-guard train CONFIG` (which starts accelerate launch with num_gpus processes) "
+               "or submit it to a worker that owns that many GPUs" if world == 1 else
+               f"launch exactly num_gpus={config.num_gpus} processes"))
+    if world > 1:
+        device = ddp.rank_device() or device
+        if not is_main:  # one writer: rank 0 records everything, the other ranks keep nothing
+            recorder = NullRecorder()
+
     # 1. Resume: the checkpoint fixes the architecture; the caller's config the rest.
     ckpt = None
     if resume_from:
@@ -77,7 +103,7 @@ def train(config: RunConfig, recorder: Recorder, control: Control, *, resume_fro
     c = config
 
     # 2. Rewards (first: an unknown name fails before a model loads), model, optimizer, EMA.
-    proxies, golds = _build_rewards(c, rewards)
+    proxies, golds = _build_rewards(c, rewards, golds=is_main)  # eval (golds) runs on rank 0 only
     if backbone is None:
         from grpo_guard.models import build_backbone
 
@@ -87,6 +113,8 @@ def train(config: RunConfig, recorder: Recorder, control: Control, *, resume_fro
             torch.manual_seed(c.seed)  # LoRA's Gaussian init
             backbone.add_lora(c.lora_rank, c.lora_alpha, c.lora_targets)
     params = backbone.trainable_parameters()
+    if world > 1:
+        ddp.broadcast_params(params)
     optimizer = torch.optim.AdamW(params, lr=c.learning_rate, betas=(c.adam_beta1, c.adam_beta2),
                                   weight_decay=c.weight_decay, eps=c.adam_eps)
     ema = EMA(params, c.ema_decay) if c.ema else None
@@ -101,7 +129,12 @@ def train(config: RunConfig, recorder: Recorder, control: Control, *, resume_fro
     eval_set = EvalSet.build(resolve_prompts(c.eval_prompts), list(c.eval_seeds), latent_shape)
     n_train = c.num_trained_steps()
     group_size, n_groups = c.group_size, c.prompts_per_epoch
-    num_batches = math.ceil(group_size * n_groups / c.train_batch_size)
+    # This rank's prompt groups (all of them in a single process) and their rows of the epoch.
+    my_groups = ddp.shard_indices(n_groups, rank, world)
+    my_rows = torch.arange(my_groups[0] * group_size, (my_groups[-1] + 1) * group_size) if my_groups else \
+        torch.zeros(0, dtype=torch.long)
+    # Micro-batches per rank: from the largest shard, so every rank takes the same optimizer steps.
+    num_batches = math.ceil(group_size * len(ddp.shard_indices(n_groups, 0, world)) / c.train_batch_size)
 
     # 4. Trainer state (all of it goes into checkpoints).
     st = {"optimizer_steps": 0, "history": {"step": [], "proxy": [], "gold": []}, "best_gold": -math.inf,
@@ -168,15 +201,19 @@ def train(config: RunConfig, recorder: Recorder, control: Control, *, resume_fro
         recorder.log_line(f"checkpoint ({reason}) saved: {path}")
         return path
 
-    if ckpt is None:
+    if ckpt is None and is_main:
         run_eval(0)
         recorder.flush()
 
     # 5. The loop: one epoch = one step.
     for epoch in range(start + 1, c.epochs + 1):
-        # 5a. Poll control once per step.
-        if control.stop_requested():
-            last_path = save(epoch - 1, "stop") if st["last_ckpt_step"] != epoch - 1 else last_path
+        # 5a. Poll control once per step (rank 0 polls, every rank obeys).
+        stop = control.stop_requested() if is_main else False
+        if world > 1:
+            stop = ddp.broadcast_flag(stop)
+        if stop:
+            if is_main and st["last_ckpt_step"] != epoch - 1:
+                last_path = save(epoch - 1, "stop")
             recorder.log_line(f"stopped on request after epoch {epoch - 1}")
             recorder.flush()
             return TrainResult("cancelled", epoch - 1, last_path)
@@ -192,7 +229,7 @@ def train(config: RunConfig, recorder: Recorder, control: Control, *, resume_fro
         prompt_index = torch.arange(n_groups).repeat_interleave(group_size)          # (N,)
         noise_ids = prompt_index if c.init_same_noise else torch.arange(len(prompt_index))
         noise = torch.stack([torch.randn(latent_shape, generator=derive_generator(c.seed, epoch, INIT_NOISE, int(i)))
-                             for i in noise_ids])                                     # (N, *L)
+                             for i in noise_ids[my_rows]])                            # (N_r, *L)
         window = None
         g = derive_generator(c.seed, epoch, TIMESTEPS)
         if c.train_timesteps == "window":
@@ -201,27 +238,41 @@ def train(config: RunConfig, recorder: Recorder, control: Control, *, resume_fro
             window = (w0, w0 + c.sde_window_size)
         steps = trained_steps(c.train_timesteps, c.num_steps, n_train, len(prompt_index),
                               window_start=window[0] if window else 0, generator=g)  # (N, S)
-        ro = sample_rollouts(backbone, prompts, prompt_index, sigmas, steps, noise, seed_keys=(c.seed, epoch, STEP_NOISE),
-                             cfg_scale=c.cfg_scale, noise_level=c.noise_level, dynamics=c.dynamics, sde_steps=window,
-                             cps_logprob=c.cps_logprob, chunk=c.sample_batch_size)
+        my_index = prompt_index[my_rows]                                              # (N_r,) group ids
+        ro = sample_rollouts(backbone, prompts, my_index, sigmas, steps[my_rows], noise,
+                             seed_keys=(c.seed, epoch, STEP_NOISE), cfg_scale=c.cfg_scale, noise_level=c.noise_level,
+                             dynamics=c.dynamics, sde_steps=window, cps_logprob=c.cps_logprob,
+                             chunk=c.sample_batch_size, row_ids=my_rows if world > 1 else None)
         images = backbone.decode(ro.final)                                            # (N, H, W, 3) uint8
         t_sample = time.perf_counter()
 
         # 5c. Score with the proxy rewards: R = Σ_k w_k·R_k (weight 0: logged only).
-        row_prompts = [prompts[i] for i in prompt_index.tolist()]
+        row_prompts = [prompts[i] for i in my_index.tolist()]
         scores = score_images(images, row_prompts, {k: fn for k, (fn, _) in proxies.items()})
-        total = sum(w * scores[k] for k, (_, w) in proxies.items())                   # (N,) float64
+        total = sum(w * scores[k] for k, (_, w) in proxies.items())                   # (N_r,) float64
+        if world > 1:  # gather before normalising (§3.1): every rank sees the whole batch, in row order
+            total, gathered_ids, sizes = ddp.gather_rewards(total, my_index)
+            if not np.array_equal(gathered_ids, prompt_index.numpy()):
+                raise RuntimeError("data parallel: the gathered group ids are not the epoch's rows in order")
+            scores = {k: ddp.gather_rewards(v) for k, v in scores.items()}
         t_reward = time.perf_counter()
 
-        # 5d. Group advantages; zero-advantage samples are dropped (§3.1).
+        # 5d. Group advantages over the whole batch; zero-advantage samples are dropped (§3.1).
         rewards_t = torch.from_numpy(np.asarray(total, dtype=np.float64))
-        adv = group_advantages(rewards_t, prompt_index, std_scope=c.std_scope, clip=c.adv_clip).float()
+        adv_all = group_advantages(rewards_t, prompt_index, std_scope=c.std_scope, clip=c.adv_clip).float()
         zero_groups = zero_variance_mask(rewards_t, prompt_index).view(n_groups, group_size)[:, 0]
+        adv = adv_all[ddp.local_slice(sizes, rank)] if world > 1 else adv_all           # (N_r,) this rank's
         keep, dropped = (adv != 0).nonzero().squeeze(1), (adv == 0).nonzero().squeeze(1)
-        batches = micro_batches(keep, dropped, num_batches, c.inner_epochs, derive_generator(c.seed, epoch, SHUFFLE))
+        shuffle = derive_generator(c.seed, epoch, SHUFFLE, *((rank,) if world > 1 else ()))
+        batches = micro_batches(keep, dropped, num_batches, c.inner_epochs, shuffle)
+        if world > 1:  # the same number of micro-batches (so of gradient all-reduces) on every rank
+            batches += [torch.zeros(0, dtype=torch.long)] * (ddp.max_over_ranks(len(batches)) - len(batches))
 
-        # 5e. Policy update, per denoising step, with accumulation.
-        upd = policy_update(backbone, optimizer, params, ro, adv.to(backbone.device), batches, c, ema, st)
+        # 5e. Policy update, per denoising step, with accumulation (gradients averaged over ranks).
+        upd = policy_update(backbone, optimizer, params, ro, adv.to(backbone.device), batches, c, ema, st,
+                            grad_sync=ddp.all_reduce_grads if world > 1 else None)
+        if world > 1:
+            upd.scalars, upd.step_stats, upd.sigma = ddp.merge_update_stats(upd.scalars, upd.step_stats, upd.sigma)
         t_update = time.perf_counter()
 
         # 5f. Record.
@@ -231,9 +282,10 @@ def train(config: RunConfig, recorder: Recorder, control: Control, *, resume_fro
         scalars["reward/total/mean"], scalars["reward/total/std"] = float(np.mean(total)), float(np.std(total))
         scalars["reward/group_std/mean"] = float(np.asarray(total).reshape(n_groups, group_size).std(1).mean())
         scalars["zero_std_ratio"] = float(zero_groups.float().mean())
-        scalars["actual_batch_size"] = float(keep.numel())
-        scalars["adv_abs_mean"] = float(adv.abs().mean())
-        scalars["adv_clipped_frac"] = float((adv.abs() >= c.adv_clip).float().mean())
+        kept = int((adv_all != 0).sum())
+        scalars["actual_batch_size"] = float(kept)
+        scalars["adv_abs_mean"] = float(adv_all.abs().mean())
+        scalars["adv_clipped_frac"] = float((adv_all.abs() >= c.adv_clip).float().mean())
         scalars.update({"time/sample": t_sample - t0, "time/reward": t_reward - t_sample,
                         "time/update": t_update - t_reward})
         recorder.log_step_stats([StepStat(step=epoch, denoise_index=j, sigma=upd.sigma[j][0], dt=upd.sigma[j][1],
@@ -241,13 +293,15 @@ def train(config: RunConfig, recorder: Recorder, control: Control, *, resume_fro
         recorder.log_scalars(epoch, scalars)
         recorder.set_progress(epoch, c.epochs)
         recorder.log_line(f"epoch {epoch}/{c.epochs}: reward {scalars['reward/total/mean']:.4f} "
-                          f"(±{scalars['reward/total/std']:.4f}), kept {keep.numel()}/{len(adv)}, "
+                          f"(±{scalars['reward/total/std']:.4f}), kept {kept}/{len(adv_all)}, "
                           f"grad_norm {scalars['grad_norm']:.3g}, {t_update - t0:.1f}s", "debug")
         recorder.flush()
         t_record = time.perf_counter()
         recorder.log_scalars(epoch, {"time/record": t_record - t_update, "time/epoch": t_record - t0})
 
         # 5g. Evaluate, checkpoint, and obey the sample-now / save-now flags.
+        if not is_main:  # rank 0 alone evaluates and checkpoints
+            continue
         sample_now, save_now = control.take_sample_now(), control.take_save_now()
         if epoch % c.eval_every == 0 or epoch == c.epochs or sample_now:
             run_eval(epoch)
@@ -257,6 +311,8 @@ def train(config: RunConfig, recorder: Recorder, control: Control, *, resume_fro
         recorder.flush()
 
     # 6. Done (a resumed, already finished run lands here directly).
+    if not is_main:
+        return TrainResult("succeeded", c.epochs, last_path)
     if st["last_eval"] != c.epochs:
         run_eval(c.epochs)
     if st["last_ckpt_step"] != c.epochs:
@@ -267,7 +323,7 @@ def train(config: RunConfig, recorder: Recorder, control: Control, *, resume_fro
     return TrainResult("succeeded", c.epochs, last_path)
 
 
-def _build_rewards(c: RunConfig, injected: Mapping[str, object] | None):
+def _build_rewards(c: RunConfig, injected: Mapping[str, object] | None, *, golds: bool = True):
     from grpo_guard.rewards import build_reward
 
     injected = dict(injected or {})
@@ -276,8 +332,8 @@ def _build_rewards(c: RunConfig, injected: Mapping[str, object] | None):
         return injected[name] if name in injected else build_reward(name)
 
     proxies = {k: (get(k), float(w)) for k, w in c.rewards.items()}
-    golds = {k: get(k) for k in c.gold}
-    return proxies, golds
+    gold = {k: get(k) for k in c.gold} if golds else {}
+    return proxies, gold
 
 
 def _resume_config(config: RunConfig, ckpt: Checkpoint, recorder: Recorder) -> RunConfig:

@@ -16,6 +16,7 @@ the ``policy_loss`` statistics of each step j over all its rows, plus ``grad_nor
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -61,10 +62,14 @@ def micro_batches(keep: torch.Tensor, dropped: torch.Tensor, num_batches: int, i
 
 def policy_update(backbone: Backbone, optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter],
                   ro: Rollout, advantages: torch.Tensor, batches: list[torch.Tensor], config: RunConfig,
-                  ema: EMA | None, state: dict[str, int], *, grad_norm_v: bool = True) -> UpdateResult:
+                  ema: EMA | None, state: dict[str, int], *, grad_norm_v: bool = True,
+                  grad_sync: Callable[[list[torch.nn.Parameter]], None] | None = None) -> UpdateResult:
     """Run the update over ``batches`` (index tensors into the rollout). ``state`` carries the
     run's ``optimizer_steps`` counter (EMA cadence) and is updated in place. ``grad_norm_v=False``
-    skips the per-step velocity-gradient norms (only the benchmark uses it, to measure their cost)."""
+    skips the per-step velocity-gradient norms (only the benchmark uses it, to measure their cost).
+    ``grad_sync`` (data parallel) averages the accumulated gradients over the ranks before each
+    clip + optimizer step; every rank must then pass the same number of ``batches`` (pad with
+    empty index tensors)."""
     c = config
     accum = c.gradient_accumulation_steps
     use_train_mode = not has_active_dropout(backbone.transformer)  # I3: identical forward values
@@ -82,57 +87,62 @@ def policy_update(backbone: Backbone, optimizer: torch.optim.Optimizer, params: 
         group_start = k - k % accum
         in_group = min(accum, len(batches) - group_start)
         b = mb.numel()
-        x = ro.x[mb].flatten(0, 1)                          # (B·S, *L)
-        x_next = ro.x_next[mb].flatten(0, 1)                # (B·S, *L)
-        old_mean = ro.mean[mb].flatten(0, 1)                # (B·S, *L)
-        old_lp = ro.log_prob[mb].flatten()                  # (B·S,)
-        sig, sig_next = ro.sigma[mb].flatten(), ro.sigma_next[mb].flatten()   # (B·S,)
-        j_rows = ro.step_index[mb].flatten()                # (B·S,)
-        adv = advantages[mb].repeat_interleave(steps)       # (B·S,)
-        cond = select_embeds(ro.embeds, ro.prompt_index[mb].repeat_interleave(steps))
+        # An empty micro-batch pads a data-parallel rank that has fewer samples than another: it
+        # computes nothing but still reaches the gradient all-reduce of its optimizer step.
+        if b:
+            x = ro.x[mb].flatten(0, 1)                          # (B·S, *L)
+            x_next = ro.x_next[mb].flatten(0, 1)                # (B·S, *L)
+            old_mean = ro.mean[mb].flatten(0, 1)                # (B·S, *L)
+            old_lp = ro.log_prob[mb].flatten()                  # (B·S,)
+            sig, sig_next = ro.sigma[mb].flatten(), ro.sigma_next[mb].flatten()   # (B·S,)
+            j_rows = ro.step_index[mb].flatten()                # (B·S,)
+            adv = advantages[mb].repeat_interleave(steps)       # (B·S,)
+            cond = select_embeds(ro.embeds, ro.prompt_index[mb].repeat_interleave(steps))
 
-        # b. Forward with grad: guided velocity, then the step's mean and log-prob at the stored x'.
-        if use_train_mode:
-            backbone.train()
-        v = backbone.velocity(x, sig, cond, cfg_scale=c.cfg_scale, detach_uncond=c.detach_uncond)
-        if grad_norm_v:
-            v.retain_grad()
-        st = sde_step(v, x, sig, sig_next, noise_level=c.noise_level, dynamics=c.dynamics, prev_sample=x_next,
-                      cps_logprob=c.cps_logprob, validate=False)
-        ref_mean = None
-        if c.kl_beta > 0:
-            with torch.no_grad(), backbone.reference():
-                v_ref = backbone.velocity(x, sig, cond, cfg_scale=c.cfg_scale)
-                ref_mean = sde_step(v_ref, x, sig, sig_next, noise_level=c.noise_level, dynamics=c.dynamics,
-                                    prev_sample=x_next, cps_logprob=c.cps_logprob, validate=False).mean
-
-        # c. Loss (Flow-GRPO or GRPO-Guard by the config flags) and backward.
-        out = policy_loss(st.log_prob, old_lp, adv, clip_range=c.clip_range, ratio_norm=c.ratio_norm,
-                          grad_reweight=reweight, mean=st.mean, old_mean=old_mean, std=st.std, dt=st.dt,
-                          delta=c.delta if reweight else "inv_dt", beta=st.beta, prev_sample=x_next,
-                          kl_beta=c.kl_beta, ref_mean=ref_mean, std_dev_t=st.std_dev_t, adv_clip=c.adv_clip,
-                          log_prob_form=log_prob_form, compute_stats=False, validate=k == 0)
-        (out.loss / in_group).backward()
-
-        # d. Keep what the epoch's statistics need (detached; no sync here).
-        with torch.no_grad():
-            rows_mb.append({"j": j_rows, "lp": st.log_prob.detach(), "old_lp": old_lp, "adv": adv,
-                            "mean": st.mean.detach(), "old_mean": old_mean, "x_next": x_next,
-                            "std": st.std.detach(), "dt": st.dt, "beta": st.beta, "std_dev_t": st.std_dev_t,
-                            "sigma": sig, "ref_mean": ref_mean})
-            # ‖∂L_j/∂v‖: the loss is the mean over B·S rows / in_group, L_j the mean over step j's rows.
+            # b. Forward with grad: guided velocity, then the step's mean and log-prob at the stored x'.
+            if use_train_mode:
+                backbone.train()
+            v = backbone.velocity(x, sig, cond, cfg_scale=c.cfg_scale, detach_uncond=c.detach_uncond)
             if grad_norm_v:
-                g = v.grad.flatten(1).square().sum(1)      # (B·S,)
-                for j in j_rows.unique().tolist():
-                    sel = j_rows == j
-                    scale = float(in_group) * b * steps / int(sel.sum())
-                    grad_sq.setdefault(j, []).append(float(g[sel].sum()) * scale * scale)
-            if n_opt == 0:  # micro-batches before the epoch's first optimizer step are on-policy (I3)
-                onpolicy_max = max(onpolicy_max, float((st.log_prob.detach() - old_lp).abs().max()),
-                                   float(out.log_ratio.detach().abs().max()))
+                v.retain_grad()
+            st = sde_step(v, x, sig, sig_next, noise_level=c.noise_level, dynamics=c.dynamics, prev_sample=x_next,
+                          cps_logprob=c.cps_logprob, validate=False)
+            ref_mean = None
+            if c.kl_beta > 0:
+                with torch.no_grad(), backbone.reference():
+                    v_ref = backbone.velocity(x, sig, cond, cfg_scale=c.cfg_scale)
+                    ref_mean = sde_step(v_ref, x, sig, sig_next, noise_level=c.noise_level, dynamics=c.dynamics,
+                                        prev_sample=x_next, cps_logprob=c.cps_logprob, validate=False).mean
+
+            # c. Loss (Flow-GRPO or GRPO-Guard by the config flags) and backward.
+            out = policy_loss(st.log_prob, old_lp, adv, clip_range=c.clip_range, ratio_norm=c.ratio_norm,
+                              grad_reweight=reweight, mean=st.mean, old_mean=old_mean, std=st.std, dt=st.dt,
+                              delta=c.delta if reweight else "inv_dt", beta=st.beta, prev_sample=x_next,
+                              kl_beta=c.kl_beta, ref_mean=ref_mean, std_dev_t=st.std_dev_t, adv_clip=c.adv_clip,
+                              log_prob_form=log_prob_form, compute_stats=False, validate=k == 0)
+            (out.loss / in_group).backward()
+
+            # d. Keep what the epoch's statistics need (detached; no sync here).
+            with torch.no_grad():
+                rows_mb.append({"j": j_rows, "lp": st.log_prob.detach(), "old_lp": old_lp, "adv": adv,
+                                "mean": st.mean.detach(), "old_mean": old_mean, "x_next": x_next,
+                                "std": st.std.detach(), "dt": st.dt, "beta": st.beta, "std_dev_t": st.std_dev_t,
+                                "sigma": sig, "ref_mean": ref_mean})
+                # ‖∂L_j/∂v‖: the loss is the mean over B·S rows / in_group, L_j the mean over step j's rows.
+                if grad_norm_v:
+                    g = v.grad.flatten(1).square().sum(1)      # (B·S,)
+                    for j in j_rows.unique().tolist():
+                        sel = j_rows == j
+                        scale = float(in_group) * b * steps / int(sel.sum())
+                        grad_sq.setdefault(j, []).append(float(g[sel].sum()) * scale * scale)
+                if n_opt == 0:  # micro-batches before the epoch's first optimizer step are on-policy (I3)
+                    onpolicy_max = max(onpolicy_max, float((st.log_prob.detach() - old_lp).abs().max()),
+                                       float(out.log_ratio.detach().abs().max()))
 
         # e. Optimizer step after `accum` micro-batches (and at the end of the epoch).
         if k - group_start + 1 == in_group:
+            if grad_sync is not None:
+                grad_sync(params)
             norm = torch.nn.utils.clip_grad_norm_(params, c.max_grad_norm if c.max_grad_norm > 0 else math.inf)
             grad_norms.append(float(norm))
             if not math.isfinite(grad_norms[-1]):  # a NaN/inf loss: never write it into the weights
