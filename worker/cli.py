@@ -40,16 +40,22 @@ def _store_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 # ---- worker ---------------------------------------------------------------------------------
 def parse_gpus(spec: str | None) -> list[str | None]:
-    """"0,1" or "0 1" -> ["0", "1"]; None or "" -> [None] (one worker, default device)."""
+    """"0,1" or "0 1" -> ["0", "1"] (a worker per GPU); "0+1,2+3" -> ["0+1", "2+3"] (a worker
+    owning GPUs 0 and 1, for runs with num_gpus 2, and one owning 2 and 3); None or "" -> [None]
+    (one worker, default device)."""
     if not spec or not spec.strip():
         return [None]
-    gpus = [g for g in spec.replace(",", " ").split() if g]
-    for g in gpus:
-        if not g.isdigit():
-            raise click.BadParameter(f"GPU indices are integers like 0 or 0,1; got {g!r}", param_hint="--gpus")
-    if len(set(gpus)) != len(gpus):
-        raise click.BadParameter("a GPU is listed twice; one worker per GPU", param_hint="--gpus")
-    return gpus
+    workers = [w for w in spec.replace(",", " ").split() if w]
+    seen: list[str] = []
+    for w in workers:
+        for g in w.split("+"):
+            if not g.isdigit():
+                raise click.BadParameter(f"GPU indices are integers like 0, 0,1 or 0+1 (one worker owning both); "
+                                         f"got {w!r}", param_hint="--gpus")
+            seen.append(g)
+    if len(set(seen)) != len(seen):
+        raise click.BadParameter("a GPU is listed twice; each GPU belongs to one worker", param_hint="--gpus")
+    return workers
 
 
 def worker_command(gpu: str | None, *, queue: str | None = None, loglevel: str = "info",
@@ -57,7 +63,7 @@ def worker_command(gpu: str | None, *, queue: str | None = None, loglevel: str =
     """The command line of one worker process."""
     from worker.celery_app import queue_name
 
-    node = name or (f"gpu{gpu}@%h" if gpu is not None else "cpu@%h")
+    node = name or (f"gpu{gpu.replace('+', '-')}@%h" if gpu is not None else "cpu@%h")
     return [sys.executable, "-m", "celery", "-A", "worker.celery_app:app", "worker",
             "-Q", queue or queue_name(), "-c", "1", "-P", "prefork", "--max-tasks-per-child=1",
             "--prefetch-multiplier=1", "-n", node, "--loglevel", loglevel,
@@ -68,14 +74,16 @@ def spawn_worker(gpu: str | None = None, *, queue: str | None = None, loglevel: 
                  name: str | None = None, env: dict[str, str] | None = None, **popen: Any) -> subprocess.Popen:
     """Start one worker process (also used by ``grpo-guard serve`` and the tests)."""
     child_env = dict(os.environ if env is None else env)
-    if gpu is not None:
-        child_env["CUDA_VISIBLE_DEVICES"] = str(gpu)
-        child_env["GG_WORKER_GPU"] = str(gpu)
+    if gpu is not None:  # "0+1": this worker owns GPUs 0 and 1 (multi-GPU runs launch on both)
+        child_env["CUDA_VISIBLE_DEVICES"] = str(gpu).replace("+", ",")
+        child_env["GG_WORKER_GPU"] = str(gpu).replace("+", ",")
     return subprocess.Popen(worker_command(gpu, queue=queue, loglevel=loglevel, name=name), env=child_env, **popen)
 
 
 @click.command("worker")
-@click.option("--gpus", default=None, metavar="0,1", help="GPU indices; one worker process per GPU. Omit for one worker on the default device.")
+@click.option("--gpus", default=None, metavar="0,1",
+              help="GPU indices; one worker process per GPU. Join GPUs with + for one worker owning several "
+                   "(runs with num_gpus > 1): --gpus 0+1,2+3. Omit for one worker on the default device.")
 @click.option("--queue", default=None, help="Queue to consume (default GG_QUEUE or 'runs').")
 @click.option("--loglevel", default="info", show_default=True)
 @click.option("--name", default=None, help="Celery node name (single worker only), e.g. box1@%h.")

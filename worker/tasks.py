@@ -12,6 +12,12 @@ its lease (a sweep declared it dead) stops without touching the row.
 
 Which trainer runs: ``TRAIN_FN`` if a test set it, else ``GG_TRAINER=module:function`` if an
 operator set it, else ``grpo_guard.trainer.train``.
+
+A run with ``num_gpus`` > 1 needs a worker that owns that many GPUs (``grpo-guard worker --gpus
+0+1``: one worker, ``CUDA_VISIBLE_DEVICES=0,1``, ``GG_WORKER_GPU=0,1``). The task then starts
+``accelerate launch`` on the first ``num_gpus`` of them, running ``worker.ranks`` (rank 0 records
+to the store under this task's lease), waits for it, and ends the attempt from the ranks' result
+files. A worker with too few GPUs fails the run with a message saying how to start one.
 """
 
 from __future__ import annotations
@@ -20,7 +26,10 @@ import importlib
 import json
 import logging
 import os
+import signal
 import socket
+import subprocess
+import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -39,10 +48,20 @@ from worker.celery_app import TASK_NAME
 log = logging.getLogger("worker.tasks")
 
 TRAIN_FN: Callable[..., Any] | None = None  # test hook: a train(config, recorder, control, ...) double
+# test hook: runs a multi-GPU launch command (argv, env) and returns its exit code
+LAUNCH_FN: Callable[[list[str], dict[str, str]], int] | None = None
 
 
 class RunSetupError(RuntimeError):
     """The run cannot start (bad stored config, missing checkpoint); the message says why."""
+
+
+class RankFailure(RunSetupError):
+    """A rank of a multi-GPU run failed; carries that rank's traceback (stored with the run)."""
+
+    def __init__(self, message: str, rank_traceback: str | None = None) -> None:
+        super().__init__(message)
+        self.rank_traceback = rank_traceback
 
 
 def _env_float(name: str, default: float) -> float:
@@ -90,9 +109,14 @@ def execute_run(run_id: int, *, task_id: str | None = None) -> str:
         # 2. The stored config, 3. the resume point, 4. the trainer.
         config = _load_config(run_id)
         resume_from = _resume_point(run_id, claim.attempt, recorder)
-        train = resolve_train_fn()
-        result = train(config, recorder, control, resume_from=resume_from, device="cuda" if gpu else None)
-        status = getattr(result, "status", None)
+        if config.num_gpus > 1:
+            status = _run_data_parallel(run_id, claim, config, resume_from)
+            if status == "lease-lost":
+                return status
+        else:
+            train = resolve_train_fn()
+            result = train(config, recorder, control, resume_from=resume_from, device="cuda" if gpu else None)
+            status = getattr(result, "status", None)
         if status not in ("succeeded", "cancelled"):
             raise RuntimeError(f"the trainer returned status {status!r}; expected 'succeeded' or 'cancelled'")
         recorder.close()
@@ -103,7 +127,7 @@ def execute_run(run_id: int, *, task_id: str | None = None) -> str:
         return "lease-lost"
     except Exception as e:
         message = _describe(e)
-        tb = traceback.format_exc()
+        tb = getattr(e, "rank_traceback", None) or traceback.format_exc()
         log.error("run %s failed: %s", run_id, message)
         try:
             recorder.log_line(f"failed: {message}", "error")
@@ -119,6 +143,72 @@ def execute_run(run_id: int, *, task_id: str | None = None) -> str:
             _finish(run_id, claim.lease, "failed", error=message, tb=traceback.format_exc())
         except BaseException:
             pass  # the stale-heartbeat sweep will recover it
+        raise
+
+
+def owned_gpus() -> list[int]:
+    """The GPUs this worker owns (physical indices): ``CUDA_VISIBLE_DEVICES``, which ``grpo-guard
+    worker`` sets per worker, else ``GG_WORKER_GPU``; none for a CPU worker."""
+    spec = os.environ.get("CUDA_VISIBLE_DEVICES") or os.environ.get("GG_WORKER_GPU") or ""
+    return [int(g) for g in spec.replace("+", ",").split(",") if g.strip().isdigit()]
+
+
+def data_parallel_command(run_id: int, lease: str, attempt: int, num_gpus: int, result_path: str,
+                          resume_from: str | None = None, *, port: int | None = None) -> list[str]:
+    """The ``accelerate launch ... -m worker.ranks`` argv for a run on ``num_gpus`` of this worker's
+    GPUs. Raises RunSetupError when the worker owns fewer."""
+    from grpo_guard.distributed import free_port, launch_module_command
+
+    gpus = owned_gpus()
+    if len(gpus) < num_gpus:
+        owned = ",".join(map(str, gpus)) or "none"
+        raise RunSetupError(
+            f"the run needs num_gpus={num_gpus} GPUs but this worker owns {len(gpus)} (GPUs: {owned}); start a "
+            f"worker that owns {num_gpus}, e.g. `grpo-guard worker --gpus "
+            f"{'+'.join(map(str, range(num_gpus)))}`, and resume the run, or lower num_gpus")
+    args = ["worker.ranks", str(run_id), "--lease", lease, "--attempt", str(attempt), "--result", result_path]
+    if resume_from:
+        args += ["--resume", resume_from]
+    return launch_module_command(args, num_gpus, gpus[:num_gpus], main_process_port=port or free_port())
+
+
+def _run_data_parallel(run_id: int, claim: Any, config: Any, resume_from: str | None) -> str:
+    """Launch the ranks, wait, and return rank 0's status (or raise with the first failure)."""
+    with tempfile.TemporaryDirectory(prefix=f"gg-run{run_id}-") as tmp:
+        result = os.path.join(tmp, "result")
+        cmd = data_parallel_command(run_id, claim.lease, claim.attempt, config.num_gpus, result, resume_from)
+        log.info("run %s: launching %d ranks: %s", run_id, config.num_gpus, " ".join(cmd))
+        env = dict(os.environ)
+        rc = (LAUNCH_FN or _launch)(cmd, env)
+        results = {}
+        for rank in range(config.num_gpus):
+            try:
+                with open(f"{result}.{rank}", encoding="utf-8") as fh:
+                    results[rank] = json.load(fh)
+            except (OSError, ValueError):
+                continue
+    first = results.get(0) or {}
+    if first.get("status") in ("succeeded", "cancelled", "lease-lost") and rc == 0:
+        return first["status"]
+    failed = next((r for _, r in sorted(results.items()) if r.get("status") == "failed"), None)
+    if failed is not None:
+        raise RankFailure(str(failed.get("error") or "a rank failed"), failed.get("traceback"))
+    raise RunSetupError(f"the data-parallel launch ended with exit code {rc} and no result from rank 0; "
+                        "see the worker's log for the ranks' output")
+
+
+def _launch(cmd: list[str], env: dict[str, str]) -> int:
+    """Run the launcher in its own process group; if this worker is being shut down, pass the
+    signal on to the whole group (launcher and ranks) and wait for it."""
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    try:
+        return proc.wait()
+    except BaseException:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=60)
+        except Exception:
+            proc.kill()
         raise
 
 

@@ -1,0 +1,120 @@
+"""Runs with ``num_gpus`` > 1 in the worker: the worker-owns-several-GPUs syntax, the
+``accelerate launch ... -m worker.ranks`` command (captured, no CUDA), failures, and one real
+2-rank launch on CPU (gloo) with the real trainer recording to SQLite."""
+
+from __future__ import annotations
+
+import json
+
+import click
+import pytest
+
+from grpo_guard.config import RunConfig
+from grpo_guard.store import queries
+from tests.storehelpers import backend_env
+from worker.cli import parse_gpus, spawn_worker, worker_command
+from worker.tasks import execute_run
+
+TINY = {"backbone": "toy", "group_size": 2, "prompts_per_epoch": 2, "num_steps": 3, "epochs": 2,
+        "eval_num_steps": 2, "eval_seeds": [0], "eval_prompts": ["a red circle on a blue background"],
+        "lora_rank": 4, "train_batch_size": 2, "sample_batch_size": 2, "checkpoint_every": 1}
+
+
+@pytest.fixture
+def sqlite_store(tmp_path):
+    with backend_env("sqlite", tmp_path) as url:
+        yield url
+
+
+def test_a_worker_can_own_several_gpus(monkeypatch):
+    assert parse_gpus("0+1,2+3") == ["0+1", "2+3"] and parse_gpus("0+1 2") == ["0+1", "2"]
+    for bad in ("0+0", "0+1,1", "0+a"):
+        with pytest.raises(click.BadParameter):
+            parse_gpus(bad)
+    cmd = worker_command("0+1")
+    assert cmd[cmd.index("-n") + 1] == "gpu0-1@%h"
+    seen = {}
+
+    class FakePopen:
+        def __init__(self, argv, env=None, **kw):
+            seen.update(argv=argv, env=env)
+
+    monkeypatch.setattr("worker.cli.subprocess.Popen", FakePopen)
+    spawn_worker("2+3")
+    assert seen["env"]["CUDA_VISIBLE_DEVICES"] == "2,3" and seen["env"]["GG_WORKER_GPU"] == "2,3"
+
+
+def _launch_double(calls, results):
+    """A LAUNCH_FN that records the argv and writes the given per-rank result files."""
+
+    def launch(cmd, env):
+        calls.append(cmd)
+        path = cmd[cmd.index("--result") + 1]
+        for rank, payload in results.items():
+            with open(f"{path}.{rank}", "w", encoding="utf-8") as fh:
+                json.dump(payload, fh)
+        return 0 if all(p.get("status") != "failed" for p in results.values()) else 1
+
+    return launch
+
+
+def test_num_gpus_2_launches_accelerate_on_the_workers_gpus(sqlite_store, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    monkeypatch.setenv("GG_WORKER_GPU", "2,3")
+    calls: list[list[str]] = []
+    monkeypatch.setattr("worker.tasks.LAUNCH_FN", _launch_double(calls, {0: {"status": "succeeded"}, 1: {"status": "succeeded"}}))
+    rid = queries.create_run(RunConfig.from_dict({**TINY, "num_gpus": 2}))
+    assert execute_run(rid) == "succeeded"
+    [cmd] = calls
+    from accelerate.commands.launch import launch_command_parser
+
+    assert cmd[1:3] == ["-m", "accelerate.commands.launch"]
+    args = launch_command_parser().parse_args(cmd[3:])
+    assert args.multi_gpu and args.num_processes == 2 and args.gpu_ids == "2,3" and args.module
+    assert args.training_script == "worker.ranks" and args.training_script_args[0] == str(rid)
+    lease = args.training_script_args[args.training_script_args.index("--lease") + 1]
+    assert lease and args.main_process_port
+    assert queries.get_run(rid).status == "succeeded"
+
+
+def test_a_single_gpu_run_is_not_launched(sqlite_store, monkeypatch, fake):
+    calls: list[list[str]] = []
+    monkeypatch.setattr("worker.tasks.LAUNCH_FN", _launch_double(calls, {}))
+    rid = queries.create_run(RunConfig.from_dict({**TINY}))
+    assert execute_run(rid) == "succeeded" and calls == []
+
+
+def test_too_few_gpus_and_a_failing_rank_fail_the_run_with_a_message(sqlite_store, monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setenv("GG_WORKER_GPU", "0")
+    rid = queries.create_run(RunConfig.from_dict({**TINY, "num_gpus": 2}))
+    assert execute_run(rid) == "failed"
+    err = queries.get_run(rid).error
+    assert "num_gpus=2" in err and "owns 1" in err and "--gpus 0+1" in err
+
+    monkeypatch.setenv("GG_WORKER_GPU", "0,1")
+    calls: list[list[str]] = []
+    monkeypatch.setattr("worker.tasks.LAUNCH_FN", _launch_double(
+        calls, {1: {"status": "failed", "error": "ValueError: rank 1 broke", "traceback": "Traceback: rank 1"}}))
+    rid = queries.create_run(RunConfig.from_dict({**TINY, "num_gpus": 2}))
+    assert execute_run(rid) == "failed"
+    row = queries.get_run(rid)
+    assert row.error == "ValueError: rank 1 broke" and "rank 1" in (row.traceback or "")
+
+
+@pytest.mark.slow
+def test_a_real_two_rank_launch_on_cpu_records_once(sqlite_store, monkeypatch):
+    """accelerate launch --multi_gpu with 2 processes works on CPU (gloo): the real trainer runs
+    on both ranks, rank 0 records every epoch once, with checkpoints."""
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setenv("GG_WORKER_GPU", "0,1")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    rid = queries.create_run(RunConfig.from_dict({**TINY, "num_gpus": 2}))
+    assert execute_run(rid) == "succeeded", queries.get_run(rid).error
+    steps, _ = queries.metric_series(rid, ["reward/total/mean"], max_points=100)["reward/total/mean"]
+    assert steps == [1, 2]
+    assert [c.step for c in queries.checkpoints(rid)] == [1, 2]
+    assert queries.sample_steps(rid) == [0, 2]  # eval_every 5: the base model and the end
+    lines = [ln.message for ln in queries.log_lines(rid)]
+    assert sum("epoch 1/2" in m for m in lines) <= 1 and sum(m.startswith("training ") for m in lines) == 1

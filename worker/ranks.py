@@ -1,0 +1,77 @@
+"""One rank of a multi-GPU run started by a worker: ``python -m worker.ranks RUN_ID --lease L
+--attempt A --result FILE [--resume CKPT]``, under ``accelerate launch`` (``worker.tasks``
+builds the command with ``grpo_guard.distributed.launch_module_command``).
+
+Every rank reads the run's stored config and resumes from the same checkpoint; rank 0 records to
+the store with the worker's lease (so a sweep that takes the run away fences it as usual) and
+reads the run's control flags, which the trainer broadcasts; the other ranks record nothing. Each
+rank writes ``FILE.<rank>`` (JSON: status, and error + traceback on failure), from which the
+worker process that waits on the launcher ends the attempt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import traceback
+from typing import Any
+
+
+def _write(path: str, rank: int, payload: dict[str, Any]) -> None:
+    tmp = f"{path}.{rank}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(payload, fh)
+    os.replace(tmp, f"{path}.{rank}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m worker.ranks")
+    parser.add_argument("run_id", type=int)
+    parser.add_argument("--lease", required=True)
+    parser.add_argument("--attempt", type=int, default=1)
+    parser.add_argument("--result", required=True)
+    parser.add_argument("--resume", default=None)
+    args = parser.parse_args(argv)
+
+    from grpo_guard.distributed import init_from_env
+    from grpo_guard.recording import NullControl, NullRecorder
+    from grpo_guard.store.lifecycle import LeaseLostError
+    from grpo_guard.store.recorder import StoreControl, StoreRecorder
+    from worker.tasks import _describe, _env_float, _load_config, resolve_train_fn
+
+    rank, _world = init_from_env()
+    recorder: Any
+    if rank == 0:
+        recorder = StoreRecorder(args.run_id, lease=args.lease, attempt=args.attempt,
+                                 flush_interval=_env_float("GG_FLUSH_SECONDS", 0.5),
+                                 heartbeat_interval=_env_float("GG_HEARTBEAT_SECONDS", 5.0))
+        control: Any = StoreControl(args.run_id, lease=args.lease)
+    else:
+        recorder, control = NullRecorder(), NullControl()
+    try:
+        config = _load_config(args.run_id)
+        result = resolve_train_fn()(config, recorder, control, resume_from=args.resume)
+        if rank == 0:
+            recorder.close()
+        _write(args.result, rank, {"status": getattr(result, "status", None)})
+        return 0
+    except LeaseLostError as e:
+        _write(args.result, rank, {"status": "lease-lost", "error": str(e)})
+        return 0
+    except Exception as e:
+        _write(args.result, rank, {"status": "failed", "error": _describe(e), "traceback": traceback.format_exc()})
+        if rank == 0:
+            with contextlib.suppress(Exception):  # the store may be what failed; the worker records the end
+                recorder.close()
+        return 1
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
