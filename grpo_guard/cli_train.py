@@ -11,12 +11,17 @@ from typing import Any
 
 import click
 
+STOP_FILE_ENV = "GG_STOP_FILE"
+
 
 class _SignalControl:
-    """Ctrl-C once: stop cleanly at the next epoch boundary (with a checkpoint); twice: abort."""
+    """Ctrl-C once: stop cleanly at the next epoch boundary (with a checkpoint); twice: abort.
+    A rank of a multi-GPU run also stops when the launching ``grpo-guard train`` creates the
+    file named by GG_STOP_FILE (the ranks run in their own session, out of the terminal's reach)."""
 
     def __init__(self) -> None:
         self.stop = False
+        self.stop_file = os.environ.get(STOP_FILE_ENV) or None
         self._old = signal.signal(signal.SIGINT, self._handle)
 
     def _handle(self, signum, frame) -> None:
@@ -30,6 +35,8 @@ class _SignalControl:
         signal.signal(signal.SIGINT, self._old)
 
     def stop_requested(self) -> bool:
+        if self.stop_file and os.path.exists(self.stop_file):
+            self.stop = True
         return self.stop
 
     def take_sample_now(self) -> bool:
@@ -85,26 +92,42 @@ class _ProgressRecorder:
 @click.option("--resume", "resume", type=click.Path(), default=None,
               help="Checkpoint (ckpt_*.pt) or checkpoint directory to continue from.")
 @click.option("--device", default=None, help="torch device (default: cuda if available, else cpu).")
+@click.option("--gpus", "gpu_ids", default=None, metavar="0,1",
+              help="With num_gpus > 1: which GPUs (default: the first num_gpus of CUDA_VISIBLE_DEVICES, else 0..N-1).")
 def train_cmd(config_path: str, overrides: tuple[str, ...], epochs: int | None, out_dir: str | None,
-              resume: str | None, device: str | None) -> None:
-    """Train CONFIG.yaml in the foreground with a progress bar; Ctrl-C stops cleanly with a checkpoint."""
+              resume: str | None, device: str | None, gpu_ids: str | None) -> None:
+    """Train CONFIG.yaml in the foreground with a progress bar; Ctrl-C stops cleanly with a checkpoint.
+
+    With num_gpus > 1 it starts itself under ``accelerate launch`` (one process per GPU, data
+    parallel over prompt groups); inside a launched group it is one rank and only rank 0 writes."""
     from grpo_guard.config import RunConfig
+    from grpo_guard.distributed import in_launched_group
 
     items = list(overrides) + ([f"epochs={epochs}"] if epochs is not None else [])
     config = RunConfig.from_file(config_path, items)
     if out_dir is None:
         out_dir = os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
+    if config.num_gpus > 1 and not in_launched_group():
+        _launch_ranks(config_path, config.num_gpus, items, out_dir, resume, gpu_ids)
+        return
+    rank = int(os.environ.get("RANK", "0") or 0) if in_launched_group() else 0
     from grpo_guard.checkpoint import CheckpointError
     from grpo_guard.models.base import ModelNotFoundError
     from grpo_guard.recording import FolderRecorder
     from grpo_guard.trainer import train
 
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "config.yaml"), "w", encoding="utf-8") as fh:
-        fh.write(config.to_yaml())
-    recorder = _ProgressRecorder(FolderRecorder(out_dir), config.epochs)
     control = _SignalControl()
-    click.echo(f"run directory: {out_dir}", err=True)
+    if rank != 0:  # another rank of a multi-GPU run: rank 0 alone writes the run directory
+        from grpo_guard.recording import NullRecorder
+
+        recorder: Any = NullRecorder()
+        recorder.close = lambda: None
+    else:
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, "config.yaml"), "w", encoding="utf-8") as fh:
+            fh.write(config.to_yaml())
+        recorder = _ProgressRecorder(FolderRecorder(out_dir), config.epochs)
+        click.echo(f"run directory: {out_dir}", err=True)
     try:
         result = train(config, recorder, control, resume_from=resume, device=device)
     except (CheckpointError, ModelNotFoundError) as e:
@@ -116,7 +139,66 @@ def train_cmd(config_path: str, overrides: tuple[str, ...], epochs: int | None, 
     finally:
         control.restore()
     recorder.close()
-    click.echo(f"{result.status} after {result.step} epochs; last checkpoint: {result.last_checkpoint}")
+    if rank == 0:
+        click.echo(f"{result.status} after {result.step} epochs; last checkpoint: {result.last_checkpoint}")
+
+
+def _launch_ranks(config_path: str, num_gpus: int, items: list[str], out_dir: str, resume: str | None,
+                  gpu_ids: str | None) -> None:
+    """Run this same command under ``accelerate launch`` with ``num_gpus`` processes and wait.
+
+    The ranks get their own session, so a terminal Ctrl-C reaches only this process: the first
+    creates the stop file (rank 0 sees it at the next epoch, checkpoints, and the group stops
+    together), the second terminates the ranks."""
+    import subprocess
+
+    from grpo_guard.distributed import build_launch_command, free_port
+
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    spec = gpu_ids or visible
+    ids = [int(g) for g in spec.replace(",", " ").split() if g.isdigit()][:num_gpus] if spec else list(range(num_gpus))
+    try:
+        import torch
+
+        have = torch.cuda.device_count()
+    except Exception:
+        have = 0
+    if have and have < num_gpus:
+        raise click.ClickException(f"num_gpus is {num_gpus} but only {have} GPU(s) are visible; lower num_gpus "
+                                   "or set CUDA_VISIBLE_DEVICES / --gpus")
+    extra = ["--out", out_dir] + (["--resume", resume] if resume else [])
+    try:
+        cmd = build_launch_command(config_path, num_gpus, ids, overrides=items, main_process_port=free_port(),
+                                   extra_args=extra)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    os.makedirs(out_dir, exist_ok=True)
+    stop_file = os.path.join(out_dir, ".stop-requested")
+    if os.path.exists(stop_file):
+        os.remove(stop_file)
+    click.echo(f"launching {num_gpus} ranks" + ("" if have else " on CPU (gloo; no GPU here)") + ": "
+               + " ".join(cmd), err=True)
+    proc = subprocess.Popen(cmd, env={**os.environ, STOP_FILE_ENV: os.path.abspath(stop_file)}, start_new_session=True)
+    presses = 0
+
+    def on_sigint(signum, frame) -> None:
+        nonlocal presses
+        presses += 1
+        if presses == 1:
+            open(stop_file, "w").close()
+            click.echo("\nstopping after this epoch (Ctrl-C again to abort without a checkpoint)", err=True)
+        else:
+            os.killpg(proc.pid, signal.SIGTERM)
+
+    old = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        rc = proc.wait()
+    finally:
+        signal.signal(signal.SIGINT, old)
+        if os.path.exists(stop_file):
+            os.remove(stop_file)
+    if rc:
+        sys.exit(rc)
 
 
 @click.command("sample")

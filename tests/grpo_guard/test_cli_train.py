@@ -101,3 +101,39 @@ def test_corrupt_checkpoint_is_one_clear_sentence(config_path, tmp_path):
 def test_unknown_reward_is_a_clean_error(config_path, tmp_path):
     res = CliRunner().invoke(main, ["train", config_path, "--set", "rewards={nope: 1.0}", "--out", str(tmp_path / "r")])
     assert res.exit_code == 1 and "unknown reward 'nope'" in res.output, res.output
+
+
+@pytest.mark.slow
+def test_train_with_num_gpus_2_launches_two_ranks_and_rank_0_alone_writes(config_path, tmp_path):
+    """`grpo-guard train` with num_gpus 2 starts itself under `accelerate launch` (2 CPU processes,
+    gloo, here): the run directory gets each epoch's rows once, from rank 0."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "run2"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    proc = subprocess.run([sys.executable, "-m", "grpo_guard.cli", "train", config_path, "--epochs", "2",
+                           "--set", "num_gpus=2", "--out", str(out)], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "accelerate.commands.launch" in proc.stderr and "succeeded after 2 epochs" in proc.stdout
+    rows = read_jsonl(str(out / "scalars.jsonl"), dedupe=False)
+    losses = [r["step"] for r in rows if "grad_norm" in r]
+    assert losses == [1, 2], "each epoch's training scalars are written exactly once"
+    assert json.loads((out / "progress.json").read_text()) == {"step": 2, "total": 2}
+    assert not (out / ".stop-requested").exists()
+
+
+def test_a_rank_stops_when_the_launchers_stop_file_appears(tmp_path, monkeypatch):
+    from grpo_guard.cli_train import STOP_FILE_ENV, _SignalControl
+
+    stop = tmp_path / "stop"
+    monkeypatch.setenv(STOP_FILE_ENV, str(stop))
+    control = _SignalControl()
+    try:
+        assert not control.stop_requested()
+        stop.touch()
+        assert control.stop_requested()
+    finally:
+        control.restore()
