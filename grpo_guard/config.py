@@ -150,6 +150,12 @@ class RunConfig(BaseModel):
     prompts: list[str] | str = _f("toy:train", "Training prompts: a list, or a named set ('toy:train', 'toy:heldout', 'file:PATH' with one prompt a line).", "rewards")
     rewards: dict[str, float] = _f({"toy_fg_share": 1.0}, "Proxy rewards and their weights, R = Σ w_k R_k (a weight of 0 logs without optimising).", "rewards", min_length=1)
     gold: list[str] = _f(["toy_alignment", "toy_fidelity"], "Gold evaluators scored on the eval set (never optimised).", "rewards")
+    reward_options: dict[str, dict[str, Any]] = _f(
+        {}, "Options passed to a reward's or gold evaluator's factory, by name, e.g. {pickscore: {path: "
+            "/models/PickScore_v1, device: cuda, batch_size: 16}}: local weights (path, processor_path, head_path), "
+            "device ('cuda' is each data-parallel rank's own GPU), dtype (fp32|fp16), batch_size, scale. Unset ones "
+            "fall back to GG_REWARD_<NAME>_PATH and the like. An unknown option's error lists those the reward takes.",
+        "rewards")
 
     # ---- eval & checkpoints ------------------------------------------------------------
     eval_prompts: list[str] | str = _f("toy:heldout", "Fixed eval prompts (list or named set, see `prompts`).", "eval")
@@ -206,9 +212,14 @@ class RunConfig(BaseModel):
             if not _REWARD_NAME.match(g):
                 errors.append(("gold", f"{g!r} is not an evaluator name (letters, digits, '_' and '-'; "
                                        "evaluators are chosen from the registry by name, never by import path)"))
+        errors.extend(self._reward_option_errors())
         for k, w in self.rewards.items():
             if not math.isfinite(w) or w < 0:
                 errors.append((f"rewards.{k}", f"weight must be a finite number >= 0, got {w}"))
+        for g in self.gold:  # a gold evaluator is never optimised; a weight-0 proxy copy only logs it online
+            if self.rewards.get(g, 0) > 0:
+                errors.append(("gold", f"{g!r} is also a proxy reward with weight {self.rewards[g]}; a gold evaluator "
+                                       "must not be optimised (give it weight 0 in rewards, or drop it from gold)"))
         if all(w == 0 for w in self.rewards.values()):
             errors.append(("rewards", "at least one proxy reward needs a weight > 0"))
         if self.gradient_accumulation_steps * self.train_batch_size > self.group_size * self.prompts_per_epoch * 64:
@@ -216,6 +227,32 @@ class RunConfig(BaseModel):
         if errors:
             raise ValueError(_ErrorBundle(errors))
         return self
+
+    def _reward_option_errors(self) -> list[tuple[str, str]]:
+        """Each ``reward_options`` entry names a reward or gold evaluator of this run and only
+        options its registry entry declares, with values of the declared type."""
+        from grpo_guard.rewards import check_option  # numpy only: safe for the app
+
+        errors: list[tuple[str, str]] = []
+        used = list(dict.fromkeys([*self.rewards, *self.gold]))
+        for name, opts in self.reward_options.items():
+            where = f"reward_options.{name}"
+            if name not in used:
+                errors.append((where, f"is not a reward or gold evaluator of this run ({', '.join(used)})"))
+                continue
+            for key, value in opts.items():
+                why = check_option(name, str(key), value)
+                if why and why.startswith("unknown reward"):
+                    errors.append((where, why))
+                    break
+                if why:
+                    errors.append((f"{where}.{key}", why))
+        return errors
+
+    def reward_factory_options(self, name: str) -> dict[str, Any]:
+        """The options given for reward ``name`` (unset ones dropped): keyword arguments of its
+        factory (``grpo_guard.rewards.build_reward(name, **options)``)."""
+        return {k: v for k, v in self.reward_options.get(name, {}).items() if v is not None}
 
     # ---- helpers -----------------------------------------------------------------------
     def submit_errors(self, *, check_paths: bool = False) -> list[tuple[str, str]]:
@@ -321,7 +358,19 @@ class RunConfig(BaseModel):
             data = {}
         if not isinstance(data, dict):
             raise ConfigError([("", f"the YAML must be a mapping of field: value, got a {type(data).__name__}")])
-        data.update(parse_overrides(overrides))
+        over = parse_overrides(overrides)
+        # reward_options overrides merge option by option (`--set reward_options.pickscore.batch_size=8`
+        # keeps the file's path); a null value unsets one.
+        base_opts, new_opts = data.get("reward_options"), over.get("reward_options")
+        if isinstance(base_opts, dict) and isinstance(new_opts, dict):
+            merged = {k: dict(v) if isinstance(v, dict) else v for k, v in base_opts.items()}
+            for name, opts in new_opts.items():
+                if isinstance(opts, dict) and isinstance(merged.get(name), dict):
+                    merged[name].update(opts)
+                else:
+                    merged[name] = opts
+            over["reward_options"] = merged
+        data.update(over)
         return cls.from_dict(data)
 
     @classmethod
@@ -391,6 +440,9 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
             value = float(value.lstrip("."))
         if "." in key and key.split(".", 1)[0] == "rewards":
             out.setdefault("rewards", {})[key.split(".", 1)[1]] = value
+        elif key.startswith("reward_options.") and key.count(".") == 2:  # reward_options.NAME.OPTION=value
+            _, name, option = key.split(".")
+            out.setdefault("reward_options", {}).setdefault(name, {})[option] = value
         else:
             out[key] = value
     return out

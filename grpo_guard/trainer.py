@@ -328,8 +328,8 @@ def _build_rewards(c: RunConfig, injected: Mapping[str, object] | None, *, golds
 
     injected = dict(injected or {})
 
-    def get(name: str):
-        return injected[name] if name in injected else build_reward(name)
+    def get(name: str):  # reward_options: local weights, device, batch size (env vars are the fallback)
+        return injected[name] if name in injected else build_reward(name, **c.reward_factory_options(name))
 
     proxies = {k: (get(k), float(w)) for k, w in c.rewards.items()}
     gold = {k: get(k) for k in c.gold} if golds else {}

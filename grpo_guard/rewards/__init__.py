@@ -23,6 +23,10 @@ class Reward(Protocol):
     def __call__(self, images: np.ndarray, prompts: list[str]) -> np.ndarray: ...
 
 
+# The types a run config may give a reward option (``reward_options: {name: {option: value}}``).
+OPTION_TYPES = ("str", "int", "float", "fp32|fp16")
+
+
 @dataclass(frozen=True)
 class RewardSpec:
     name: str
@@ -30,14 +34,45 @@ class RewardSpec:
     kind: Literal["proxy", "gold", "any"]
     backbones: tuple[str, ...]  # backbones it makes sense for ("toy", "sd3", "flux")
     help: str
+    # options a run config may pass to the factory: (name, type in OPTION_TYPES). Options that
+    # only code can pass (a GenEval detector callable) are deliberately not listed.
+    options: tuple[tuple[str, str], ...] = ()
 
 
 REGISTRY: dict[str, RewardSpec] = {}
 
 
 def register(name: str, target: str, kind: Literal["proxy", "gold", "any"], help: str,
-             backbones: tuple[str, ...] = ("toy", "sd3", "flux")) -> None:
-    REGISTRY[name] = RewardSpec(name, target, kind, backbones, help)
+             backbones: tuple[str, ...] = ("toy", "sd3", "flux"), options: tuple[tuple[str, str], ...] = ()) -> None:
+    REGISTRY[name] = RewardSpec(name, target, kind, backbones, help, options)
+
+
+def check_option(name: str, option: str, value: Any) -> str | None:
+    """Why ``value`` is not acceptable for option ``option`` of reward ``name``, else None
+    (``None`` values mean "unset" and are always fine). Imports nothing heavy (config uses it)."""
+    spec = REGISTRY.get(name)
+    if spec is None:
+        return f"unknown reward; registered: {', '.join(available())}"
+    types = dict(spec.options)
+    if option not in types:
+        import difflib
+
+        close = difflib.get_close_matches(option, list(types), n=1, cutoff=0.6)
+        takes = f"{name} takes {', '.join(types)}" if types else f"{name} takes no options"
+        return "unknown option" + (f"; did you mean '{close[0]}'?" if close else "") + f" ({takes})"
+    if value is None:
+        return None
+    kind = types[option]
+    ok = {"str": isinstance(value, str) and value.strip() != "",
+          "int": isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+          "float": isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+          and abs(value) != float("inf"),
+          "fp32|fp16": value in ("fp32", "fp16")}[kind]
+    if not ok:
+        want = {"str": "a non-empty string", "int": "an integer >= 1", "float": "a finite number",
+                "fp32|fp16": "'fp32' or 'fp16'"}[kind]
+        return f"must be {want}, got {value!r}"
+    return None
 
 
 def available() -> list[str]:
@@ -59,29 +94,41 @@ def build_reward(name: str, **options: Any) -> Reward:
 # that `grpo-guard config fields` and the New-run form can list them without importing anything.
 
 # Rewards for real images (SD3 / FLUX). Model-based ones load local weights only: the reward
-# option `path`, or GG_REWARD_<NAME>_PATH, or their standard hub id from the HF cache.
+# option `path` (run config `reward_options`), or GG_REWARD_<NAME>_PATH, or their standard hub id
+# from the HF cache. `device` "cuda" is each data-parallel rank's own GPU.
 _REAL = ("sd3", "flux")
+_RUN = (("device", "str"), ("dtype", "fp32|fp16"), ("batch_size", "int"))
 register("ocr", "grpo_guard.rewards.ocr:ocr", "proxy",
-         "OCR accuracy of the prompt's quoted text: 1 − normalised edit distance (rapidocr, bundled models).", _REAL)
+         "OCR accuracy of the prompt's quoted text: 1 − normalised edit distance (rapidocr, bundled models).", _REAL,
+         options=(("min_score", "float"),))
 register("clipscore", "grpo_guard.rewards.clip:clipscore", "any",
-         "CLIP cosine(image, prompt); CLIP ViT-L/14 from GG_REWARD_CLIPSCORE_PATH or the HF cache.", _REAL)
+         "CLIP cosine(image, prompt); CLIP ViT-L/14 from option path, GG_REWARD_CLIPSCORE_PATH or the HF cache.",
+         _REAL, options=(("path", "str"), *_RUN, ("scale", "float")))
 register("pickscore", "grpo_guard.rewards.pickscore:pickscore", "any",
-         "PickScore (≈21–23); PickScore_v1 from GG_REWARD_PICKSCORE_PATH or the HF cache.", _REAL)
+         "PickScore (≈21–23); PickScore_v1 from option path, GG_REWARD_PICKSCORE_PATH or the HF cache.", _REAL,
+         options=(("path", "str"), ("processor_path", "str"), *_RUN, ("scale", "float")))
 register("hpsv2", "grpo_guard.rewards.hps:hpsv2", "gold",
-         "HPSv2 (≈0.2–0.3); a transformers-format CLIP of the HPSv2 weights at GG_REWARD_HPSV2_PATH.", _REAL)
+         "HPSv2 (≈0.2–0.3); a transformers-format CLIP of the HPSv2 weights at option path or GG_REWARD_HPSV2_PATH.",
+         _REAL, options=(("path", "str"), ("processor_path", "str"), *_RUN))
 register("imagereward", "grpo_guard.rewards.imagereward:imagereward", "gold",
-         "ImageReward (normalised); a transformers-format BLIP + MLP head at GG_REWARD_IMAGEREWARD_PATH.", _REAL)
+         "ImageReward (normalised); a transformers-format BLIP + MLP head at option path / head_path or "
+         "GG_REWARD_IMAGEREWARD_PATH / _HEAD.", _REAL,
+         options=(("path", "str"), ("head_path", "str"), ("device", "str"), ("batch_size", "int")))
 register("aesthetic", "grpo_guard.rewards.aesthetic:aesthetic", "any",
-         "LAION aesthetic predictor v2 (≈1–10): CLIP ViT-L/14 + the MLP head file at GG_REWARD_AESTHETIC_HEAD.", _REAL)
+         "LAION aesthetic predictor v2 (≈1–10): CLIP ViT-L/14 + the MLP head file at option head_path or "
+         "GG_REWARD_AESTHETIC_HEAD.", _REAL, options=(("path", "str"), ("head_path", "str"), *_RUN))
 register("geneval", "grpo_guard.rewards.geneval:geneval", "proxy",
-         "GenEval object/count/colour/position rules; needs a detector passed in code (none ships offline).", _REAL)
+         "GenEval object/count/colour/position rules; needs a detector passed in code (none ships offline).", _REAL,
+         options=(("metadata", "str"), ("threshold", "float")))
 
 # Toy world (grpo_guard/rewards/toy.py) and model-free JPEG size (grpo_guard/rewards/jpeg.py).
 _TOY = ("toy",)
 register("toy_fg_share", "grpo_guard.rewards.toy:fg_share", "proxy",
-         "Soft share of pixels in the prompt's foreground colour. Gameable: flooding the image raises it.", _TOY)
+         "Soft share of pixels in the prompt's foreground colour. Gameable: flooding the image raises it.", _TOY,
+         options=(("tau", "float"),))
 register("toy_classifier_confidence", "grpo_guard.rewards.toy:classifier_confidence", "proxy",
-         "A small learned classifier's mean probability of the prompt's shape, fg and bg colour (legit headroom, hackable).", _TOY)
+         "A small learned classifier's mean probability of the prompt's shape, fg and bg colour (legit headroom, hackable).", _TOY,
+         options=(("model_dir", "str"),))
 register("toy_alignment", "grpo_guard.rewards.toy:alignment", "gold",
          "Mean of toy_shape, toy_fg_color, toy_bg_color by the analytic checker.", _TOY)
 register("toy_shape", "grpo_guard.rewards.toy:shape", "gold",
@@ -91,10 +138,12 @@ register("toy_fg_color", "grpo_guard.rewards.toy:fg_color", "gold",
 register("toy_bg_color", "grpo_guard.rewards.toy:bg_color", "gold",
          "1 if the most common palette colour on the border is the prompt's background colour.", _TOY)
 register("toy_fidelity", "grpo_guard.rewards.toy:fidelity", "gold",
-         "Learned fidelity model in [0, 1]: low for flooded, noisy, blurred or degenerate images.", _TOY)
+         "Learned fidelity model in [0, 1]: low for flooded, noisy, blurred or degenerate images.", _TOY,
+         options=(("model_dir", "str"),))
 register("toy_palette_purity", "grpo_guard.rewards.toy:palette_purity", "gold",
-         "Soft share of pixels near some palette colour; drops for noise and off-palette artefacts.", _TOY)
+         "Soft share of pixels near some palette colour; drops for noise and off-palette artefacts.", _TOY,
+         options=(("tau", "float"),))
 register("jpeg_compressibility", "grpo_guard.rewards.jpeg:compressibility", "any",
-         "−kB of the image as JPEG at quality 95 (DDPO); favours flat, simple images.")
+         "−kB of the image as JPEG at quality 95 (DDPO); favours flat, simple images.", options=(("quality", "int"),))
 register("jpeg_incompressibility", "grpo_guard.rewards.jpeg:incompressibility", "any",
-         "+kB of the image as JPEG at quality 95 (DDPO); favours detail and noise.")
+         "+kB of the image as JPEG at quality 95 (DDPO); favours detail and noise.", options=(("quality", "int"),))
