@@ -7,6 +7,9 @@ CLIP ViT-L/14 image embedding, score ≈ 1–10.
   ``GG_REWARD_AESTHETIC_HEAD``. It has no hub home, so it is never looked up or downloaded.
 The MLP layout (768→1024→128→64→16→1, dropout between the first four) is built from the shapes
 in the file, so the official file loads as is.
+
+In a run config the same settings are per-reward options, which win over the variables:
+``reward_options: {aesthetic: {path: DIR, head_path: FILE}}`` (see ``grpo_guard.rewards.REGISTRY`` for each reward's options).
 """
 
 from __future__ import annotations

@@ -4,6 +4,9 @@ transformers ``CLIPModel`` + ``CLIPProcessor`` loaded from a local directory (se
 
 ``clipscore`` = cos(image, text) ∈ [−1, 1] with ``openai/clip-vit-large-patch14`` (set
 ``GG_REWARD_CLIPSCORE_PATH`` to a local copy, or have it in the HF cache).
+
+In a run config the same settings are per-reward options, which win over the variables:
+``reward_options: {clipscore: {path: DIR, device: cuda, batch_size: 32}}`` (see ``grpo_guard.rewards.REGISTRY`` for each reward's options).
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ loads a **transformers-format** ``CLIPModel`` directory of those weights instead
 ``laion/CLIP-ViT-H-14-laion2B-s32B-b79K`` processor if the directory has none). There is no
 standard hub id, so nothing is looked up in the cache. Converting the open_clip checkpoint is
 not part of this project and has not been verified against the official scorer.
+
+In a run config the same settings are per-reward options, which win over the variables:
+``reward_options: {hpsv2: {path: DIR, processor_path: DIR}}`` (see ``grpo_guard.rewards.REGISTRY`` for each reward's options).
 """
 
 from __future__ import annotations

@@ -18,6 +18,9 @@ run time and pulls in torchvision-based preprocessing. This reward instead loads
 
 Converting ``ImageReward.pt`` into that layout is not part of this project and the scores have
 not been compared with the official package; the code path is tested with tiny random weights.
+
+In a run config the same settings are per-reward options, which win over the variables:
+``reward_options: {imagereward: {path: DIR, head_path: FILE}}`` (see ``grpo_guard.rewards.REGISTRY`` for each reward's options).
 """
 
 from __future__ import annotations

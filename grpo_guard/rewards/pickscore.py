@@ -5,6 +5,9 @@ Table 1 reports raw values: 21.5 → 23.3). Weights: ``yuvalkirstain/PickScore_v
 (``laion/CLIP-ViT-H-14-laion2B-s32B-b79K``) is used from the model directory when it carries
 one. Set ``GG_REWARD_PICKSCORE_PATH`` (and, if the processor lives elsewhere,
 ``GG_REWARD_PICKSCORE_PROCESSOR_PATH``) to local copies, or have both in the HF cache.
+
+In a run config the same settings are per-reward options, which win over the variables:
+``reward_options: {pickscore: {path: DIR, processor_path: DIR, batch_size: 16}}`` (see ``grpo_guard.rewards.REGISTRY`` for each reward's options).
 """
 
 from __future__ import annotations
