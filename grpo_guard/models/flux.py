@@ -41,8 +41,8 @@ import numpy as np
 import torch
 
 from grpo_guard.models.base import Embeds
-from grpo_guard.models.loading import PIPELINE_REQUIRED, hub_offline, resolve_model_dir
-from grpo_guard.models.sd3 import _DTYPES, SD3Backbone, _check_pipeline_class, _quiet_loading
+from grpo_guard.models.loading import check_pipeline_class, hub_offline, quiet_loading, resolve_pipeline
+from grpo_guard.models.sd3 import _DTYPES, SD3Backbone
 
 log = logging.getLogger(__name__)
 
@@ -151,13 +151,13 @@ class FluxBackbone(SD3Backbone):
         with mixed precision the weights are loaded in that dtype (trainable ones are float32)."""
         if mixed_precision not in _DTYPES:
             raise ValueError(f"mixed_precision must be one of {', '.join(_DTYPES)}, got {mixed_precision!r}")
-        path = resolve_model_dir(model, PIPELINE_REQUIRED, what=cls.model_description)
-        _check_pipeline_class(path, cls.pipeline_class_name)
+        path = resolve_pipeline(model, what=cls.model_description, fix=cls.missing_model_fix)
+        check_pipeline_class(path, cls.pipeline_class_name)
         from diffusers import FluxPipeline
 
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         dtype = _DTYPES[mixed_precision] if dev.type == "cuda" else torch.float32
-        with _quiet_loading():
+        with quiet_loading():
             pipe = FluxPipeline.from_pretrained(path, dtype=dtype,
                                                 local_files_only=hub_offline() or os.path.isdir(path))
         if dtype != torch.float32:

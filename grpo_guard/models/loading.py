@@ -1,5 +1,8 @@
 """Resolve ``model:`` (a local directory or a hub id) to a local directory, checking that the
-files a backbone or reward needs are there, before anything is loaded onto a device.
+files a backbone or reward needs are there, before anything is loaded onto a device. The one
+place for this: the SD3, FLUX and toy backbones (:func:`resolve_pipeline`,
+:func:`check_pipeline_dir`, :func:`check_pipeline_class`) and the model rewards
+(:func:`resolve_model_dir`) all go through it.
 
 Every failure is one ``ModelNotFoundError`` sentence that says what was looked for, where, and
 how to fix it (DESIGN.md: "a missing model gives one clear sentence"). Imports no torch.
@@ -9,7 +12,9 @@ Rules:
 - Anything else must look like a hub id (``org/name``). It is resolved from the local HF cache
   when ``HF_HUB_OFFLINE`` is set (read at call time) or ``allow_download=False``; otherwise it is
   downloaded with ``huggingface_hub.snapshot_download`` (the user configured a hub id, so the
-  network is allowed, DESIGN.md "Rules of the house").
+  network is allowed, DESIGN.md "Rules of the house"). For a pipeline only ``model_index.json``
+  and the component folders are fetched, never the single-file checkpoints some repositories
+  also keep at their root (FLUX.1-dev's 23 GB ``flux1-dev.safetensors``).
 - ``required`` entries are paths relative to the model directory. An entry may use glob
   wildcards and ``|`` for alternatives: ``"transformer/*.safetensors|transformer/*.bin"``.
 - When ``model_index.json`` is required, every component it lists is checked too: a network
@@ -18,10 +23,12 @@ Rules:
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
 import re
+from collections.abc import Iterator
 
 from grpo_guard.models.base import ModelNotFoundError
 
@@ -85,7 +92,7 @@ def _missing_components(directory: str) -> list[str]:
 
 def resolve_model_dir(model: str | None, required: tuple[str, ...] | list[str] = PIPELINE_REQUIRED, *,
                       what: str = "model", setting: str = "model", allow_download: bool = True,
-                      revision: str | None = None) -> str:
+                      revision: str | None = None, fix: str | None = None) -> str:
     """Return a local directory holding ``model`` with every ``required`` file.
 
     Args:
@@ -96,6 +103,8 @@ def resolve_model_dir(model: str | None, required: tuple[str, ...] | list[str] =
         setting (`str`, default ``"model"``): the config key or variable a user changes to fix it.
         allow_download (`bool`, default `True`): if False, a hub id is looked up in the HF cache only.
         revision (`str`, optional): hub revision.
+        fix (`str`, optional): the fix a missing or incomplete local directory's sentence ends
+            with (default: set `setting` to a directory that holds the first required file).
 
     Raises:
         ModelNotFoundError: with one sentence naming what was looked for, where, and the fix.
@@ -105,13 +114,15 @@ def resolve_model_dir(model: str | None, required: tuple[str, ...] | list[str] =
             f"No {what} was given: set `{setting}` to a local directory or a hub id.")
     model = os.path.expanduser(str(model).strip())
     if os.path.exists(model) or os.path.isabs(model) or model.startswith(".") or not _HUB_ID.match(model):
-        return _check_local(model, required, what, setting)
+        return _check_local(model, required, what, setting, fix=fix)
 
     offline = hub_offline() or not allow_download
+    # A pipeline: the component folders only (see the module docstring).
+    patterns = ["model_index.json", "*/*"] if "model_index.json" in required else None
     try:
         from huggingface_hub import snapshot_download
 
-        path = snapshot_download(model, revision=revision, local_files_only=offline)
+        path = snapshot_download(model, revision=revision, local_files_only=offline, allow_patterns=patterns)
     except Exception as e:  # noqa: BLE001 - every hub failure becomes the same clear sentence
         from huggingface_hub import constants
 
@@ -127,15 +138,17 @@ def resolve_model_dir(model: str | None, required: tuple[str, ...] | list[str] =
             f"Could not download the {what} {model!r} from the Hugging Face hub "
             f"({type(e).__name__}: {_first_line(e)}); check the id, your network and your token "
             f"(gated models need `huggingface-cli login`), or set `{setting}` to a local directory.") from None
-    return _check_local(path, required, what, setting, hub_id=model)
+    return _check_local(path, required, what, setting, hub_id=model, fix=fix)
 
 
-def _check_local(path: str, required, what: str, setting: str, hub_id: str | None = None) -> str:
+def _check_local(path: str, required, what: str, setting: str, hub_id: str | None = None,
+                 fix: str | None = None) -> str:
     shown = f"{hub_id!r} (cached at {path})" if hub_id else repr(path)
     if not os.path.exists(path):
         raise ModelNotFoundError(
-            f"The {what} directory {path!r} does not exist; set `{setting}` to a directory that "
-            f"holds {required[0]!s} or to a hub id such as org/name.")
+            f"The {what} directory {path!r} does not exist; "
+            + (fix or f"set `{setting}` to a directory that holds {required[0]!s} or to a hub id such as org/name")
+            + ".")
     if not os.path.isdir(path):
         raise ModelNotFoundError(
             f"The {what} path {path!r} is a file, not a directory; set `{setting}` to the directory "
@@ -144,9 +157,53 @@ def _check_local(path: str, required, what: str, setting: str, hub_id: str | Non
     if missing:
         raise ModelNotFoundError(
             f"The {what} at {shown} is incomplete: missing {', '.join(missing)}; re-download or "
-            f"re-save the full model there (e.g. `pipe.save_pretrained(dir)`), or set `{setting}` "
-            f"to a complete copy.")
+            f"re-save the full model there (e.g. `pipe.save_pretrained(dir)`), or "
+            + (fix or f"set `{setting}` to a complete copy") + ".")
     return os.path.abspath(path)
+
+
+# ---- diffusers pipelines (the SD3, FLUX and toy backbones) ------------------------------------
+
+def resolve_pipeline(model: str | None, *, what: str = "pipeline", fix: str | None = None) -> str:
+    """A local directory holding the complete diffusers pipeline ``model`` (a directory or a hub
+    id, see :func:`resolve_model_dir`). Checks files only; nothing is loaded."""
+    return resolve_model_dir(model, PIPELINE_REQUIRED, what=what, fix=fix)
+
+
+def check_pipeline_dir(path: str, *, what: str = "diffusers pipeline", fix: str | None = None) -> None:
+    """Raise ``ModelNotFoundError`` unless ``path`` holds a complete ``save_pretrained`` layout:
+    ``model_index.json`` plus, per listed component, a config and (for networks) weight files."""
+    _check_local(path, PIPELINE_REQUIRED, what, "model", fix=fix)
+
+
+def check_pipeline_class(path: str, expected: str) -> None:
+    """Raise ``ValueError`` when the pipeline at ``path`` is another class than ``expected`` (an
+    SD3 directory given to the FLUX backbone, say)."""
+    index = os.path.join(path, "model_index.json")
+    if not os.path.isfile(index):
+        return  # a hub id that from_pretrained resolves itself
+    with open(index, encoding="utf-8") as fh:
+        found = json.load(fh).get("_class_name")
+    if found and found != expected:
+        raise ValueError(f"{path} holds a {found}, not a {expected}; choose the matching backbone")
+
+
+@contextlib.contextmanager
+def quiet_loading() -> Iterator[None]:
+    """No per-component progress bars while loading (they flood worker logs)."""
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    was_d, was_t = dlog.is_progress_bar_enabled(), tlog.is_progress_bar_enabled()
+    dlog.disable_progress_bar()
+    tlog.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_d:
+            dlog.enable_progress_bar()
+        if was_t:
+            tlog.enable_progress_bar()
 
 
 def _first_line(e: BaseException) -> str:

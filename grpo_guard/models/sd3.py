@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import os
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -28,135 +27,27 @@ from typing import Any
 import numpy as np
 import torch
 
-from grpo_guard.models.base import Backbone, Embeds, ModelNotFoundError
+from grpo_guard.models.base import Backbone, Embeds
+from grpo_guard.models.loading import (  # noqa: F401  (re-exported: older code imports them from sd3)
+    check_pipeline_class,
+    check_pipeline_dir,
+    hub_offline,
+    quiet_loading,
+    resolve_pipeline,
+)
 
 # A full-fine-tuned transformer keeps a frozen copy for the KL reference when it is this small
 # (the toy model: 2.3 M); larger models have no free reference and ``reference()`` raises.
 REFERENCE_COPY_MAX_PARAMS = 100_000_000
 
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".safetensors.index.json", ".bin.index.json", ".pt", ".ckpt")
 _DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-# ---- locating a model -----------------------------------------------------------------------
-
-def hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def _looks_like_path(spec: str) -> bool:
-    return (os.path.isabs(spec) or spec.startswith((".", "~")) or "\\" in spec
-            or spec.count("/") != 1 or spec.endswith("/"))
-
-
-def check_pipeline_dir(path: str, *, what: str = "diffusers pipeline") -> None:
-    """Raise ``ModelNotFoundError`` unless ``path`` holds a complete ``save_pretrained`` layout:
-    ``model_index.json`` plus, per listed component, a config and (for networks) weight files."""
-    index = os.path.join(path, "model_index.json")
-    if not os.path.isfile(index):
-        raise ModelNotFoundError(
-            f"No {what} in {path}: model_index.json is missing there; point `model` at a directory "
-            f"written by save_pretrained (or, for the toy world, run `grpo-guard toy pretrain --out DIR`).")
-    try:
-        with open(index, encoding="utf-8") as fh:
-            components = json.load(fh)
-    except (OSError, ValueError) as e:
-        raise ModelNotFoundError(f"The {what} index {index} cannot be read ({e}); re-save or re-download the model.") from None
-    missing: list[str] = []
-    for name, spec in components.items():
-        if name.startswith("_") or not isinstance(spec, list) or spec[0] is None:
-            continue
-        sub = os.path.join(path, name)
-        files = os.listdir(sub) if os.path.isdir(sub) else []
-        if not files:
-            missing.append(f"{name}/")
-        elif name.startswith("scheduler"):
-            if "scheduler_config.json" not in files:
-                missing.append(f"{name}/scheduler_config.json")
-        elif not name.startswith("tokenizer") and (
-                "config.json" not in files or not any(f.endswith(_WEIGHT_SUFFIXES) for f in files)):
-            missing.append(f"{name}/ (config.json and weights)")
-    if missing:
-        raise ModelNotFoundError(
-            f"The {what} in {path} is incomplete (missing {', '.join(missing)}); re-save it with "
-            f"save_pretrained or download it again.")
-
+# ---- locating a model: grpo_guard.models.loading (these names stay importable from here) ----
 
 _DEFAULT_FIX = "set `model` to a directory written by save_pretrained or to a hub id such as 'org/name'"
-
-
-def resolve_pipeline(model: str | None, *, what: str = "SD3 pipeline", fix: str = _DEFAULT_FIX) -> str:
-    """A local directory for ``model`` (a directory or a hub id), or a hub id to download.
-
-    Checks files only — nothing big is allocated. Raises ``ModelNotFoundError`` with one
-    sentence: what was looked for, where, and how to fix it."""
-    if not model:
-        raise ModelNotFoundError(f"No {what} configured: set `model` to a local pipeline directory or a hub id.")
-    local = os.path.abspath(os.path.expanduser(model))
-    if os.path.isdir(local):
-        check_pipeline_dir(local, what=what)
-        return local
-    if _looks_like_path(model):
-        raise ModelNotFoundError(f"No {what} directory at {local}: the path does not exist; {fix}.")
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
-
-    if hub_offline():
-        try:
-            cached = snapshot_download(model, local_files_only=True)
-        except (LocalEntryNotFoundError, FileNotFoundError, OSError, ValueError):
-            hf_home = os.environ.get("HF_HOME", "~/.cache/huggingface")
-            raise ModelNotFoundError(
-                f"The {what} '{model}' is not in the local Hugging Face cache ({hf_home}/hub) and "
-                f"HF_HUB_OFFLINE=1 forbids downloading it: download it once with "
-                f"`huggingface-cli download {model}` (or unset HF_HUB_OFFLINE), or set `model` to a local directory.") from None
-        check_pipeline_dir(cached, what=f"{what} '{model}' (cached)")
-        return cached
-    from huggingface_hub import hf_hub_download
-
-    try:
-        hf_hub_download(model, "model_index.json")
-    except GatedRepoError:
-        raise ModelNotFoundError(
-            f"The {what} '{model}' is gated on the Hugging Face hub: accept its licence on the model page "
-            f"and log in (`huggingface-cli login` or HF_TOKEN), or set `model` to a local directory.") from None
-    except RepositoryNotFoundError:
-        raise ModelNotFoundError(
-            f"No {what} '{model}' on the Hugging Face hub (no such repository, or it is private): check "
-            f"the id, or set `model` to a local directory.") from None
-    except Exception as e:  # network errors, missing model_index.json, ...
-        raise ModelNotFoundError(
-            f"Could not fetch model_index.json of the {what} '{model}' from the Hugging Face hub "
-            f"({type(e).__name__}): check the id and the network, or set `model` to a local directory.") from None
-    return model
-
-
-@contextlib.contextmanager
-def _quiet_loading() -> Iterator[None]:
-    """No per-component progress bars while loading (they flood worker logs)."""
-    from diffusers.utils import logging as dlog
-    from transformers.utils import logging as tlog
-
-    was_d, was_t = dlog.is_progress_bar_enabled(), tlog.is_progress_bar_enabled()
-    dlog.disable_progress_bar()
-    tlog.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_d:
-            dlog.enable_progress_bar()
-        if was_t:
-            tlog.enable_progress_bar()
-
-
-def _check_pipeline_class(path: str, expected: str) -> None:
-    index = os.path.join(path, "model_index.json")
-    if not os.path.isfile(index):
-        return  # a hub id that from_pretrained resolves itself
-    with open(index, encoding="utf-8") as fh:
-        found = json.load(fh).get("_class_name")
-    if found and found != expected:
-        raise ValueError(f"{path} holds a {found}, not a {expected}; choose the matching backbone")
+_check_pipeline_class = check_pipeline_class
+_quiet_loading = quiet_loading
 
 
 # ---- the backbone ---------------------------------------------------------------------------
@@ -220,13 +111,13 @@ class SD3Backbone(Backbone):
         """Load from a local directory or hub id. Weights saved in fp16 are upcast to float32
         unless a CUDA device and ``mixed_precision`` ask for the low-precision dtype."""
         path = resolve_pipeline(model, what=cls.model_description, fix=cls.missing_model_fix)
-        _check_pipeline_class(path, cls.pipeline_class_name)
+        check_pipeline_class(path, cls.pipeline_class_name)
         import diffusers
 
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         dtype = _DTYPES[mixed_precision] if dev.type == "cuda" else torch.float32
         pipeline_class = getattr(diffusers, cls.pipeline_class_name)
-        with _quiet_loading():
+        with quiet_loading():
             pipe = pipeline_class.from_pretrained(path, dtype=dtype,
                                                   local_files_only=hub_offline() or os.path.isdir(path))
         return cls(pipe, device=dev, mixed_precision=mixed_precision, **kwargs)

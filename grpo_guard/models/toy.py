@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 
 from grpo_guard.models.base import ModelNotFoundError
-from grpo_guard.models.sd3 import SD3Backbone, check_pipeline_dir
+from grpo_guard.models.loading import check_pipeline_dir
+from grpo_guard.models.sd3 import SD3Backbone
 from grpo_guard.toyworld import BASE_MODEL_DIR
 
 

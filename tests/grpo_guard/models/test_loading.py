@@ -109,3 +109,28 @@ def test_flux_backbone_fails_before_loading_anything(tmp_path, monkeypatch):
     with pytest.raises(ModelNotFoundError, match="FLUX pipeline at .* is incomplete: missing transformer"):
         FluxBackbone.from_config(cfg, device="cpu")
     assert PIPELINE_REQUIRED[0] == "model_index.json"
+
+
+def test_a_hub_pipeline_fetches_only_its_component_folders(tmp_path, monkeypatch):
+    """One resolver for every backbone: a pipeline hub id downloads model_index.json and the
+    component folders, never a root single-file checkpoint; a reward model gets every file."""
+    import huggingface_hub
+
+    from grpo_guard.models.sd3 import SD3Backbone, check_pipeline_dir, resolve_pipeline
+
+    calls = []
+
+    def fake_snapshot(repo_id, **kw):
+        calls.append((repo_id, kw.get("allow_patterns")))
+        return _fake_pipeline(tmp_path / repo_id.replace("/", "_"))
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
+    path = resolve_pipeline("org/pipe", what="SD3 pipeline")
+    assert calls[-1] == ("org/pipe", ["model_index.json", "*/*"]) and os.path.isdir(path)
+    check_pipeline_dir(path)  # the names older code imports from sd3 still work
+    resolve_model_dir("org/clip", ("*.json",))
+    assert calls[-1] == ("org/clip", None)
+    with pytest.raises(ModelNotFoundError, match="save_pretrained"):
+        SD3Backbone.load(str(tmp_path / "absent"), device="cpu")

@@ -195,7 +195,7 @@ def test_incomplete_directory_names_the_missing_part(model_dir, tmp_path):
     for f in (broken / "transformer").iterdir():
         if f.suffix == ".safetensors":
             f.unlink()
-    with pytest.raises(ModelNotFoundError, match=r"incomplete \(missing transformer/"):
+    with pytest.raises(ModelNotFoundError, match=r"incomplete: missing transformer/"):
         SD3Backbone.load(str(broken), device="cpu")
 
 
