@@ -222,6 +222,9 @@ class RunConfig(BaseModel):
                                        "must not be optimised (give it weight 0 in rewards, or drop it from gold)"))
         if all(w == 0 for w in self.rewards.values()):
             errors.append(("rewards", "at least one proxy reward needs a weight > 0"))
+        if self.prompts_per_epoch < self.num_gpus:  # each GPU samples whole prompt groups
+            errors.append(("prompts_per_epoch", f"must be at least num_gpus ({self.num_gpus}): each GPU samples "
+                                                "whole prompt groups"))
         if self.gradient_accumulation_steps * self.train_batch_size > self.group_size * self.prompts_per_epoch * 64:
             errors.append(("gradient_accumulation_steps", "one optimizer step would need more samples than 64 epochs provide"))
         if errors:

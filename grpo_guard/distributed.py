@@ -21,6 +21,7 @@ run (``python -m accelerate.commands.launch ... -m grpo_guard.cli train CONFIG``
 
 from __future__ import annotations
 
+import datetime
 import os
 import sys
 from collections.abc import Sequence
@@ -179,11 +180,14 @@ def init_from_env() -> tuple[int, int]:
     import torch.distributed as dist
 
     if dist.is_available() and not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        # The other ranks wait in the next epoch's first collective while rank 0 evaluates and
+        # checkpoints, which on a real model can outlast NCCL's default 10-minute timeout.
+        timeout = datetime.timedelta(seconds=float(os.environ.get("GG_DIST_TIMEOUT_SECONDS", 4 * 3600)))
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-            dist.init_process_group("nccl")
+            dist.init_process_group("nccl", timeout=timeout)
         else:
-            dist.init_process_group("gloo")
+            dist.init_process_group("gloo", timeout=timeout)
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1

@@ -93,3 +93,28 @@ def test_launch_command_for_one_gpu_and_bad_ids():
     for n, ids in [(2, [0]), (2, [1, 1]), (2, [0, -1]), (0, None)]:
         with pytest.raises(ValueError):
             build_launch_command("c.yaml", n, ids)
+
+
+def test_module_command_extra_args_and_launched_group_detection(monkeypatch):
+    from grpo_guard.config import ConfigError, RunConfig
+    from grpo_guard.distributed import in_launched_group, launch_module_command
+
+    cmd = build_launch_command("c.yaml", 2, overrides=["seed=1"], extra_args=["--out", "runs/x"], python="py")
+    assert cmd[-7:] == ["grpo_guard.cli", "train", "c.yaml", "--set", "seed=1", "--out", "runs/x"]
+    assert launch_module_command(["worker.ranks", "7"], 1, python="py") == ["py", "-m", "worker.ranks", "7"]
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert not in_launched_group()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert in_launched_group()
+    with pytest.raises(ConfigError, match="prompts_per_epoch: must be at least num_gpus"):
+        RunConfig.from_dict({"num_gpus": 4, "prompts_per_epoch": 2})
+
+
+def test_a_single_process_refuses_num_gpus_2():
+    """Without a launched group the trainer says how to run a multi-GPU config, before loading."""
+    from grpo_guard.config import RunConfig
+    from grpo_guard.recording import MemoryControl, MemoryRecorder
+    from grpo_guard.trainer import train
+
+    with pytest.raises(ValueError, match="grpo-guard train CONFIG"):
+        train(RunConfig.from_dict({"num_gpus": 2}), MemoryRecorder(), MemoryControl())
