@@ -7,7 +7,10 @@ Environment:
   GG_BROKER_URL          broker, e.g. ``redis://redis:6379/0``. Unset: an embedded broker that
                          needs no server (kombu's filesystem transport under GG_DATA_DIR/broker;
                          one host only).
-  GG_QUEUE               queue the runs go to and the GPU workers consume (default ``runs``)
+  GG_QUEUE               queue the runs go to and the GPU workers consume (default ``runs``).
+                         A run with num_gpus N > 1 goes to ``<queue>-<N>gpu`` instead, which
+                         only workers owning at least N GPUs consume (``grpo-guard worker
+                         --gpus 0+1``), so a one-GPU worker never picks it up.
   GG_VISIBILITY_TIMEOUT  Redis: seconds before an unacknowledged message is redelivered
                          (default 7 days: longer than any run, STACK.md C4)
 
@@ -41,6 +44,18 @@ def broker_url() -> str:
 
 def queue_name() -> str:
     return os.environ.get("GG_QUEUE", "").strip() or DEFAULT_QUEUE
+
+
+def run_queue(num_gpus: int = 1, base: str | None = None) -> str:
+    """The queue of a run on ``num_gpus`` GPUs (see GG_QUEUE above)."""
+    base = base or queue_name()
+    return base if num_gpus <= 1 else f"{base}-{int(num_gpus)}gpu"
+
+
+def worker_queues(owned_gpus: int = 1, base: str | None = None) -> str:
+    """The comma-separated queues a worker owning ``owned_gpus`` GPUs consumes: single-GPU runs
+    and every multi-GPU size it can host."""
+    return ",".join(run_queue(n, base) for n in range(1, max(1, owned_gpus) + 1))
 
 
 def embedded_broker_dir() -> str:
@@ -112,9 +127,23 @@ def enqueue_run(run_id: int) -> str:
     Records the task id on the row; returns it."""
     from grpo_guard.store.lifecycle import mark_enqueued
 
-    result = get_app().send_task(TASK_NAME, args=[int(run_id)], queue=queue_name())
+    result = get_app().send_task(TASK_NAME, args=[int(run_id)], queue=run_queue(_num_gpus(int(run_id))))
     mark_enqueued(int(run_id), result.id)
     return result.id
+
+
+def _num_gpus(run_id: int) -> int:
+    """The stored config's num_gpus (1 when it cannot be read: the task itself reports why)."""
+    import json
+
+    from grpo_guard.store.lifecycle import stored_config
+
+    try:
+        stored = stored_config(run_id)
+        n = json.loads(stored[0]).get("num_gpus", 1) if stored else 1
+        return int(n) if isinstance(n, int) and n >= 1 else 1
+    except (ValueError, TypeError, AttributeError):
+        return 1
 
 
 def revoke_run(task_id: str, *, terminate: bool = False) -> None:

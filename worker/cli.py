@@ -61,11 +61,11 @@ def parse_gpus(spec: str | None) -> list[str | None]:
 def worker_command(gpu: str | None, *, queue: str | None = None, loglevel: str = "info",
                    name: str | None = None) -> list[str]:
     """The command line of one worker process."""
-    from worker.celery_app import queue_name
+    from worker.celery_app import worker_queues
 
     node = name or (f"gpu{gpu.replace('+', '-')}@%h" if gpu is not None else "cpu@%h")
     return [sys.executable, "-m", "celery", "-A", "worker.celery_app:app", "worker",
-            "-Q", queue or queue_name(), "-c", "1", "-P", "prefork", "--max-tasks-per-child=1",
+            "-Q", worker_queues(len(gpu.split("+")) if gpu else 1, queue), "-c", "1", "-P", "prefork", "--max-tasks-per-child=1",
             "--prefetch-multiplier=1", "-n", node, "--loglevel", loglevel,
             "--without-gossip", "--without-mingle", "--without-heartbeat"]
 

@@ -118,3 +118,25 @@ def test_a_real_two_rank_launch_on_cpu_records_once(sqlite_store, monkeypatch):
     assert queries.sample_steps(rid) == [0, 2]  # eval_every 5: the base model and the end
     lines = [ln.message for ln in queries.log_lines(rid)]
     assert sum("epoch 1/2" in m for m in lines) <= 1 and sum(m.startswith("training ") for m in lines) == 1
+
+
+def test_multi_gpu_runs_go_to_a_queue_only_big_enough_workers_consume(sqlite_store, monkeypatch):
+    from worker import celery_app
+
+    monkeypatch.delenv("GG_QUEUE", raising=False)
+    assert worker_command("0")[worker_command("0").index("-Q") + 1] == "runs"
+    cmd = worker_command("0+1", queue="q")
+    assert cmd[cmd.index("-Q") + 1] == "q,q-2gpu"
+    sent = []
+
+    class FakeApp:
+        def send_task(self, name, args, queue):
+            sent.append((args[0], queue))
+            return type("R", (), {"id": f"t{args[0]}"})()
+
+    monkeypatch.setattr(celery_app, "get_app", lambda: FakeApp())
+    one = queries.create_run(RunConfig.from_dict(TINY))
+    two = queries.create_run(RunConfig.from_dict({**TINY, "num_gpus": 2}))
+    celery_app.enqueue_run(one)
+    celery_app.enqueue_run(two)
+    assert sent == [(one, "runs"), (two, "runs-2gpu")]
