@@ -56,21 +56,22 @@ def main(argv: list[str] | None = None) -> int:
         if rank == 0:
             recorder.close()
         _write(args.result, rank, {"status": getattr(result, "status", None)})
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
         return 0
     except LeaseLostError as e:
+        # Non-zero on purpose, here and below: the launcher then ends the other ranks, which
+        # would otherwise wait for this one in their next collective.
         _write(args.result, rank, {"status": "lease-lost", "error": str(e)})
-        return 0
+        return 1
     except Exception as e:
         _write(args.result, rank, {"status": "failed", "error": _describe(e), "traceback": traceback.format_exc()})
         if rank == 0:
             with contextlib.suppress(Exception):  # the store may be what failed; the worker records the end
                 recorder.close()
         return 1
-    finally:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -188,7 +188,9 @@ def _run_data_parallel(run_id: int, claim: Any, config: Any, resume_from: str | 
             except (OSError, ValueError):
                 continue
     first = results.get(0) or {}
-    if first.get("status") in ("succeeded", "cancelled", "lease-lost") and rc == 0:
+    if first.get("status") == "lease-lost":
+        return "lease-lost"
+    if first.get("status") in ("succeeded", "cancelled") and rc == 0:
         return first["status"]
     failed = next((r for _, r in sorted(results.items()) if r.get("status") == "failed"), None)
     if failed is not None:

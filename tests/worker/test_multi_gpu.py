@@ -44,6 +44,11 @@ def test_a_worker_can_own_several_gpus(monkeypatch):
     assert seen["env"]["CUDA_VISIBLE_DEVICES"] == "2,3" and seen["env"]["GG_WORKER_GPU"] == "2,3"
 
 
+def _read(path):
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
 def _launch_double(calls, results):
     """A LAUNCH_FN that records the argv and writes the given per-rank result files."""
 
@@ -140,3 +145,25 @@ def test_multi_gpu_runs_go_to_a_queue_only_big_enough_workers_consume(sqlite_sto
     celery_app.enqueue_run(one)
     celery_app.enqueue_run(two)
     assert sent == [(one, "runs"), (two, "runs-2gpu")]
+
+
+def test_the_rank_entry_point_records_on_rank_0_and_reports_its_outcome(sqlite_store, fake, monkeypatch, tmp_path):
+    """``python -m worker.ranks`` in-process as the only rank, with the trainer double."""
+    from grpo_guard.store import lifecycle
+    from worker import ranks
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    rid = queries.create_run(RunConfig.from_dict({**TINY, "epochs": 2}))
+    claim = lifecycle.claim_run(rid, worker_host="test", worker_gpu="0,1")
+    result = str(tmp_path / "result")
+    assert ranks.main([str(rid), "--lease", claim.lease, "--attempt", "1", "--result", result]) == 0
+    assert _read(f"{result}.0") == {"status": "succeeded"}
+    assert queries.get_run(rid).step == 2  # rank 0 recorded through the store
+
+    def broken(*a, **kw):
+        raise ValueError("no good")
+
+    monkeypatch.setattr("worker.tasks.TRAIN_FN", broken)
+    assert ranks.main([str(rid), "--lease", claim.lease, "--result", result]) == 1
+    out = _read(f"{result}.0")
+    assert out["status"] == "failed" and out["error"] == "ValueError: no good" and "no good" in out["traceback"]
