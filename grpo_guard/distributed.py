@@ -240,6 +240,9 @@ def broadcast_params(params: Sequence) -> None:
             dist.broadcast(p.data, src=0)
 
 
+_BUCKET_ELEMENTS = 1 << 26
+
+
 def all_reduce_grads(params: Sequence) -> None:
     """Average the gradients of ``params`` over the ranks, in one flat buffer (what DDP does,
     without wrapping the peft model). A rank whose micro-batches were all padding has no grads:
@@ -248,16 +251,25 @@ def all_reduce_grads(params: Sequence) -> None:
     import torch
     import torch.distributed as dist
 
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= dist.get_world_size()
-    offset = 0
-    with torch.no_grad():
-        for p in params:
-            n = p.numel()
-            p.grad = flat[offset:offset + n].view_as(p).clone()
-            offset += n
+    world = dist.get_world_size()
+    # Buckets of at most ~256 MB (fp32), so full fine-tuning does not copy every gradient at once.
+    bucket: list = []
+    size = 0
+    for i, p in enumerate(params):
+        bucket.append(p)
+        size += p.numel()
+        if size >= _BUCKET_ELEMENTS or i == len(params) - 1:
+            grads = [q.grad if q.grad is not None else torch.zeros_like(q) for q in bucket]
+            flat = torch.cat([g.reshape(-1) for g in grads])
+            dist.all_reduce(flat)
+            flat /= world
+            offset = 0
+            with torch.no_grad():
+                for q in bucket:
+                    n = q.numel()
+                    q.grad = flat[offset:offset + n].view_as(q).clone()
+                    offset += n
+            bucket, size = [], 0
 
 
 def merge_update_stats(scalars: dict[str, float], step_stats: dict[int, dict[str, float]],

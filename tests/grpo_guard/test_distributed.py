@@ -118,3 +118,32 @@ def test_a_single_process_refuses_num_gpus_2():
 
     with pytest.raises(ValueError, match="grpo-guard train CONFIG"):
         train(RunConfig.from_dict({"num_gpus": 2}), MemoryRecorder(), MemoryControl())
+
+
+def _grad_worker(rank, world, init_file, out_dir):
+    import torch.distributed as dist
+
+    import grpo_guard.distributed as ddp
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        ddp._BUCKET_ELEMENTS = 5  # several buckets for these 4 tensors
+        params = [torch.nn.Parameter(torch.zeros(n)) for n in (3, 4, 1, 6)]
+        for i, p in enumerate(params):
+            if not (rank == 1 and i == 2):  # rank 1 has no gradient for one tensor: it counts as zeros
+                p.grad = torch.full_like(p, float(rank + 1) * (i + 1))
+        ddp.all_reduce_grads(params)
+        torch.save([p.grad for p in params], os.path.join(out_dir, f"g{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_gradients_are_averaged_over_ranks_in_buckets():
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory() as d:
+        mp.spawn(_grad_worker, args=(2, os.path.join(d, "init"), d), nprocs=2, join=True)
+        g0, g1 = (torch.load(os.path.join(d, f"g{r}.pt")) for r in range(2))
+    for i, (a, b) in enumerate(zip(g0, g1, strict=True)):
+        expect = (1 + (0 if i == 2 else 2)) * (i + 1) / 2
+        assert torch.equal(a, b) and torch.allclose(a, torch.full_like(a, expect)), (i, a)
