@@ -1,6 +1,6 @@
 """The toy over-optimisation experiment (the paper's Figure 1 on the shapes world), in one command.
 
-    python benchmarks/overoptimization/run.py [--seeds 0 1 2] [--jobs 2] [--kl] [--out DIR]
+    python benchmarks/overoptimization/run.py [--seeds 0 1 2] [--jobs 2] [--kl] [--arms A ...] [--out DIR]
 
 Runs ``examples/toy_flow_grpo.yaml`` and ``examples/toy_grpo_guard.yaml`` (identical but for the
 algorithm) for every seed — optionally a KL-regularised Flow-GRPO third arm (``--kl``: kl_beta 0.04)
@@ -32,8 +32,13 @@ ARMS = {
     "flow_grpo": ("examples/toy_flow_grpo.yaml", [], "Flow-GRPO"),
     "grpo_guard": ("examples/toy_grpo_guard.yaml", [], "GRPO-Guard"),
     "flow_grpo_kl": ("examples/toy_flow_grpo.yaml", ["kl_beta=0.04"], "Flow-GRPO + KL 0.04"),
+    # Ablations: Guard's recipe also switches the advantage std from the batch to the group
+    # (ALGORITHM.md §5.1); these arms separate that from RatioNorm + reweighting.
+    "grpo_guard_global_std": ("examples/toy_grpo_guard.yaml", ["std_scope=global"], "GRPO-Guard, global std"),
+    "flow_grpo_group_std": ("examples/toy_flow_grpo.yaml", ["std_scope=group"], "Flow-GRPO, group std"),
 }
-COLORS = {"flow_grpo": "tab:red", "grpo_guard": "tab:blue", "flow_grpo_kl": "tab:orange"}
+COLORS = {"flow_grpo": "tab:red", "grpo_guard": "tab:blue", "flow_grpo_kl": "tab:orange",
+          "grpo_guard_global_std": "tab:cyan", "flow_grpo_group_std": "tab:pink"}
 
 
 # ---- running ------------------------------------------------------------------------------------
@@ -170,9 +175,10 @@ def report(arms: list[str], seeds: list[int], out: str) -> str:
             eq.setdefault(a, []).append(float(vals.mean()) if len(vals) else float("nan"))
             row.append(fmt(vals) if len(vals) else "–")
         lines.append(f"| {lv:.4f} | " + " | ".join(row) + " |")
-    if levels.size and len(arms) > 1:
-        diff = np.nanmean(np.array(eq[arms[1]]) - np.array(eq[arms[0]]))
-        lines += ["", f"Mean gold difference at equal proxy, {ARMS[arms[1]][2]} − {ARMS[arms[0]][2]}: {diff:+.4f}"]
+    if levels.size:
+        for other in arms[1:]:
+            diff = np.nanmean(np.array(eq[other]) - np.array(eq[arms[0]]))
+            lines += ["", f"Mean gold difference at equal proxy, {ARMS[other][2]} − {ARMS[arms[0]][2]}: {diff:+.4f}"]
     # pooled view: every eval point of every seed, binned by proxy (robust to one run's noisy crossing)
     pts = {a: np.array([(p, g) for r in runs[a].values() for p, g in zip(r["proxy"], r["gold"], strict=True)])
            for a in arms}
@@ -207,7 +213,7 @@ def report(arms: list[str], seeds: list[int], out: str) -> str:
     for j in js:
         cells = []
         for a in arms:
-            key_m, key_s = ("rhat_mean_minus_1", "rhat_std") if a == "grpo_guard" else ("r_mean_minus_1", "r_std")
+            key_m, key_s = ("rhat_mean_minus_1", "rhat_std") if a.startswith("grpo_guard") else ("r_mean_minus_1", "r_std")
             # (fractions of all samples at step j, averaged over every epoch's update)
             vals = [r["per_step"].get(j, {}) for r in runs[a].values()]
             m = np.mean([v.get(key_m, np.nan) for v in vals])
@@ -265,11 +271,13 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--jobs", type=int, default=2, help="runs at a time (one torch thread each)")
     ap.add_argument("--kl", action="store_true", help="add the KL-regularised Flow-GRPO arm (kl_beta 0.04)")
+    ap.add_argument("--arms", nargs="+", choices=sorted(ARMS), default=None,
+                    help="arms to run and report, baseline first (default: flow_grpo grpo_guard [flow_grpo_kl])")
     ap.add_argument("--epochs", type=int, default=None, help="override the configs' epochs")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     ap.add_argument("--report-only", action="store_true")
     args = ap.parse_args()
-    arms = ["flow_grpo", "grpo_guard"] + (["flow_grpo_kl"] if args.kl else [])
+    arms = args.arms or ["flow_grpo", "grpo_guard"] + (["flow_grpo_kl"] if args.kl else [])
     os.makedirs(args.out, exist_ok=True)
     if not args.report_only:
         run_all(arms, args.seeds, args.out, args.jobs, args.epochs)
