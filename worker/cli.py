@@ -245,7 +245,7 @@ def runs_show(run_id: int, as_json: bool) -> None:
         click.echo(f"  tags       {', '.join(row.tags)}")
     if row.notes:
         click.echo(f"  notes      {row.notes}")
-    ck = queries.checkpoints(run_id)
+    ck = [c for c in queries.checkpoints(run_id) if c.on_disk]
     if ck:
         click.echo(f"  checkpoint step {ck[-1].step}: {ck[-1].location}")
     if row.error:

@@ -143,7 +143,9 @@ def log_text(lines: list[Any]) -> str:
 
 
 def checkpoint_rows(ckpts: list[Any]) -> list[list[Any]]:
-    return [[c.step, fmt_time(c.created_at), c.location, ", ".join(f"{k}={v}" for k, v in (c.meta or {}).items())[:80]]
+    return [[c.step, fmt_time(c.created_at),
+             c.location if getattr(c, "on_disk", True) else f"{c.location} (deleted: keep_checkpoints)",
+             ", ".join(f"{k}={v}" for k, v in (c.meta or {}).items())[:80]]
             for c in ckpts]
 
 

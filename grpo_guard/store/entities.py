@@ -134,6 +134,9 @@ class CheckpointRow:
     location: str
     meta: dict[str, Any]
     created_at: datetime
+    # False once the file is gone (``keep_checkpoints`` pruned it, or someone deleted it): the
+    # row stays as history, but nothing can resume from or download it.
+    on_disk: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return _jsonable(self)

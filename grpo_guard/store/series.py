@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -299,8 +300,15 @@ def samples_across_runs(run_ids: Sequence[int], prompt: str, seed: int, step: in
 
 
 # ---- checkpoints and logs -------------------------------------------------------------------
+def _on_disk(location: str) -> bool:
+    try:
+        return os.path.isfile(artifacts.resolve(location))
+    except ValueError:
+        return False
+
+
 def checkpoints(run_id: int) -> list[CheckpointRow]:
-    """The run's checkpoints, oldest first."""
+    """The run's checkpoints, oldest first; ``on_disk`` is False for those whose file is gone."""
     with session_scope() as s:
         rows = s.execute(select(Checkpoint).where(Checkpoint.run_id == int(run_id))
                          .order_by(Checkpoint.step)).scalars().all()
@@ -311,7 +319,7 @@ def checkpoints(run_id: int) -> list[CheckpointRow]:
             except ValueError:
                 meta = {}
             out.append(CheckpointRow(run_id=c.run_id, step=c.step, location=c.location, meta=meta,
-                                     created_at=as_utc(c.created_at)))
+                                     created_at=as_utc(c.created_at), on_disk=_on_disk(c.location)))
     return out
 
 

@@ -236,6 +236,21 @@ def test_checkpoints_logs_and_max_steps(store):
     assert queries.max_steps([r, empty, 10**9]) == {r: 7, empty: -1}
 
 
+def test_checkpoints_flag_files_that_are_gone(store):
+    """A pruned checkpoint stays as a row (history) but is no longer offered as on disk."""
+    r = queries.create_run(_cfg())
+    _fill(r, 4)
+    (ck,) = queries.checkpoints(r)
+    path = queries.artifact_path(ck.location)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as fh:
+        fh.write(b"weights")
+    assert [c.on_disk for c in queries.checkpoints(r)] == [True]
+    os.remove(path)
+    (gone,) = queries.checkpoints(r)
+    assert gone.step == ck.step and gone.on_disk is False and gone.to_dict()["on_disk"] is False
+
+
 def test_artifact_path_refuses_escapes(store, tmp_path):
     root = artifacts_root()
     os.makedirs(root, exist_ok=True)
