@@ -28,6 +28,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
+CLASSIFIER_PROXY = "rewards={toy_classifier_confidence: 1.0, toy_shape: 0.0, toy_fg_share: 0.0}"
 ARMS = {
     "flow_grpo": ("examples/toy_flow_grpo.yaml", [], "Flow-GRPO"),
     "grpo_guard": ("examples/toy_grpo_guard.yaml", [], "GRPO-Guard"),
@@ -36,9 +37,14 @@ ARMS = {
     # (ALGORITHM.md §5.1); these arms separate that from RatioNorm + reweighting.
     "grpo_guard_global_std": ("examples/toy_grpo_guard.yaml", ["std_scope=global"], "GRPO-Guard, global std"),
     "flow_grpo_group_std": ("examples/toy_flow_grpo.yaml", ["std_scope=group"], "Flow-GRPO, group std"),
+    # The same two configs optimising the learned classifier's confidence instead (a reward-model
+    # proxy, as PickScore is in the paper); the analytic shape score is only logged.
+    "flow_grpo_classifier": ("examples/toy_flow_grpo.yaml", [CLASSIFIER_PROXY], "Flow-GRPO, classifier proxy"),
+    "grpo_guard_classifier": ("examples/toy_grpo_guard.yaml", [CLASSIFIER_PROXY], "GRPO-Guard, classifier proxy"),
 }
 COLORS = {"flow_grpo": "tab:red", "grpo_guard": "tab:blue", "flow_grpo_kl": "tab:orange",
-          "grpo_guard_global_std": "tab:cyan", "flow_grpo_group_std": "tab:pink"}
+          "grpo_guard_global_std": "tab:cyan", "flow_grpo_group_std": "tab:pink",
+          "flow_grpo_classifier": "tab:red", "grpo_guard_classifier": "tab:blue"}
 
 
 # ---- running ------------------------------------------------------------------------------------
