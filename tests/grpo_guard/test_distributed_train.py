@@ -15,20 +15,11 @@ import torch
 
 from grpo_guard.config import RunConfig
 from grpo_guard.recording import MemoryControl, MemoryRecorder
+from tests.grpo_guard.controls import StopAfter
 
 BASE = dict(backbone="toy", group_size=2, num_steps=3, eval_num_steps=2, lora_rank=4, sample_batch_size=2,
             eval_prompts=["a red circle on a blue background"], eval_seeds=[0], eval_every=1, seed=3,
             learning_rate=1e-3)
-
-
-class StopAfter(MemoryControl):
-    def __init__(self, k: int):
-        super().__init__()
-        self.k, self.polls = k, 0
-
-    def stop_requested(self) -> bool:
-        self.polls += 1
-        return self.polls > self.k
 
 
 def _run(cfg: RunConfig, ckpt_dir: str, control=None, resume_from=None):

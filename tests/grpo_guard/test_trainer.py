@@ -21,6 +21,7 @@ from grpo_guard.models.sd3 import SD3Backbone
 from grpo_guard.models.testing import tiny_sd3_pipeline_dir
 from grpo_guard.recording import MemoryControl, MemoryRecorder
 from grpo_guard.trainer import train
+from tests.grpo_guard.controls import StopAfter
 
 PROMPTS = ["a red circle on a blue background", "a green square on a white background"]
 
@@ -75,18 +76,6 @@ def run(loaded, cfg, tmp_path, control=None, recorder=None, **kw):
     result = train(cfg, recorder, control or MemoryControl(), backbone=fresh_backbone(loaded),
                    rewards=REWARDS, **kw)
     return result, recorder
-
-
-class StopAfter(MemoryControl):
-    """Asks to stop once ``k`` epochs have run (the trainer polls once per epoch)."""
-
-    def __init__(self, k: int):
-        super().__init__()
-        self.k, self.polls = k, 0
-
-    def stop_requested(self) -> bool:
-        self.polls += 1
-        return self.polls > self.k
 
 
 def no_timing(rec: MemoryRecorder) -> dict:
