@@ -139,6 +139,10 @@ def train_cmd(config_path: str, overrides: tuple[str, ...], epochs: int | None, 
     finally:
         control.restore()
     recorder.close()
+    if in_launched_group():
+        from grpo_guard.distributed import shutdown
+
+        shutdown()
     if rank == 0:
         click.echo(f"{result.status} after {result.step} epochs; last checkpoint: {result.last_checkpoint}")
 

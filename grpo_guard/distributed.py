@@ -193,6 +193,17 @@ def init_from_env() -> tuple[int, int]:
     return 0, 1
 
 
+def shutdown() -> None:
+    """Leave the process group together: a barrier, then destroy it. Without the barrier a rank
+    that finished first exits and closes its gloo sockets while rank 0 still checkpoints, and
+    gloo's reader thread on the other side can abort the process (SIGABRT) at exit."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def rank_device() -> str | None:
     """``cuda:LOCAL_RANK`` for a rank of a CUDA group, else None (the caller's default)."""
     import torch

@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", default=None)
     args = parser.parse_args(argv)
 
-    from grpo_guard.distributed import init_from_env
+    from grpo_guard.distributed import init_from_env, shutdown
     from grpo_guard.recording import NullControl, NullRecorder
     from grpo_guard.store.lifecycle import LeaseLostError
     from grpo_guard.store.recorder import StoreControl, StoreRecorder
@@ -56,10 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         if rank == 0:
             recorder.close()
         _write(args.result, rank, {"status": getattr(result, "status", None)})
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+        shutdown()
         return 0
     except LeaseLostError as e:
         # Non-zero on purpose, here and below: the launcher then ends the other ranks, which

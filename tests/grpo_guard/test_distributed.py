@@ -3,6 +3,7 @@ gloo group on CPU) and the ``accelerate launch`` command."""
 
 import os
 import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -147,3 +148,35 @@ def test_gradients_are_averaged_over_ranks_in_buckets():
     for i, (a, b) in enumerate(zip(g0, g1, strict=True)):
         expect = (1 + (0 if i == 2 else 2)) * (i + 1) / 2
         assert torch.equal(a, b) and torch.allclose(a, torch.full_like(a, expect)), (i, a)
+
+
+def _shutdown_worker(rank, world, init_file, out_dir):
+    import time
+
+    import torch.distributed as dist
+
+    import grpo_guard.distributed as ddp
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    if rank == 0:
+        time.sleep(1.5)  # rank 0 still writing its last checkpoint
+    start = time.monotonic()
+    ddp.shutdown()
+    with open(os.path.join(out_dir, f"s{rank}.txt"), "w") as fh:
+        fh.write(f"{time.monotonic() - start} {int(dist.is_initialized())}")
+
+
+def test_shutdown_waits_for_the_slowest_rank_and_leaves_no_group():
+    """The rank that finishes first must not exit with the group still open while rank 0 works:
+    gloo then aborts one of the processes at exit (SIGABRT, seen in CI). ``shutdown`` holds it in a
+    barrier until rank 0 arrives, then destroys the group on both."""
+    import torch.multiprocessing as mp
+
+    from grpo_guard.distributed import shutdown
+
+    shutdown()  # no group: nothing to do
+    with tempfile.TemporaryDirectory() as d:
+        mp.spawn(_shutdown_worker, args=(2, os.path.join(d, "init"), d), nprocs=2, join=True)
+        (w0, g0), (w1, g1) = (Path(d, f"s{r}.txt").read_text().split() for r in range(2))
+    assert float(w1) > 1.0, "rank 1 left before rank 0 reached the end"
+    assert g0 == g1 == "0"
