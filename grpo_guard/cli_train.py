@@ -156,11 +156,10 @@ def _launch_ranks(config_path: str, num_gpus: int, items: list[str], out_dir: st
     together), the second terminates the ranks."""
     import subprocess
 
-    from grpo_guard.distributed import build_launch_command, free_port
+    from grpo_guard.distributed import build_launch_command, free_port, parse_gpu_ids
 
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
-    spec = gpu_ids or visible
-    ids = [int(g) for g in spec.replace(",", " ").split() if g.isdigit()][:num_gpus] if spec else list(range(num_gpus))
+    spec = gpu_ids or os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    ids: list[int | str] = list(parse_gpu_ids(spec)[:num_gpus]) if spec else list(range(num_gpus))
     try:
         import torch
 

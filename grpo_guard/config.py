@@ -250,6 +250,10 @@ class RunConfig(BaseModel):
                     break
                 if why:
                     errors.append((f"{where}.{key}", why))
+                elif key == "device" and self.num_gpus > 1 and str(value).startswith("cuda:"):
+                    # every rank would load the scorer on that one GPU (the ranks see the same list)
+                    errors.append((f"{where}.{key}", f"{value!r} puts every rank's scorer on one GPU; with "
+                                   "num_gpus > 1 use 'cuda' (each rank's own GPU) or 'cpu'"))
         return errors
 
     def reward_factory_options(self, name: str) -> dict[str, Any]:

@@ -109,7 +109,7 @@ def local_slice(sizes: Sequence[int], rank: int | None = None) -> slice:
     return slice(start, start + int(sizes[rank]))
 
 
-def build_launch_command(config_path: str, num_gpus: int, gpu_ids: Sequence[int] | None = None, *,
+def build_launch_command(config_path: str, num_gpus: int, gpu_ids: Sequence[int | str] | None = None, *,
                          overrides: Sequence[str] = (), main_process_port: int | None = None,
                          python: str | None = None, extra_args: Sequence[str] = ()) -> list[str]:
     """The argv that runs ``grpo-guard train CONFIG`` on ``num_gpus`` GPUs.
@@ -120,7 +120,7 @@ def build_launch_command(config_path: str, num_gpus: int, gpu_ids: Sequence[int]
     grpo_guard.cli train CONFIG [--set k=v ...] [extra_args]``. Mixed precision stays ``no`` for
     accelerate because the backbone autocasts itself (``mixed_precision`` in the run config).
 
-    Raises ``ValueError`` when ``gpu_ids`` are not ``num_gpus`` distinct non-negative ints."""
+    Raises ``ValueError`` when ``gpu_ids`` are not ``num_gpus`` distinct GPU indices or UUIDs."""
     tail = ["grpo_guard.cli", "train", str(config_path)]
     for item in overrides:
         tail += ["--set", item]
@@ -128,23 +128,40 @@ def build_launch_command(config_path: str, num_gpus: int, gpu_ids: Sequence[int]
                                  main_process_port=main_process_port, python=python)
 
 
-def launch_module_command(module_args: Sequence[str], num_gpus: int, gpu_ids: Sequence[int] | None = None, *,
+def parse_gpu_ids(spec: str | None) -> list[str]:
+    """The GPUs named in a ``CUDA_VISIBLE_DEVICES``-style list (``0,1``, ``0+1``, or the UUIDs
+    ``GPU-…`` / ``MIG-…`` that schedulers such as Slurm and Kubernetes set), in order."""
+    tokens = (spec or "").replace("+", ",").replace(" ", ",").split(",")
+    return [t.strip() for t in tokens if t.strip().isdigit() or t.strip().startswith(("GPU-", "MIG-"))]
+
+
+def _gpu_id(value: int | str) -> str:
+    text = str(value).strip()
+    if text.isdigit() or (text.startswith(("GPU-", "MIG-")) and len(text) > 4):
+        return str(int(text)) if text.isdigit() else text
+    raise ValueError(f"{value!r} is not a GPU index or UUID")
+
+
+def launch_module_command(module_args: Sequence[str], num_gpus: int, gpu_ids: Sequence[int | str] | None = None, *,
                           main_process_port: int | None = None, python: str | None = None) -> list[str]:
     """``python -m MODULE ARGS`` on one GPU, or under ``accelerate launch`` on ``num_gpus`` (see
     :func:`build_launch_command`); ``module_args`` = [module, *args]. The worker uses it with its
     own rank entry point (``worker.ranks``), which records to the store."""
     if num_gpus < 1:
         raise ValueError(f"num_gpus must be >= 1, got {num_gpus}")
-    ids = list(range(num_gpus)) if gpu_ids is None else [int(i) for i in gpu_ids]
-    if len(ids) != num_gpus or len(set(ids)) != len(ids) or any(i < 0 for i in ids):
-        raise ValueError(f"gpu_ids must be {num_gpus} distinct GPU indices, got {list(gpu_ids or [])}")
+    try:
+        ids = [str(i) for i in range(num_gpus)] if gpu_ids is None else [_gpu_id(i) for i in gpu_ids]
+    except ValueError:
+        ids = []
+    if len(ids) != num_gpus or len(set(ids)) != len(ids):
+        raise ValueError(f"gpu_ids must be {num_gpus} distinct GPU indices or UUIDs, got {list(gpu_ids or [])}")
     python = python or sys.executable
     tail = ["-m", *module_args]
     if num_gpus == 1:
         return [python, *tail]
-    # --gpu_ids becomes the ranks' CUDA_VISIBLE_DEVICES, so these are physical indices.
+    # --gpu_ids becomes the ranks' CUDA_VISIBLE_DEVICES, so these are physical indices (or UUIDs).
     cmd = [python, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_gpus),
-           "--num_machines", "1", "--gpu_ids", ",".join(map(str, ids)), "--mixed_precision", "no",
+           "--num_machines", "1", "--gpu_ids", ",".join(ids), "--mixed_precision", "no",
            "--dynamo_backend", "no"]
     if main_process_port is not None:
         cmd += ["--main_process_port", str(int(main_process_port))]

@@ -146,11 +146,13 @@ def execute_run(run_id: int, *, task_id: str | None = None) -> str:
         raise
 
 
-def owned_gpus() -> list[int]:
-    """The GPUs this worker owns (physical indices): ``CUDA_VISIBLE_DEVICES``, which ``grpo-guard
-    worker`` sets per worker, else ``GG_WORKER_GPU``; none for a CPU worker."""
-    spec = os.environ.get("CUDA_VISIBLE_DEVICES") or os.environ.get("GG_WORKER_GPU") or ""
-    return [int(g) for g in spec.replace("+", ",").split(",") if g.strip().isdigit()]
+def owned_gpus() -> list[str]:
+    """The GPUs this worker owns (physical indices, or UUIDs where the scheduler set those):
+    ``CUDA_VISIBLE_DEVICES``, which ``grpo-guard worker`` sets per worker, else ``GG_WORKER_GPU``;
+    none for a CPU worker."""
+    from grpo_guard.distributed import parse_gpu_ids
+
+    return parse_gpu_ids(os.environ.get("CUDA_VISIBLE_DEVICES") or os.environ.get("GG_WORKER_GPU"))
 
 
 def data_parallel_command(run_id: int, lease: str, attempt: int, num_gpus: int, result_path: str,

@@ -45,6 +45,15 @@ def test_bad_options_name_the_key(options, field, words):
     assert field in errors and words in errors[field], errors
 
 
+def test_a_pinned_cuda_device_is_refused_for_data_parallel_runs():
+    """With several ranks 'cuda:0' would stack every rank's scorer on one GPU; 'cuda' is per rank."""
+    multi = {**REAL, "num_gpus": 2, "prompts_per_epoch": 2}
+    errors = _errors({**multi, "reward_options": {"pickscore": {"device": "cuda:0"}}})
+    assert "each rank's own GPU" in errors["reward_options.pickscore.device"], errors
+    assert RunConfig.from_dict({**multi, "reward_options": {"pickscore": {"device": "cuda"}}}).num_gpus == 2
+    assert RunConfig.from_dict({**REAL, "reward_options": {"pickscore": {"device": "cuda:1"}}}).num_gpus == 1
+
+
 def test_an_unregistered_reward_takes_no_options():
     errors = _errors({"rewards": {"my_reward": 1.0}, "reward_options": {"my_reward": {"path": "/x"}}})
     assert "unknown reward" in errors["reward_options.my_reward"]

@@ -91,9 +91,18 @@ def test_launch_command_for_several_gpus_parses_with_accelerate():
 
 def test_launch_command_for_one_gpu_and_bad_ids():
     assert build_launch_command("c.yaml", 1, python="py") == ["py", "-m", "grpo_guard.cli", "train", "c.yaml"]
-    for n, ids in [(2, [0]), (2, [1, 1]), (2, [0, -1]), (0, None)]:
+    for n, ids in [(2, [0]), (2, [1, 1]), (2, [0, -1]), (0, None), (2, [0, "GPU-"]), (2, ["x", "y"])]:
         with pytest.raises(ValueError):
             build_launch_command("c.yaml", n, ids)
+    cmd = build_launch_command("c.yaml", 2, ["MIG-a1", "GPU-b2"], python="py")
+    assert cmd[cmd.index("--gpu_ids") + 1] == "MIG-a1,GPU-b2"
+
+
+def test_gpu_lists_parse_indices_plus_and_uuids():
+    from grpo_guard.distributed import parse_gpu_ids
+
+    assert parse_gpu_ids("0,1") == ["0", "1"] and parse_gpu_ids("2+3") == ["2", "3"] and parse_gpu_ids(None) == []
+    assert parse_gpu_ids("GPU-abc, MIG-def") == ["GPU-abc", "MIG-def"]
 
 
 def test_module_command_extra_args_and_launched_group_detection(monkeypatch):

@@ -82,6 +82,19 @@ def test_num_gpus_2_launches_accelerate_on_the_workers_gpus(sqlite_store, monkey
     assert queries.get_run(rid).status == "succeeded"
 
 
+def test_a_worker_given_gpu_uuids_launches_on_them(sqlite_store, monkeypatch):
+    """Slurm and Kubernetes hand a worker its GPUs as UUIDs; they count and travel to the ranks."""
+    uuids = "GPU-8f1c2d3e-0000-1111-2222-333344445555,GPU-9a8b7c6d-0000-1111-2222-333344445555"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", uuids)
+    assert parse_gpus(uuids.replace(",", "+")) == [uuids.replace(",", "+")]
+    calls: list[list[str]] = []
+    monkeypatch.setattr("worker.tasks.LAUNCH_FN", _launch_double(calls, {0: {"status": "succeeded"}, 1: {"status": "succeeded"}}))
+    rid = queries.create_run(RunConfig.from_dict({**TINY, "num_gpus": 2}))
+    assert execute_run(rid) == "succeeded"
+    [cmd] = calls
+    assert cmd[cmd.index("--gpu_ids") + 1] == uuids
+
+
 def test_a_single_gpu_run_is_not_launched(sqlite_store, monkeypatch, fake):
     calls: list[list[str]] = []
     monkeypatch.setattr("worker.tasks.LAUNCH_FN", _launch_double(calls, {}))
