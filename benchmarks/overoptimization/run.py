@@ -29,6 +29,11 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 CLASSIFIER_PROXY = "rewards={toy_classifier_confidence: 1.0, toy_shape: 0.0, toy_fg_share: 0.0}"
+# A proxy whose exploit lives in the low-noise steps (fine texture: JPEG size), as the paper's
+# Fig. 11 finds for real reward hacking, next to a legitimate term learnt in the high-noise steps.
+NULL_PROXY = "rewards={null_noise: 1.0, toy_shape: 0.0, toy_fg_share: 0.0}"
+TEXTURE_PROXY = "rewards={toy_shape: 1.0, jpeg_incompressibility: 1.0, toy_fg_share: 0.0}"
+TEXTURE5_PROXY = "rewards={toy_shape: 1.0, jpeg_incompressibility: 5.0, toy_fg_share: 0.0}"
 ARMS = {
     "flow_grpo": ("examples/toy_flow_grpo.yaml", [], "Flow-GRPO"),
     "grpo_guard": ("examples/toy_grpo_guard.yaml", [], "GRPO-Guard"),
@@ -41,10 +46,27 @@ ARMS = {
     # proxy, as PickScore is in the paper); the analytic shape score is only logged.
     "flow_grpo_classifier": ("examples/toy_flow_grpo.yaml", [CLASSIFIER_PROXY], "Flow-GRPO, classifier proxy"),
     "grpo_guard_classifier": ("examples/toy_grpo_guard.yaml", [CLASSIFIER_PROXY], "GRPO-Guard, classifier proxy"),
+    # Guard with the baseline's KL term (and its global std): differs from flow_grpo_kl only in
+    # RatioNorm, reweighting and the clip range.
+    "grpo_guard_kl": ("examples/toy_grpo_guard.yaml", ["kl_beta=0.04", "std_scope=global"],
+                      "GRPO-Guard + KL 0.04, global std"),
+    # Controls: a proxy with no signal, so gold falls by optimisation noise alone.
+    "flow_grpo_null": ("examples/toy_flow_grpo.yaml", [NULL_PROXY], "Flow-GRPO, no-signal proxy"),
+    "grpo_guard_null": ("examples/toy_grpo_guard.yaml", [NULL_PROXY, "std_scope=global"],
+                        "GRPO-Guard, no-signal proxy, global std"),
+    "flow_grpo_texture": ("examples/toy_flow_grpo.yaml", [TEXTURE_PROXY], "Flow-GRPO, texture proxy"),
+    "grpo_guard_texture": ("examples/toy_grpo_guard.yaml", [TEXTURE_PROXY, "std_scope=global"],
+                           "GRPO-Guard, texture proxy, global std"),
+    "flow_grpo_texture5": ("examples/toy_flow_grpo.yaml", [TEXTURE5_PROXY], "Flow-GRPO, 5x texture proxy"),
+    "grpo_guard_texture5": ("examples/toy_grpo_guard.yaml", [TEXTURE5_PROXY, "std_scope=global"],
+                            "GRPO-Guard, 5x texture proxy, global std"),
 }
 COLORS = {"flow_grpo": "tab:red", "grpo_guard": "tab:blue", "flow_grpo_kl": "tab:orange",
           "grpo_guard_global_std": "tab:cyan", "flow_grpo_group_std": "tab:pink",
-          "flow_grpo_classifier": "tab:red", "grpo_guard_classifier": "tab:blue"}
+          "flow_grpo_classifier": "tab:red", "grpo_guard_classifier": "tab:blue",
+          "grpo_guard_kl": "tab:purple", "flow_grpo_null": "tab:gray", "grpo_guard_null": "tab:olive",
+          "flow_grpo_texture": "tab:red", "grpo_guard_texture": "tab:blue",
+          "flow_grpo_texture5": "tab:red", "grpo_guard_texture5": "tab:blue"}
 
 
 # ---- running ------------------------------------------------------------------------------------
@@ -136,11 +158,29 @@ def gold_at_proxy(proxy: list[float], gold: list[float], level: float) -> float 
 
 
 # ---- reporting ----------------------------------------------------------------------------------
+def previous_summary(out: str) -> dict[str, dict[int, dict]]:
+    """The per-run curves of ``out/summary.json`` ({arm: {seed: read_run(...)}}), or {}."""
+    try:
+        with open(os.path.join(out, "summary.json")) as fh:
+            data = json.load(fh)
+    except (OSError, ValueError):
+        return {}
+    return {a: {int(s): {**r, "per_step": {int(j): v for j, v in r.get("per_step", {}).items()}}
+                for s, r in rs.items()} for a, rs in data.items() if isinstance(rs, dict)}
+
+
 def report(arms: list[str], seeds: list[int], out: str) -> str:
     import numpy as np
 
     runs = {a: {s: read_run(run_dir(out, a, s)) for s in seeds if os.path.exists(os.path.join(run_dir(out, a, s), "scalars.jsonl"))}
             for a in arms}
+    # Runs whose directories are gone (they are not committed) come from the last summary.json, so
+    # a new arm can be added to a finished experiment without re-running the old ones.
+    for a, rs in previous_summary(out).items():
+        if a in runs:
+            for s, r in rs.items():
+                if s in seeds and s not in runs[a]:
+                    runs[a][s] = r
     runs = {a: {s: r for s, r in rs.items() if r["steps"]} for a, rs in runs.items()}
     arms = [a for a in arms if runs[a]]
     common = {a: sorted(set.intersection(*(set(r["steps"]) for r in runs[a].values()))) for a in arms}
@@ -236,7 +276,9 @@ def report(arms: list[str], seeds: list[int], out: str) -> str:
     with open(os.path.join(out, "table.md"), "w") as fh:
         fh.write(table)
     with open(os.path.join(out, "summary.json"), "w") as fh:
-        json.dump({a: {str(s): r for s, r in rs.items()} for a, rs in runs.items()}, fh, indent=1)
+        # arms not in this report stay in the summary (their run directories may be gone)
+        merged = {**previous_summary(out), **{a: rs for a, rs in runs.items()}}
+        json.dump({a: {str(s): r for s, r in sorted(rs.items())} for a, rs in merged.items()}, fh, indent=1)
     figure(arms, runs, common, curve, peak, os.path.join(out, "figure.png"))
     return table
 

@@ -145,5 +145,8 @@ register("toy_palette_purity", "grpo_guard.rewards.toy:palette_purity", "gold",
          options=(("tau", "float"),))
 register("jpeg_compressibility", "grpo_guard.rewards.jpeg:compressibility", "any",
          "−kB of the image as JPEG at quality 95 (DDPO); favours flat, simple images.", options=(("quality", "int"),))
+register("null_noise", "grpo_guard.rewards.null:null_noise", "any",
+         "Control with no signal: a uniform score from a hash of the pixels. Shows how much gold falls from optimisation noise alone.",
+         options=(("seed", "int"),))
 register("jpeg_incompressibility", "grpo_guard.rewards.jpeg:incompressibility", "any",
          "+kB of the image as JPEG at quality 95 (DDPO); favours detail and noise.", options=(("quality", "int"),))
