@@ -3,14 +3,17 @@
     python benchmarks/overoptimization/run.py [--seeds 0 1 2] [--jobs 2] [--kl] [--arms A ...] [--out DIR]
 
 Runs ``examples/toy_flow_grpo.yaml`` and ``examples/toy_grpo_guard.yaml`` (identical but for the
-algorithm) for every seed — optionally a KL-regularised Flow-GRPO third arm (``--kl``: kl_beta 0.04)
+algorithm) for every seed, and any of the one-key variants in ``ARMS`` (``--arms``: equal advantage
+std, β_KL 0.04, other proxies, and the no-signal controls ``*_null`` whose proxy is ``null_noise``)
 — as ``grpo-guard train`` subprocesses, ``--jobs`` at a time with one torch thread each. A finished
-run is skipped and an interrupted one resumed from its checkpoints, so the command can be re-run.
+run is skipped and an interrupted one resumed from its checkpoints, so the command can be re-run;
+runs whose directories are gone are reported from the previous ``summary.json``.
 Then it writes, under ``--out`` (default ``benchmarks/overoptimization/results``):
 
 - ``figure.png``: eval proxy and eval gold against epoch for each arm (mean over seeds, band = min–max),
   plus gold against proxy (the equal-proxy view);
-- ``table.md``: proxy and gold at the start, at the baseline's gold peak and at the end; gold at equal
+- ``table.md``: proxy and gold at the start, at the baseline's gold peak and at the end; gold by
+  epoch and, where a no-signal control is reported, the gold each arm loses beyond it; gold at equal
   proxy; the per-denoising-step ratio mean and std of each arm; the alarm's onset per run;
 - ``summary.json``: the curves behind them.
 
@@ -158,6 +161,50 @@ def gold_at_proxy(proxy: list[float], gold: list[float], level: float) -> float 
 
 
 # ---- reporting ----------------------------------------------------------------------------------
+def is_control(arm: str) -> bool:
+    """A no-signal control (proxy ``null_noise``): its proxy is on another scale, so it takes no
+    part in the equal-proxy tables; its gold curve is the floor of what optimisation noise costs."""
+    return arm.endswith("_null")
+
+
+# Each control differs from its arm only in the proxy (same algorithm, global std, no KL).
+CONTROL_OF = {"flow_grpo": "flow_grpo_null", "grpo_guard_global_std": "grpo_guard_null"}
+
+
+def control_of(arm: str, controls: list[str]) -> str | None:
+    """The no-signal control that differs from ``arm`` only in the proxy, if reported."""
+    c = CONTROL_OF.get(arm)
+    return c if c in controls else None
+
+
+def gold_by_epoch_lines(arms: list[str], controls: list[str], common: dict, curve) -> list[str]:
+
+    epochs = sorted(set.intersection(*(set(common[a]) for a in arms)))
+    epochs = [e for e in epochs if e % 8 == 0] or epochs
+    out = ["", "Gold by epoch (mean ± std over seeds); the no-signal controls optimise `null_noise`, a "
+           "reward with no information, so their gold loss is what optimisation noise alone costs:", "",
+           "| arm | " + " | ".join(f"epoch {e}" for e in epochs) + " |", "|---" * (len(epochs) + 1) + "|"]
+    for a in arms:
+        g = curve(a, "gold")
+        cells = [f"{g[:, common[a].index(e)].mean():.3f} ± {g[:, common[a].index(e)].std():.3f}" for e in epochs]
+        out.append(f"| {ARMS[a][2]} | " + " | ".join(cells) + " |")
+    rows = []
+    for a in arms:
+        c = control_of(a, controls)
+        if is_control(a) or c is None:
+            continue
+        ga, gc = curve(a, "gold").mean(0), curve(c, "gold").mean(0)
+        rows.append(f"| {ARMS[a][2]} − {ARMS[c][2]} | " + " | ".join(
+            f"{ga[common[a].index(e)] - gc[common[c].index(e)]:+.3f}" for e in epochs) + " |")
+    if rows:
+        out += ["", "Gold beyond optimisation noise: an arm's mean gold minus that of the no-signal control "
+                "that differs from it only in the proxy (negative = gold lost to the proxy itself, i.e. "
+                "over-optimisation):", "",
+                "| difference | " + " | ".join(f"epoch {e}" for e in epochs) + " |",
+                "|---" * (len(epochs) + 1) + "|", *rows]
+    return out
+
+
 def previous_summary(out: str) -> dict[str, dict[int, dict]]:
     """The per-run curves of ``out/summary.json`` ({arm: {seed: read_run(...)}}), or {}."""
     try:
@@ -206,9 +253,15 @@ def report(arms: list[str], seeds: list[int], out: str) -> str:
         i_peak = common[a].index(peak) if peak in common[a] else int(np.argmin(np.abs(np.array(common[a]) - peak)))
         lines.append(f"| {ARMS[a][2]} | {fmt(p[:, 0])} | {fmt(g[:, 0])} | {fmt(p[:, i_peak])} | {fmt(g[:, i_peak])} | "
                      f"{fmt(p[:, -1])} | {fmt(g[:, -1])} |")
+    # No-signal controls: gold by epoch, and what each arm loses beyond its algorithm's control
+    controls = [a for a in arms if is_control(a)]
+    if controls:
+        lines += gold_by_epoch_lines(arms, controls, common, curve)
+    scored_arms = [a for a in arms if not is_control(a)]
+    all_arms, arms = arms, scored_arms  # the proxy tables compare arms that optimise the same proxy
     # gold at equal proxy: levels every run of every arm reaches
-    start = max(r["proxy"][0] for rs in runs.values() for r in rs.values())
-    top = min(max(r["proxy"]) for rs in runs.values() for r in rs.values())
+    start = max(r["proxy"][0] for a in arms for r in runs[a].values())
+    top = min(max(r["proxy"]) for a in arms for r in runs[a].values())
     levels = np.linspace(start, top, 6)[1:] if top > start else np.array([])
     lines += ["", "Gold at equal eval proxy (first time each run reaches the level; linear interpolation):", ""]
     lines += ["| proxy level | " + " | ".join(ARMS[a][2] for a in arms) + " |", "|---" * (len(arms) + 1) + "|"]
@@ -240,15 +293,20 @@ def report(arms: list[str], seeds: list[int], out: str) -> str:
             m = (pts[a][:, 0] >= b0) & (pts[a][:, 0] < b1)
             cells.append(f"{pts[a][m, 1].mean():.4f} (n={int(m.sum())})" if m.any() else "–")
         lines.append(f"| {b0:.2f}–{b1:.2f} | " + " | ".join(cells) + " |")
+    arms = all_arms
     # what moved: every eval component at the start and at the end
     keys = sorted({k for rs in runs.values() for r in rs.values() for k in r["parts"]}
                   - {"eval/proxy", "eval/gold", "eval/gold_rel"})
     lines += ["", "Every eval score at the start and at the end (mean over seeds):", "",
               "| score | start | " + " | ".join(f"{ARMS[a][2]} end" for a in arms) + " |", "|---" * (len(arms) + 2) + "|"]
+    def first_last(a: str, k: str, i: int) -> float:  # nan where an arm does not score k
+        vals = [r["parts"][k][i] for r in runs[a].values() if r["parts"].get(k)]
+        return float(np.mean(vals)) if vals else float("nan")
+
     for k in keys:
-        first = np.mean([r["parts"][k][0] for r in runs[arms[0]].values()])
-        ends = [np.mean([r["parts"][k][-1] for r in runs[a].values()]) for a in arms]
-        lines.append(f"| {k[5:]} | {first:.4f} | " + " | ".join(f"{e:.4f}" for e in ends) + " |")
+        first = next((v for v in (first_last(a, k, 0) for a in arms) if v == v), float("nan"))
+        ends = [first_last(a, k, -1) for a in arms]
+        lines.append(f"| {k[5:]} | {first:.4f} | " + " | ".join("–" if e != e else f"{e:.4f}" for e in ends) + " |")
     # per-step ratio statistics
     lines += ["", "Per-denoising-step ratio statistics (the ratio each arm clips: r for Flow-GRPO, r̂ for Guard), "
               "mean over epochs and seeds:", ""]
@@ -275,9 +333,10 @@ def report(arms: list[str], seeds: list[int], out: str) -> str:
     table = "\n".join(lines) + "\n"
     with open(os.path.join(out, "table.md"), "w") as fh:
         fh.write(table)
+    # arms not in this report stay in the summary (their run directories may be gone); read it
+    # before opening it for writing, which empties it
+    merged = {**previous_summary(out), **{a: rs for a, rs in runs.items() if rs}}
     with open(os.path.join(out, "summary.json"), "w") as fh:
-        # arms not in this report stay in the summary (their run directories may be gone)
-        merged = {**previous_summary(out), **{a: rs for a, rs in runs.items()}}
         json.dump({a: {str(s): r for s, r in sorted(rs.items())} for a, rs in merged.items()}, fh, indent=1)
     figure(arms, runs, common, curve, peak, os.path.join(out, "figure.png"))
     return table
@@ -292,12 +351,18 @@ def figure(arms, runs, common, curve, peak, path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     for a in arms:
         x = common[a]
+        control = is_control(a)  # its proxy is another reward: gold only, dashed
         for ax, key, label in ((axes[0], "proxy", "eval proxy"), (axes[1], "gold", "eval gold")):
-            y = curve(a, key)
-            ax.plot(x, y.mean(0), color=COLORS[a], label=ARMS[a][2], lw=2)
-            ax.fill_between(x, y.min(0), y.max(0), color=COLORS[a], alpha=0.15)
             ax.set_xlabel("epoch")
             ax.set_ylabel(label)
+            if control and key == "proxy":
+                continue
+            y = curve(a, key)
+            ax.plot(x, y.mean(0), color=COLORS[a], label=ARMS[a][2], lw=1.5 if control else 2,
+                    ls="--" if control else "-")
+            ax.fill_between(x, y.min(0), y.max(0), color=COLORS[a], alpha=0.08 if control else 0.15)
+        if control:
+            continue
         for r in runs[a].values():
             axes[2].plot(r["proxy"], r["gold"], color=COLORS[a], alpha=0.5, marker=".", lw=1)
         axes[2].plot([], [], color=COLORS[a], label=ARMS[a][2])
