@@ -128,18 +128,23 @@ def build_launch_command(config_path: str, num_gpus: int, gpu_ids: Sequence[int 
                                  main_process_port=main_process_port, python=python)
 
 
+def is_gpu_id(token: str) -> bool:
+    """An index (``0``) or a UUID (``GPU-…`` / ``MIG-…``, as ``nvidia-smi -L`` prints and
+    schedulers such as Slurm and Kubernetes put in ``CUDA_VISIBLE_DEVICES``)."""
+    return token.isdigit() or (token.startswith(("GPU-", "MIG-")) and len(token) > 4)
+
+
 def parse_gpu_ids(spec: str | None) -> list[str]:
-    """The GPUs named in a ``CUDA_VISIBLE_DEVICES``-style list (``0,1``, ``0+1``, or the UUIDs
-    ``GPU-…`` / ``MIG-…`` that schedulers such as Slurm and Kubernetes set), in order."""
-    tokens = (spec or "").replace("+", ",").replace(" ", ",").split(",")
-    return [t.strip() for t in tokens if t.strip().isdigit() or t.strip().startswith(("GPU-", "MIG-"))]
+    """The GPUs named in a ``CUDA_VISIBLE_DEVICES``-style list (``0,1``, ``0+1``, UUIDs), in order."""
+    tokens = (t.strip() for t in (spec or "").replace("+", ",").replace(" ", ",").split(","))
+    return [t for t in tokens if is_gpu_id(t)]
 
 
 def _gpu_id(value: int | str) -> str:
     text = str(value).strip()
-    if text.isdigit() or (text.startswith(("GPU-", "MIG-")) and len(text) > 4):
-        return str(int(text)) if text.isdigit() else text
-    raise ValueError(f"{value!r} is not a GPU index or UUID")
+    if not is_gpu_id(text):
+        raise ValueError(f"{value!r} is not a GPU index or UUID")
+    return str(int(text)) if text.isdigit() else text
 
 
 def launch_module_command(module_args: Sequence[str], num_gpus: int, gpu_ids: Sequence[int | str] | None = None, *,

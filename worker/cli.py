@@ -43,13 +43,15 @@ def parse_gpus(spec: str | None) -> list[str | None]:
     """"0,1" or "0 1" -> ["0", "1"] (a worker per GPU); "0+1,2+3" -> ["0+1", "2+3"] (a worker
     owning GPUs 0 and 1, for runs with num_gpus 2, and one owning 2 and 3); None or "" -> [None]
     (one worker, default device). UUIDs (``GPU-…``, ``MIG-…``) work wherever an index does."""
+    from grpo_guard.distributed import is_gpu_id
+
     if not spec or not spec.strip():
         return [None]
     workers = [w for w in spec.replace(",", " ").split() if w]
     seen: list[str] = []
     for w in workers:
         for g in w.split("+"):
-            if not (g.isdigit() or g.startswith(("GPU-", "MIG-"))):
+            if not is_gpu_id(g):
                 raise click.BadParameter(f"GPUs are indices like 0, 0,1 or 0+1 (one worker owning both), or "
                                          f"UUIDs (GPU-…, as nvidia-smi -L prints); "
                                          f"got {w!r}", param_hint="--gpus")

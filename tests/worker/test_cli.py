@@ -81,7 +81,7 @@ def test_runs_sweep_reports_nothing_to_do(cli):
 
 def test_worker_command_line_follows_the_one_process_per_gpu_rule():
     assert parse_gpus(None) == [None] and parse_gpus("0,1") == ["0", "1"] and parse_gpus("2 3") == ["2", "3"]
-    for bad in ("a", "0,0"):
+    for bad in ("a", "0,0", "GPU-", "GPU-a,GPU-a"):
         with pytest.raises(click.BadParameter):
             parse_gpus(bad)
     cmd = worker_command("1", queue="q")
