@@ -43,6 +43,11 @@ def gold_at_proxy(proxy: list[float], gold: list[float], level: float) -> float 
 
 
 # ---- reporting ----------------------------------------------------------------------------------
+def fmt(x) -> str:
+    """mean ± std of an array (over seeds)."""
+    return f"{x.mean():.4f} ± {x.std():.4f}"
+
+
 def is_control(arm: str) -> bool:
     """A no-signal control (proxy ``null_noise``): its proxy is on another scale, so it takes no
     part in the equal-proxy tables; its gold curve is the floor of what optimisation noise costs."""
@@ -95,49 +100,12 @@ def previous_summary(out: str) -> dict[str, dict[int, dict]]:
                 for s, r in rs.items()} for a, rs in data.items() if isinstance(rs, dict)}
 
 
-def report(arms: list[str], seeds: list[int], out: str) -> str:
+def equal_proxy_lines(arms: list[str], runs: dict) -> list[str]:
+    """Gold at equal eval proxy (interpolated crossings) and pooled in proxy bins, for arms that
+    optimise the same proxy (the first one is the baseline)."""
     import numpy as np
 
-    runs = {a: {s: read_run(run_dir(out, a, s)) for s in seeds if os.path.exists(os.path.join(run_dir(out, a, s), "scalars.jsonl"))}
-            for a in arms}
-    # Runs whose directories are gone (they are not committed) come from the last summary.json, so
-    # a new arm can be added to a finished experiment without re-running the old ones.
-    for a, rs in previous_summary(out).items():
-        if a in runs:
-            for s, r in rs.items():
-                if s in seeds and s not in runs[a]:
-                    runs[a][s] = r
-    runs = {a: {s: r for s, r in rs.items() if r["steps"]} for a, rs in runs.items()}
-    arms = [a for a in arms if runs[a]]
-    common = {a: sorted(set.intersection(*(set(r["steps"]) for r in runs[a].values()))) for a in arms}
-
-    def curve(a: str, key: str) -> np.ndarray:  # (seeds, steps) on the arm's common steps
-        return np.array([[r[key][r["steps"].index(s)] for s in common[a]] for r in runs[a].values()])
-
-    lines = ["# Results", ""]
-    lines.append(f"Seeds: {', '.join(str(s) for s in seeds)}. Eval: mean over the fixed prompt × seed set, ODE "
-                 "sampling with the EMA weights. Numbers are means over seeds (± std over seeds).")
-    lines.append("")
-    base = arms[0]
-    g_base = curve(base, "gold").mean(0)
-    peak = common[base][int(np.argmax(g_base))]
-    lines += [f"| arm | proxy @0 | gold @0 | proxy @ baseline gold peak (epoch {peak}) | gold @ peak | proxy @ end | gold @ end |",
-              "|---|---|---|---|---|---|---|"]
-
-    def fmt(x: np.ndarray) -> str:
-        return f"{x.mean():.4f} ± {x.std():.4f}"
-
-    for a in arms:
-        p, g = curve(a, "proxy"), curve(a, "gold")
-        i_peak = common[a].index(peak) if peak in common[a] else int(np.argmin(np.abs(np.array(common[a]) - peak)))
-        lines.append(f"| {ARMS[a][2]} | {fmt(p[:, 0])} | {fmt(g[:, 0])} | {fmt(p[:, i_peak])} | {fmt(g[:, i_peak])} | "
-                     f"{fmt(p[:, -1])} | {fmt(g[:, -1])} |")
-    # No-signal controls: gold by epoch, and what each arm loses beyond its algorithm's control
-    controls = [a for a in arms if is_control(a)]
-    if controls:
-        lines += gold_by_epoch_lines(arms, controls, common, curve)
-    scored_arms = [a for a in arms if not is_control(a)]
-    all_arms, arms = arms, scored_arms  # the proxy tables compare arms that optimise the same proxy
+    lines: list[str] = []
     # gold at equal proxy: levels every run of every arm reaches
     start = max(r["proxy"][0] for a in arms for r in runs[a].values())
     top = min(max(r["proxy"]) for a in arms for r in runs[a].values())
@@ -172,7 +140,50 @@ def report(arms: list[str], seeds: list[int], out: str) -> str:
             m = (pts[a][:, 0] >= b0) & (pts[a][:, 0] < b1)
             cells.append(f"{pts[a][m, 1].mean():.4f} (n={int(m.sum())})" if m.any() else "–")
         lines.append(f"| {b0:.2f}–{b1:.2f} | " + " | ".join(cells) + " |")
-    arms = all_arms
+    return lines
+
+
+def report(arms: list[str], seeds: list[int], out: str) -> str:
+    import numpy as np
+
+    runs = {a: {s: read_run(run_dir(out, a, s)) for s in seeds if os.path.exists(os.path.join(run_dir(out, a, s), "scalars.jsonl"))}
+            for a in arms}
+    # Runs whose directories are gone (they are not committed) come from the last summary.json, so
+    # a new arm can be added to a finished experiment without re-running the old ones.
+    previous = previous_summary(out)
+    for a, rs in previous.items():
+        if a in runs:
+            for s, r in rs.items():
+                if s in seeds and s not in runs[a]:
+                    runs[a][s] = r
+    runs = {a: {s: r for s, r in rs.items() if r["steps"]} for a, rs in runs.items()}
+    arms = [a for a in arms if runs[a]]
+    common = {a: sorted(set.intersection(*(set(r["steps"]) for r in runs[a].values()))) for a in arms}
+
+    def curve(a: str, key: str) -> np.ndarray:  # (seeds, steps) on the arm's common steps
+        return np.array([[r[key][r["steps"].index(s)] for s in common[a]] for r in runs[a].values()])
+
+    lines = ["# Results", ""]
+    lines.append(f"Seeds: {', '.join(str(s) for s in seeds)}. Eval: mean over the fixed prompt × seed set, ODE "
+                 "sampling with the EMA weights. Numbers are means over seeds (± std over seeds).")
+    lines.append("")
+    base = arms[0]
+    g_base = curve(base, "gold").mean(0)
+    peak = common[base][int(np.argmax(g_base))]
+    lines += [f"| arm | proxy @0 | gold @0 | proxy @ baseline gold peak (epoch {peak}) | gold @ peak | proxy @ end | gold @ end |",
+              "|---|---|---|---|---|---|---|"]
+
+    for a in arms:
+        p, g = curve(a, "proxy"), curve(a, "gold")
+        i_peak = common[a].index(peak) if peak in common[a] else int(np.argmin(np.abs(np.array(common[a]) - peak)))
+        lines.append(f"| {ARMS[a][2]} | {fmt(p[:, 0])} | {fmt(g[:, 0])} | {fmt(p[:, i_peak])} | {fmt(g[:, i_peak])} | "
+                     f"{fmt(p[:, -1])} | {fmt(g[:, -1])} |")
+    # No-signal controls: gold by epoch, and what each arm loses beyond its algorithm's control
+    controls = [a for a in arms if is_control(a)]
+    if controls:
+        lines += gold_by_epoch_lines(arms, controls, common, curve)
+    # the proxy tables compare arms that optimise the same proxy
+    lines += equal_proxy_lines([a for a in arms if not is_control(a)], runs)
     # what moved: every eval component at the start and at the end
     keys = sorted({k for rs in runs.values() for r in rs.values() for k in r["parts"]}
                   - {"eval/proxy", "eval/gold", "eval/gold_rel"})
@@ -212,9 +223,8 @@ def report(arms: list[str], seeds: list[int], out: str) -> str:
     table = "\n".join(lines) + "\n"
     with open(os.path.join(out, "table.md"), "w") as fh:
         fh.write(table)
-    # arms not in this report stay in the summary (their run directories may be gone); read it
-    # before opening it for writing, which empties it
-    merged = {**previous_summary(out), **{a: rs for a, rs in runs.items() if rs}}
+    # arms not in this report stay in the summary (their run directories may be gone)
+    merged = {**previous, **{a: rs for a, rs in runs.items() if rs}}
     with open(os.path.join(out, "summary.json"), "w") as fh:
         json.dump({a: {str(s): r for s, r in sorted(rs.items())} for a, rs in merged.items()}, fh, indent=1)
     figure(arms, runs, common, curve, peak, os.path.join(out, "figure.png"))
