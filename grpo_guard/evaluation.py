@@ -39,11 +39,24 @@ class EvalSet:
         return cls([p for p, _ in pairs], [s for _, s in pairs], seed_noise([s for _, s in pairs], latent_shape))
 
 
-def score_images(images: np.ndarray, prompts: list[str], rewards: Mapping[str, object]) -> dict[str, np.ndarray]:
-    """name -> (B,) float64 scores."""
+def score_images(images: np.ndarray, prompts: list[str], rewards: Mapping[str, object],
+                 details: dict[str, float] | None = None) -> dict[str, np.ndarray]:
+    """name -> (B,) float64 scores. A reward with ``details(images, prompts) -> (scores, extras)``
+    (e.g. GenEval's strict and per-family accuracy) is scored through it, once; with ``details``
+    given, each extra's mean over the images it applies to (non-NaN) is stored there as
+    ``<name>/<extra>`` (an extra that applies to no image is left out, not logged as 0)."""
     out = {}
     for name, fn in rewards.items():
-        vals = np.asarray(fn(images, prompts), dtype=np.float64).reshape(-1)  # type: ignore[operator]
+        detail = getattr(fn, "details", None)
+        if callable(detail):
+            vals, extras = detail(images, prompts)
+            for key, v in extras.items():
+                v = np.asarray(v, dtype=np.float64).reshape(-1)
+                if details is not None and np.isfinite(v).any():
+                    details[f"{name}/{key}"] = float(np.nanmean(v))
+        else:
+            vals = fn(images, prompts)  # type: ignore[operator]
+        vals = np.asarray(vals, dtype=np.float64).reshape(-1)
         if vals.shape[0] != len(prompts):
             raise ValueError(f"reward {name!r} returned {vals.shape[0]} scores for {len(prompts)} images")
         out[name] = vals
@@ -55,12 +68,14 @@ def evaluate(backbone: Backbone, eval_set: EvalSet, sigmas: torch.Tensor, *, cfg
              proxies: Mapping[str, tuple[object, float]], golds: Mapping[str, object], step: int,
              recorder: Recorder, chunk: int = 64) -> dict[str, float]:
     """Sample the eval set (the caller swaps in the EMA weights), score it, log one PNG per image
-    and return ``eval/*`` scalars: each reward and evaluator, ``eval/proxy`` (the weighted total
-    of the proxies) and ``eval/gold`` (the mean of the gold evaluators)."""
+    and return ``eval/*`` scalars: each reward and evaluator, their breakdowns ``eval/<name>/<key>``
+    (:func:`score_images`: ``eval/geneval/strict``, ``eval/geneval/<family>``), ``eval/proxy`` (the
+    weighted total of the proxies) and ``eval/gold`` (the mean of the gold evaluators)."""
     latents = sample_ode(backbone, eval_set.prompts, eval_set.noise, sigmas, cfg_scale=cfg_scale, chunk=chunk)
     images = backbone.decode(latents)
-    p_scores = score_images(images, eval_set.prompts, {k: fn for k, (fn, _) in proxies.items()})
-    g_scores = score_images(images, eval_set.prompts, golds)
+    details: dict[str, float] = {}
+    p_scores = score_images(images, eval_set.prompts, {k: fn for k, (fn, _) in proxies.items()}, details)
+    g_scores = score_images(images, eval_set.prompts, golds, details)
     proxy_total = sum(w * p_scores[k] for k, (_, w) in proxies.items())
     gold_total = np.mean([g_scores[k] for k in golds], axis=0) if golds else None
     for i, (prompt, seed) in enumerate(zip(eval_set.prompts, eval_set.seeds, strict=True)):
@@ -69,6 +84,7 @@ def evaluate(backbone: Backbone, eval_set: EvalSet, sigmas: torch.Tensor, *, cfg
                                    proxy=float(proxy_total[i]),
                                    gold=float(gold_total[i]) if gold_total is not None else None))
     out = {f"eval/{k}": float(v.mean()) for k, v in {**p_scores, **g_scores}.items()}
+    out.update({f"eval/{k}": v for k, v in details.items()})
     out["eval/proxy"] = float(np.mean(proxy_total))
     out["eval/gold"] = float(np.mean(gold_total)) if gold_total is not None else math.nan
     return out

@@ -79,18 +79,20 @@ def gold_keys(keys: Sequence[str], gold_names: Sequence[str] | None = None, *, p
               gold_key: str = GOLD_KEY) -> list[str]:
     """The individual gold evaluator keys (``eval/<name>``) among ``keys``. With ``gold_names``
     (the run config's ``gold``) exactly those; otherwise every ``eval/<name>`` except the proxy
-    total, the gold mean and its relative form (proxy components then count as gold too)."""
+    total, the gold mean and its relative form (proxy components then count as gold too). Then,
+    either way, the evaluators' breakdowns ``eval/<name>/<key>`` (GenEval's ``eval/geneval/strict``
+    and per-family accuracies), which are held-out accuracies whether or not ``name`` is a proxy."""
     if gold_names is not None:
-        return [f"eval/{g}" for g in gold_names if f"eval/{g}" in keys]
-    out = []
-    for k in keys:
-        if not k.startswith("eval/") or k in (proxy_key, gold_key):
-            continue
-        rest = k[len("eval/"):]
-        if rest.startswith("proxy") or rest.startswith("gold") or "/" in rest:
-            continue
-        out.append(k)
-    return sorted(out)
+        out = [f"eval/{g}" for g in gold_names if f"eval/{g}" in keys]
+    else:
+        out = sorted(k for k in keys if k.startswith("eval/") and k not in (proxy_key, gold_key)
+                     and not _is_total(k[len("eval/"):]) and "/" not in k[len("eval/"):])
+    return out + sorted(k for k in keys if k.startswith("eval/") and "/" in k[len("eval/"):]
+                        and not _is_total(k[len("eval/"):]))
+
+
+def _is_total(rest: str) -> bool:
+    return rest.startswith("proxy") or rest.startswith("gold")
 
 
 def proxy_gold_figure(series: SeriesMap | None, *, onset: int | None = None, normalize: bool = False,

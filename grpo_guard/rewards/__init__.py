@@ -24,7 +24,7 @@ class Reward(Protocol):
 
 
 # The types a run config may give a reward option (``reward_options: {name: {option: value}}``).
-OPTION_TYPES = ("str", "int", "float", "fp32|fp16")
+OPTION_TYPES = ("str", "int", "float", "fp32|fp16", "partial|strict")
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class RewardSpec:
     backbones: tuple[str, ...]  # backbones it makes sense for ("toy", "sd3", "flux")
     help: str
     # options a run config may pass to the factory: (name, type in OPTION_TYPES). Options that
-    # only code can pass (a GenEval detector callable) are deliberately not listed.
+    # only code can pass (a replacement GenEval detector callable) are deliberately not listed.
     options: tuple[tuple[str, str], ...] = ()
 
 
@@ -67,10 +67,11 @@ def check_option(name: str, option: str, value: Any) -> str | None:
           "int": isinstance(value, int) and not isinstance(value, bool) and value >= 1,
           "float": isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
           and abs(value) != float("inf"),
-          "fp32|fp16": value in ("fp32", "fp16")}[kind]
+          "fp32|fp16": value in ("fp32", "fp16"), "partial|strict": value in ("partial", "strict")}[kind]
     if not ok:
         want = {"str": "a non-empty string", "int": "an integer >= 1", "float": "a finite number",
-                "fp32|fp16": "'fp32' or 'fp16'"}[kind]
+                "fp32|fp16": "'fp32' or 'fp16'",
+                "partial|strict": "'partial' or 'strict'"}[kind]
         return f"must be {want}, got {value!r}"
     return None
 
@@ -118,8 +119,14 @@ register("aesthetic", "grpo_guard.rewards.aesthetic:aesthetic", "any",
          "LAION aesthetic predictor v2 (≈1–10): CLIP ViT-L/14 + the MLP head file at option head_path or "
          "GG_REWARD_AESTHETIC_HEAD.", _REAL, options=(("path", "str"), ("head_path", "str"), *_RUN))
 register("geneval", "grpo_guard.rewards.geneval:geneval", "proxy",
-         "GenEval object/count/colour/position rules; needs a detector passed in code (none ships offline).", _REAL,
-         options=(("metadata", "str"), ("threshold", "float")))
+         "GenEval composition (objects, counts, colours, positions) in-process: Mask2Former "
+         "(detector_path, GG_REWARD_GENEVAL_DETECTOR_PATH or facebook/mask2former-swin-small-coco-instance "
+         "from the HF cache) + CLIP ViT-L/14 colours (clip_path, GG_REWARD_GENEVAL_CLIP_PATH); prompts need "
+         "GenEval metadata (geneval:* prompt sets, or option metadata). score: partial (Flow-GRPO's partial "
+         "credit, default) or strict (GenEval's 0/1); eval also logs eval/geneval/strict and per task family.",
+         _REAL, options=(("detector_path", "str"), ("clip_path", "str"), ("metadata", "str"), ("score", "partial|strict"),
+                         ("threshold", "float"), ("counting_threshold", "float"), ("max_objects", "int"),
+                         ("position_threshold", "float"), *_RUN))
 
 # Toy world (grpo_guard/rewards/toy.py) and model-free JPEG size (grpo_guard/rewards/jpeg.py).
 _TOY = ("toy",)

@@ -1,134 +1,233 @@
-"""GenEval-style composition checks (Ghosh et al. 2023): object presence, counts, colours and
-relative positions, scored from an object detector's output.
+"""The GenEval reward in-process (Ghosh et al. 2023): a transformers Mask2Former instance
+segmenter finds the objects, CLIP ViT-L/14 names their colours zero-shot, and the rules of
+:mod:`grpo_guard.rewards.geneval_rules` score them against the prompt's GenEval metadata.
 
-**No detector is available offline.** GenEval uses a Mask2Former (mmdetection) instance
-segmenter plus CLIP for colours; neither ships weights in a pip package. This module therefore
-implements the *rules* on detections (:func:`score_geneval`) and a colour check on a given mask
-(:func:`mask_colour`, nearest named colour of the median masked pixel — an approximation of
-GenEval's CLIP colour classifier, not the same thing). The ``geneval`` reward needs a detector
-passed in code (``build_reward("geneval", detector=fn)``), which a run config cannot name; built
-without one it raises a clear error. The toy world's palette classifier is the offline
-colour/shape check that actually runs end to end.
+Weights, local only (see :mod:`grpo_guard.rewards.weights`): the detector from option
+``detector_path``, ``GG_REWARD_GENEVAL_DETECTOR_PATH`` or ``facebook/mask2former-swin-small-coco-instance``
+in the HF cache; CLIP from ``clip_path``, ``GG_REWARD_GENEVAL_CLIP_PATH`` or
+``openai/clip-vit-large-patch14`` in the HF cache. Both are looked up when the reward is built and
+loaded on its first call, after that batch's metadata was found.
 
-Metadata follows GenEval's ``evaluation_metadata.jsonl``: ``{"tag": ..., "include": [{"class":
-"dog", "count": 2, "color": "red", "position": ["left of", 0]}], "exclude": [{"class": "dog",
-"count": 3}], "prompt": ...}``; ``position`` refers to the index of another ``include`` entry.
+Metadata follows GenEval's ``evaluation_metadata.jsonl`` rows (``{"tag": ..., "include": [{"class":
+"dog", "count": 2, "color": "red", "position": ["left of", 0]}], "exclude": [...]}``): from the
+prompt itself (a ``str`` carrying a ``.meta`` mapping, as the ``geneval:*`` prompt sets give), else
+from the ``metadata`` option (a path to an ``evaluation_metadata.jsonl``, looked up by prompt text).
+
+``score: partial`` (default, Flow-GRPO's RL reward) or ``strict`` (GenEval's 0/1 verdict) picks
+what ``reward(images, prompts)`` returns; :meth:`GenEvalReward.details` returns both plus the
+strict verdict per task family, which evaluation logs as ``eval/geneval/strict`` and
+``eval/geneval/<family>``.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from grpo_guard.rewards.weights import check_images, env_var
+from grpo_guard.models.loading import HF_MODEL_REQUIRED
+from grpo_guard.rewards.geneval_rules import (  # noqa: F401 - re-exported: the rules' public names
+    COLOUR_NAMES,
+    COLOURS,
+    FAMILIES,
+    POSITION_THRESHOLD,
+    THRESHOLD,
+    Detection,
+    GenEvalScore,
+    geneval_class,
+    mask_colour,
+    relative_position,
+    score_geneval,
+)
+from grpo_guard.rewards.weights import check_images, default_device, env_var, reward_weights_dir
 
-# GenEval's colour names with representative sRGB values.
-COLOURS: dict[str, tuple[int, int, int]] = {
-    "red": (220, 30, 30), "orange": (245, 140, 20), "yellow": (240, 220, 30), "green": (40, 170, 50),
-    "blue": (30, 70, 220), "purple": (130, 40, 170), "pink": (245, 150, 190), "brown": (125, 75, 35),
-    "black": (15, 15, 15), "white": (245, 245, 245),
-}
-POSITION_THRESHOLD = 0.1  # GenEval: relative offset needed beyond the objects' extent
-
-
-@dataclass
-class Detection:
-    """One detected instance: class name, confidence, box (x0, y0, x1, y1) in pixels, optional mask (H, W) bool."""
-
-    label: str
-    score: float
-    box: tuple[float, float, float, float]
-    mask: np.ndarray | None = None
-
-
-Detector = Callable[[np.ndarray], list[Detection]]
+DETECTOR_HUB_ID = "facebook/mask2former-swin-small-coco-instance"
+CLIP_HUB_ID = "openai/clip-vit-large-patch14"
+CROP_BACKGROUND = (153, 153, 153)  # GenEval's bgcolor "#999" outside an object's mask
+COLOUR_TEMPLATES = ("a photo of a {c} {obj}", "a photo of a {c}-colored {obj}", "a photo of a {c} object")
 
 
-def mask_colour(image: np.ndarray, mask: np.ndarray, colours: dict[str, tuple[int, int, int]] = COLOURS) -> str:
-    """The named colour nearest (RGB distance) to the median of ``image``'s masked pixels."""
-    mask = np.asarray(mask, dtype=bool)
-    if mask.shape != image.shape[:2] or not mask.any():
-        raise ValueError("mask_colour needs a non-empty (H, W) mask matching the image")
-    med = np.median(image[mask].astype(np.float64), axis=0)
-    names = list(colours)
-    ref = np.array([colours[n] for n in names], dtype=np.float64)
-    return names[int(np.argmin(((ref - med) ** 2).sum(1)))]
+def prompt_metadata(prompt: str, table: Mapping[str, Mapping] | None = None) -> Mapping:
+    """The GenEval metadata of ``prompt``: its ``.meta`` when non-empty, else ``table[prompt]``.
+    Raises ValueError with one sentence naming the prompt when neither has it."""
+    meta = getattr(prompt, "meta", None)
+    if meta and "include" in meta:
+        return meta
+    if table is not None and str(prompt) in table:
+        return table[str(prompt)]
+    raise ValueError(
+        f"The geneval reward has no GenEval metadata for the prompt {str(prompt)!r}: use a geneval:* prompt set "
+        f"(geneval:train, geneval:test or geneval:file:PATH) or give reward_options.geneval.metadata (or "
+        f"{env_var('geneval', 'METADATA')}) as an evaluation_metadata.jsonl with a row for it.")
 
 
-def _relation(a: Detection, b: Detection, relation: str) -> bool:
-    """Is ``a`` ``relation`` ``b`` (GenEval: centre offset beyond a margin of the sizes)?"""
-    ax0, ay0, ax1, ay1 = a.box
-    bx0, by0, bx1, by1 = b.box
-    dx = (ax0 + ax1) / 2 - (bx0 + bx1) / 2
-    dy = (ay0 + ay1) / 2 - (by0 + by1) / 2
-    mx = POSITION_THRESHOLD * ((ax1 - ax0) + (bx1 - bx0)) / 2
-    my = POSITION_THRESHOLD * ((ay1 - ay0) + (by1 - by0)) / 2
-    return {"left of": dx < -mx, "right of": dx > mx, "above": dy < -my, "below": dy > my}[relation]
+def load_metadata_table(path: str) -> dict[str, dict]:
+    """prompt -> row of a GenEval ``evaluation_metadata.jsonl``; one-sentence ValueError if unreadable."""
+    try:
+        with open(os.path.expanduser(path), encoding="utf-8") as fh:
+            rows = [json.loads(line) for line in fh if line.strip()]
+        return {r["prompt"]: r for r in rows}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"The geneval metadata file {path!r} is not a readable evaluation_metadata.jsonl "
+                         f"(one JSON object with a 'prompt' per line): {type(e).__name__}: {e}.") from None
 
 
-def score_geneval(metadata: dict, detections: Sequence[Detection], image: np.ndarray | None = None,
-                  threshold: float = 0.3) -> bool:
-    """True when the detections satisfy every ``include`` (count ≥ n, colour, position) and no
-    ``exclude`` (count ≥ n) of GenEval ``metadata``."""
-    dets = [d for d in detections if d.score >= threshold]
-    found: list[list[Detection]] = []
-    for req in metadata.get("include", []):
-        objs = [d for d in dets if d.label == req["class"]]
-        if "color" in req:
-            if image is None:
-                raise ValueError("colour checks need the image")
-            objs = [d for d in objs if d.mask is not None and mask_colour(image, d.mask) == req["color"]]
-        if len(objs) < int(req.get("count", 1)):
-            return False
-        found.append(objs)
-    for i, req in enumerate(metadata.get("include", [])):
-        if "position" in req:
-            relation, j = req["position"]
-            if not any(_relation(a, b, relation) for a in found[i] for b in found[int(j)]):
-                return False
-    return all(sum(d.label == ex["class"] for d in dets) < int(ex["count"]) for ex in metadata.get("exclude", []))
+class Mask2FormerDetector:
+    """``detect(images uint8 (B, H, W, 3)) -> list of B lists of Detection``: instance masks and
+    scores from a transformers Mask2Former, boxes from the masks (as mmdet's Mask2Former does),
+    labels in GenEval's class names."""
+
+    def __init__(self, model_dir: str, *, device: str | None = None, dtype: str = "fp32", batch_size: int = 8,
+                 min_score: float = THRESHOLD):
+        import torch
+        from transformers import AutoImageProcessor, Mask2FormerForUniversalSegmentation
+
+        self.device = torch.device(default_device(device))
+        self.dtype = torch.float16 if dtype == "fp16" and self.device.type == "cuda" else torch.float32
+        self.model = Mask2FormerForUniversalSegmentation.from_pretrained(model_dir, dtype=self.dtype)
+        self.model.to(self.device).eval().requires_grad_(False)
+        self.processor = AutoImageProcessor.from_pretrained(model_dir)
+        self.labels = {int(k): geneval_class(v) for k, v in self.model.config.id2label.items()}
+        self.batch_size, self.min_score = int(batch_size), float(min_score)
+
+    def __call__(self, images: np.ndarray) -> list[list[Detection]]:
+        import torch
+
+        out: list[list[Detection]] = []
+        for a in range(0, len(images), self.batch_size):
+            chunk = list(images[a:a + self.batch_size])
+            inputs = self.processor(images=chunk, return_tensors="pt")
+            with torch.no_grad():
+                pred = self.model(pixel_values=inputs["pixel_values"].to(self.device, self.dtype),
+                                  pixel_mask=inputs["pixel_mask"].to(self.device) if "pixel_mask" in inputs else None)
+            pred.class_queries_logits = pred.class_queries_logits.float()
+            pred.masks_queries_logits = pred.masks_queries_logits.float()
+            results = self.processor.post_process_instance_segmentation(
+                pred, threshold=self.min_score, target_sizes=[im.shape[:2] for im in chunk], return_binary_maps=True)
+            for res in results:
+                infos = res["segments_info"]
+                masks = res["segmentation"].bool().cpu().numpy() if infos else np.zeros((0, 1, 1), bool)
+                out.append([_detection(self.labels.get(int(s["label_id"]), str(s["label_id"])), float(s["score"]), m)
+                            for s, m in zip(infos, masks, strict=True)])
+        return out
+
+
+def _detection(label: str, score: float, mask: np.ndarray) -> Detection:
+    ys, xs = np.nonzero(mask)
+    # mmdet's mask2bbox: exclusive right/bottom edges
+    box = (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)) if xs.size else (0.0,) * 4
+    return Detection(label, score, box, mask)  # type: ignore[arg-type]
+
+
+class CLIPColourClassifier:
+    """GenEval's colour check: each object's box crop, with pixels outside its mask set to grey,
+    classified zero-shot by CLIP over the ten colours (three prompt templates averaged)."""
+
+    def __init__(self, model_dir: str, **kwargs):
+        from grpo_guard.rewards.clip import CLIPScorer
+
+        self.scorer = CLIPScorer(model_dir, **kwargs)
+        self._heads: dict[str, object] = {}
+
+    def _head(self, classname: str):
+        if classname not in self._heads:
+            texts = [t.format(c=c, obj=classname) for c in COLOUR_NAMES for t in COLOUR_TEMPLATES]
+            emb = self.scorer.text_embeds(texts).reshape(len(COLOUR_NAMES), len(COLOUR_TEMPLATES), -1).mean(1)
+            self._heads[classname] = emb / emb.norm(dim=-1, keepdim=True)
+        return self._heads[classname]
+
+    def __call__(self, image: np.ndarray, objects: Sequence[Detection], classname: str) -> list[str]:
+        if not objects:
+            return []
+        crops = [object_crop(image, d) for d in objects]
+        logits = self.scorer.image_embeds(crops) @ self._head(classname).T  # type: ignore[arg-type, attr-defined]
+        return [COLOUR_NAMES[int(i)] for i in logits.argmax(-1).tolist()]
+
+
+def object_crop(image: np.ndarray, det: Detection) -> np.ndarray:
+    """``image`` with everything outside ``det.mask`` grey, cropped to ``det.box`` (at least 1 px)."""
+    img = image if det.mask is None else np.where(det.mask[..., None], image, np.array(CROP_BACKGROUND, np.uint8))
+    h, w = image.shape[:2]
+    x0, y0 = min(max(int(det.box[0]), 0), w - 1), min(max(int(det.box[1]), 0), h - 1)
+    x1, y1 = max(min(int(np.ceil(det.box[2])), w), x0 + 1), max(min(int(np.ceil(det.box[3])), h), y0 + 1)
+    return np.ascontiguousarray(img[y0:y1, x0:x1])
 
 
 class GenEvalReward:
-    """``reward(images, prompts) -> (B,)`` 1.0 where the GenEval rules hold, else 0.0.
+    """``reward(images, prompts) -> (B,)`` GenEval partial credit (or strict 0/1 with ``score="strict"``).
 
     Args:
-        detector: ``fn(image uint8 (H, W, 3)) -> list[Detection]`` — required (none ships offline).
-        metadata: prompt -> GenEval metadata dict, or a path to ``evaluation_metadata.jsonl``
+        detector_path / clip_path: local weights (module docstring for the lookup order).
+        metadata: path to an ``evaluation_metadata.jsonl`` for prompts without ``.meta``
             (default ``GG_REWARD_GENEVAL_METADATA``).
+        score: ``"partial"`` or ``"strict"``.
+        threshold / counting_threshold / max_objects / position_threshold: GenEval's rule constants.
+        device, dtype, batch_size: where and how the detector and CLIP run.
+        detector, colour_of: code-only replacements (a callable images -> detections per image,
+            and a ``ColourClassifier``); with both given no weights are looked up.
     """
 
     name = "geneval"
 
-    def __init__(self, detector: Detector | None = None, metadata: dict | str | None = None,
-                 threshold: float = 0.3):
-        if detector is None:
-            raise RuntimeError(
-                "The geneval reward needs an object detector and none is available offline (GenEval uses a "
-                "Mask2Former from mmdetection, whose weights no pip package bundles); pass one in code with "
-                "build_reward('geneval', detector=fn, metadata=...), or train on the ocr / toy rewards instead.")
+    def __init__(self, *, detector_path: str | None = None, clip_path: str | None = None,
+                 metadata: str | Mapping | None = None, score: str = "partial", threshold: float = THRESHOLD,
+                 counting_threshold: float = 0.9, max_objects: int = 16, position_threshold: float = POSITION_THRESHOLD,
+                 device: str | None = None, dtype: str = "fp32", batch_size: int = 16, detector=None, colour_of=None):
+        if score not in ("partial", "strict"):
+            raise ValueError(f"reward_options.geneval.score must be 'partial' or 'strict', got {score!r}.")
         metadata = metadata or os.environ.get(env_var(self.name, "METADATA"))
-        if isinstance(metadata, str):
-            with open(metadata, encoding="utf-8") as fh:
-                rows = [json.loads(line) for line in fh if line.strip()]
-            metadata = {r["prompt"]: r for r in rows}
-        if not metadata:
-            raise ValueError(f"the geneval reward needs per-prompt metadata (a dict or {env_var(self.name, 'METADATA')})")
-        self.detector, self.metadata, self.threshold = detector, metadata, float(threshold)
+        self.table = load_metadata_table(metadata) if isinstance(metadata, str) else metadata
+        self.score = score
+        self.rules = dict(threshold=float(threshold), counting_threshold=float(counting_threshold),
+                          max_objects=int(max_objects), position_threshold=float(position_threshold))
+        self.run = dict(device=device, dtype=dtype, batch_size=int(batch_size))
+        # weights are found now (one sentence if missing) and loaded on the first call
+        self._detector_dir = None if detector is not None else reward_weights_dir(
+            self.name, detector_path, DETECTOR_HUB_ID, required=(*HF_MODEL_REQUIRED, "preprocessor_config.json"),
+            suffix="DETECTOR_PATH", what="geneval reward's Mask2Former detector (reward_options.geneval.detector_path)")
+        self._clip_dir = None if colour_of is not None else reward_weights_dir(
+            self.name, clip_path, CLIP_HUB_ID,
+            required=(*HF_MODEL_REQUIRED, "preprocessor_config.json|processor_config.json", "tokenizer.json|vocab.json"),
+            suffix="CLIP_PATH", what="geneval reward's CLIP colour classifier (reward_options.geneval.clip_path)")
+        self.detector, self.colour_of = detector, colour_of
 
-    def __call__(self, images: np.ndarray, prompts: list[str]) -> np.ndarray:
+    def check_prompts(self, prompts: Sequence[str]) -> None:
+        """Raise ValueError (one sentence) for the first prompt without GenEval metadata."""
+        for p in prompts:
+            prompt_metadata(p, self.table)
+
+    def _load(self) -> None:
+        if self.detector is None:
+            self.detector = Mask2FormerDetector(self._detector_dir, min_score=min(self.rules["threshold"],
+                                                self.rules["counting_threshold"]), **self.run)  # type: ignore[arg-type]
+        if self.colour_of is None:
+            self.colour_of = CLIPColourClassifier(self._clip_dir, **self.run)  # type: ignore[arg-type]
+
+    def evaluate(self, images: np.ndarray, prompts: Sequence[str]) -> list[tuple[Mapping, GenEvalScore]]:
+        """(metadata, score) per image."""
         check_images(images, prompts)
-        out = np.zeros(len(prompts), dtype=np.float64)
-        for i, (img, p) in enumerate(zip(images, prompts, strict=True)):
-            meta = self.metadata.get(p)
-            if meta is None:
-                raise KeyError(f"no GenEval metadata for prompt {p!r}")
-            out[i] = float(score_geneval(meta, self.detector(img), img, self.threshold))
-        return out
+        metas = [prompt_metadata(p, self.table) for p in prompts]
+        self._load()
+        detections = self.detector(np.asarray(images))  # type: ignore[misc]
+        return [(m, score_geneval(m, dets, img, colour_of=self.colour_of, **self.rules))
+                for m, dets, img in zip(metas, detections, images, strict=True)]
+
+    def details(self, images: np.ndarray, prompts: Sequence[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The reward (B,) and per-image extras: ``partial``, ``strict`` (0/1) and, per task family
+        present, ``<family>`` = strict where the prompt is of that family, NaN elsewhere."""
+        results = self.evaluate(images, prompts)
+        strict = np.array([float(s.strict) for _, s in results])
+        partial = np.array([s.partial for _, s in results])
+        extras = {"strict": strict, "partial": partial}
+        tags = [m.get("tag") for m, _ in results]
+        for tag in dict.fromkeys(t for t in tags if t):
+            extras[str(tag)] = np.where([t == tag for t in tags], strict, np.nan)
+        return (strict if self.score == "strict" else partial), extras
+
+    def __call__(self, images: np.ndarray, prompts: Sequence[str]) -> np.ndarray:
+        return self.details(images, prompts)[0]
 
 
 def geneval(**options) -> GenEvalReward:

@@ -75,3 +75,32 @@ def tiny_blip_dir(tmp_path, *, seed: int = 0, name: str = "tiny_blip") -> str:
     BlipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(out)
     save_file(tiny_mlp_head_state(32, seed=seed), os.path.join(out, "mlp_head.safetensors"))
     return out
+
+
+def tiny_mask2former_dir(tmp_path, *, seed: int = 0, image_size: int = 64, num_queries: int = 8,
+                         name: str = "tiny_mask2former") -> str:
+    """Save a random ``Mask2FormerForUniversalSegmentation`` (tiny Swin backbone, hidden 32) with
+    the 80 COCO classes in its ``id2label`` and a ``Mask2FormerImageProcessor`` (``image_size`` px)
+    under ``tmp_path/name``: the layout of ``facebook/mask2former-swin-small-coco-instance``."""
+    import torch
+    from transformers import (
+        Mask2FormerConfig,
+        Mask2FormerForUniversalSegmentation,
+        Mask2FormerImageProcessor,
+        SwinConfig,
+    )
+
+    from grpo_guard.rewards.geneval_rules import COCO_CLASSES
+
+    torch.manual_seed(seed)
+    swin = SwinConfig(image_size=image_size, patch_size=4, embed_dim=8, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1],
+                      window_size=2, out_features=["stage1", "stage2", "stage3", "stage4"])
+    cfg = Mask2FormerConfig(backbone_config=swin, feature_size=32, mask_feature_size=32, hidden_dim=32,
+                            encoder_feedforward_dim=32, encoder_layers=1, decoder_layers=2, num_attention_heads=2,
+                            dim_feedforward=32, num_queries=num_queries,
+                            id2label=dict(enumerate(COCO_CLASSES)), label2id={c: i for i, c in enumerate(COCO_CLASSES)})
+    out = os.path.join(str(tmp_path), name)
+    Mask2FormerForUniversalSegmentation(cfg).eval().save_pretrained(out)
+    Mask2FormerImageProcessor(size={"shortest_edge": image_size, "longest_edge": image_size * 2},
+                              size_divisor=32).save_pretrained(out)
+    return out

@@ -106,6 +106,14 @@ def test_gold_keys_lists_individual_evaluators_only():
     assert "eval/gold_rel" not in F.gold_keys(keys), "the relative gold is not an evaluator"
 
 
+def test_gold_keys_add_evaluator_breakdowns_such_as_geneval_families():
+    keys = ["eval/proxy", "eval/gold", "eval/geneval", "eval/pickscore", "eval/geneval/strict",
+            "eval/geneval/counting", "eval/proxy/geneval", "eval/gold/x"]
+    want = ["eval/geneval/counting", "eval/geneval/strict"]
+    assert F.gold_keys(keys, ["pickscore"]) == ["eval/pickscore", *want]
+    assert F.gold_keys(keys) == ["eval/geneval", "eval/pickscore", *want]
+
+
 def test_the_trainers_own_alarm_wins_over_the_recomputed_onset():
     """The trainer computes the onset on its full history; the UI's series may be downsampled."""
     series = {**_figure1_series(), F.ALARM_KEY: ([70], [70.0])}
