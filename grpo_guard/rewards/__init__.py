@@ -1,7 +1,11 @@
 """Reward and evaluator registry.
 
 A reward scores decoded images: ``reward(images, prompts) -> np.ndarray`` of shape (B,), where
-``images`` is uint8 (B, H, W, 3) and ``prompts`` a list of B strings. Each entry names the module
+``images`` is uint8 (B, H, W, 3) and ``prompts`` a list of B strings (possibly ``str`` subclasses
+carrying per-prompt metadata in ``.meta``, which GenEval reads). A reward may also offer
+``details(images, prompts) -> (scores (B,), {key: (B,) array})``: evaluation then scores it through
+that one call and logs each key's mean over its non-NaN images as ``eval/<name>/<key>`` (GenEval's
+``strict`` and per-family accuracy). Each entry names the module
 that builds it, so this registry (and config validation, and the app) loads no torch or model
 weights until a reward is actually built. Rewards are chosen from this registry by name only:
 a run config can never make a worker import arbitrary code.

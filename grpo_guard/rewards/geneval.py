@@ -102,8 +102,9 @@ class Mask2FormerDetector:
             with torch.no_grad():
                 pred = self.model(pixel_values=inputs["pixel_values"].to(self.device, self.dtype),
                                   pixel_mask=inputs["pixel_mask"].to(self.device) if "pixel_mask" in inputs else None)
-            pred.class_queries_logits = pred.class_queries_logits.float()
-            pred.masks_queries_logits = pred.masks_queries_logits.float()
+            # post-processing writes query masks into a CPU segmentation map, so it runs on CPU
+            pred.class_queries_logits = pred.class_queries_logits.float().cpu()
+            pred.masks_queries_logits = pred.masks_queries_logits.float().cpu()
             results = self.processor.post_process_instance_segmentation(
                 pred, threshold=self.min_score, target_sizes=[im.shape[:2] for im in chunk], return_binary_maps=True)
             for res in results:
