@@ -1,7 +1,7 @@
 """The store's named queries: the only functions the app calls (trackio's ``SQLiteStorage``
 shape on SQLAlchemy 2). Rows leave as the frozen dataclasses of ``entities``.
 
-Runs: ``create_run``, ``get_run``, ``get_run_summary``, ``list_runs``, ``pair_runs``, ``pair_of``,
+Runs: ``create_run``, ``get_run``, ``get_run_summary``, ``runs_by_id``, ``list_runs``, ``pair_runs``, ``pair_of``,
 ``request_stop`` / ``request_sample_now`` / ``request_save_now``, ``set_tags``, ``set_notes``, ``delete_run``, ``resume_run``, ``clone_run``.
 Series and images (``metric_series``, ``step_stats_matrix``, ``samples_for`` ...) live in
 ``grpo_guard.store.series`` and are re-exported here.
@@ -193,10 +193,19 @@ def list_runs(*, status: str | Sequence[str] | None = None, tag: str | None = No
 def get_run_summary(run_id: int) -> RunSummary:
     """The runs-table row (ETA, stale flag, latest proxy/gold) of one run, however old;
     ``RunNotFoundError`` (a LookupError) if there is none."""
-    rows = _summaries(select(*_SUMMARY_COLUMNS).where(Run.id == int(run_id)))
+    rows = runs_by_id([run_id])
     if not rows:
         raise RunNotFoundError(f"no run with id {run_id}")
     return rows[0]
+
+
+def runs_by_id(run_ids: Sequence[int]) -> list[RunSummary]:
+    """The runs-table rows of these runs, in the order given; ids with no run are left out."""
+    wanted = list(dict.fromkeys(int(i) for i in run_ids))
+    if not wanted:
+        return []
+    found = {r.id: r for r in _summaries(select(*_SUMMARY_COLUMNS).where(Run.id.in_(wanted)))}
+    return [found[i] for i in wanted if i in found]
 
 
 def pair_runs(pair_id: str) -> list[RunSummary]:

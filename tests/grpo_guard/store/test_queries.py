@@ -309,3 +309,9 @@ def test_pair_queries_return_the_linked_runs_oldest_first(store):
     assert queries.pair_of(alone) == [alone] and queries.pair_runs("no-such-pair") == []
     with pytest.raises(RunNotFoundError):
         queries.pair_of(10**9)
+
+
+def test_runs_by_id_keeps_the_order_given_and_skips_missing_ids(store):
+    a, b = queries.create_run(_cfg()), queries.create_run(_cfg())
+    assert [r.id for r in queries.runs_by_id([b, 10**9, a, b])] == [b, a]
+    assert queries.runs_by_id([]) == []
