@@ -118,7 +118,8 @@ def split_tags(text: str | Iterable[str] | None) -> list[str]:
 
 
 # ---- actions shared by pages --------------------------------------------------------------
-STOP_OUTCOMES = {"cancelled": "was queued and is now cancelled", "stopping": "will checkpoint and stop within a step"}
+STOP_OUTCOMES = {"cancelled": "was queued and is now cancelled",
+                 "stopping": "will checkpoint and stop within a step"}
 
 
 def stop_run(run_id: int) -> str:
