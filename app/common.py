@@ -1,5 +1,6 @@
 """Shared bits of the pages: formatting of run rows (status badges, progress, ETA, times),
-query-parameter parsing and the store import. Pure functions; no Gradio components here."""
+query-parameter parsing, the store import and the actions more than one page offers (stop).
+No Gradio components here."""
 
 from __future__ import annotations
 
@@ -114,6 +115,17 @@ def split_tags(text: str | Iterable[str] | None) -> list[str]:
     if not isinstance(text, str):
         return [t for t in (str(x).strip() for x in text) if t]
     return [t for t in (p.strip() for p in text.replace("\n", ",").split(",")) if t]
+
+
+# ---- actions shared by pages --------------------------------------------------------------
+STOP_OUTCOMES = {"cancelled": "was queued and is now cancelled",
+                 "stopping": "will checkpoint and stop within a step"}
+
+
+def stop_run(run_id: int) -> str:
+    """Ask the run to stop (the Runs and Run pages' Stop button); the message to show."""
+    status = queries().request_stop(run_id)
+    return f'<div class="gg-ok">Run #{run_id} {STOP_OUTCOMES.get(status, f"is {status}; nothing to stop")}.</div>'
 
 
 # ---- over-optimization onset per run (cached: it only changes when a new eval lands) --------

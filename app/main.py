@@ -155,19 +155,15 @@ def build_demo() -> gr.Blocks:
     """The four pages as routes of one Blocks: Runs (/), New run, Run, Compare."""
     from app.pages import compare, new_run, run_detail, runs
 
+    routes = (("New run", "/new", new_run.page), ("Run", "/run", run_detail.page), ("Compare", "/compare", compare.page))
+    # One Navbar per page: it names the main page "Runs" on every route.
     with gr.Blocks(title="GRPO-Guard Studio", fill_width=True) as demo:
         gr.Navbar(main_page_name="Runs")
         runs.page.render()
-    # One Navbar per page: it names the main page "Runs" on every route.
-    with demo.route("New run", "/new"):
-        gr.Navbar(main_page_name="Runs")
-        new_run.page.render()
-    with demo.route("Run", "/run"):
-        gr.Navbar(main_page_name="Runs")
-        run_detail.page.render()
-    with demo.route("Compare", "/compare"):
-        gr.Navbar(main_page_name="Runs")
-        compare.page.render()
+    for title, path, page in routes:
+        with demo.route(title, path):
+            gr.Navbar(main_page_name="Runs")
+            page.render()
     # Default 1 would serialise every tab's 1 s poll behind one slot (STACK.md G5).
     demo.queue(default_concurrency_limit=8)
     return demo
@@ -218,12 +214,3 @@ def create_app(*, host: str = "127.0.0.1", port: int = 7860, env: Mapping[str, s
             head=f"<script>{KEEP_ZOOM_JS}</script>",
             footer_links=["api", "settings"], show_error=True, ssr_mode=False, run_history=False,
         )
-
-
-def serve(host: str = "127.0.0.1", port: int = 7860, *, log_level: str = "warning") -> None:
-    """Run the app with uvicorn until interrupted."""
-    import uvicorn
-
-    app = create_app(host=host, port=port)
-    print(f"GRPO-Guard Studio on http://{host}:{port}/  (health: /health)", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level=log_level)

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import yaml
 
 from grpo_guard.config import ConfigError, RunConfig
+from grpo_guard.pairing import ab_configs
 
 PRESET_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "presets")
 PRESETS: dict[str, str] = {
@@ -26,8 +27,6 @@ PRESETS: dict[str, str] = {
     "FLUX.1-dev DanceGRPO-Guard": "flux_dance_grpo_guard.yaml",
 }
 AUTO = "auto"
-# Fields that define the algorithm itself: an A/B pair takes them from each arm's algorithm.
-AB_ALGORITHM_FIELDS = ("ratio_norm", "grad_reweight", "delta")
 
 
 # ---- the form model (pure) -----------------------------------------------------------------
@@ -202,35 +201,18 @@ def validate(values: list[Any]) -> tuple[RunConfig | None, dict[str, Any], dict[
         return None, data, out
 
 
-def ab_pair_algorithms(algorithm: str) -> tuple[str, str]:
-    """The baseline and its Guard: DanceGRPO pairs with DanceGRPO-Guard, else Flow-GRPO with GRPO-Guard."""
-    return ("dance_grpo", "dance_grpo_guard") if algorithm.startswith("dance") else ("flow_grpo", "grpo_guard")
-
-
-def ab_configs(data: dict[str, Any]) -> tuple[list[tuple[str, RunConfig]], dict[str, str]]:
-    """The same chosen config twice, once per algorithm of the pair (same seeds; the Guard
-    switches and each algorithm's derived defaults come from that algorithm)."""
-    base = {k: v for k, v in data.items() if k not in AB_ALGORITHM_FIELDS}
-    out = []
-    for algo in ab_pair_algorithms(str(data.get("algorithm", "grpo_guard"))):
-        try:
-            out.append((algo, RunConfig.from_dict({**base, "algorithm": algo})))
-        except ConfigError as e:
-            errs: dict[str, str] = {}
-            for key, msg in e.errors:
-                errs[field_of(key)] = f"[{algo}] {msg}"
-            return [], errs
-    return out, {}
+def ab_form_configs(data: dict[str, Any]) -> tuple[list[tuple[str, RunConfig]], dict[str, str]]:
+    """The A/B pair of the chosen fields (``grpo_guard.pairing.ab_configs``), or ([], errors by
+    form field) when an arm is not valid."""
+    try:
+        return ab_configs(data), {}
+    except ConfigError as e:
+        return [], {field_of(key): msg for key, msg in e.errors}
 
 
 def load_preset(label: str) -> dict[str, Any]:
     with open(os.path.join(PRESET_DIR, PRESETS[label]), encoding="utf-8") as fh:
         return yaml.safe_load(fh) or {}
-
-
-def preset_yaml(label: str) -> str:
-    with open(os.path.join(PRESET_DIR, PRESETS[label]), encoding="utf-8") as fh:
-        return fh.read()
 
 
 def derived_hints(algorithm: str, backbone: str) -> dict[str, Any]:

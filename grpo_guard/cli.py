@@ -4,22 +4,36 @@
 from __future__ import annotations
 
 import sys
+from typing import NamedTuple
 
 import click
 
 from grpo_guard import __version__
 
-# Commands that live in other modules, loaded only when invoked (keeps `--help` instant and
-# keeps torch out of app-side commands). name -> ("module:attribute", short help).
-LAZY_COMMANDS: dict[str, tuple[str, str]] = {
-    "toy": ("grpo_guard.toyworld.cli:toy", "Toy world: pretrain the base model, measure it."),
-    "train": ("grpo_guard.cli_train:train_cmd", "Train CONFIG.yaml in the foreground (progress bar, Ctrl-C stops cleanly)."),
-    "sample": ("grpo_guard.cli_train:sample_cmd", "Write one image from a base model or a checkpoint."),
-    "db": ("grpo_guard.store.cli:db_group", "Create or upgrade the store's database schema."),
-    "serve": ("app.cli:serve_cmd", "Start the web UI (and, by default, an embedded worker)."),
-    "worker": ("worker.cli:worker_cmd", "Run training workers (one process per GPU)."),
-    "submit": ("worker.cli:submit_cmd", "Queue a run from CONFIG.yaml and print its id."),
-    "runs": ("worker.cli:runs_group", "List, show, stop, resume, clone and recover runs."),
+
+class LazyCommand(NamedTuple):
+    """A command that lives in another module, imported only when it is invoked."""
+
+    target: str  # "module:attribute" of the click command
+    help: str  # the one line `grpo-guard --help` shows without importing it
+
+
+# Every command not defined in this file, in one table. Loading by name keeps `--help` instant,
+# keeps torch out of the app-side commands, and is the only way the engine reaches the app and
+# worker packages: it never imports them (DESIGN.md, rules of the house).
+LAZY_COMMANDS: dict[str, LazyCommand] = {
+    # the engine
+    "toy": LazyCommand("grpo_guard.toyworld.cli:toy", "Toy world: pretrain the base model, measure it."),
+    "train": LazyCommand("grpo_guard.cli_train:train_cmd",
+                         "Train CONFIG.yaml in the foreground (progress bar, Ctrl-C stops cleanly)."),
+    "sample": LazyCommand("grpo_guard.cli_train:sample_cmd", "Write one image from a base model or a checkpoint."),
+    "db": LazyCommand("grpo_guard.store.cli:db_group", "Create or upgrade the store's database schema."),
+    # the web app (app/)
+    "serve": LazyCommand("app.cli:serve_cmd", "Start the web UI (and, by default, an embedded worker)."),
+    # the job layer (worker/)
+    "worker": LazyCommand("worker.cli:worker_cmd", "Run training workers (one process per GPU)."),
+    "submit": LazyCommand("worker.cli:submit_cmd", "Queue a run from CONFIG.yaml (--ab: an A/B pair); print its id(s)."),
+    "runs": LazyCommand("worker.cli:runs_group", "List, show, stop, resume, clone and recover runs."),
 }
 
 
@@ -34,7 +48,7 @@ class ConfigErrorAware(click.Group):
         if name in LAZY_COMMANDS:
             import importlib
 
-            module, _, attr = LAZY_COMMANDS[name][0].partition(":")
+            module, _, attr = LAZY_COMMANDS[name].target.partition(":")
             return getattr(importlib.import_module(module), attr)
         return super().get_command(ctx, name)
 
@@ -42,7 +56,7 @@ class ConfigErrorAware(click.Group):
         rows = []
         for n in self.list_commands(ctx):
             if n in LAZY_COMMANDS:
-                rows.append((n, LAZY_COMMANDS[n][1]))
+                rows.append((n, LAZY_COMMANDS[n].help))
             else:
                 rows.append((n, self.commands[n].get_short_help_str(60)))
         with formatter.section("Commands"):

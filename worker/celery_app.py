@@ -1,4 +1,4 @@
-"""The Celery app, built from the environment, and ``enqueue_run`` for the app and the CLI.
+"""The Celery app, built from the environment, and ``enqueue_run`` (``worker.submit`` and the recovery sweep send with it).
 
 Imports no torch and no task module: the app sends ``worker.tasks.train_run`` *by name*; only a
 worker process imports ``worker.tasks`` (through ``include``).
@@ -122,18 +122,22 @@ def get_app() -> Celery:
 _APP_KEY = (broker_url(), data_dir(), queue_name())
 
 
-def enqueue_run(run_id: int) -> str:
-    """Send ``worker.tasks.train_run(run_id)`` by name, after the run's row is committed.
-    Records the task id on the row; returns it."""
+def enqueue_run(run_id: int, *, num_gpus: int | None = None) -> str:
+    """Send ``worker.tasks.train_run(run_id)`` by name, after the run's row is committed, to the
+    queue of a run on ``num_gpus`` GPUs (the submitter knows it from the config it just stored;
+    a re-send that has only the id leaves it None and the stored config says). Records the task
+    id on the row; returns it."""
     from grpo_guard.store.lifecycle import mark_enqueued
 
-    result = get_app().send_task(TASK_NAME, args=[int(run_id)], queue=run_queue(_num_gpus(int(run_id))))
+    gpus = num_gpus if num_gpus is not None else _num_gpus(int(run_id))
+    result = get_app().send_task(TASK_NAME, args=[int(run_id)], queue=run_queue(gpus))
     mark_enqueued(int(run_id), result.id)
     return result.id
 
 
 def _num_gpus(run_id: int) -> int:
-    """The stored config's num_gpus (1 when it cannot be read: the task itself reports why)."""
+    """The stored config's num_gpus, for senders that have only the run id (resume, clone, the
+    recovery sweep); 1 when it cannot be read (the task itself reports why)."""
     import json
 
     from grpo_guard.store.lifecycle import stored_config

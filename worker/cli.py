@@ -1,8 +1,8 @@
 """CLI commands of the job layer: ``grpo-guard worker``, ``grpo-guard submit``, ``grpo-guard runs``.
 
 ``worker`` starts one Celery worker process per GPU (``-c 1 -P prefork --max-tasks-per-child=1``,
-``CUDA_VISIBLE_DEVICES`` set per process, STACK.md C6). ``submit`` validates a config, inserts
-the run, sends the task and prints the run id. ``runs`` lists, shows, stops, resumes, clones,
+``CUDA_VISIBLE_DEVICES`` set per process, STACK.md C6). ``submit`` validates a config and hands
+it to ``worker.submit`` (insert, then enqueue), printing the run id (two with ``--ab``). ``runs`` lists, shows, stops, resumes, clones,
 sweeps and deletes runs. Nothing here imports torch.
 """
 
@@ -16,11 +16,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from grpo_guard.config import parse_overrides
+
+if TYPE_CHECKING:
+    from worker.submit import Submitted
 
 
 def _store_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -116,14 +119,10 @@ def worker_cmd(gpus: str | None, queue: str | None, loglevel: str, name: str | N
 
 
 # ---- submit ---------------------------------------------------------------------------------
-def _enqueue(run_id: int) -> None:
-    from worker.celery_app import enqueue_run
-
-    try:
-        enqueue_run(run_id)
-    except Exception as e:  # the row is committed; a worker's sweep re-sends waiting runs
-        click.echo(f"warning: run {run_id} is queued but its task could not be sent ({e}); "
-                   "a worker will pick it up once the broker is reachable", err=True)
+def _warn(submitted: Submitted) -> None:
+    """A task the broker did not take is a warning: the run is stored and stays queued."""
+    for w in submitted.warnings:
+        click.echo(f"warning: {w}", err=True)
 
 
 def wait_for(run_id: int, *, timeout: float | None = None, quiet: bool = False) -> str:
@@ -146,11 +145,18 @@ def wait_for(run_id: int, *, timeout: float | None = None, quiet: bool = False) 
         time.sleep(0.5)
 
 
-def _finish_wait(run_id: int, timeout: float | None) -> None:
-    status = wait_for(run_id, timeout=timeout)
-    if status != "succeeded":
-        if status not in ("failed", "cancelled"):
-            click.echo(f"run {run_id}: still {status} after {timeout:g}s", err=True)
+def _finish_wait(run_ids: Sequence[int], timeout: float | None) -> None:
+    """Wait for every run (``timeout`` is for all of them together); exit 1 unless all succeeded."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    ok = True
+    for run_id in run_ids:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        status = wait_for(run_id, timeout=left)
+        if status != "succeeded":
+            ok = False
+            if status not in ("failed", "cancelled"):
+                click.echo(f"run {run_id}: still {status} after {timeout:g}s", err=True)
+    if not ok:
         sys.exit(1)
 
 
@@ -160,25 +166,36 @@ def _finish_wait(run_id: int, timeout: float | None) -> None:
 @click.option("--epochs", type=int, default=None, help="Shorthand for --set epochs=N.")
 @click.option("--name", default=None, help="Run name (default: algorithm-backbone-id).")
 @click.option("--tag", "tags", multiple=True, help="Tag the run (repeatable).")
-@click.option("--wait", is_flag=True, help="Wait for the run to end; exit non-zero unless it succeeded.")
+@click.option("--ab", is_flag=True,
+              help="Queue an A/B pair: the config as Flow-GRPO and as GRPO-Guard (DanceGRPO and DanceGRPO-Guard "
+                   "for a dance algorithm), same seeds, linked as a pair; prints both ids.")
+@click.option("--wait", is_flag=True, help="Wait for the run(s) to end; exit non-zero unless all succeeded.")
 @click.option("--timeout", type=float, default=None, help="With --wait: give up after this many seconds.")
 @click.option("--no-model-check", is_flag=True,
               help="Do not check here that a local `model` path exists (it exists only where the workers run).")
 @_store_errors
 def submit_cmd(config_path: str, overrides: tuple[str, ...], epochs: int | None, name: str | None,
-               tags: tuple[str, ...], wait: bool, timeout: float | None, no_model_check: bool) -> None:
-    """Validate CONFIG.yaml, queue a run, print its id."""
-    from grpo_guard.config import RunConfig
-    from grpo_guard.store import queries
+               tags: tuple[str, ...], ab: bool, wait: bool, timeout: float | None, no_model_check: bool) -> None:
+    """Validate CONFIG.yaml, queue a run (or an A/B pair with --ab), print its id(s)."""
+    from grpo_guard.config import ConfigError, RunConfig
+    from grpo_guard.pairing import ab_arms
+    from worker.submit import submit_runs
 
     items = list(overrides) + ([f"epochs={epochs}"] if epochs is not None else [])
     config = RunConfig.from_file(config_path, items).with_prompt_files_inlined()
     config.check_submittable(check_paths=not no_model_check)
-    run_id = queries.create_run(config, name=name, tags=list(tags))
-    _enqueue(run_id)
-    click.echo(run_id)
+    arms = ab_arms(config) if ab else [(config.algorithm, config)]
+    try:
+        submitted = submit_runs(arms, name=name or "", tags=tags)
+    except ConfigError:
+        raise  # the command group reports it field by field
+    except ValueError as e:  # a name or tag over the store's limits: nothing was written
+        raise click.ClickException(str(e)) from None
+    _warn(submitted)
+    for run_id in submitted.ids:
+        click.echo(run_id)
     if wait:
-        _finish_wait(run_id, timeout)
+        _finish_wait(submitted.ids, timeout)
 
 
 # ---- runs -----------------------------------------------------------------------------------
@@ -286,16 +303,16 @@ def runs_stop(run_id: int, as_json: bool) -> None:
 def runs_resume(run_id: int, wait: bool, timeout: float | None, as_json: bool) -> None:
     """Queue a failed or cancelled run again; it continues from its last checkpoint."""
     from grpo_guard.store import queries
+    from worker.submit import resume
 
-    queries.resume_run(run_id)
-    _enqueue(run_id)
+    _warn(resume(run_id))
     row = queries.get_run(run_id)
     if as_json:
         _dump({"id": run_id, "status": row.status, "attempt": row.attempt})
     else:
         click.echo(f"run {run_id}: queued (attempt {row.attempt})")
     if wait:
-        _finish_wait(run_id, timeout)
+        _finish_wait([run_id], timeout)
 
 
 @runs_group.command("clone")
@@ -309,17 +326,18 @@ def runs_resume(run_id: int, wait: bool, timeout: float | None, as_json: bool) -
 def runs_clone(run_id: int, overrides: Sequence[str], epochs: int | None, wait: bool, timeout: float | None,
                as_json: bool) -> None:
     """Start a new run from a copy of RUN_ID's config; prints the new id."""
-    from grpo_guard.store import queries
+    from worker.submit import clone
 
     changes = parse_overrides(list(overrides) + ([f"epochs={epochs}"] if epochs is not None else []))
-    new_id = queries.clone_run(run_id, changes)
-    _enqueue(new_id)
+    submitted = clone(run_id, changes)
+    _warn(submitted)
+    new_id = submitted.ids[0]
     if as_json:
         _dump({"id": new_id, "parent_id": run_id, "status": "queued"})
     else:
         click.echo(new_id)
     if wait:
-        _finish_wait(new_id, timeout)
+        _finish_wait([new_id], timeout)
 
 
 @runs_group.command("sweep")

@@ -61,10 +61,10 @@ def image_problem(path: str) -> str | None:
 
 
 def default_selection(runs: list[Any]) -> list[int]:
-    """The newest A/B pair, else the two newest runs."""
+    """The newest A/B pair (both arms, even one beyond ``runs``), else the two newest runs."""
     for r in runs:
         if r.pair_id:
-            return sorted(x.id for x in runs if x.pair_id == r.pair_id)
+            return queries().pair_of(r.id)
     return sorted(r.id for r in runs[:2])
 
 
@@ -198,9 +198,11 @@ with gr.Blocks(title="Compare") as page:
         q = queries()
         runs = q.list_runs(limit=500)
         params = dict(request.query_params) if request else {}
-        ids = [i for i in parse_ids(params.get("runs")) if any(r.id == i for r in runs)] or default_selection(runs)
+        ids = [r.id for r in q.runs_by_id(parse_ids(params.get("runs")))] or default_selection(runs)
+        listed = {r.id for r in runs}
+        runs += q.runs_by_id([i for i in ids if i not in listed])  # a deep link may name runs older than the list
         choices = [(f"#{r.id} {r.name} ({r.algorithm})", r.id) for r in runs]
-        return gr.Dropdown(choices=choices, value=ids), parse_int(params.get("step"))
+        return gr.Dropdown(choices=choices, value=ids, multiselect=True), parse_int(params.get("step"))
 
     want_step = gr.State(None)
 

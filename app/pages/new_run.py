@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import uuid
 from typing import Any
 
 import gradio as gr
@@ -16,7 +15,7 @@ from app.run_form import (
     FIELDS,
     PRESETS,
     FormField,
-    ab_configs,
+    ab_form_configs,
     config_yaml,
     derived_hints,
     form_values,
@@ -26,6 +25,7 @@ from app.run_form import (
     validate,
 )
 from grpo_guard.config import RunConfig
+from worker.submit import submit_runs
 
 GROUP_TITLES = {"model": "Model", "algorithm": "Algorithm & sampler", "policy": "Policy update",
                 "rewards": "Rewards (proxy) & gold", "eval": "Evaluation & checkpoints"}
@@ -34,38 +34,7 @@ GROUP_TITLES = {"model": "Model", "algorithm": "Algorithm & sampler", "policy": 
 OPEN_GROUPS = tuple(RunConfig.field_groups())
 
 
-# ---- submit (writes the store, then enqueues; returns at once: STACK.md G7) ----------------
-def _enqueue(run_id: int) -> str | None:
-    try:
-        from worker.celery_app import enqueue_run
-
-        enqueue_run(run_id)
-    except Exception as e:  # the row is stored; a worker polling the DB can still pick it up
-        return f"run #{run_id} is stored as queued, but sending it to the broker failed: {e}"
-    return None
-
-
-def submit_configs(configs: list[tuple[str, RunConfig]], *, name: str, tags: list[str], notes: str,
-                   parent_id: int | None) -> tuple[list[int], list[str]]:
-    """Create the runs (one, or an A/B pair sharing a pair id) and enqueue them."""
-    from app.common import queries
-
-    q = queries()
-    pair_id = uuid.uuid4().hex[:12] if len(configs) > 1 else None
-    ids, warnings = [], []
-    for algo, cfg in configs:
-        run_name = (f"{name} [{algo}]" if name else None) if pair_id else (name or None)
-        rid = q.create_run(cfg, name=run_name, tags=tags, parent_id=parent_id, pair_id=pair_id)
-        if notes.strip():
-            q.set_notes(rid, notes)
-        ids.append(rid)
-    for rid in ids:
-        w = _enqueue(rid)
-        if w:
-            warnings.append(w)
-    return ids, warnings
-
-
+# ---- submit: worker.submit writes the store, then enqueues; returns at once (STACK.md G7) ----
 def _result_html(ids: list[int], warnings: list[str]) -> str:
     links = " and ".join(f'<a href="run?run={i}" target="_self">run #{i}</a>' for i in ids)
     extra = f' · <a href="compare?runs={",".join(map(str, ids))}" target="_self">compare the pair</a>' if len(ids) > 1 else ""
@@ -205,17 +174,16 @@ with gr.Blocks(title="New run") as page:
     def on_submit(name: str, tags: str, notes: str, pair: bool, parent: int | None, *values):
         cfg, data, errors = validate(list(values))
         if cfg is not None and pair:
-            configs, errors = ab_configs(data)
+            configs, errors = ab_form_configs(data)
         elif cfg is not None:
             configs = [(cfg.algorithm, cfg)]
         if errors:
             return _errors_html(errors), *_error_updates(errors)
         try:
-            ids, warnings = submit_configs(configs, name=(name or "").strip(), tags=split_tags(tags), notes=notes or "",
-                                           parent_id=parent)
+            done = submit_runs(configs, name=name or "", tags=split_tags(tags), notes=notes or "", parent_id=parent)
         except (ValueError, LookupError) as e:
             return _errors_html({"": str(e)}), *_error_updates({})
-        return _result_html(ids, warnings), *_error_updates({})
+        return _result_html(list(done.ids), list(done.warnings)), *_error_updates({})
 
     submit.click(on_submit, [run_name, run_tags, run_notes, ab, parent_state, *widgets], [banner, *errors_md, *sections],
                  api_name="submit_run", concurrency_limit=2)
@@ -268,4 +236,4 @@ with gr.Blocks(title="New run") as page:
     page.load(on_load, None, [*widgets, parent_state, run_name, run_tags, clone_note, preset, *auto_widgets],
               api_visibility="private")
 
-__all__ = ["page", "submit_configs"]
+__all__ = ["page"]

@@ -31,6 +31,7 @@ from app.common import (
     queries,
     run_onset,
     status_badge,
+    stop_run,
 )
 
 SCALAR_KEYS = ["kl", "lr", "grad_norm", "policy_loss"]
@@ -166,7 +167,10 @@ def checkpoint_files(ckpts: list[Any], q: Any) -> list[str]:
 def _summary(q: Any, run_id: int) -> Any | None:
     """The runs-table row (ETA, stale flag) of one run, re-read every SUMMARY_MAX_AGE s."""
     def read() -> Any | None:
-        return next((r for r in q.list_runs(text=str(run_id), limit=50) if r.id == run_id), None)
+        try:
+            return q.get_run_summary(run_id)
+        except LookupError:  # deleted since the page last read it
+            return None
 
     return run_cache.memo(run_id, ("summary", int(time.monotonic() // SUMMARY_MAX_AGE)), read)
 
@@ -341,10 +345,7 @@ with gr.Blocks(title="Run") as page:
         return int(rid)
 
     def on_stop(rid):
-        rid = _need(rid)
-        status = queries().request_stop(rid)
-        text = {"cancelled": "was queued and is now cancelled", "stopping": "will checkpoint and stop within a step"}
-        return f'<div class="gg-ok">Run #{rid} {text.get(status, f"is {status}; nothing to stop")}.</div>'
+        return stop_run(_need(rid))
 
     def on_sample(rid):
         rid = _need(rid)

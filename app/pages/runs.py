@@ -19,7 +19,9 @@ from app.common import (
     run_onset,
     split_tags,
     status_badge,
+    stop_run,
 )
+from worker.submit import resume
 
 HEADERS = ["id", "name", "algorithm", "backbone", "status", "progress", "proxy", "gold", "tags", "created"]
 DATATYPES = ["number", "html", "str", "str", "html", "html", "str", "str", "str", "str"]
@@ -162,10 +164,7 @@ with gr.Blocks(title="Runs") as page:
 
     # -- actions (each writes the store and returns at once) --
     def on_stop(rid):
-        rid = _need(rid)
-        status = queries().request_stop(rid)
-        text = {"cancelled": "was queued and is now cancelled", "stopping": "will checkpoint and stop within a step"}
-        return f'<div class="gg-ok">Run #{rid} {text.get(status, f"is {status}; nothing to stop")}.</div>'
+        return stop_run(_need(rid))
 
     redraw_args = dict(fn=redraw, inputs=filters, outputs=[table, sig_state, f_tag], api_visibility="private",
                        show_progress="hidden")
@@ -173,16 +172,12 @@ with gr.Blocks(title="Runs") as page:
 
     def on_resume(rid):
         rid = _need(rid)
-        from app.common import queries as _q
-        from app.pages.new_run import _enqueue
-
         try:
-            _q().resume_run(rid)
+            done = resume(rid)
         except Exception as e:
             return f'<div class="gg-error">{esc(e)}</div>'
-        warn = _enqueue(rid)
         msg = f'<div class="gg-ok">Run #{rid} is queued again; it resumes from its last checkpoint.</div>'
-        return msg + (f'<div class="gg-warn">{esc(warn)}</div>' if warn else "")
+        return msg + "".join(f'<div class="gg-warn">{esc(w)}</div>' for w in done.warnings)
 
     b_resume.click(on_resume, selected, message, api_name="resume_run").then(**redraw_args)
 
@@ -195,8 +190,7 @@ with gr.Blocks(title="Runs") as page:
         run = q.get_run(rid)
         ids = [rid]
         if run.pair_id:
-            ids = [r.id for r in q.list_runs(limit=500) if r.pair_id == run.pair_id]
-            ids = sorted(ids)
+            ids = q.pair_of(rid)
         elif run.parent_id:
             ids = [run.parent_id, rid]
         return ",".join(map(str, ids))

@@ -33,11 +33,12 @@ OPTION_TYPES = ("str", "int", "float", "fp32|fp16", "partial|strict")
 
 @dataclass(frozen=True)
 class RewardSpec:
-    name: str
+    """One registry entry (its name is the REGISTRY key; what it measures is the comment above
+    its ``register`` call)."""
+
     target: str  # "package.module:factory"; factory(**options) -> Reward
     kind: Literal["proxy", "gold", "any"]
     backbones: tuple[str, ...]  # backbones it makes sense for ("toy", "sd3", "flux")
-    help: str
     # options a run config may pass to the factory: (name, type in OPTION_TYPES). Options that
     # only code can pass (a replacement GenEval detector callable) are deliberately not listed.
     options: tuple[tuple[str, str], ...] = ()
@@ -46,9 +47,9 @@ class RewardSpec:
 REGISTRY: dict[str, RewardSpec] = {}
 
 
-def register(name: str, target: str, kind: Literal["proxy", "gold", "any"], help: str,
+def register(name: str, target: str, kind: Literal["proxy", "gold", "any"], *,
              backbones: tuple[str, ...] = ("toy", "sd3", "flux"), options: tuple[tuple[str, str], ...] = ()) -> None:
-    REGISTRY[name] = RewardSpec(name, target, kind, backbones, help, options)
+    REGISTRY[name] = RewardSpec(target, kind, backbones, options)
 
 
 def check_option(name: str, option: str, value: Any) -> str | None:
@@ -95,69 +96,73 @@ def build_reward(name: str, **options: Any) -> Reward:
 
 
 # ---- the registry ---------------------------------------------------------------------------
-# Entries are added next to their implementation's module path; keep this list in one place so
-# that `grpo-guard config fields` and the New-run form can list them without importing anything.
+# Entries name their implementation by module path, so that config validation and the app can
+# check reward names without importing anything heavy; keep this list in one place.
 
 # Rewards for real images (SD3 / FLUX). Model-based ones load local weights only: the reward
 # option `path` (run config `reward_options`), or GG_REWARD_<NAME>_PATH, or their standard hub id
 # from the HF cache. `device` "cuda" is each data-parallel rank's own GPU.
 _REAL = ("sd3", "flux")
 _RUN = (("device", "str"), ("dtype", "fp32|fp16"), ("batch_size", "int"))
-register("ocr", "grpo_guard.rewards.ocr:ocr", "proxy",
-         "OCR accuracy of the prompt's quoted text: 1 − normalised edit distance (rapidocr, bundled models).", _REAL,
-         options=(("min_score", "float"),))
+# OCR accuracy of the prompt's quoted text: 1 − normalised edit distance (rapidocr, bundled models).
+register("ocr", "grpo_guard.rewards.ocr:ocr", "proxy", backbones=_REAL, options=(("min_score", "float"),))
+# CLIP cosine(image, prompt); CLIP ViT-L/14 from option path, GG_REWARD_CLIPSCORE_PATH or the HF cache.
 register("clipscore", "grpo_guard.rewards.clip:clipscore", "any",
-         "CLIP cosine(image, prompt); CLIP ViT-L/14 from option path, GG_REWARD_CLIPSCORE_PATH or the HF cache.",
-         _REAL, options=(("path", "str"), *_RUN, ("scale", "float")))
+         backbones=_REAL, options=(("path", "str"), *_RUN, ("scale", "float")))
+# PickScore (≈21–23); PickScore_v1 from option path, GG_REWARD_PICKSCORE_PATH or the HF cache.
 register("pickscore", "grpo_guard.rewards.pickscore:pickscore", "any",
-         "PickScore (≈21–23); PickScore_v1 from option path, GG_REWARD_PICKSCORE_PATH or the HF cache.", _REAL,
-         options=(("path", "str"), ("processor_path", "str"), *_RUN, ("scale", "float")))
+         backbones=_REAL, options=(("path", "str"), ("processor_path", "str"), *_RUN, ("scale", "float")))
+# HPSv2 (≈0.2–0.3); a transformers-format CLIP of the HPSv2 weights at option path or GG_REWARD_HPSV2_PATH.
 register("hpsv2", "grpo_guard.rewards.hps:hpsv2", "gold",
-         "HPSv2 (≈0.2–0.3); a transformers-format CLIP of the HPSv2 weights at option path or GG_REWARD_HPSV2_PATH.",
-         _REAL, options=(("path", "str"), ("processor_path", "str"), *_RUN))
+         backbones=_REAL, options=(("path", "str"), ("processor_path", "str"), *_RUN))
+# ImageReward (normalised); a transformers-format BLIP + MLP head at option path / head_path or
+# GG_REWARD_IMAGEREWARD_PATH / _HEAD.
 register("imagereward", "grpo_guard.rewards.imagereward:imagereward", "gold",
-         "ImageReward (normalised); a transformers-format BLIP + MLP head at option path / head_path or "
-         "GG_REWARD_IMAGEREWARD_PATH / _HEAD.", _REAL,
-         options=(("path", "str"), ("head_path", "str"), ("device", "str"), ("batch_size", "int")))
+         backbones=_REAL, options=(("path", "str"), ("head_path", "str"), ("device", "str"), ("batch_size", "int")))
+# LAION aesthetic predictor v2 (≈1–10): CLIP ViT-L/14 + the MLP head file at option head_path or
+# GG_REWARD_AESTHETIC_HEAD.
 register("aesthetic", "grpo_guard.rewards.aesthetic:aesthetic", "any",
-         "LAION aesthetic predictor v2 (≈1–10): CLIP ViT-L/14 + the MLP head file at option head_path or "
-         "GG_REWARD_AESTHETIC_HEAD.", _REAL, options=(("path", "str"), ("head_path", "str"), *_RUN))
+         backbones=_REAL, options=(("path", "str"), ("head_path", "str"), *_RUN))
+# GenEval composition (objects, counts, colours, positions) in-process: Mask2Former (detector_path,
+# GG_REWARD_GENEVAL_DETECTOR_PATH or facebook/mask2former-swin-small-coco-instance from the HF cache)
+# + CLIP ViT-L/14 colours (clip_path, GG_REWARD_GENEVAL_CLIP_PATH); prompts need GenEval metadata
+# (geneval:* prompt sets, or option metadata). score: partial (Flow-GRPO's partial credit, default) or
+# strict (GenEval's 0/1); eval also logs eval/geneval/strict and per task family.
 register("geneval", "grpo_guard.rewards.geneval:geneval", "proxy",
-         "GenEval composition (objects, counts, colours, positions) in-process: Mask2Former "
-         "(detector_path, GG_REWARD_GENEVAL_DETECTOR_PATH or facebook/mask2former-swin-small-coco-instance "
-         "from the HF cache) + CLIP ViT-L/14 colours (clip_path, GG_REWARD_GENEVAL_CLIP_PATH); prompts need "
-         "GenEval metadata (geneval:* prompt sets, or option metadata). score: partial (Flow-GRPO's partial "
-         "credit, default) or strict (GenEval's 0/1); eval also logs eval/geneval/strict and per task family.",
-         _REAL, options=(("detector_path", "str"), ("clip_path", "str"), ("metadata", "str"), ("score", "partial|strict"),
-                         ("threshold", "float"), ("counting_threshold", "float"), ("max_objects", "int"),
-                         ("position_threshold", "float"), *_RUN))
+         backbones=_REAL, options=(("detector_path", "str"), ("clip_path", "str"), ("metadata", "str"),
+                                   ("score", "partial|strict"), ("threshold", "float"),
+                                   ("counting_threshold", "float"), ("max_objects", "int"),
+                                   ("position_threshold", "float"), *_RUN))
 
 # Toy world (grpo_guard/rewards/toy.py) and model-free JPEG size (grpo_guard/rewards/jpeg.py).
 _TOY = ("toy",)
+# Soft share of pixels in the prompt's foreground colour. Gameable: flooding the image raises it.
 register("toy_fg_share", "grpo_guard.rewards.toy:fg_share", "proxy",
-         "Soft share of pixels in the prompt's foreground colour. Gameable: flooding the image raises it.", _TOY,
-         options=(("tau", "float"),))
+         backbones=_TOY, options=(("tau", "float"),))
+# A small learned classifier's mean probability of the prompt's shape, fg and bg colour
+# (legit headroom, hackable).
 register("toy_classifier_confidence", "grpo_guard.rewards.toy:classifier_confidence", "proxy",
-         "A small learned classifier's mean probability of the prompt's shape, fg and bg colour (legit headroom, hackable).", _TOY,
-         options=(("model_dir", "str"),))
-register("toy_alignment", "grpo_guard.rewards.toy:alignment", "gold",
-         "Mean of toy_shape, toy_fg_color, toy_bg_color by the analytic checker.", _TOY)
-register("toy_shape", "grpo_guard.rewards.toy:shape", "gold",
-         "1 if the analytic checker finds the prompt's shape (bounding-box fill ratio), else 0.", _TOY)
-register("toy_fg_color", "grpo_guard.rewards.toy:fg_color", "gold",
-         "1 if the most common non-background palette colour is the prompt's foreground colour.", _TOY)
-register("toy_bg_color", "grpo_guard.rewards.toy:bg_color", "gold",
-         "1 if the most common palette colour on the border is the prompt's background colour.", _TOY)
+         backbones=_TOY, options=(("model_dir", "str"),))
+# Mean of toy_shape, toy_fg_color, toy_bg_color by the analytic checker.
+register("toy_alignment", "grpo_guard.rewards.toy:alignment", "gold", backbones=_TOY)
+# 1 if the analytic checker finds the prompt's shape (bounding-box fill ratio), else 0.
+register("toy_shape", "grpo_guard.rewards.toy:shape", "gold", backbones=_TOY)
+# 1 if the most common non-background palette colour is the prompt's foreground colour.
+register("toy_fg_color", "grpo_guard.rewards.toy:fg_color", "gold", backbones=_TOY)
+# 1 if the most common palette colour on the border is the prompt's background colour.
+register("toy_bg_color", "grpo_guard.rewards.toy:bg_color", "gold", backbones=_TOY)
+# Learned fidelity model in [0, 1]: low for flooded, noisy, blurred or degenerate images.
 register("toy_fidelity", "grpo_guard.rewards.toy:fidelity", "gold",
-         "Learned fidelity model in [0, 1]: low for flooded, noisy, blurred or degenerate images.", _TOY,
-         options=(("model_dir", "str"),))
+         backbones=_TOY, options=(("model_dir", "str"),))
+# Soft share of pixels near some palette colour; drops for noise and off-palette artefacts.
 register("toy_palette_purity", "grpo_guard.rewards.toy:palette_purity", "gold",
-         "Soft share of pixels near some palette colour; drops for noise and off-palette artefacts.", _TOY,
-         options=(("tau", "float"),))
+         backbones=_TOY, options=(("tau", "float"),))
+# −kB of the image as JPEG at quality 95 (DDPO); favours flat, simple images.
 register("jpeg_compressibility", "grpo_guard.rewards.jpeg:compressibility", "any",
-         "−kB of the image as JPEG at quality 95 (DDPO); favours flat, simple images.", options=(("quality", "int"),))
-register("null_noise", "grpo_guard.rewards.null:null_noise", "any",
-         "Control with no signal: a uniform score from a hash of the pixels. Shows how much gold falls from optimisation noise alone.",
-         options=(("seed", "int"),))
+         options=(("quality", "int"),))
+# Control with no signal: a uniform score from a hash of the pixels. Shows how much gold falls from
+# optimisation noise alone.
+register("null_noise", "grpo_guard.rewards.null:null_noise", "any", options=(("seed", "int"),))
+# +kB of the image as JPEG at quality 95 (DDPO); favours detail and noise.
 register("jpeg_incompressibility", "grpo_guard.rewards.jpeg:incompressibility", "any",
-         "+kB of the image as JPEG at quality 95 (DDPO); favours detail and noise.", options=(("quality", "int"),))
+         options=(("quality", "int"),))

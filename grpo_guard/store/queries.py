@@ -1,14 +1,13 @@
 """The store's named queries: the only functions the app calls (trackio's ``SQLiteStorage``
 shape on SQLAlchemy 2). Rows leave as the frozen dataclasses of ``entities``.
 
-Runs: ``create_run``, ``get_run``, ``list_runs``, ``request_stop`` / ``request_sample_now`` /
-``request_save_now``, ``set_tags``, ``set_notes``, ``delete_run``, ``resume_run``, ``clone_run``.
+Runs: ``create_run``, ``get_run``, ``get_run_summary``, ``runs_by_id``, ``list_runs``, ``pair_runs``, ``pair_of``,
+``request_stop`` / ``request_sample_now`` / ``request_save_now``, ``set_tags``, ``set_notes``, ``delete_run``, ``resume_run``, ``clone_run``.
 Series and images (``metric_series``, ``step_stats_matrix``, ``samples_for`` ...) live in
 ``grpo_guard.store.series`` and are re-exported here.
 
-Enqueueing is not done here (the store knows nothing of Celery): after ``create_run``,
-``resume_run`` or ``clone_run`` commits, the caller sends the task with
-``worker.celery_app.enqueue_run(run_id)``.
+Enqueueing is not done here (the store knows nothing of Celery): ``worker.submit`` calls
+``create_run``, ``resume_run`` or ``clone_run`` and then sends the task.
 
 Imports no torch.
 """
@@ -188,7 +187,46 @@ def list_runs(*, status: str | Sequence[str] | None = None, tag: str | None = No
         q = q.where(or_(*conds))
     col = _ORDERABLE[order_by]
     q = q.order_by(col.desc().nulls_last() if descending else col.asc().nulls_last(), Run.id.desc())
-    q = q.limit(max(1, int(limit)))
+    return _summaries(q.limit(max(1, int(limit))))
+
+
+def get_run_summary(run_id: int) -> RunSummary:
+    """The runs-table row (ETA, stale flag, latest proxy/gold) of one run, however old;
+    ``RunNotFoundError`` (a LookupError) if there is none."""
+    rows = runs_by_id([run_id])
+    if not rows:
+        raise RunNotFoundError(f"no run with id {run_id}")
+    return rows[0]
+
+
+def runs_by_id(run_ids: Sequence[int]) -> list[RunSummary]:
+    """The runs-table rows of these runs, in the order given; ids with no run are left out."""
+    wanted = list(dict.fromkeys(int(i) for i in run_ids))
+    if not wanted:
+        return []
+    found = {r.id: r for r in _summaries(select(*_SUMMARY_COLUMNS).where(Run.id.in_(wanted)))}
+    return [found[i] for i in wanted if i in found]
+
+
+def pair_runs(pair_id: str) -> list[RunSummary]:
+    """The runs linked by ``pair_id`` (an A/B pair), oldest first."""
+    return _summaries(select(*_SUMMARY_COLUMNS).where(Run.pair_id == str(pair_id)).order_by(Run.id))
+
+
+def pair_of(run_id: int) -> list[int]:
+    """The ids of the runs sharing ``run_id``'s pair id, oldest first (``[run_id]`` for a run
+    without a pair); ``RunNotFoundError`` if there is no such run."""
+    with session_scope() as s:
+        found = s.execute(select(Run.pair_id).where(Run.id == int(run_id))).first()
+        if found is None:
+            raise RunNotFoundError(f"no run with id {run_id}")
+        if found.pair_id is None:
+            return [int(run_id)]
+        return list(s.scalars(select(Run.id).where(Run.pair_id == found.pair_id).order_by(Run.id)))
+
+
+def _summaries(q: Any) -> list[RunSummary]:
+    """RunSummary rows (tags, ETA and stale flag filled in) for a select of _SUMMARY_COLUMNS."""
     now = utcnow()
     stale_cut = now - timedelta(seconds=stale_after())
     with session_scope() as s:

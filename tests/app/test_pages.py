@@ -151,3 +151,27 @@ def test_compare_metrics_and_config_diff(ab_store):
     table = C.config_table([a, b], True)
     fields = [r[0] for r in table.value["data"]]
     assert "algorithm" in fields and "group_size" not in fields
+
+
+def test_pages_find_a_pair_and_a_runs_summary_however_old_the_runs_are(ab_store, monkeypatch):
+    """The Runs page's "Compare with pair", a Compare deep link and the Run page's header do not
+    depend on the run being among the newest ones listed."""
+    from types import SimpleNamespace
+
+    from grpo_guard.store import queries
+
+    a, b = ab_store["flow"], ab_store["guard"]
+    monkeypatch.setattr(queries, "list_runs", lambda **kw: [])  # as if both were older than any list
+    assert RU.compare_ids(str(b)) == f"{a},{b}"
+    picker, _ = C.on_load(SimpleNamespace(query_params={"runs": f"{b},{a},999999"}))
+    assert picker.value == [b, a] and {a, b} <= {v for _, v in picker.choices}, "asked runs are selectable"
+    run_cache.forget(a)
+    assert R._summary(queries, a).id == a and R._summary(queries, 999999) is None
+    run_cache.forget(999999)
+
+
+def test_stop_is_one_handler_for_the_runs_and_run_pages(ab_store):
+    from app.common import stop_run
+
+    assert "nothing to stop" in RU.on_stop(str(ab_store["failed"])) and "is failed" in R.on_stop(ab_store["failed"])
+    assert stop_run(ab_store["failed"]) == RU.on_stop(str(ab_store["failed"]))

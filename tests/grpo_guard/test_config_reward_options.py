@@ -60,9 +60,9 @@ def test_an_unregistered_reward_takes_no_options():
 
 
 def test_every_declared_option_has_a_known_type():
-    for spec in REGISTRY.values():
+    for reward, spec in REGISTRY.items():
         for name, kind in spec.options:
-            assert kind in OPTION_TYPES, (spec.name, name, kind)
+            assert kind in OPTION_TYPES, (reward, name, kind)
 
 
 def test_options_reach_the_factories_and_env_vars_stay_the_fallback(tmp_path, monkeypatch):

@@ -107,7 +107,7 @@ def test_a_reward_that_turns_nan_fails_the_run_with_a_reason(real_trainer, monke
     from tests.hardening import nan_reward
 
     monkeypatch.setitem(REGISTRY, "test_nan_after", None)  # restored after the test
-    register("test_nan_after", "tests.hardening.nan_reward:nan_after", "any", "finite, then NaN (tests only)")
+    register("test_nan_after", "tests.hardening.nan_reward:nan_after", "any")  # finite, then NaN
     monkeypatch.setitem(nan_reward.CALLS, "n", 0)
     monkeypatch.setenv("GG_TEST_NAN_AFTER", "3")  # eval 0, epoch 1, eval 1 are finite; epoch 2 is NaN
     rid = queries.create_run(RunConfig.from_dict({**TINY, "rewards": {"test_nan_after": 1.0}, "gold": ["toy_alignment"]}))

@@ -46,6 +46,35 @@ def test_submit_refuses_a_bad_config_without_writing(cli):
     assert len(queries.list_runs()) == before
 
 
+def test_submit_ab_queues_a_linked_pair_and_prints_both_ids(cli):
+    r = cli("submit", cli.cfg, "--ab", "--set", "seed=5", "--name", "cmp")
+    ids = [int(line) for line in r.stdout.split()]
+    a, b = (queries.get_run(i) for i in ids)
+    assert (a.algorithm, b.algorithm) == ("flow_grpo", "grpo_guard") and a.pair_id and a.pair_id == b.pair_id
+    assert (a.name, b.name) == ("cmp [flow_grpo]", "cmp [grpo_guard]") and a.config["seed"] == b.config["seed"] == 5
+    assert a.task_id and b.task_id, "both runs are sent"
+    dance = [int(line) for line in cli("submit", cli.cfg, "--ab", "--set", "algorithm=dance_grpo_guard").stdout.split()]
+    assert [queries.get_run(i).algorithm for i in dance] == ["dance_grpo", "dance_grpo_guard"]
+
+
+def test_submit_ab_wait_waits_for_both_runs(cli):
+    r = cli("submit", cli.cfg, "--ab", "--wait", "--timeout", "0.3", code=1)  # no worker: both stay queued
+    ids = [int(line) for line in r.stdout.split()]
+    assert len(ids) == 2 and all(f"run {i}: still queued" in r.stderr for i in ids)
+
+
+def test_submit_with_the_broker_down_warns_and_keeps_the_run_queued(cli, monkeypatch):
+    import worker.celery_app
+
+    def boom(run_id, *, num_gpus=None):
+        raise ConnectionError("broker down")
+
+    monkeypatch.setattr(worker.celery_app, "enqueue_run", boom)
+    r = cli("submit", cli.cfg)
+    rid = int(r.stdout)
+    assert "warning:" in r.stderr and "broker down" in r.stderr and queries.get_run(rid).status == "queued"
+
+
 def test_runs_list_show_stop_resume_clone(cli):
     rid = int(cli("submit", cli.cfg, "--epochs", "5", "--tag", "cli").stdout)
     listed = json.loads(cli("runs", "list", "--tag", "cli", "--json").stdout)

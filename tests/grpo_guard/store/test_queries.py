@@ -285,3 +285,33 @@ def test_downsampling_handles_steps_with_gaps(store):
     assert all(row == [float(s)] * 3 for s, row in zip(steps, m, strict=True))
     lines = queries.step_stats_series(r, "grad_norm_v", max_points=30)
     assert all(v[0] == steps for v in lines.values())
+
+
+def test_a_runs_summary_is_found_by_id_however_many_runs_came_after(store):
+    old = queries.create_run(_cfg(), name="an old run")
+    for _ in range(3):
+        queries.create_run(_cfg(), name=f"newer {old}")  # a text search for the id would match these first
+    summary = queries.get_run_summary(old)
+    assert summary.id == old and summary.name == "an old run" and summary.status == "queued"
+    assert summary == next(r for r in queries.list_runs(limit=10_000) if r.id == old)
+    with pytest.raises(RunNotFoundError):
+        queries.get_run_summary(10**9)
+
+
+def test_pair_queries_return_the_linked_runs_oldest_first(store):
+    pair = "pair-" + uuid.uuid4().hex[:8]
+    a = queries.create_run(_cfg(algorithm="flow_grpo"), pair_id=pair)
+    queries.create_run(_cfg())  # unrelated
+    b = queries.create_run(_cfg(), pair_id=pair)
+    alone = queries.create_run(_cfg())
+    assert [r.id for r in queries.pair_runs(pair)] == [a, b]
+    assert queries.pair_of(b) == queries.pair_of(a) == [a, b]
+    assert queries.pair_of(alone) == [alone] and queries.pair_runs("no-such-pair") == []
+    with pytest.raises(RunNotFoundError):
+        queries.pair_of(10**9)
+
+
+def test_runs_by_id_keeps_the_order_given_and_skips_missing_ids(store):
+    a, b = queries.create_run(_cfg()), queries.create_run(_cfg())
+    assert [r.id for r in queries.runs_by_id([b, 10**9, a, b])] == [b, a]
+    assert queries.runs_by_id([]) == []
