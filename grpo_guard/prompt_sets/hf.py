@@ -21,32 +21,41 @@ def download_hint(name: str) -> str:
             f"`python -c \"import datasets; datasets.load_dataset('{name}')\"`")
 
 
-def _in_hub_cache(name: str) -> bool:
+def _hub_snapshot(name: str) -> str | None:
+    """The local snapshot directory of dataset repo ``name`` in the hub cache, else None."""
     from huggingface_hub import snapshot_download
 
     try:
-        snapshot_download(name, repo_type="dataset", local_files_only=True)
-    except Exception:
-        return False
-    return True
+        return snapshot_download(name, repo_type="dataset", local_files_only=True)
+    except Exception:  # not cached, or not a valid repo id
+        return None
+
+
+def _load_dir(datasets, path: str):
+    if os.path.exists(os.path.join(path, "dataset_info.json")) or os.path.exists(os.path.join(path, "dataset_dict.json")):
+        return datasets.load_from_disk(path)  # a save_to_disk folder
+    return datasets.load_dataset(path)
 
 
 def _load(name: str, split: str | None):  # -> datasets.Dataset
     import datasets
 
+    datasets.disable_progress_bars()
     local = os.path.expanduser(name)
     if os.path.isdir(local):
-        if os.path.exists(os.path.join(local, "dataset_info.json")) or os.path.exists(os.path.join(local, "dataset_dict.json")):
-            ds = datasets.load_from_disk(local)
-        else:
-            ds = datasets.load_dataset(local)
+        ds = _load_dir(datasets, local)
     elif name.startswith(("/", "./", "../", "~")):
         raise ValueError(f"no dataset directory at {local}")
+    elif (snapshot := _hub_snapshot(name)) is not None:
+        # the hub cache's files, read like a local directory: works with HF_HUB_OFFLINE=1
+        ds = _load_dir(datasets, snapshot)
     else:
-        if not _in_hub_cache(name):
-            raise ValueError(f"dataset {name!r} is not in the local Hugging Face cache (runs never download); "
-                             f"fetch it once with {download_hint(name)}")
-        ds = datasets.load_dataset(name)
+        try:  # datasets' own cache of an earlier load_dataset(name)
+            ds = datasets.load_dataset(name)
+        except Exception as e:
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ValueError(f"dataset {name!r} is not in the local Hugging Face cache ({reason}); fetch it "
+                             f"once with {download_hint(name)}") from None
     if isinstance(ds, datasets.DatasetDict):
         if split is None:
             split = "train" if "train" in ds else next(iter(ds))
