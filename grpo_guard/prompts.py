@@ -287,7 +287,7 @@ def resolve_prompts(spec: str | Sequence[str | Mapping[str, Any]]) -> list[Promp
         if s.startswith("hf:"):
             from grpo_guard.prompt_sets.hf import hf_prompts
 
-            return hf_prompts(*parse_hf_spec(s))
+            return list(hf_prompts(*parse_hf_spec(s)))
         return list(registry()[s].build())
     return [prompt_from_item(item) for item in spec]
 
