@@ -269,7 +269,7 @@ class RunConfig(BaseModel):
 
         errors: list[tuple[str, str]] = []
         for name in ("prompts", "eval_prompts"):
-            why = spec_problem(getattr(self, name))
+            why = spec_problem(getattr(self, name), strict=False)
             if why:
                 errors.append((name, why))
         if errors:

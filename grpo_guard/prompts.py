@@ -158,11 +158,12 @@ def _object_problem(obj: Any, where: str, *, position: bool) -> str | None:
     return None
 
 
-def item_problem(item: Any, *, geneval: bool = False) -> str | None:
+def item_problem(item: Any, *, geneval: bool = False, blank_ok: bool = False) -> str | None:
     """Why a prompt-list item is not a prompt text or a ``{prompt, tag, include, exclude}``
-    mapping, else None. With ``geneval`` a mapping must carry ``tag`` and ``include``."""
+    mapping, else None. With ``geneval`` a mapping must carry ``tag`` and ``include``; with
+    ``blank_ok`` a blank text passes (config validation: it is refused when resolved)."""
     if isinstance(item, str):
-        if not item.strip():
+        if not item.strip() and not blank_ok:
             return "is an empty prompt"
         return "is a plain prompt without GenEval metadata" if geneval else None
     if not isinstance(item, Mapping):
@@ -231,9 +232,10 @@ def parse_hf_spec(spec: str) -> tuple[str, str | None, str | None]:
     return name, split, column
 
 
-def spec_problem(spec: Any) -> str | None:
+def spec_problem(spec: Any, *, strict: bool = True) -> str | None:
     """Why ``spec`` is not a prompt spec, judged without reading any file or dataset (cheap
-    enough for every config validation), else None."""
+    enough for every config validation), else None. ``strict=False`` (config validation) lets a
+    blank list item pass, as configs always have; resolving refuses it."""
     if isinstance(spec, str):
         s = spec.strip()
         if s.startswith(("file:", "geneval:file:")):
@@ -252,7 +254,7 @@ def spec_problem(spec: Any) -> str | None:
         if not spec:
             return "the prompt list is empty"
         for i, item in enumerate(spec):
-            why = item_problem(item)
+            why = item_problem(item, blank_ok=not strict)
             if why:
                 return f"item {i} {why}"
         return None
