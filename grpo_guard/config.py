@@ -262,28 +262,11 @@ class RunConfig(BaseModel):
         return errors
 
     def _prompt_spec_errors(self) -> list[tuple[str, str]]:
-        """Each prompt spec is well-formed and names a known set, and a run scored by a GenEval
-        reward or evaluator gets prompts that carry GenEval metadata (judged without reading a
-        file or dataset: :func:`grpo_guard.prompts.spec_has_geneval_meta`)."""
-        from grpo_guard.prompts import spec_has_geneval_meta, spec_problem
+        """Prompt specs are well-formed, name known sets, and carry GenEval metadata where a
+        GenEval reward or evaluator scores them (:func:`grpo_guard.prompts.run_prompt_errors`)."""
+        from grpo_guard.prompts import run_prompt_errors
 
-        errors: list[tuple[str, str]] = []
-        for name in ("prompts", "eval_prompts"):
-            why = spec_problem(getattr(self, name), strict=False)
-            if why:
-                errors.append((name, why))
-        if errors:
-            return errors
-        proxy_geneval = [k for k in self.rewards if _is_geneval(k)]
-        gold_geneval = [g for g in self.gold if _is_geneval(g)]
-        needs = ([("prompts", proxy_geneval)] if proxy_geneval else []) + \
-            ([("eval_prompts", proxy_geneval + gold_geneval)] if proxy_geneval or gold_geneval else [])
-        for name, scorers in needs:
-            if not spec_has_geneval_meta(getattr(self, name)):
-                errors.append((name, f"{', '.join(dict.fromkeys(scorers))} scores prompts by their GenEval metadata, "
-                                     f"but {_short(getattr(self, name))} carries none; use geneval:train / geneval:test, "
-                                     "geneval:file:PATH or list items with tag and include"))
-        return errors
+        return run_prompt_errors(self.prompts, self.eval_prompts, rewards=list(self.rewards), gold=self.gold)
 
     def resolved_prompts(self) -> tuple[list[Any], list[Any]]:
         """(training prompts, eval prompts) as :class:`grpo_guard.prompts.Prompt` lists, read
@@ -463,14 +446,6 @@ def prompt_file_problem(spec: Any) -> str | None:
                 f"(like file:data/ocr/train.txt), not {spec!r}; paste the prompts as a list, or use "
                 "`grpo-guard submit`, which reads such a file itself and stores its prompts")
     return None
-
-
-def _short(spec: Any) -> str:
-    return repr(spec) if isinstance(spec, str) else f"this list of {len(spec)} prompts"
-
-
-def _is_geneval(name: str) -> bool:
-    return name == "geneval" or name.startswith("geneval_")
 
 
 class _ErrorBundle:

@@ -273,6 +273,34 @@ def spec_has_geneval_meta(spec: Any) -> bool:
     return bool(spec) and all(isinstance(i, Mapping) and "tag" in i and "include" in i for i in spec)
 
 
+def _is_geneval(name: str) -> bool:
+    return name == "geneval" or name.startswith("geneval_")
+
+
+def _short(spec: Any) -> str:
+    return repr(spec) if isinstance(spec, str) else f"this list of {len(spec)} prompts"
+
+
+def run_prompt_errors(prompts: Any, eval_prompts: Any, *, rewards: Sequence[str],
+                      gold: Sequence[str]) -> list[tuple[str, str]]:
+    """(field, sentence) pairs for a run's prompt specs, judged without reading a file or a
+    dataset: each spec is well-formed and names a known set, and where a GenEval reward scores
+    prompts (proxies: training and eval prompts; gold evaluators: eval prompts) they carry
+    GenEval metadata (:func:`spec_has_geneval_meta`)."""
+    specs = {"prompts": prompts, "eval_prompts": eval_prompts}
+    errors = [(name, why) for name, spec in specs.items() if (why := spec_problem(spec, strict=False))]
+    if errors:
+        return errors
+    proxy = [k for k in rewards if _is_geneval(k)]
+    scorers = {"prompts": proxy, "eval_prompts": list(dict.fromkeys(proxy + [g for g in gold if _is_geneval(g)]))}
+    for name, names in scorers.items():
+        if names and not spec_has_geneval_meta(specs[name]):
+            errors.append((name, f"{', '.join(names)} scores prompts by their GenEval metadata, but "
+                                 f"{_short(specs[name])} carries none; use geneval:train / geneval:test, "
+                                 "geneval:file:PATH or list items with tag and include"))
+    return errors
+
+
 def resolve_prompts(spec: str | Sequence[str | Mapping[str, Any]]) -> list[Prompt]:
     """Turn a prompt spec (see the module doc) into a list of prompts. Raises ``ValueError``
     with a one-sentence reason for an unknown set, an unreadable or empty file, a malformed
