@@ -23,6 +23,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -70,6 +71,7 @@ class PromptSet:
 
 _REGISTRY: dict[str, PromptSet] = {}
 _loaded = False
+_load_lock = threading.Lock()
 
 
 def register(name: str, description: str, build: Callable[[], Sequence[Prompt]], *, geneval: bool = False) -> None:
@@ -83,9 +85,11 @@ def registry() -> dict[str, PromptSet]:
     """The registered sets by name (built-in ones included)."""
     global _loaded
     if not _loaded:
-        _loaded = True
-        for module in _BUILTIN_MODULES:
-            importlib.import_module(module)
+        with _load_lock:  # the app validates configs from several threads at once
+            if not _loaded:
+                for module in _BUILTIN_MODULES:
+                    importlib.import_module(module)
+                _loaded = True
     return dict(_REGISTRY)
 
 
