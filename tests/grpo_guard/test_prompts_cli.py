@@ -59,3 +59,14 @@ def test_an_unknown_set_exits_2_with_one_sentence(tmp_path):
     res = _run("export", "geneval:file:/no/such.jsonl", "--out", str(tmp_path / "x.jsonl"))
     assert res.exit_code == 2 and "cannot read prompt file /no/such.jsonl" in res.output
     assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_the_prompts_commands_load_no_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; from click.testing import CliRunner; from grpo_guard.cli import main; "
+            "r = CliRunner().invoke(main, ['prompts', 'show', 'geneval:train', '--n', '1']); "
+            "print(r.exit_code, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["0", "False"], out.stdout + out.stderr
