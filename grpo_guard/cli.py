@@ -24,6 +24,8 @@ class LazyCommand(NamedTuple):
 LAZY_COMMANDS: dict[str, LazyCommand] = {
     # the engine
     "toy": LazyCommand("grpo_guard.toyworld.cli:toy", "Toy world: pretrain the base model, measure it."),
+    "prompts": LazyCommand("grpo_guard.prompts_cli:prompts_group",
+                           "List, show and export prompt sets (ocr:, geneval:, hf:, toy:, files)."),
     "train": LazyCommand("grpo_guard.cli_train:train_cmd",
                          "Train CONFIG.yaml in the foreground (progress bar, Ctrl-C stops cleanly)."),
     "sample": LazyCommand("grpo_guard.cli_train:sample_cmd", "Write one image from a base model or a checkpoint."),

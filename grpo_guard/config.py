@@ -147,7 +147,11 @@ class RunConfig(BaseModel):
     seed: int = _f(0, "Seed for every RNG stream of the run (sampling, shuffling, init).", "policy", ge=0, le=2**31 - 1)
 
     # ---- rewards -----------------------------------------------------------------------
-    prompts: list[str] | str = _f("toy:train", "Training prompts: a list, or a named set ('toy:train', 'toy:heldout', 'file:PATH' with one prompt a line).", "rewards")
+    prompts: list[str | dict[str, Any]] | str = _f(
+        "toy:train", "Training prompts: a named set (toy:train, ocr:train, geneval:train, ... — `grpo-guard prompts "
+                     "list`), file:PATH (one prompt a line), geneval:file:PATH (GenEval's evaluation_metadata.jsonl), "
+                     "hf:DATASET[:SPLIT][#COLUMN] (a locally cached Hugging Face dataset), or a list whose items are "
+                     "prompts or mappings {prompt, tag, include, exclude} (GenEval metadata).", "rewards")
     rewards: dict[str, float] = _f({"toy_fg_share": 1.0}, "Proxy rewards and their weights, R = Σ w_k R_k (a weight of 0 logs without optimising).", "rewards", min_length=1)
     gold: list[str] = _f(["toy_alignment", "toy_fidelity"], "Gold evaluators scored on the eval set (never optimised).", "rewards")
     reward_options: dict[str, dict[str, Any]] = _f(
@@ -158,7 +162,7 @@ class RunConfig(BaseModel):
         "rewards")
 
     # ---- eval & checkpoints ------------------------------------------------------------
-    eval_prompts: list[str] | str = _f("toy:heldout", "Fixed eval prompts (list or named set, see `prompts`).", "eval")
+    eval_prompts: list[str | dict[str, Any]] | str = _f("toy:heldout", "Fixed eval prompts (a list or a set, as for `prompts`; e.g. ocr:test, geneval:test).", "eval")
     eval_seeds: list[int] = _f([0, 1], "Fixed eval seeds; each prompt is sampled once per seed.", "eval", min_length=1)
     eval_num_steps: int | None = _f(None, "ODE steps for evaluation sampling (SD3.5-M 40).", "eval", ge=1, le=1000)
     eval_every: int = _f(5, "Evaluate every N epochs (and at epoch 0 and the end).", "eval", ge=1, le=10_000_000)
@@ -213,6 +217,7 @@ class RunConfig(BaseModel):
                 errors.append(("gold", f"{g!r} is not an evaluator name (letters, digits, '_' and '-'; "
                                        "evaluators are chosen from the registry by name, never by import path)"))
         errors.extend(self._reward_option_errors())
+        errors.extend(self._prompt_spec_errors())
         for k, w in self.rewards.items():
             if not math.isfinite(w) or w < 0:
                 errors.append((f"rewards.{k}", f"weight must be a finite number >= 0, got {w}"))
@@ -256,6 +261,30 @@ class RunConfig(BaseModel):
                                    "num_gpus > 1 use 'cuda' (each rank's own GPU) or 'cpu'"))
         return errors
 
+    def _prompt_spec_errors(self) -> list[tuple[str, str]]:
+        """Prompt specs are well-formed, name known sets, and carry GenEval metadata where a
+        GenEval reward or evaluator scores them (:func:`grpo_guard.prompts.run_prompt_errors`)."""
+        from grpo_guard.prompts import run_prompt_errors
+
+        return run_prompt_errors(self.prompts, self.eval_prompts, rewards=list(self.rewards), gold=self.gold)
+
+    def resolved_prompts(self) -> tuple[list[Any], list[Any]]:
+        """(training prompts, eval prompts) as :class:`grpo_guard.prompts.Prompt` lists, read
+        now (files, datasets); ConfigError names the field when one cannot be read. The trainer
+        calls this before any model loads."""
+        from grpo_guard.prompts import resolve_prompts
+
+        out: dict[str, list[Any]] = {}
+        errors: list[tuple[str, str]] = []
+        for name in ("prompts", "eval_prompts"):
+            try:
+                out[name] = resolve_prompts(getattr(self, name))
+            except ValueError as e:
+                errors.append((name, str(e)))
+        if errors:
+            raise ConfigError(errors)
+        return out["prompts"], out["eval_prompts"]
+
     def reward_factory_options(self, name: str) -> dict[str, Any]:
         """The options given for reward ``name`` (unset ones dropped): keyword arguments of its
         factory (``grpo_guard.rewards.build_reward(name, **options)``)."""
@@ -289,17 +318,17 @@ class RunConfig(BaseModel):
         return errors
 
     def with_prompt_files_inlined(self) -> RunConfig:
-        """This config with each ``file:PATH`` prompt spec that a queued run may not read
+        """This config with each ``file:PATH`` / ``geneval:file:PATH`` prompt spec that a queued run may not read
         (:func:`prompt_file_problem`) replaced by the file's prompts, read here (``grpo-guard
         submit``: the submitting user's own file). ConfigError names the field if unreadable."""
-        from grpo_guard.toyworld.prompts import resolve_prompts
+        from grpo_guard.prompts import prompt_to_item, resolve_prompts
 
         changes: dict[str, Any] = {}
         for name in ("prompts", "eval_prompts"):
             spec = getattr(self, name)
             if prompt_file_problem(spec):
-                try:
-                    changes[name] = resolve_prompts(spec)
+                try:  # GenEval metadata goes along as {prompt, tag, include, exclude} items
+                    changes[name] = [prompt_to_item(p) for p in resolve_prompts(spec)]
                 except ValueError as e:
                     raise ConfigError([(name, str(e))]) from None
         return self.with_overrides(changes) if changes else self
@@ -407,9 +436,9 @@ def prompt_file_problem(spec: Any) -> str | None:
     so a config may only name a relative path without '..' or hidden parts (e.g.
     ``file:data/ocr/train.txt``, from the worker's directory): never /proc/self/environ, ~/.x,
     .env or /etc/..."""
-    if not isinstance(spec, str) or not spec.startswith("file:"):
+    if not isinstance(spec, str) or not spec.strip().startswith(("file:", "geneval:file:")):
         return None
-    path = spec[len("file:"):].strip()
+    path = spec.strip().split("file:", 1)[1].strip()
     parts = path.replace("\\", "/").split("/")
     if (not path or os.path.isabs(path) or path.startswith("~")
             or any(p == ".." or (p.startswith(".") and p != ".") for p in parts)):

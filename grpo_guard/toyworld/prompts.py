@@ -6,15 +6,13 @@ combinations). About 15 % of the combinations form the held-out split: they are 
 during pretraining, so sampling them measures compositional generalisation. Each held-out
 combination's shape, colours and (fg, shape) pair all appear in training; only the triple is new.
 
-Named prompt sets (used by ``RunConfig.prompts`` / ``eval_prompts``) are resolved by
-:func:`resolve_prompts`.
+The named sets ``toy:train``, ``toy:heldout`` and ``toy:all`` are registered in
+:mod:`grpo_guard.prompts`, which resolves every prompt spec.
 """
 
 from __future__ import annotations
 
-import os
 import re
-from collections.abc import Sequence
 
 # name -> RGB. Colours are far apart so that the nearest-palette classifier is unambiguous.
 PALETTE: dict[str, tuple[int, int, int]] = {
@@ -71,54 +69,25 @@ def train_combinations() -> list[tuple[str, str, str]]:
     return [c for c in all_combinations() if c not in held]
 
 
-PROMPT_SETS = {
-    "toy:train": "the 144 prompts seen in pretraining",
-    "toy:heldout": "the 24 prompts never seen in pretraining (eval default)",
-    "toy:all": "all 168 toy prompts",
-}
-
-
 def named_set(name: str) -> list[str]:
-    if name == "toy:train":
-        combos = train_combinations()
-    elif name == "toy:heldout":
-        combos = heldout_combinations()
-    elif name == "toy:all":
-        combos = all_combinations()
-    else:
-        raise ValueError(f"unknown prompt set {name!r}; known: {', '.join(PROMPT_SETS)}, file:PATH")
-    return [make_prompt(*c) for c in combos]
+    """The prompts of ``toy:train``, ``toy:heldout`` or ``toy:all``."""
+    combos = {"toy:train": train_combinations, "toy:heldout": heldout_combinations,
+              "toy:all": all_combinations}.get(name)
+    if combos is None:
+        raise ValueError(f"unknown toy prompt set {name!r}; known: toy:train, toy:heldout, toy:all")
+    return [make_prompt(*c) for c in combos()]
 
 
-def resolve_prompts(spec: str | Sequence[str]) -> list[str]:
-    """Turn a prompt spec into a list of prompts.
+def _register() -> None:
+    from grpo_guard.prompts import Prompt, register
 
-    ``spec`` is a list of prompts (returned as a list of stripped strings), a named set
-    (``"toy:train"``, ``"toy:heldout"``, ``"toy:all"``), or ``"file:PATH"`` — a UTF-8 text file
-    with one prompt a line (blank lines and lines starting with ``#`` are skipped). Raises
-    ``ValueError`` with a one-line reason for an unknown set, an unreadable or empty file, or an
-    empty list."""
-    if isinstance(spec, str):
-        if spec.startswith("file:"):
-            path = os.path.expanduser(spec[len("file:"):])
-            try:
-                with open(path, encoding="utf-8") as fh:
-                    lines = fh.read().splitlines()
-            except OSError as e:
-                raise ValueError(f"cannot read prompt file {path}: {e.strerror}") from None
-            except UnicodeDecodeError:
-                raise ValueError(f"prompt file {path} is not UTF-8 text") from None
-            prompts = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
-            if not prompts:
-                raise ValueError(f"prompt file {path} has no prompts (one prompt a line)")
-            return prompts
-        if ":" in spec and spec.split(":", 1)[0] == "toy":
-            return named_set(spec)
-        raise ValueError(f"unknown prompt set {spec!r}; use {', '.join(PROMPT_SETS)}, file:PATH or a list of prompts")
-    prompts = [str(p).strip() for p in spec]
-    if not prompts or any(not p for p in prompts):
-        raise ValueError("the prompt list is empty or contains an empty prompt")
-    return prompts
+    for name, what in (("toy:train", "the 144 toy prompts seen in pretraining"),
+                       ("toy:heldout", "the 24 toy prompts never seen in pretraining (the toy eval default)"),
+                       ("toy:all", "all 168 toy prompts")):
+        register(name, what, lambda name=name: [Prompt(p) for p in named_set(name)])
+
+
+_register()
 
 
 def corpus_words() -> list[str]:
