@@ -266,7 +266,10 @@ class RunConfig(BaseModel):
         GenEval reward or evaluator scores them (:func:`grpo_guard.prompts.run_prompt_errors`)."""
         from grpo_guard.prompts import run_prompt_errors
 
-        return run_prompt_errors(self.prompts, self.eval_prompts, rewards=list(self.rewards), gold=self.gold)
+        # a GenEval scorer given its own metadata file (reward option `metadata`) looks prompts up there
+        with_file = [k for k in [*self.rewards, *self.gold] if self.reward_options.get(k, {}).get("metadata")]
+        return run_prompt_errors(self.prompts, self.eval_prompts, rewards=[k for k in self.rewards if k not in with_file],
+                                 gold=[g for g in self.gold if g not in with_file])
 
     def resolved_prompts(self) -> tuple[list[Any], list[Any]]:
         """(training prompts, eval prompts) as :class:`grpo_guard.prompts.Prompt` lists, read

@@ -55,6 +55,16 @@ def test_a_geneval_reward_needs_prompts_with_geneval_metadata():
     RunConfig.from_dict({"gold": ["geneval"], "eval_prompts": [ROW]})
 
 
+def test_a_geneval_scorer_with_its_own_metadata_file_takes_plain_prompts():
+    """The reward option `metadata` (an evaluation_metadata.jsonl) looks plain prompts up by text."""
+    RunConfig.from_dict({"backbone": "sd3", "model": "m", "rewards": {"geneval": 1.0}, "gold": [],
+                         "prompts": ["a photo of a dog"], "eval_prompts": ["a photo of a dog"],
+                         "reward_options": {"geneval": {"metadata": "evaluation_metadata.jsonl"}}})
+    errors = _errors(backbone="sd3", model="m", rewards={"toy_fg_share": 1.0, "geneval": 0.0}, gold=["geneval"],
+                     prompts=["a cat"], eval_prompts=["a cat"], reward_options={"geneval": {"threshold": 0.5}})
+    assert list(errors) == ["prompts", "eval_prompts"], "an option other than metadata does not excuse the prompts"
+
+
 def test_resolved_prompts_names_the_field_that_cannot_be_read(tmp_path):
     cfg = RunConfig.from_dict({"eval_prompts": f"file:{tmp_path}/missing.txt"})
     with pytest.raises(ConfigError) as e:
