@@ -23,6 +23,10 @@ CLIP_CHART = "clip"
 CLIP_HEAT_CHART = "clip_heat"
 GRAD_CHART = "grad"
 
+# Key families: every eval/* key comes from an evaluation, every reward/* key from the epoch's rewards.
+EVAL_PREFIX = "eval/"
+REWARD_PREFIX = "reward/"
+
 # ---- run-level scalars: evaluation (rank 0, on the eval cadence) --------------------------------
 EVAL_PROXY = "eval/proxy"
 EVAL_GOLD = "eval/gold"
@@ -38,6 +42,7 @@ REWARD_TOTAL_MEAN = "reward/total/mean"
 REWARD_TOTAL_STD = "reward/total/std"
 REWARD_GROUP_STD = "reward/group_std/mean"
 REWARD_MEAN_SHORT = "reward/mean"
+REWARD_STD_SHORT = "reward/std"
 ZERO_STD_RATIO = "zero_std_ratio"
 ACTUAL_BATCH_SIZE = "actual_batch_size"
 ADV_ABS_MEAN = "adv_abs_mean"
@@ -95,9 +100,7 @@ class Metric:
     charts: tuple[str, ...] = ()
 
     def matches(self, key: str) -> bool:
-        if "{name}" not in self.key:
-            return key == self.key
-        return re.fullmatch(re.escape(self.key).replace(r"\{name\}", "[^/]+"), key) is not None
+        return key == self.key if "{name}" not in self.key else name_in(self.key, key) is not None
 
 
 _FRAC = "fraction"
@@ -119,6 +122,7 @@ SCALARS: tuple[Metric, ...] = (
     Metric(REWARD_GROUP_STD, "within-group std of the total reward, mean over the groups", "reward"),
     Metric(REWARD_MEAN_SHORT, "short name of reward/total/mean some recorders write; read when that is absent",
            "reward", (REWARDS_CHART,)),
+    Metric(REWARD_STD_SHORT, "short name of reward/total/std, read with reward/mean", "reward", (REWARDS_CHART,)),
     Metric(ZERO_STD_RATIO, "share of groups whose rewards are all equal (zero advantage)", _FRAC, (REWARDS_CHART,)),
     Metric(ACTUAL_BATCH_SIZE, "samples with a non-zero advantage (kept for the update)", "samples"),
     Metric(ADV_ABS_MEAN, "mean |advantage| over the epoch's samples", "advantage", (REWARDS_CHART,)),
@@ -160,8 +164,8 @@ STEP_STATS: tuple[Metric, ...] = (
     Metric(RHAT_STD, "RatioNorm ratio r̂: std", "ratio", (RHAT_STD,)),
     Metric(BIAS, "mean (μ_θ − μ_old)²/(2s²): the predicted left shift, = per-element KL to the old policy", "nats"),
     Metric(DRIFT_RMS, "√mean (μ_θ − μ_old)²: how far the policy moved", "latent units"),
-    Metric(CLIP_HIGH, "P(ratio > 1+ε)", _FRAC, (CLIP_CHART,)),
-    Metric(CLIP_LOW, "P(ratio < 1−ε)", _FRAC, (CLIP_CHART,)),
+    Metric(CLIP_HIGH, "P(ratio > 1+ε)", _FRAC),
+    Metric(CLIP_LOW, "P(ratio < 1−ε)", _FRAC),
     Metric(POS_ADV_CLIPPED, "P(A > 0 ∧ ratio > 1+ε): is the upper clip working", _FRAC, (CLIP_CHART, CLIP_HEAT_CHART)),
     Metric(NEG_ADV_CLIPPED, "P(A < 0 ∧ ratio < 1−ε)", _FRAC, (CLIP_CHART,)),
     Metric(GRAD_ZEROED_FRAC, "pos_adv_clipped + neg_adv_clipped: rows that give no gradient", _FRAC),
@@ -182,6 +186,13 @@ STEP_STATS: tuple[Metric, ...] = (
            (GRAD_CHART,)),
     Metric(ROWS, "rows trained at j this epoch", "rows"),
 )
+
+
+def name_in(pattern: str, key: str) -> str | None:
+    """The ``{name}`` part of ``key`` if it matches ``pattern`` (e.g. ``reward/{name}/mean``;
+    a name holds no "/"), else None."""
+    m = re.fullmatch(re.escape(pattern).replace(r"\{name\}", "(?P<name>[^/]+)"), key)
+    return m.group("name") if m else None
 
 
 def _find(catalogue: tuple[Metric, ...], key: str) -> Metric | None:
