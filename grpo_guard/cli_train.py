@@ -49,8 +49,9 @@ class _SignalControl:
 
 
 # (metric key, label on the bar, format) of the values the progress bar shows.
-_BAR_KEYS = ((M.REWARD_TOTAL_MEAN, "reward", ".4f"), (M.RATIO_MEAN_MINUS_1, "r-1", ".1e"), (M.RATIO_STD, "r_std", ".1e"),
-             (M.RATIO_CLIP_FRAC, "clip", ".2f"), (M.EVAL_PROXY, "eval_proxy", ".4f"), (M.EVAL_GOLD, "eval_gold", ".4f"))
+_BAR_KEYS = ((M.REWARD_TOTAL_MEAN, "reward", ".4f"), (M.RATIO_MEAN_MINUS_1, "r-1", ".1e"),
+             (M.RATIO_STD, "r_std", ".1e"), (M.RATIO_CLIP_FRAC, "clip", ".2f"),
+             (M.EVAL_PROXY, "eval_proxy", ".4f"), (M.EVAL_GOLD, "eval_gold", ".4f"))
 
 
 class _ProgressRecorder:

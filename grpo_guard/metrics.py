@@ -98,13 +98,15 @@ class Metric:
     meaning: str
     unit: str
     charts: tuple[str, ...] = ()
+    per_step: bool = False  # a per-denoising-step statistic (``log_step_stats``), not a run-level scalar
 
     def matches(self, key: str) -> bool:
         return key == self.key if "{name}" not in self.key else name_in(self.key, key) is not None
 
 
 _FRAC = "fraction"
-SCALARS: tuple[Metric, ...] = (
+CATALOGUE: tuple[Metric, ...] = (
+    # run-level scalars
     Metric(EVAL_PROXY, "weighted total of the proxy rewards on the fixed eval set (ODE sampling, EMA weights)",
            "reward", (PROXY_GOLD_CHART,)),
     Metric(EVAL_GOLD, "mean of the gold evaluators on the fixed eval set (NaN without gold)", "score",
@@ -150,42 +152,45 @@ SCALARS: tuple[Metric, ...] = (
     Metric(TIME_UPDATE, "wall-clock time of advantages and the policy update", "s"),
     Metric(TIME_RECORD, "wall-clock time of recording the epoch", "s"),
     Metric(TIME_EPOCH, "wall-clock time of the epoch (without eval and checkpoint)", "s"),
-)
-
-STEP_STATS: tuple[Metric, ...] = (
-    Metric(LOGR_MEAN, "raw log-ratio log r, mean", "nats"),
-    Metric(LOGR_STD, "raw log-ratio, std", "nats"),
+    # per-denoising-step statistics (§8)
+    Metric(LOGR_MEAN, "raw log-ratio log r, mean", "nats", per_step=True),
+    Metric(LOGR_STD, "raw log-ratio, std", "nats", per_step=True),
     Metric(R_MEAN_MINUS_1, "raw ratio r: mean − 1 (the left shift grows toward low noise)", "ratio",
-           (R_MEAN_MINUS_1,)),
-    Metric(R_STD, "raw ratio r: std", "ratio", (R_STD,)),
-    Metric(LOGRHAT_MEAN, "RatioNorm log-ratio log r̂, mean", "nats"),
-    Metric(LOGRHAT_STD, "RatioNorm log-ratio, std", "nats"),
-    Metric(RHAT_MEAN_MINUS_1, "RatioNorm ratio r̂: mean − 1 (centred for Guard)", "ratio", (RHAT_MEAN_MINUS_1,)),
-    Metric(RHAT_STD, "RatioNorm ratio r̂: std", "ratio", (RHAT_STD,)),
-    Metric(BIAS, "mean (μ_θ − μ_old)²/(2s²): the predicted left shift, = per-element KL to the old policy", "nats"),
-    Metric(DRIFT_RMS, "√mean (μ_θ − μ_old)²: how far the policy moved", "latent units"),
-    Metric(CLIP_HIGH, "P(ratio > 1+ε)", _FRAC),
-    Metric(CLIP_LOW, "P(ratio < 1−ε)", _FRAC),
-    Metric(POS_ADV_CLIPPED, "P(A > 0 ∧ ratio > 1+ε): is the upper clip working", _FRAC, (CLIP_CHART, CLIP_HEAT_CHART)),
-    Metric(NEG_ADV_CLIPPED, "P(A < 0 ∧ ratio < 1−ε)", _FRAC, (CLIP_CHART,)),
-    Metric(GRAD_ZEROED_FRAC, "pos_adv_clipped + neg_adv_clipped: rows that give no gradient", _FRAC),
-    Metric(APPROX_KL, "½·mean (log r)²", "nats"),
-    Metric(KL_REF, "KL to the reference model (§3.3, only with kl_beta > 0)", "nats"),
-    Metric(ADV_POS_FRAC, "share of rows with A > 0", _FRAC),
-    Metric(STEP_ADV_ABS_MEAN, "mean |A| over the rows trained at j", "advantage"),
-    Metric(STEP_POLICY_LOSS, "clipped-surrogate loss at j", "loss"),
-    Metric(STEP_LOSS, "total loss at j", "loss"),
-    Metric(DELTA_MEAN, "mean gradient reweighting δ_j (Guard, §4.3)", "weight"),
-    Metric(DELTA, "the step's δ_j as used by the loss", "weight"),
-    Metric(EFF_WEIGHT, "δ_j·|β_j·dt_j|: the analytic counterpart of grad_norm_v", "weight"),
-    Metric(DT_ABS, "|dt_j|", "sigma"),
-    Metric(S, "s_j, the per-element std of the Gaussian transition", "latent units"),
-    Metric(STD_DEV_T, "σ_t, the SDE diffusion coefficient without the √|dt| factor", "latent units"),
-    Metric(BETA, "β_j, the coefficient of v·dt in the step mean (§1.1)", "ratio"),
+           (R_MEAN_MINUS_1,), per_step=True),
+    Metric(R_STD, "raw ratio r: std", "ratio", (R_STD,), per_step=True),
+    Metric(LOGRHAT_MEAN, "RatioNorm log-ratio log r̂, mean", "nats", per_step=True),
+    Metric(LOGRHAT_STD, "RatioNorm log-ratio, std", "nats", per_step=True),
+    Metric(RHAT_MEAN_MINUS_1, "RatioNorm ratio r̂: mean − 1 (centred for Guard)", "ratio", (RHAT_MEAN_MINUS_1,),
+           per_step=True),
+    Metric(RHAT_STD, "RatioNorm ratio r̂: std", "ratio", (RHAT_STD,), per_step=True),
+    Metric(BIAS, "mean (μ_θ − μ_old)²/(2s²): the predicted left shift, = per-element KL to the old policy", "nats",
+           per_step=True),
+    Metric(DRIFT_RMS, "√mean (μ_θ − μ_old)²: how far the policy moved", "latent units", per_step=True),
+    Metric(CLIP_HIGH, "P(ratio > 1+ε)", _FRAC, per_step=True),
+    Metric(CLIP_LOW, "P(ratio < 1−ε)", _FRAC, per_step=True),
+    Metric(POS_ADV_CLIPPED, "P(A > 0 ∧ ratio > 1+ε): is the upper clip working", _FRAC,
+           (CLIP_CHART, CLIP_HEAT_CHART), per_step=True),
+    Metric(NEG_ADV_CLIPPED, "P(A < 0 ∧ ratio < 1−ε)", _FRAC, (CLIP_CHART,), per_step=True),
+    Metric(GRAD_ZEROED_FRAC, "pos_adv_clipped + neg_adv_clipped: rows that give no gradient", _FRAC, per_step=True),
+    Metric(APPROX_KL, "½·mean (log r)²", "nats", per_step=True),
+    Metric(KL_REF, "KL to the reference model (§3.3, only with kl_beta > 0)", "nats", per_step=True),
+    Metric(ADV_POS_FRAC, "share of rows with A > 0", _FRAC, per_step=True),
+    Metric(STEP_ADV_ABS_MEAN, "mean |A| over the rows trained at j", "advantage", per_step=True),
+    Metric(STEP_POLICY_LOSS, "clipped-surrogate loss at j", "loss", per_step=True),
+    Metric(STEP_LOSS, "total loss at j", "loss", per_step=True),
+    Metric(DELTA_MEAN, "mean gradient reweighting δ_j (Guard, §4.3)", "weight", per_step=True),
+    Metric(DELTA, "the step's δ_j as used by the loss", "weight", per_step=True),
+    Metric(EFF_WEIGHT, "δ_j·|β_j·dt_j|: the analytic counterpart of grad_norm_v", "weight", per_step=True),
+    Metric(DT_ABS, "|dt_j|", "sigma", per_step=True),
+    Metric(S, "s_j, the per-element std of the Gaussian transition", "latent units", per_step=True),
+    Metric(STD_DEV_T, "σ_t, the SDE diffusion coefficient without the √|dt| factor", "latent units", per_step=True),
+    Metric(BETA, "β_j, the coefficient of v·dt in the step mean (§1.1)", "ratio", per_step=True),
     Metric(GRAD_NORM_V, "‖∂L_j/∂v‖ from the velocity's gradient (Guard ≤ 2.5× max/min, baseline 20–26×)", "norm",
-           (GRAD_CHART,)),
-    Metric(ROWS, "rows trained at j this epoch", "rows"),
+           (GRAD_CHART,), per_step=True),
+    Metric(ROWS, "rows trained at j this epoch", "rows", per_step=True),
 )
+SCALARS = tuple(m for m in CATALOGUE if not m.per_step)
+STEP_STATS = tuple(m for m in CATALOGUE if m.per_step)
 
 
 def name_in(pattern: str, key: str) -> str | None:

@@ -26,6 +26,11 @@ the r̂ histogram are not logged.
 
 Every random stream is derived from (seed, epoch, purpose), so a run resumed from a checkpoint logs
 exactly what the uninterrupted run logs. The step index of every row is the epoch (0 = base model).
+
+Where the pieces live: ``train()`` below is the loop; each epoch stage is a function after it. The
+live objects of a run and its eval and checkpoint steps are in ``grpo_guard.train_run``, the state
+carried between epochs (and checkpointed) in ``grpo_guard.train_state``, the policy update in
+``grpo_guard.update``, and the names of every logged metric in ``grpo_guard.metrics``.
 """
 
 from __future__ import annotations
@@ -90,7 +95,7 @@ class EpochRewards:
 
 @dataclass
 class EpochAdvantages:
-    all: torch.Tensor              # (N,) float32, the whole batch's advantages
+    whole: torch.Tensor            # (N,) float32, the whole batch's advantages
     mine: torch.Tensor             # (N_r,) this rank's slice
     zero_groups: torch.Tensor      # (G,) bool, groups whose rewards are all equal
     batches: list[torch.Tensor]    # micro-batches of row indices into this rank's rollout
@@ -360,20 +365,22 @@ def _record(run: TrainRun, epoch: int, upd: UpdateResult, scored: EpochRewards, 
     scalars = dict(upd.scalars)
     for k, v in scored.scores.items():
         scalars[M.REWARD_MEAN.format(name=k)], scalars[M.REWARD_STD.format(name=k)] = float(v.mean()), float(v.std())
-    scalars[M.REWARD_TOTAL_MEAN], scalars[M.REWARD_TOTAL_STD] = float(np.mean(scored.total)), float(np.std(scored.total))
-    scalars[M.REWARD_GROUP_STD] = float(np.asarray(scored.total).reshape(c.prompts_per_epoch, c.group_size).std(1).mean())
+    total = np.asarray(scored.total)                                                      # (N,)
+    scalars[M.REWARD_TOTAL_MEAN], scalars[M.REWARD_TOTAL_STD] = float(np.mean(total)), float(np.std(total))
+    scalars[M.REWARD_GROUP_STD] = float(total.reshape(c.prompts_per_epoch, c.group_size).std(1).mean())
     scalars[M.ZERO_STD_RATIO] = float(adv.zero_groups.float().mean())
-    kept = int((adv.all != 0).sum())
+    kept = int((adv.whole != 0).sum())
     scalars[M.ACTUAL_BATCH_SIZE] = float(kept)
-    scalars[M.ADV_ABS_MEAN] = float(adv.all.abs().mean())
-    scalars[M.ADV_CLIPPED_FRAC] = float((adv.all.abs() >= c.adv_clip).float().mean())
-    scalars.update({M.TIME_SAMPLE: t_sample - t0, M.TIME_REWARD: t_reward - t_sample, M.TIME_UPDATE: t_update - t_reward})
+    scalars[M.ADV_ABS_MEAN] = float(adv.whole.abs().mean())
+    scalars[M.ADV_CLIPPED_FRAC] = float((adv.whole.abs() >= c.adv_clip).float().mean())
+    scalars.update({M.TIME_SAMPLE: t_sample - t0, M.TIME_REWARD: t_reward - t_sample,
+                    M.TIME_UPDATE: t_update - t_reward})
     recorder.log_step_stats([StepStat(step=epoch, denoise_index=j, sigma=upd.sigma[j][0], dt=upd.sigma[j][1],
                                       stats=s) for j, s in sorted(upd.step_stats.items())])
     recorder.log_scalars(epoch, scalars)
     recorder.set_progress(epoch, c.epochs)
     recorder.log_line(f"epoch {epoch}/{c.epochs}: reward {scalars[M.REWARD_TOTAL_MEAN]:.4f} "
-                      f"(±{scalars[M.REWARD_TOTAL_STD]:.4f}), kept {kept}/{len(adv.all)}, "
+                      f"(±{scalars[M.REWARD_TOTAL_STD]:.4f}), kept {kept}/{len(adv.whole)}, "
                       f"grad_norm {scalars[M.GRAD_NORM]:.3g}, {t_update - t0:.1f}s", "debug")
     recorder.flush()
     t_record = time.perf_counter()

@@ -47,9 +47,9 @@ def test_to_dict_copies_the_history():
 
 def _toy_config() -> RunConfig:
     return RunConfig.from_dict(dict(backbone="toy", group_size=2, num_steps=3, eval_num_steps=2, lora_rank=4,
-                                    sample_batch_size=2, prompts_per_epoch=2, eval_prompts=["a red circle on a blue background"],
-                                    eval_seeds=[0], eval_every=1, seed=3, learning_rate=1e-2, epochs=2, ema=True,
-                                    ema_every=1))
+                                    sample_batch_size=2, prompts_per_epoch=2, eval_seeds=[0], eval_every=1,
+                                    eval_prompts=["a red circle on a blue background"], seed=3, learning_rate=1e-2,
+                                    epochs=2, ema=True, ema_every=1))
 
 
 def test_a_checkpoint_holding_the_old_trainer_dict_resumes_exactly(tmp_path):
@@ -65,8 +65,8 @@ def test_a_checkpoint_holding_the_old_trainer_dict_resumes_exactly(tmp_path):
 
     blob = torch.load(stopped.last_checkpoint, weights_only=True)
     t = blob["trainer"]
-    blob["trainer"] = {"optimizer_steps": t["optimizer_steps"], "history": {k: list(v) for k, v in t["history"].items()},
-                       "best_gold": t["best_gold"], "best_step": t["best_step"], "onset": t["onset"],
+    blob["trainer"] = {"optimizer_steps": t["optimizer_steps"],
+                       "history": {k: list(v) for k, v in t["history"].items()}, "best_gold": t["best_gold"], "best_step": t["best_step"], "onset": t["onset"],
                        "last_eval": t["last_eval"], "last_ckpt_step": t["last_ckpt_step"]}
     torch.save(blob, stopped.last_checkpoint)
     assert load_checkpoint(stopped.last_checkpoint).trainer["history"]["step"] == [0, 1]
