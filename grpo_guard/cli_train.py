@@ -11,6 +11,8 @@ from typing import Any
 
 import click
 
+from grpo_guard import metrics as M
+
 STOP_FILE_ENV = "GG_STOP_FILE"
 
 
@@ -46,6 +48,12 @@ class _SignalControl:
         return False
 
 
+# (metric key, label on the bar, format) of the values the progress bar shows.
+_BAR_KEYS = ((M.REWARD_TOTAL_MEAN, "reward", ".4f"), (M.RATIO_MEAN_MINUS_1, "r-1", ".1e"),
+             (M.RATIO_STD, "r_std", ".1e"), (M.RATIO_CLIP_FRAC, "clip", ".2f"),
+             (M.EVAL_PROXY, "eval_proxy", ".4f"), (M.EVAL_GOLD, "eval_gold", ".4f"))
+
+
 class _ProgressRecorder:
     """Forwards to a recorder and drives a tqdm bar: epoch, reward, ratio statistics, ETA."""
 
@@ -61,9 +69,7 @@ class _ProgressRecorder:
 
     def log_scalars(self, step: int, values: dict[str, float]) -> None:
         self.inner.log_scalars(step, values)
-        for key, short, fmt in (("reward/total/mean", "reward", ".4f"), ("ratio/mean_minus_1", "r-1", ".1e"),
-                                ("ratio/std", "r_std", ".1e"), ("ratio/clip_frac", "clip", ".2f"),
-                                ("eval/proxy", "eval_proxy", ".4f"), ("eval/gold", "eval_gold", ".4f")):
+        for key, short, fmt in _BAR_KEYS:
             if key in values:
                 self.post[short] = format(values[key], fmt)
         self.bar.set_postfix(self.post, refresh=False)

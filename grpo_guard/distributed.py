@@ -29,6 +29,8 @@ from typing import TypeVar
 
 import numpy as np
 
+from grpo_guard import metrics as M
+
 T = TypeVar("T")
 
 
@@ -316,7 +318,7 @@ def merge_update_stats(scalars: dict[str, float], step_stats: dict[int, dict[str
 
     parts: list = [None] * dist.get_world_size()
     dist.all_gather_object(parts, (scalars, step_stats, sigma))
-    summed, maxed = {"micro_batches", "backward_rows"}, {"sanity/onpolicy_max_abs_logr"}
+    summed, maxed = {M.MICRO_BATCHES, M.BACKWARD_ROWS}, {M.ONPOLICY_MAX_ABS_LOGR}
     out_s: dict[str, float] = {}
     for k in scalars:
         vals = [p[0][k] for p in parts if k in p[0] and math.isfinite(p[0][k])]
@@ -334,14 +336,14 @@ def merge_update_stats(scalars: dict[str, float], step_stats: dict[int, dict[str
         out_sigma.update(sig)
         for j, row in stats.items():
             out_j.setdefault(j, {})
-            w = row.get("rows", 1.0)
+            w = row.get(M.ROWS, 1.0)
             for k, v in row.items():
-                if k == "rows" or not math.isfinite(v):
+                if k == M.ROWS or not math.isfinite(v):
                     continue
                 acc = out_j[j].setdefault(k, [0.0, 0.0])
                 acc[0] += w * v
                 acc[1] += w
-            out_j[j].setdefault("rows", [0.0, 0.0])[0] += w
-    merged = {j: {k: (a[0] if k == "rows" else a[0] / a[1]) for k, a in row.items() if k == "rows" or a[1] > 0}
+            out_j[j].setdefault(M.ROWS, [0.0, 0.0])[0] += w
+    merged = {j: {k: (a[0] if k == M.ROWS else a[0] / a[1]) for k, a in row.items() if k == M.ROWS or a[1] > 0}
               for j, row in out_j.items()}
     return out_s, merged, out_sigma

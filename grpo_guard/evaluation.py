@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from grpo_guard import metrics as M
 from grpo_guard.models.base import Backbone
 from grpo_guard.recording import Recorder, Sample
 from grpo_guard.rollout import sample_ode, seed_noise
@@ -83,8 +84,8 @@ def evaluate(backbone: Backbone, eval_set: EvalSet, sigmas: torch.Tensor, *, cfg
         recorder.log_sample(Sample(step=step, prompt=prompt, seed=seed, image=png_bytes(images[i]), scores=scores,
                                    proxy=float(proxy_total[i]),
                                    gold=float(gold_total[i]) if gold_total is not None else None))
-    out = {f"eval/{k}": float(v.mean()) for k, v in {**p_scores, **g_scores}.items()}
-    out.update({f"eval/{k}": v for k, v in details.items()})
-    out["eval/proxy"] = float(np.mean(proxy_total))
-    out["eval/gold"] = float(np.mean(gold_total)) if gold_total is not None else math.nan
+    out = {M.EVAL_REWARD.format(name=k): float(v.mean()) for k, v in {**p_scores, **g_scores}.items()}
+    out.update({M.EVAL_DETAIL.format(name=k.split("/", 1)[0], detail=k.split("/", 1)[1]): v for k, v in details.items()})
+    out[M.EVAL_PROXY] = float(np.mean(proxy_total))
+    out[M.EVAL_GOLD] = float(np.mean(gold_total)) if gold_total is not None else math.nan
     return out

@@ -26,6 +26,11 @@ the r̂ histogram are not logged.
 
 Every random stream is derived from (seed, epoch, purpose), so a run resumed from a checkpoint logs
 exactly what the uninterrupted run logs. The step index of every row is the epoch (0 = base model).
+
+Where the pieces live: ``train()`` below is the loop; each epoch stage is a function after it. The
+live objects of a run and its eval and checkpoint steps are in ``grpo_guard.train_run``, the state
+carried between epochs (and checkpointed) in ``grpo_guard.train_state``, the policy update in
+``grpo_guard.update``, and the names of every logged metric in ``grpo_guard.metrics``.
 """
 
 from __future__ import annotations
@@ -40,17 +45,11 @@ import numpy as np
 import torch
 
 from grpo_guard import distributed as ddp
-from grpo_guard.alarm import hacking_onset
-from grpo_guard.checkpoint import (
-    ARCHITECTURE_KEYS,
-    Checkpoint,
-    load_checkpoint,
-    prune_checkpoints,
-    save_checkpoint,
-)
+from grpo_guard import metrics as M
+from grpo_guard.checkpoint import ARCHITECTURE_KEYS, Checkpoint, load_checkpoint
 from grpo_guard.config import RunConfig
 from grpo_guard.ema import EMA
-from grpo_guard.evaluation import EvalSet, evaluate, score_images
+from grpo_guard.evaluation import EvalSet, score_images
 from grpo_guard.policy import group_advantages, zero_variance_mask
 from grpo_guard.recording import Control, NullRecorder, Recorder, StepStat
 from grpo_guard.rollout import (
@@ -59,11 +58,14 @@ from grpo_guard.rollout import (
     SHUFFLE,
     STEP_NOISE,
     TIMESTEPS,
+    Rollout,
     derive_generator,
     sample_rollouts,
     trained_steps,
 )
-from grpo_guard.update import micro_batches, policy_update
+from grpo_guard.train_run import TrainRun, checkpoint_at, evaluate_at
+from grpo_guard.train_state import TrainerState
+from grpo_guard.update import UpdateResult, micro_batches, policy_update
 
 
 @dataclass
@@ -71,6 +73,32 @@ class TrainResult:
     status: Literal["succeeded", "cancelled"]
     step: int                       # epochs completed
     last_checkpoint: str | None     # path of the last checkpoint written (or resumed from)
+
+
+@dataclass
+class EpochSamples:
+    """One epoch's samples on this rank (one process holds all N = prompts_per_epoch × group_size rows)."""
+
+    prompts: list[str]            # (G,) the epoch's prompts, one per group
+    prompt_index: torch.Tensor    # (N,) group id of every row of the epoch
+    my_index: torch.Tensor        # (N_r,) group ids of this rank's rows
+    rollout: Rollout              # this rank's trajectories
+    images: np.ndarray            # (N_r, H, W, 3) uint8
+
+
+@dataclass
+class EpochRewards:
+    scores: dict[str, np.ndarray]  # name -> (N,) float64, every row of the epoch (gathered over ranks)
+    total: np.ndarray              # (N,) float64, Σ_k w_k·R_k
+    sizes: list[int] | None        # rows per rank (data parallel only)
+
+
+@dataclass
+class EpochAdvantages:
+    whole: torch.Tensor            # (N,) float32, the whole batch's advantages
+    mine: torch.Tensor             # (N_r,) this rank's slice
+    zero_groups: torch.Tensor      # (G,) bool, groups whose rewards are all equal
+    batches: list[torch.Tensor]    # micro-batches of row indices into this rank's rollout
 
 
 def train(config: RunConfig, recorder: Recorder, control: Control, *, resume_from: str | None = None,
@@ -83,30 +111,102 @@ def train(config: RunConfig, recorder: Recorder, control: Control, *, resume_fro
     rank of a data-parallel run: ranks other than 0 ignore ``recorder`` and ``control``."""
     # 0. Data parallel: join the launcher's group (a no-op for a single process).
     rank, world = ddp.init_from_env()
-    is_main = rank == 0
-    if world != config.num_gpus:
-        raise ValueError(
-            f"num_gpus is {config.num_gpus} but this process group has {world} process(es): "
-            + ("run it with `grpo-guard train CONFIG` (which starts accelerate launch with num_gpus processes) "
-               "or submit it to a worker that owns that many GPUs" if world == 1 else
-               f"launch exactly num_gpus={config.num_gpus} processes"))
+    _check_world(config.num_gpus, world)
     if world > 1:
         device = ddp.rank_device() or device
-        if not is_main:  # one writer: rank 0 records everything, the other ranks keep nothing
+        if rank != 0:  # one writer: rank 0 records everything, the other ranks keep nothing
             recorder = NullRecorder()
 
     # 1. Resume: the checkpoint fixes the architecture; the caller's config the rest.
-    ckpt = None
-    if resume_from:
-        ckpt = load_checkpoint(resume_from)
+    ckpt = load_checkpoint(resume_from) if resume_from else None
+    if ckpt is not None:
         config = _resume_config(config, ckpt, recorder)
     c = config
 
-    # 2. Prompts and rewards first (an unknown set, unreadable file, missing dataset or reward
-    # name fails before a model loads), then model, optimizer, EMA. Prompts stay Prompt objects
-    # (str with .meta) all the way to the rewards and the recorder.
+    # 2. Rewards, model, optimizer, EMA, prompts, sigma tables, the fixed eval set.
+    run = _build_run(c, recorder, rank, world, device, backbone, rewards)
+
+    # 3. Trainer state (all of it goes into checkpoints): fresh with the base model's eval, or resumed.
+    state, start, last_path = _start_state(run, ckpt)
+    if ckpt is None and run.is_main:
+        evaluate_at(run, state, 0)
+        recorder.flush()
+
+    # 4. The loop: one epoch = one step.
+    for epoch in range(start + 1, c.epochs + 1):
+        # 4a. Poll control once per step (rank 0 polls, every rank obeys).
+        if _stop_requested(run, control):
+            if run.is_main and state.last_ckpt_step != epoch - 1:
+                last_path = checkpoint_at(run, state, epoch - 1, "stop")
+            recorder.log_line(f"stopped on request after epoch {epoch - 1}")
+            recorder.flush()
+            return TrainResult("cancelled", epoch - 1, last_path)
+        t0 = time.perf_counter()
+
+        # 4b. Sample a group per prompt with the SDE sampler.
+        samples = _sample(run, epoch)
+        t_sample = time.perf_counter()
+
+        # 4c. Score with the proxy rewards, gathered over the ranks.
+        scored = _score(run, samples)
+        t_reward = time.perf_counter()
+
+        # 4d. Group advantages over the whole batch; zero-advantage samples are dropped (§3.1).
+        adv = _advantages(run, samples, scored, epoch)
+
+        # 4e. Policy update, per denoising step, with accumulation (gradients averaged over ranks).
+        upd = policy_update(run.backbone, run.optimizer, run.params, samples.rollout, adv.mine.to(run.backbone.device),
+                            adv.batches, c, run.ema, state, grad_sync=ddp.all_reduce_grads if world > 1 else None)
+        if world > 1:
+            upd.scalars, upd.step_stats, upd.sigma = ddp.merge_update_stats(upd.scalars, upd.step_stats, upd.sigma)
+        t_update = time.perf_counter()
+
+        # 4f. Record.
+        _record(run, epoch, upd, scored, adv, (t0, t_sample, t_reward, t_update))
+
+        # 4g. Evaluate, checkpoint, and obey the sample-now / save-now flags (rank 0 alone).
+        if not run.is_main:
+            continue
+        sample_now, save_now = control.take_sample_now(), control.take_save_now()
+        if epoch % c.eval_every == 0 or epoch == c.epochs or sample_now:
+            evaluate_at(run, state, epoch)
+        new_best = state.best_step == epoch
+        if epoch % c.checkpoint_every == 0 or epoch == c.epochs or new_best or save_now:
+            reason = "best-gold" if new_best else "periodic" if epoch < c.epochs else "final"
+            last_path = checkpoint_at(run, state, epoch, reason)
+        recorder.flush()
+
+    # 5. Done (a resumed, already finished run lands here directly).
+    if not run.is_main:
+        return TrainResult("succeeded", c.epochs, last_path)
+    if state.last_eval != c.epochs:
+        evaluate_at(run, state, c.epochs)
+    if state.last_ckpt_step != c.epochs:
+        last_path = checkpoint_at(run, state, c.epochs, "final")
+    recorder.set_progress(c.epochs, c.epochs)
+    recorder.log_line(f"finished {c.epochs} epochs")
+    recorder.flush()
+    return TrainResult("succeeded", c.epochs, last_path)
+
+
+# ---- set-up ----------------------------------------------------------------------------------------
+def _check_world(num_gpus: int, world: int) -> None:
+    if world != num_gpus:
+        raise ValueError(
+            f"num_gpus is {num_gpus} but this process group has {world} process(es): "
+            + ("run it with `grpo-guard train CONFIG` (which starts accelerate launch with num_gpus processes) "
+               "or submit it to a worker that owns that many GPUs" if world == 1 else
+               f"launch exactly num_gpus={num_gpus} processes"))
+
+
+def _build_run(c: RunConfig, recorder: Recorder, rank: int, world: int, device: str | None, backbone,
+               rewards: Mapping[str, object] | None) -> TrainRun:
+    # Prompts and rewards first: an unknown set, unreadable file, missing dataset, reward name or
+    # GenEval metadata fails before a model loads. Prompts stay Prompt objects (str with .meta) all
+    # the way to the rewards and the recorder. Eval (golds) runs on rank 0 only.
     train_prompts, eval_prompts = c.resolved_prompts()
-    proxies, golds = _build_rewards(c, rewards, golds=is_main)  # eval (golds) runs on rank 0 only
+    proxies, golds = _build_rewards(c, rewards, golds=rank == 0)
+    _check_reward_prompts(proxies, golds, train_prompts, eval_prompts)
     if backbone is None:
         from grpo_guard.models import build_backbone
 
@@ -120,207 +220,58 @@ def train(config: RunConfig, recorder: Recorder, control: Control, *, resume_fro
         ddp.broadcast_params(params)
     optimizer = torch.optim.AdamW(params, lr=c.learning_rate, betas=(c.adam_beta1, c.adam_beta2),
                                   weight_decay=c.weight_decay, eps=c.adam_eps)
-    ema = EMA(params, c.ema_decay) if c.ema else None
 
-    # 3. Sigma tables, the fixed eval set.
+    # Sigma tables, the fixed eval set.
     latent_shape = backbone.latent_shape(c.resolution)
-    sigmas = backbone.sigmas(c.num_steps, c.shift, c.resolution)             # (T+1,)
-    eval_sigmas = backbone.sigmas(c.eval_num_steps, c.shift, c.resolution)   # (T_eval+1,)
     eval_set = EvalSet.build(eval_prompts, list(c.eval_seeds), latent_shape)
-    n_train = c.num_trained_steps()
-    group_size, n_groups = c.group_size, c.prompts_per_epoch
+
     # This rank's prompt groups (all of them in a single process) and their rows of the epoch.
+    group_size, n_groups = c.group_size, c.prompts_per_epoch
     my_groups = ddp.shard_indices(n_groups, rank, world)
     my_rows = torch.arange(my_groups[0] * group_size, (my_groups[-1] + 1) * group_size) if my_groups else \
         torch.zeros(0, dtype=torch.long)
     # Micro-batches per rank: from the largest shard, so every rank takes the same optimizer steps.
     num_batches = math.ceil(group_size * len(ddp.shard_indices(n_groups, 0, world)) / c.train_batch_size)
+    return TrainRun(config=c, recorder=recorder, rank=rank, world=world, backbone=backbone, params=params,
+                    optimizer=optimizer, ema=EMA(params, c.ema_decay) if c.ema else None, proxies=proxies,
+                    golds=golds, train_prompts=train_prompts, latent_shape=latent_shape,
+                    sigmas=backbone.sigmas(c.num_steps, c.shift, c.resolution),
+                    eval_sigmas=backbone.sigmas(c.eval_num_steps, c.shift, c.resolution), eval_set=eval_set,
+                    my_rows=my_rows, num_batches=num_batches)
 
-    # 4. Trainer state (all of it goes into checkpoints).
-    st = {"optimizer_steps": 0, "history": {"step": [], "proxy": [], "gold": []}, "best_gold": -math.inf,
-          "best_step": -1, "onset": None, "last_eval": -1, "last_ckpt_step": -1}
-    last_path: str | None = None
-    start = 0
-    if ckpt is not None:
-        backbone.load_trainable_state_dict(ckpt.trainable)
-        if ckpt.optimizer:
-            optimizer.load_state_dict(ckpt.optimizer)
-        if ema is not None and ckpt.ema is not None:
-            ema.load(ckpt.ema)
-        st.update(ckpt.trainer)
-        start, last_path = ckpt.step, ckpt.path
-        if start > c.epochs:
-            raise ValueError(f"the checkpoint is at epoch {start}, beyond epochs={c.epochs}; set epochs >= {start} to resume")
-        recorder.prune_after(start)
-        recorder.log_line(f"resumed from {ckpt.path} at epoch {start}")
-    else:
-        recorder.log_line(f"training {c.algorithm} on {c.backbone}: {c.epochs} epochs of {n_groups}×{group_size} "
-                          f"samples, {n_train} of {c.num_steps} steps trained, {sum(p.numel() for p in params):,} "
-                          f"trainable parameters")
 
-    def run_eval(step: int) -> None:
-        if step in st["history"]["step"]:
-            return
-        t = time.perf_counter()
-        with ema.swapped() if ema is not None else _nullcontext():
-            vals = evaluate(backbone, eval_set, eval_sigmas, cfg_scale=c.cfg_scale, proxies=proxies, golds=golds,
-                            step=step, recorder=recorder, chunk=c.sample_batch_size)
-        h = st["history"]
-        h["step"].append(step)
-        h["proxy"].append(vals["eval/proxy"])
-        h["gold"].append(vals["eval/gold"])
-        base = h["gold"][0]
-        if math.isfinite(base) and base > 0:
-            vals["eval/gold_rel"] = vals["eval/gold"] / base
-        if math.isfinite(vals["eval/gold"]) and vals["eval/gold"] > st["best_gold"]:
-            st["best_gold"], st["best_step"] = vals["eval/gold"], step
-        if st["onset"] is None and golds:
-            st["onset"] = hacking_onset(h["step"], h["proxy"], h["gold"])
-            if st["onset"] is not None:
-                vals["alarm/hacking_onset"] = float(st["onset"])
-                recorder.log_line(f"over-optimisation alarm: proxy rising while gold falls since epoch {st['onset']}",
-                                  "warning")
-        vals["time/eval"] = time.perf_counter() - t
-        st["last_eval"] = step
-        recorder.log_scalars(step, vals)
-        recorder.log_line(f"eval @ {step}: proxy {vals['eval/proxy']:.4f}, gold {vals['eval/gold']:.4f}")
+def _check_reward_prompts(proxies: Mapping[str, tuple[object, float]], golds: Mapping[str, object],
+                          train_prompts: list, eval_prompts: list) -> None:
+    """Rewards that read per-prompt data (GenEval's metadata: ``check_prompts``) vet the prompts
+    they will score now, with one sentence, before a model or the reward's weights load."""
+    for fn, _ in proxies.values():
+        if callable(check := getattr(fn, "check_prompts", None)):
+            check([*train_prompts, *eval_prompts])
+    for fn in golds.values():
+        if callable(check := getattr(fn, "check_prompts", None)):
+            check(eval_prompts)
 
-    def save(step: int, reason: str) -> str:
-        ck = Checkpoint(step=step, config=c, trainable=backbone.trainable_state_dict(),
-                        ema=ema.state() if ema is not None else None, optimizer=optimizer.state_dict(),
-                        trainer={**st, "last_ckpt_step": step})
-        h = st["history"]
-        meta = {"reason": reason, "best_step": st["best_step"], "epochs": c.epochs}
-        if step in h["step"]:
-            i = h["step"].index(step)
-            meta.update({"eval/proxy": h["proxy"][i], "eval/gold": h["gold"][i]})
-        path = save_checkpoint(recorder.checkpoint_dir(), ck, meta)
-        st["last_ckpt_step"] = step
-        recorder.log_checkpoint(step, path, meta)
-        prune_checkpoints(recorder.checkpoint_dir(), c.keep_checkpoints, protect={st["best_step"]})
-        recorder.log_line(f"checkpoint ({reason}) saved: {path}")
-        return path
 
-    if ckpt is None and is_main:
-        run_eval(0)
-        recorder.flush()
-
-    # 5. The loop: one epoch = one step.
-    for epoch in range(start + 1, c.epochs + 1):
-        # 5a. Poll control once per step (rank 0 polls, every rank obeys).
-        stop = control.stop_requested() if is_main else False
-        if world > 1:
-            stop = ddp.broadcast_flag(stop)
-        if stop:
-            if is_main and st["last_ckpt_step"] != epoch - 1:
-                last_path = save(epoch - 1, "stop")
-            recorder.log_line(f"stopped on request after epoch {epoch - 1}")
-            recorder.flush()
-            return TrainResult("cancelled", epoch - 1, last_path)
-        t0 = time.perf_counter()
-
-        # 5b. Sample a group per prompt with the SDE sampler.
-        g = derive_generator(c.seed, epoch, PROMPTS)
-        if n_groups <= len(train_prompts):
-            chosen = torch.randperm(len(train_prompts), generator=g)[:n_groups]
-        else:
-            chosen = torch.randint(len(train_prompts), (n_groups,), generator=g)
-        prompts = [train_prompts[i] for i in chosen.tolist()]
-        prompt_index = torch.arange(n_groups).repeat_interleave(group_size)          # (N,)
-        noise_ids = prompt_index if c.init_same_noise else torch.arange(len(prompt_index))
-        noise = torch.stack([torch.randn(latent_shape, generator=derive_generator(c.seed, epoch, INIT_NOISE, int(i)))
-                             for i in noise_ids[my_rows]])                            # (N_r, *L)
-        window = None
-        g = derive_generator(c.seed, epoch, TIMESTEPS)
-        if c.train_timesteps == "window":
-            lo, hi = c.sde_window_range
-            w0 = int(torch.randint(lo, hi, (1,), generator=g))
-            window = (w0, w0 + c.sde_window_size)
-        steps = trained_steps(c.train_timesteps, c.num_steps, n_train, len(prompt_index),
-                              window_start=window[0] if window else 0, generator=g)  # (N, S)
-        my_index = prompt_index[my_rows]                                              # (N_r,) group ids
-        ro = sample_rollouts(backbone, prompts, my_index, sigmas, steps[my_rows], noise,
-                             seed_keys=(c.seed, epoch, STEP_NOISE), cfg_scale=c.cfg_scale, noise_level=c.noise_level,
-                             dynamics=c.dynamics, sde_steps=window, cps_logprob=c.cps_logprob,
-                             chunk=c.sample_batch_size, row_ids=my_rows if world > 1 else None)
-        images = backbone.decode(ro.final)                                            # (N, H, W, 3) uint8
-        t_sample = time.perf_counter()
-
-        # 5c. Score with the proxy rewards: R = Σ_k w_k·R_k (weight 0: logged only).
-        row_prompts = [prompts[i] for i in my_index.tolist()]
-        scores = score_images(images, row_prompts, {k: fn for k, (fn, _) in proxies.items()})
-        total = sum(w * scores[k] for k, (_, w) in proxies.items())                   # (N_r,) float64
-        if world > 1:  # gather before normalising (§3.1): every rank sees the whole batch, in row order
-            total, gathered_ids, sizes = ddp.gather_rewards(total, my_index)
-            if not np.array_equal(gathered_ids, prompt_index.numpy()):
-                raise RuntimeError("data parallel: the gathered group ids are not the epoch's rows in order")
-            scores = {k: ddp.gather_rewards(v) for k, v in scores.items()}
-        t_reward = time.perf_counter()
-
-        # 5d. Group advantages over the whole batch; zero-advantage samples are dropped (§3.1).
-        rewards_t = torch.from_numpy(np.asarray(total, dtype=np.float64))
-        adv_all = group_advantages(rewards_t, prompt_index, std_scope=c.std_scope, clip=c.adv_clip).float()
-        zero_groups = zero_variance_mask(rewards_t, prompt_index).view(n_groups, group_size)[:, 0]
-        adv = adv_all[ddp.local_slice(sizes, rank)] if world > 1 else adv_all           # (N_r,) this rank's
-        keep, dropped = (adv != 0).nonzero().squeeze(1), (adv == 0).nonzero().squeeze(1)
-        shuffle = derive_generator(c.seed, epoch, SHUFFLE, *((rank,) if world > 1 else ()))
-        batches = micro_batches(keep, dropped, num_batches, c.inner_epochs, shuffle)
-        if world > 1:  # the same number of micro-batches (so of gradient all-reduces) on every rank
-            batches += [torch.zeros(0, dtype=torch.long)] * (ddp.max_over_ranks(len(batches)) - len(batches))
-
-        # 5e. Policy update, per denoising step, with accumulation (gradients averaged over ranks).
-        upd = policy_update(backbone, optimizer, params, ro, adv.to(backbone.device), batches, c, ema, st,
-                            grad_sync=ddp.all_reduce_grads if world > 1 else None)
-        if world > 1:
-            upd.scalars, upd.step_stats, upd.sigma = ddp.merge_update_stats(upd.scalars, upd.step_stats, upd.sigma)
-        t_update = time.perf_counter()
-
-        # 5f. Record.
-        scalars = dict(upd.scalars)
-        for k, v in scores.items():
-            scalars[f"reward/{k}/mean"], scalars[f"reward/{k}/std"] = float(v.mean()), float(v.std())
-        scalars["reward/total/mean"], scalars["reward/total/std"] = float(np.mean(total)), float(np.std(total))
-        scalars["reward/group_std/mean"] = float(np.asarray(total).reshape(n_groups, group_size).std(1).mean())
-        scalars["zero_std_ratio"] = float(zero_groups.float().mean())
-        kept = int((adv_all != 0).sum())
-        scalars["actual_batch_size"] = float(kept)
-        scalars["adv_abs_mean"] = float(adv_all.abs().mean())
-        scalars["adv_clipped_frac"] = float((adv_all.abs() >= c.adv_clip).float().mean())
-        scalars.update({"time/sample": t_sample - t0, "time/reward": t_reward - t_sample,
-                        "time/update": t_update - t_reward})
-        recorder.log_step_stats([StepStat(step=epoch, denoise_index=j, sigma=upd.sigma[j][0], dt=upd.sigma[j][1],
-                                          stats=s) for j, s in sorted(upd.step_stats.items())])
-        recorder.log_scalars(epoch, scalars)
-        recorder.set_progress(epoch, c.epochs)
-        recorder.log_line(f"epoch {epoch}/{c.epochs}: reward {scalars['reward/total/mean']:.4f} "
-                          f"(±{scalars['reward/total/std']:.4f}), kept {kept}/{len(adv_all)}, "
-                          f"grad_norm {scalars['grad_norm']:.3g}, {t_update - t0:.1f}s", "debug")
-        recorder.flush()
-        t_record = time.perf_counter()
-        recorder.log_scalars(epoch, {"time/record": t_record - t_update, "time/epoch": t_record - t0})
-
-        # 5g. Evaluate, checkpoint, and obey the sample-now / save-now flags.
-        if not is_main:  # rank 0 alone evaluates and checkpoints
-            continue
-        sample_now, save_now = control.take_sample_now(), control.take_save_now()
-        if epoch % c.eval_every == 0 or epoch == c.epochs or sample_now:
-            run_eval(epoch)
-        new_best = st["best_step"] == epoch
-        if epoch % c.checkpoint_every == 0 or epoch == c.epochs or new_best or save_now:
-            last_path = save(epoch, "best-gold" if new_best else "periodic" if epoch < c.epochs else "final")
-        recorder.flush()
-
-    # 6. Done (a resumed, already finished run lands here directly).
-    if not is_main:
-        return TrainResult("succeeded", c.epochs, last_path)
-    if st["last_eval"] != c.epochs:
-        run_eval(c.epochs)
-    if st["last_ckpt_step"] != c.epochs:
-        last_path = save(c.epochs, "final")
-    recorder.set_progress(c.epochs, c.epochs)
-    recorder.log_line(f"finished {c.epochs} epochs")
-    recorder.flush()
-    return TrainResult("succeeded", c.epochs, last_path)
+def _start_state(run: TrainRun, ckpt: Checkpoint | None) -> tuple[TrainerState, int, str | None]:
+    """(state, first epoch - 1, last checkpoint path): a fresh state at epoch 0, or the checkpoint's
+    weights, optimizer, EMA and trainer state at its epoch, with everything logged after it pruned."""
+    c, recorder = run.config, run.recorder
+    if ckpt is None:
+        recorder.log_line(f"training {c.algorithm} on {c.backbone}: {c.epochs} epochs of {c.prompts_per_epoch}×"
+                          f"{c.group_size} samples, {c.num_trained_steps()} of {c.num_steps} steps trained, "
+                          f"{sum(p.numel() for p in run.params):,} trainable parameters")
+        return TrainerState(), 0, None
+    run.backbone.load_trainable_state_dict(ckpt.trainable)
+    if ckpt.optimizer:
+        run.optimizer.load_state_dict(ckpt.optimizer)
+    if run.ema is not None and ckpt.ema is not None:
+        run.ema.load(ckpt.ema)
+    if ckpt.step > c.epochs:
+        raise ValueError(f"the checkpoint is at epoch {ckpt.step}, beyond epochs={c.epochs}; "
+                         f"set epochs >= {ckpt.step} to resume")
+    recorder.prune_after(ckpt.step)
+    recorder.log_line(f"resumed from {ckpt.path} at epoch {ckpt.step}")
+    return TrainerState.from_dict(ckpt.trainer), ckpt.step, ckpt.path
 
 
 def _build_rewards(c: RunConfig, injected: Mapping[str, object] | None, *, golds: bool = True):
@@ -349,9 +300,101 @@ def _resume_config(config: RunConfig, ckpt: Checkpoint, recorder: Recorder) -> R
     return config
 
 
-class _nullcontext:
-    def __enter__(self):
-        return None
+# ---- the stages of one epoch -----------------------------------------------------------------------
+def _stop_requested(run: TrainRun, control: Control) -> bool:
+    """Rank 0's answer, broadcast so that every rank stops after the same epoch."""
+    stop = control.stop_requested() if run.is_main else False
+    return ddp.broadcast_flag(stop) if run.world > 1 else stop
 
-    def __exit__(self, *exc):
-        return False
+
+def _sample(run: TrainRun, epoch: int) -> EpochSamples:
+    """Draw the epoch's prompts, initial noise and trained steps (the same on every rank), then
+    sample this rank's groups with the SDE sampler and decode them."""
+    c, train_prompts, my_rows = run.config, run.train_prompts, run.my_rows
+    n_groups = c.prompts_per_epoch
+    g = derive_generator(c.seed, epoch, PROMPTS)
+    if n_groups <= len(train_prompts):
+        chosen = torch.randperm(len(train_prompts), generator=g)[:n_groups]
+    else:
+        chosen = torch.randint(len(train_prompts), (n_groups,), generator=g)
+    prompts = [train_prompts[i] for i in chosen.tolist()]
+    prompt_index = torch.arange(n_groups).repeat_interleave(c.group_size)             # (N,)
+    noise_ids = prompt_index if c.init_same_noise else torch.arange(len(prompt_index))
+    noise = torch.stack([torch.randn(run.latent_shape, generator=derive_generator(c.seed, epoch, INIT_NOISE, int(i)))
+                         for i in noise_ids[my_rows]])                                   # (N_r, *L)
+    window = None
+    g = derive_generator(c.seed, epoch, TIMESTEPS)
+    if c.train_timesteps == "window":
+        lo, hi = c.sde_window_range
+        w0 = int(torch.randint(lo, hi, (1,), generator=g))
+        window = (w0, w0 + c.sde_window_size)
+    steps = trained_steps(c.train_timesteps, c.num_steps, c.num_trained_steps(), len(prompt_index),
+                          window_start=window[0] if window else 0, generator=g)         # (N, S)
+    my_index = prompt_index[my_rows]                                                     # (N_r,) group ids
+    ro = sample_rollouts(run.backbone, prompts, my_index, run.sigmas, steps[my_rows], noise,
+                         seed_keys=(c.seed, epoch, STEP_NOISE), cfg_scale=c.cfg_scale, noise_level=c.noise_level,
+                         dynamics=c.dynamics, sde_steps=window, cps_logprob=c.cps_logprob,
+                         chunk=c.sample_batch_size, row_ids=my_rows if run.world > 1 else None)
+    images = run.backbone.decode(ro.final)                                               # (N_r, H, W, 3) uint8
+    return EpochSamples(prompts, prompt_index, my_index, ro, images)
+
+
+def _score(run: TrainRun, samples: EpochSamples) -> EpochRewards:
+    """Score this rank's images with every proxy (R = Σ_k w_k·R_k; weight 0: logged only); with
+    several ranks, gather before normalising (§3.1) so every rank sees the whole batch in row order."""
+    row_prompts = [samples.prompts[i] for i in samples.my_index.tolist()]
+    scores = score_images(samples.images, row_prompts, {k: fn for k, (fn, _) in run.proxies.items()})
+    total = sum(w * scores[k] for k, (_, w) in run.proxies.items())                     # (N_r,) float64
+    sizes = None
+    if run.world > 1:
+        total, gathered_ids, sizes = ddp.gather_rewards(total, samples.my_index)
+        if not np.array_equal(gathered_ids, samples.prompt_index.numpy()):
+            raise RuntimeError("data parallel: the gathered group ids are not the epoch's rows in order")
+        scores = {k: ddp.gather_rewards(v) for k, v in scores.items()}
+    return EpochRewards(scores, total, sizes)
+
+
+def _advantages(run: TrainRun, samples: EpochSamples, scored: EpochRewards, epoch: int) -> EpochAdvantages:
+    """Group advantages of the whole batch, this rank's slice, and its shuffled micro-batches."""
+    c, rank, world = run.config, run.rank, run.world
+    rewards_t = torch.from_numpy(np.asarray(scored.total, dtype=np.float64))
+    adv_all = group_advantages(rewards_t, samples.prompt_index, std_scope=c.std_scope, clip=c.adv_clip).float()
+    zero_groups = zero_variance_mask(rewards_t, samples.prompt_index).view(c.prompts_per_epoch, c.group_size)[:, 0]
+    adv = adv_all[ddp.local_slice(scored.sizes, rank)] if world > 1 else adv_all      # (N_r,) this rank's
+    keep, dropped = (adv != 0).nonzero().squeeze(1), (adv == 0).nonzero().squeeze(1)
+    shuffle = derive_generator(c.seed, epoch, SHUFFLE, *((rank,) if world > 1 else ()))
+    batches = micro_batches(keep, dropped, run.num_batches, c.inner_epochs, shuffle)
+    if world > 1:  # the same number of micro-batches (so of gradient all-reduces) on every rank
+        batches += [torch.zeros(0, dtype=torch.long)] * (ddp.max_over_ranks(len(batches)) - len(batches))
+    return EpochAdvantages(adv_all, adv, zero_groups, batches)
+
+
+def _record(run: TrainRun, epoch: int, upd: UpdateResult, scored: EpochRewards, adv: EpochAdvantages,
+            stamps: tuple[float, float, float, float]) -> None:
+    """Log the epoch's scalars and per-step statistics; ``stamps`` are the perf_counter times at
+    the start of the epoch and after sampling, scoring and the update."""
+    c, recorder = run.config, run.recorder
+    t0, t_sample, t_reward, t_update = stamps
+    scalars = dict(upd.scalars)
+    for k, v in scored.scores.items():
+        scalars[M.REWARD_MEAN.format(name=k)], scalars[M.REWARD_STD.format(name=k)] = float(v.mean()), float(v.std())
+    total = np.asarray(scored.total)                                                      # (N,)
+    scalars[M.REWARD_TOTAL_MEAN], scalars[M.REWARD_TOTAL_STD] = float(np.mean(total)), float(np.std(total))
+    scalars[M.REWARD_GROUP_STD] = float(total.reshape(c.prompts_per_epoch, c.group_size).std(1).mean())
+    scalars[M.ZERO_STD_RATIO] = float(adv.zero_groups.float().mean())
+    kept = int((adv.whole != 0).sum())
+    scalars[M.ACTUAL_BATCH_SIZE] = float(kept)
+    scalars[M.ADV_ABS_MEAN] = float(adv.whole.abs().mean())
+    scalars[M.ADV_CLIPPED_FRAC] = float((adv.whole.abs() >= c.adv_clip).float().mean())
+    scalars.update({M.TIME_SAMPLE: t_sample - t0, M.TIME_REWARD: t_reward - t_sample,
+                    M.TIME_UPDATE: t_update - t_reward})
+    recorder.log_step_stats([StepStat(step=epoch, denoise_index=j, sigma=upd.sigma[j][0], dt=upd.sigma[j][1],
+                                      stats=s) for j, s in sorted(upd.step_stats.items())])
+    recorder.log_scalars(epoch, scalars)
+    recorder.set_progress(epoch, c.epochs)
+    recorder.log_line(f"epoch {epoch}/{c.epochs}: reward {scalars[M.REWARD_TOTAL_MEAN]:.4f} "
+                      f"(±{scalars[M.REWARD_TOTAL_STD]:.4f}), kept {kept}/{len(adv.whole)}, "
+                      f"grad_norm {scalars[M.GRAD_NORM]:.3g}, {t_update - t0:.1f}s", "debug")
+    recorder.flush()
+    t_record = time.perf_counter()
+    recorder.log_scalars(epoch, {M.TIME_RECORD: t_record - t_update, M.TIME_EPOCH: t_record - t0})

@@ -21,12 +21,14 @@ from dataclasses import dataclass, field
 
 import torch
 
+from grpo_guard import metrics as M
 from grpo_guard.config import RunConfig
 from grpo_guard.ema import EMA
 from grpo_guard.models.base import Backbone, select_embeds
 from grpo_guard.policy import policy_loss
 from grpo_guard.rollout import Rollout
 from grpo_guard.sde import sde_step
+from grpo_guard.train_state import TrainerState
 
 
 @dataclass
@@ -62,10 +64,10 @@ def micro_batches(keep: torch.Tensor, dropped: torch.Tensor, num_batches: int, i
 
 def policy_update(backbone: Backbone, optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter],
                   ro: Rollout, advantages: torch.Tensor, batches: list[torch.Tensor], config: RunConfig,
-                  ema: EMA | None, state: dict[str, int], *, grad_norm_v: bool = True,
+                  ema: EMA | None, state: TrainerState, *, grad_norm_v: bool = True,
                   grad_sync: Callable[[list[torch.nn.Parameter]], None] | None = None) -> UpdateResult:
-    """Run the update over ``batches`` (index tensors into the rollout). ``state`` carries the
-    run's ``optimizer_steps`` counter (EMA cadence) and is updated in place. ``grad_norm_v=False``
+    """Run the update over ``batches`` (index tensors into the rollout). ``state.optimizer_steps``
+    (the run's count, which sets the EMA cadence) is advanced in place. ``grad_norm_v=False``
     skips the per-step velocity-gradient norms (only the benchmark uses it, to measure their cost).
     ``grad_sync`` (data parallel) averages the accumulated gradients over the ranks before each
     clip + optimizer step; every rank must then pass the same number of ``batches`` (pad with
@@ -152,31 +154,31 @@ def policy_update(backbone: Backbone, optimizer: torch.optim.Optimizer, params: 
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             n_opt += 1
-            state["optimizer_steps"] += 1
-            if ema is not None and state["optimizer_steps"] % c.ema_every == 0:
+            state.optimizer_steps += 1
+            if ema is not None and state.optimizer_steps % c.ema_every == 0:
                 ema.update()
     backbone.eval()
 
     # f. Per-step statistics over every row trained this epoch.
     step_stats, sigma_dt = _per_step_stats(rows_mb, c, log_prob_form)
     for j, vals in grad_sq.items():
-        step_stats.setdefault(j, {})["grad_norm_v"] = math.sqrt(sum(vals) / len(vals))
+        step_stats.setdefault(j, {})[M.GRAD_NORM_V] = math.sqrt(sum(vals) / len(vals))
     allstats = list(step_stats.values())
     scalars = {
-        "policy_loss": _avg(allstats, "policy_loss"), "loss": _avg(allstats, "loss"),
-        "grad_norm": sum(grad_norms) / max(1, len(grad_norms)),
-        "lr": optimizer.param_groups[0]["lr"], "optimizer_steps": float(state["optimizer_steps"]),
-        "optimizer_steps_epoch": float(n_opt), "micro_batches": float(len(batches)),
-        "backward_rows": float(sum(int(r["j"].numel()) for r in rows_mb)),
-        "sanity/onpolicy_max_abs_logr": onpolicy_max,
-        "ratio/mean_minus_1": _avg(allstats, "rhat_mean_minus_1" if c.ratio_norm else "r_mean_minus_1"),
-        "ratio/std": _avg(allstats, "rhat_std" if c.ratio_norm else "r_std"),
-        "ratio/clip_frac": _avg(allstats, "clip_high") + _avg(allstats, "clip_low"),
+        M.POLICY_LOSS: _avg(allstats, M.STEP_POLICY_LOSS), M.LOSS: _avg(allstats, M.STEP_LOSS),
+        M.GRAD_NORM: sum(grad_norms) / max(1, len(grad_norms)),
+        M.LR: optimizer.param_groups[0]["lr"], M.OPTIMIZER_STEPS: float(state.optimizer_steps),
+        M.OPTIMIZER_STEPS_EPOCH: float(n_opt), M.MICRO_BATCHES: float(len(batches)),
+        M.BACKWARD_ROWS: float(sum(int(r["j"].numel()) for r in rows_mb)),
+        M.ONPOLICY_MAX_ABS_LOGR: onpolicy_max,
+        M.RATIO_MEAN_MINUS_1: _avg(allstats, M.RHAT_MEAN_MINUS_1 if c.ratio_norm else M.R_MEAN_MINUS_1),
+        M.RATIO_STD: _avg(allstats, M.RHAT_STD if c.ratio_norm else M.R_STD),
+        M.RATIO_CLIP_FRAC: _avg(allstats, M.CLIP_HIGH) + _avg(allstats, M.CLIP_LOW),
     }
     if c.kl_beta > 0:
-        scalars["kl"] = _avg(allstats, "kl_ref")
+        scalars[M.KL] = _avg(allstats, M.KL_REF)
     if ema is not None:
-        scalars["ema_decay"] = ema.decay
+        scalars[M.EMA_DECAY] = ema.decay
     return UpdateResult(scalars=scalars, step_stats=step_stats, sigma=sigma_dt, optimizer_steps=n_opt)
 
 
@@ -205,7 +207,7 @@ def _per_step_stats(rows_mb: list[dict[str, torch.Tensor]], c: RunConfig, log_pr
                           std_dev_t=cat["std_dev_t"][sel], adv_clip=c.adv_clip, log_prob_form=log_prob_form,
                           compute_stats=True, validate=False)
         out[j] = dict(res.stats)
-        out[j]["delta"] = float(res.delta.double().mean())
-        out[j]["rows"] = float(sel.sum())
+        out[j][M.DELTA] = float(res.delta.double().mean())
+        out[j][M.ROWS] = float(sel.sum())
         sigma_dt[j] = (float(cat["sigma"][sel][0]), float(cat["dt"][sel][0]))
     return out, sigma_dt

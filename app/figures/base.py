@@ -18,11 +18,13 @@ from typing import Any
 
 import numpy as np
 
+from grpo_guard import metrics as M
+
 Series = tuple[Sequence[int], Sequence[float | None]]
 SeriesMap = Mapping[str, Series]
 
-PROXY_KEY = "eval/proxy"
-GOLD_KEY = "eval/gold"
+PROXY_KEY = M.EVAL_PROXY
+GOLD_KEY = M.EVAL_GOLD
 PROXY_COLOR = "#2563eb"
 GOLD_COLOR = "#d97706"
 ALARM_COLOR = "#dc2626"

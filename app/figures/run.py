@@ -30,6 +30,7 @@ from app.figures.base import (
     _series,
     empty_figure,
 )
+from grpo_guard import metrics as M
 
 
 # ---- over-optimization ---------------------------------------------------------------------
@@ -62,7 +63,7 @@ def over_optimization_onset(series: SeriesMap | None, *, proxy_key: str = PROXY_
     return None if onset is None else int(onset)
 
 
-ALARM_KEY = "alarm/hacking_onset"  # logged by the trainer once, on its full (not downsampled) history
+ALARM_KEY = M.ALARM_ONSET  # logged by the trainer once, on its full (not downsampled) history
 
 
 def onset_of_run(series: SeriesMap | None) -> int | None:
@@ -83,16 +84,15 @@ def gold_keys(keys: Sequence[str], gold_names: Sequence[str] | None = None, *, p
     either way, the evaluators' breakdowns ``eval/<name>/<key>`` (GenEval's ``eval/geneval/strict``
     and per-family accuracies), which are held-out accuracies whether or not ``name`` is a proxy."""
     if gold_names is not None:
-        out = [f"eval/{g}" for g in gold_names if f"eval/{g}" in keys]
+        out = [M.EVAL_REWARD.format(name=g) for g in gold_names if M.EVAL_REWARD.format(name=g) in keys]
     else:
-        out = sorted(k for k in keys if k.startswith("eval/") and k not in (proxy_key, gold_key)
-                     and not _is_total(k[len("eval/"):]) and "/" not in k[len("eval/"):])
-    return out + sorted(k for k in keys if k.startswith("eval/") and "/" in k[len("eval/"):]
-                        and not _is_total(k[len("eval/"):]))
+        out = sorted(k for k in keys if (rest := M.name_in(M.EVAL_REWARD, k)) is not None
+                     and k not in (proxy_key, gold_key) and not _is_total(rest))
+    return out + sorted(k for k in keys if (rest := M.name_in(M.EVAL_DETAIL, k)) is not None and not _is_total(rest))
 
 
-def _is_total(rest: str) -> bool:
-    return rest.startswith("proxy") or rest.startswith("gold")
+def _is_total(name: str) -> bool:
+    return name.startswith("proxy") or name.startswith("gold")
 
 
 def proxy_gold_figure(series: SeriesMap | None, *, onset: int | None = None, normalize: bool = False,
@@ -124,7 +124,7 @@ def proxy_gold_figure(series: SeriesMap | None, *, onset: int | None = None, nor
             continue
         if normalize:
             v, _ = _normalized(v)
-        d = _line(s, v, k.removeprefix("eval/"), PALETTE[(i + 2) % len(PALETTE)], yaxis="y2")
+        d = _line(s, v, M.name_in(M.EVAL_REWARD, k) or k, PALETTE[(i + 2) % len(PALETTE)], yaxis="y2")
         d["line"]["dash"] = "dot"
         d["line"]["width"] = 1.3
         d["opacity"] = 0.8
@@ -156,7 +156,7 @@ def proxy_gold_figure(series: SeriesMap | None, *, onset: int | None = None, nor
 
 
 # ---- rewards and advantages ----------------------------------------------------------------
-REWARD_MEAN_KEYS = ("reward/total/mean", "reward/mean")  # the trainer's name first, then the short form
+REWARD_MEAN_KEYS = (M.REWARD_TOTAL_MEAN, M.REWARD_MEAN_SHORT)  # the trainer's name first, then the short form
 def reward_figure(series: SeriesMap | None, *, title: str = "Rewards and advantages",
                   uirevision: str | None = None) -> Fig:
     """Left: proxy reward mean with a ±std band (plus each named reward's mean). Right: share of
@@ -164,10 +164,10 @@ def reward_figure(series: SeriesMap | None, *, title: str = "Rewards and advanta
     mean_key = next((k for k in REWARD_MEAN_KEYS if _has_data(_series(series, k)[1])), REWARD_MEAN_KEYS[0])
     s, mean = _series(series, mean_key)
     _, std = _series(series, mean_key.replace("/mean", "/std"))
-    zs, zero = _series(series, "zero_std_ratio")
-    aas, adv = _series(series, "adv_abs_mean")
-    named = sorted(k for k in (series or {}) if k.startswith("reward/") and k.endswith("/mean")
-                   and k not in (*REWARD_MEAN_KEYS, "reward/group_std/mean"))
+    zs, zero = _series(series, M.ZERO_STD_RATIO)
+    aas, adv = _series(series, M.ADV_ABS_MEAN)
+    named = sorted(k for k in (series or {}) if M.name_in(M.REWARD_MEAN, k) is not None
+                   and k not in (*REWARD_MEAN_KEYS, M.REWARD_GROUP_STD))
     if not (_has_data(mean) or _has_data(zero) or _has_data(adv) or named):
         return empty_figure(title, uirevision=uirevision)
     lay = _layout(title, uirevision, height=360, **_grid(2, 2, ["reward mean ± std", "zero-variance groups, mean |A|"]))
@@ -188,7 +188,7 @@ def reward_figure(series: SeriesMap | None, *, title: str = "Rewards and advanta
             d["line"]["width"] = 1.2
             data.append(d)
     if _has_data(zero):
-        data.append(_line(zs, zero, "zero_std_ratio", "#6b7280", xaxis="x2", yaxis="y2"))
+        data.append(_line(zs, zero, M.ZERO_STD_RATIO, "#6b7280", xaxis="x2", yaxis="y2"))
     if _has_data(adv):
         data.append(_line(aas, adv, "mean |A|", "#059669", xaxis="x2", yaxis="y2"))
     for i, present in enumerate((_has_data(mean), _has_data(zero) or _has_data(adv))):
@@ -203,23 +203,23 @@ def reward_figure(series: SeriesMap | None, *, title: str = "Rewards and advanta
 
 
 # ---- per-denoising-step statistics ---------------------------------------------------------
-SIGNED_STATS = ("r_mean_minus_1", "rhat_mean_minus_1", "logr_mean", "logrhat_mean", "bias")
+SIGNED_STATS = (M.R_MEAN_MINUS_1, M.RHAT_MEAN_MINUS_1, M.LOGR_MEAN, M.LOGRHAT_MEAN, M.BIAS)
 STAT_TITLES = {
-    "r_mean_minus_1": "raw ratio: mean − 1",
-    "r_std": "raw ratio: std",
-    "rhat_mean_minus_1": "normalized ratio (RatioNorm): mean − 1",
-    "rhat_std": "normalized ratio (RatioNorm): std",
-    "logr_mean": "raw log-ratio: mean",
-    "logr_std": "raw log-ratio: std",
-    "logrhat_mean": "normalized log-ratio: mean",
-    "logrhat_std": "normalized log-ratio: std",
-    "pos_adv_clipped": "A>0 clipped above 1+ε",
-    "neg_adv_clipped": "A<0 clipped below 1−ε",
-    "clip_high": "clipped above 1+ε",
-    "clip_low": "clipped below 1−ε",
-    "grad_norm_v": "gradient norm ‖∂L/∂v‖",
-    "approx_kl": "approx KL",
-    "grad_zeroed_frac": "share of samples with no gradient",
+    M.R_MEAN_MINUS_1: "raw ratio: mean − 1",
+    M.R_STD: "raw ratio: std",
+    M.RHAT_MEAN_MINUS_1: "normalized ratio (RatioNorm): mean − 1",
+    M.RHAT_STD: "normalized ratio (RatioNorm): std",
+    M.LOGR_MEAN: "raw log-ratio: mean",
+    M.LOGR_STD: "raw log-ratio: std",
+    M.LOGRHAT_MEAN: "normalized log-ratio: mean",
+    M.LOGRHAT_STD: "normalized log-ratio: std",
+    M.POS_ADV_CLIPPED: "A>0 clipped above 1+ε",
+    M.NEG_ADV_CLIPPED: "A<0 clipped below 1−ε",
+    M.CLIP_HIGH: "clipped above 1+ε",
+    M.CLIP_LOW: "clipped below 1−ε",
+    M.GRAD_NORM_V: "gradient norm ‖∂L/∂v‖",
+    M.APPROX_KL: "approx KL",
+    M.GRAD_ZEROED_FRAC: "share of samples with no gradient",
 }
 
 
@@ -277,6 +277,9 @@ def _recent_mean(m: np.ndarray, window: int) -> np.ndarray:
         return np.where(cnt > 0, tot / np.maximum(cnt, 1), np.nan)
 
 
+CLIP_BY_SIGN_STATS = (M.POS_ADV_CLIPPED, M.NEG_ADV_CLIPPED, M.CLIP_HIGH, M.CLIP_LOW)  # bars, then markers
+
+
 def clip_by_sign_figure(steps: Sequence[int] | None, js: Sequence[int] | None, stats: Mapping[str, Any],
                         *, window: int = 10, title: str = "Clip fractions by advantage sign, per denoising step",
                         uirevision: str | None = None) -> Fig:
@@ -287,7 +290,7 @@ def clip_by_sign_figure(steps: Sequence[int] | None, js: Sequence[int] | None, s
     name -> matrix (rows = ``steps``, columns = ``js``)."""
     series = {}
     j = np.zeros(0, dtype=np.int64)
-    for name in ("pos_adv_clipped", "neg_adv_clipped", "clip_high", "clip_low"):
+    for name in CLIP_BY_SIGN_STATS:
         if name in stats and stats[name] is not None:
             _, j2, m = _matrix(steps, js, stats[name])
             if m.size and np.isfinite(m).any():
@@ -295,14 +298,14 @@ def clip_by_sign_figure(steps: Sequence[int] | None, js: Sequence[int] | None, s
                 j = j2
     if not series:
         return empty_figure(title, uirevision=uirevision)
-    colors = {"pos_adv_clipped": "#dc2626", "neg_adv_clipped": "#2563eb", "clip_high": "#f87171", "clip_low": "#93c5fd"}
-    labels = {"pos_adv_clipped": "A>0 ∧ r>1+ε", "neg_adv_clipped": "A<0 ∧ r<1−ε",
-              "clip_high": "r>1+ε (any A)", "clip_low": "r<1−ε (any A)"}
+    colors = {M.POS_ADV_CLIPPED: "#dc2626", M.NEG_ADV_CLIPPED: "#2563eb", M.CLIP_HIGH: "#f87171", M.CLIP_LOW: "#93c5fd"}
+    labels = {M.POS_ADV_CLIPPED: "A>0 ∧ r>1+ε", M.NEG_ADV_CLIPPED: "A<0 ∧ r<1−ε",
+              M.CLIP_HIGH: "r>1+ε (any A)", M.CLIP_LOW: "r<1−ε (any A)"}
     data = []
-    for name in ("pos_adv_clipped", "neg_adv_clipped"):
+    for name in CLIP_BY_SIGN_STATS[:2]:
         if name in series:
             data.append(dict(type="bar", x=j, y=series[name], name=labels[name], marker=dict(color=colors[name])))
-    for name in ("clip_high", "clip_low"):
+    for name in CLIP_BY_SIGN_STATS[2:]:
         if name in series:
             data.append(dict(type="scatter", mode="lines+markers", x=j, y=series[name], name=labels[name],
                              line=dict(color=colors[name], dash="dot", width=1.5), marker=dict(size=6)))
@@ -341,7 +344,7 @@ def grad_norm_figure(steps: Sequence[int] | None, js: Sequence[int] | None, matr
     lay["yaxis"]["type"] = "log"
     lay["xaxis2"]["title"] = dict(text="step")
     lay["yaxis2"]["type"] = "log"
-    data = [dict(type="bar", x=j, y=recent, name="grad_norm_v", marker=dict(color="#7c3aed")),
+    data = [dict(type="bar", x=j, y=recent, name=M.GRAD_NORM_V, marker=dict(color="#7c3aed")),
             _line(s, spread, "max/min", "#0891b2", xaxis="x2", yaxis="y2")]
     if s.size:
         lay["shapes"] = [dict(type="line", xref="x2", yref="y2", x0=float(s.min()), x1=float(s.max()),
@@ -354,8 +357,8 @@ def grad_norm_figure(steps: Sequence[int] | None, js: Sequence[int] | None, matr
 
 
 # ---- scalar panels -------------------------------------------------------------------------
-SCALAR_TITLES = {"kl": "KL to reference", "lr": "learning rate", "grad_norm": "grad norm (before clipping)",
-                 "policy_loss": "policy loss", "loss": "loss", "kl_loss": "KL loss"}
+SCALAR_TITLES = {M.KL: "KL to reference", M.LR: "learning rate", M.GRAD_NORM: "grad norm (before clipping)",
+                 M.POLICY_LOSS: "policy loss", M.LOSS: "loss"}
 
 
 def scalars_figure(series: SeriesMap | None, keys: Sequence[str], *, cols: int = 2, title: str = "Training scalars",
@@ -384,5 +387,5 @@ def scalars_figure(series: SeriesMap | None, keys: Sequence[str], *, cols: int =
                                            yref="paper", showarrow=False, font=dict(color="#9ca3af")))
         if k in log_y:
             lay[f"yaxis{sfx}"]["type"] = "log"
-        lay[f"yaxis{sfx}"]["exponentformat"] = "e" if k in ("lr",) else "none"
+        lay[f"yaxis{sfx}"]["exponentformat"] = "e" if k == M.LR else "none"
     return Fig(data, lay)

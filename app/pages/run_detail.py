@@ -33,17 +33,20 @@ from app.common import (
     status_badge,
     stop_run,
 )
+from grpo_guard import metrics as M
 
-SCALAR_KEYS = ["kl", "lr", "grad_norm", "policy_loss"]
-HEATMAPS = ["r_mean_minus_1", "rhat_mean_minus_1", "r_std", "rhat_std"]
-CLIP_STATS = ["pos_adv_clipped", "neg_adv_clipped"]  # by advantage sign: the ones that tell Guard from Flow-GRPO
+# Scalar families every series figure reads, besides the keys named below.
+_SERIES_PREFIXES = (M.EVAL_PREFIX, M.REWARD_PREFIX)
+SCALAR_KEYS = [M.KL, M.LR, M.GRAD_NORM, M.POLICY_LOSS]
+HEATMAPS = [M.R_MEAN_MINUS_1, M.RHAT_MEAN_MINUS_1, M.R_STD, M.RHAT_STD]
+CLIP_STATS = [M.POS_ADV_CLIPPED, M.NEG_ADV_CLIPPED]  # by advantage sign: the ones that tell Guard from Flow-GRPO
 LOG_TAIL = 300
 SUMMARY_MAX_AGE = 10.0  # seconds between re-reads of the runs-table row (ETA, stale flag)
 
 
 # ---- data -> figures -----------------------------------------------------------------------
-SERIES_FIGURES = ["proxy_gold", "rewards", "scalars"]
-STAT_FIGURES = [*HEATMAPS, "clip", "clip_heat", "grad"]
+SERIES_FIGURES = [M.PROXY_GOLD_CHART, M.REWARDS_CHART, M.SCALARS_CHART]
+STAT_FIGURES = [*HEATMAPS, M.CLIP_CHART, M.CLIP_HEAT_CHART, M.GRAD_CHART]
 FIGURE_NAMES = [*SERIES_FIGURES, *STAT_FIGURES]
 
 
@@ -52,24 +55,24 @@ def series_figures(q: Any, run_id: int, config: dict[str, Any], last_step: int, 
     rev = f"run-{run_id}"
     keys, _ = run_cache.key_lists(q, run_id)
     gold_extra = F.gold_keys(keys, config.get("gold"))
-    wanted = [k for k in keys if k.startswith("eval/") or k.startswith("reward/") or k in
-              ("zero_std_ratio", "adv_abs_mean", F.ALARM_KEY, *SCALAR_KEYS)]
+    wanted = [k for k in keys if k.startswith(_SERIES_PREFIXES) or k in
+              (M.ZERO_STD_RATIO, M.ADV_ABS_MEAN, F.ALARM_KEY, *SCALAR_KEYS)]
     series = run_cache.series(q, run_id, wanted, last_step)
     onset = F.onset_of_run(series)
-    missing = {"kl": "not used (kl_beta = 0)"} if config.get("kl_beta") == 0 else {}
+    missing = {M.KL: "not used (kl_beta = 0)"} if config.get("kl_beta") == 0 else {}
     return {
-        "proxy_gold": F.proxy_gold_figure(series, onset=onset, normalize=normalize, extra_gold=gold_extra,
+        M.PROXY_GOLD_CHART: F.proxy_gold_figure(series, onset=onset, normalize=normalize, extra_gold=gold_extra,
                                           uirevision=f"{rev}-pg-{int(normalize)}"),
-        "rewards": F.reward_figure(series, uirevision=f"{rev}-rw"),
-        "scalars": F.scalars_figure(series, SCALAR_KEYS, title="KL, learning rate, grad norm, loss",
+        M.REWARDS_CHART: F.reward_figure(series, uirevision=f"{rev}-rw"),
+        M.SCALARS_CHART: F.scalars_figure(series, SCALAR_KEYS, title="KL, learning rate, grad norm, loss",
                                     uirevision=f"{rev}-sc", log_y=("lr",), missing=missing),
         "_onset": onset,
     }
 
 
 # Which statistics each per-step figure is drawn from (it is redrawn only when they were re-read).
-STAT_DEPS: dict[str, tuple[str, ...]] = {**{h: (h,) for h in HEATMAPS}, "clip": tuple(CLIP_STATS),
-                                         "clip_heat": ("pos_adv_clipped",), "grad": ("grad_norm_v",)}
+STAT_DEPS: dict[str, tuple[str, ...]] = {**{h: (h,) for h in HEATMAPS}, M.CLIP_CHART: tuple(CLIP_STATS),
+                                         M.CLIP_HEAT_CHART: (M.POS_ADV_CLIPPED,), M.GRAD_CHART: (M.GRAD_NORM_V,)}
 
 
 def stat_figures(q: Any, run_id: int, last_step: int) -> dict[str, tuple[tuple[int, ...], Any]]:
@@ -77,19 +80,19 @@ def stat_figures(q: Any, run_id: int, last_step: int) -> dict[str, tuple[tuple[i
     each is rebuilt only when one of its matrices was re-read."""
     rev = f"run-{run_id}"
     _, available = run_cache.key_lists(q, run_id)
-    versions, mats = run_cache.stat_matrices(q, run_id, [*HEATMAPS, *CLIP_STATS, "grad_norm_v"], available, last_step)
+    versions, mats = run_cache.stat_matrices(q, run_id, [*HEATMAPS, *CLIP_STATS, M.GRAD_NORM_V], available, last_step)
 
     def make(name: str) -> Any:
         if name in HEATMAPS:
             return F.stat_heatmap(*mats[name], stat=name, uirevision=f"{rev}-{name}")
-        if name == "clip":
+        if name == M.CLIP_CHART:
             steps, js, _ = next((m for m in (mats[s] for s in CLIP_STATS) if m[0].size), mats[CLIP_STATS[0]])
             return F.clip_by_sign_figure(steps, js, {s: mats[s][2] for s in CLIP_STATS if mats[s][0].size},
                                          uirevision=f"{rev}-clip")
-        if name == "clip_heat":
-            return F.stat_heatmap(*mats["pos_adv_clipped"], stat="pos_adv_clipped",
+        if name == M.CLIP_HEAT_CHART:
+            return F.stat_heatmap(*mats[M.POS_ADV_CLIPPED], stat=M.POS_ADV_CLIPPED,
                                   title="A>0 clipped above 1+ε, per step", uirevision=f"{rev}-cliph")
-        return F.grad_norm_figure(*mats["grad_norm_v"], uirevision=f"{rev}-grad")
+        return F.grad_norm_figure(*mats[M.GRAD_NORM_V], uirevision=f"{rev}-grad")
 
     out = {}
     for name, deps in STAT_DEPS.items():
@@ -243,21 +246,21 @@ with gr.Blocks(title="Run") as page:
     header = gr.HTML('<div class="gg-muted">Pick a run.</div>', elem_id="run-header-box")
     message = gr.HTML("", elem_id="run-message")
     plots: dict[str, gr.Plot] = {}
-    plots["proxy_gold"] = gr.Plot(label="Proxy vs gold", show_label=False, elem_id="plot-proxy-gold")
+    plots[M.PROXY_GOLD_CHART] = gr.Plot(label="Proxy vs gold", show_label=False, elem_id="plot-proxy-gold")
     with gr.Row():
-        plots["rewards"] = gr.Plot(show_label=False, elem_id="plot-rewards")
-        plots["scalars"] = gr.Plot(show_label=False, elem_id="plot-scalars")
+        plots[M.REWARDS_CHART] = gr.Plot(show_label=False, elem_id="plot-rewards")
+        plots[M.SCALARS_CHART] = gr.Plot(show_label=False, elem_id="plot-scalars")
     gr.Markdown("#### Importance ratio per denoising step: raw (Flow-GRPO) and normalized (RatioNorm)")
     with gr.Row():
-        plots["r_mean_minus_1"] = gr.Plot(show_label=False, elem_id="plot-r-mean")
-        plots["rhat_mean_minus_1"] = gr.Plot(show_label=False, elem_id="plot-rhat-mean")
+        plots[M.R_MEAN_MINUS_1] = gr.Plot(show_label=False, elem_id="plot-r-mean")
+        plots[M.RHAT_MEAN_MINUS_1] = gr.Plot(show_label=False, elem_id="plot-rhat-mean")
     with gr.Row():
-        plots["r_std"] = gr.Plot(show_label=False, elem_id="plot-r-std")
-        plots["rhat_std"] = gr.Plot(show_label=False, elem_id="plot-rhat-std")
+        plots[M.R_STD] = gr.Plot(show_label=False, elem_id="plot-r-std")
+        plots[M.RHAT_STD] = gr.Plot(show_label=False, elem_id="plot-rhat-std")
     with gr.Row():
-        plots["clip"] = gr.Plot(show_label=False, elem_id="plot-clip")
-        plots["clip_heat"] = gr.Plot(show_label=False, elem_id="plot-clip-heat")
-    plots["grad"] = gr.Plot(show_label=False, elem_id="plot-grad")
+        plots[M.CLIP_CHART] = gr.Plot(show_label=False, elem_id="plot-clip")
+        plots[M.CLIP_HEAT_CHART] = gr.Plot(show_label=False, elem_id="plot-clip-heat")
+    plots[M.GRAD_CHART] = gr.Plot(show_label=False, elem_id="plot-grad")
     with gr.Tabs():
         with gr.Tab("Logs", elem_id="tab-logs"):
             with gr.Row():

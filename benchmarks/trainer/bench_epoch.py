@@ -69,6 +69,7 @@ def update_ab(model: str | None, reps: int) -> dict[str, list[float]]:
     from grpo_guard.policy import group_advantages
     from grpo_guard.prompts import resolve_prompts
     from grpo_guard.rollout import derive_generator, sample_rollouts, trained_steps
+    from grpo_guard.train_state import TrainerState
     from grpo_guard.update import micro_batches, policy_update
 
     cfgs = {a: bench_config(a, model, 1) for a in ("flow_grpo", "grpo_guard")}
@@ -96,7 +97,7 @@ def update_ab(model: str | None, reps: int) -> dict[str, list[float]]:
             params = bb.trainable_parameters()
             opt = torch.optim.AdamW(params, lr=1e-5)
             t = time.perf_counter()
-            policy_update(bb, opt, params, copy.copy(ro), adv, batches, cfg, None, {"optimizer_steps": 0},
+            policy_update(bb, opt, params, copy.copy(ro), adv, batches, cfg, None, TrainerState(),
                           grad_norm_v=gnv)
             times[name].append(time.perf_counter() - t)
     return times

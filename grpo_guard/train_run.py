@@ -1,0 +1,98 @@
+"""The live objects of one training run (``TrainRun``) and the two things the loop does on a
+cadence with them: evaluate (``evaluate_at``) and checkpoint (``checkpoint_at``). Both run on rank
+0 only and update the ``TrainerState`` they are given."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+
+from grpo_guard import metrics as M
+from grpo_guard.alarm import hacking_onset
+from grpo_guard.checkpoint import Checkpoint, prune_checkpoints, save_checkpoint
+from grpo_guard.config import RunConfig
+from grpo_guard.ema import EMA
+from grpo_guard.evaluation import EvalSet, evaluate
+from grpo_guard.models.base import Backbone
+from grpo_guard.recording import Recorder
+from grpo_guard.train_state import TrainerState
+
+
+@dataclass
+class TrainRun:
+    """Everything the loop reads but never reassigns, built once before the first epoch."""
+
+    config: RunConfig
+    recorder: Recorder                  # a NullRecorder on ranks other than 0
+    rank: int
+    world: int
+    backbone: Backbone
+    params: list[torch.nn.Parameter]    # the trainable (LoRA) parameters
+    optimizer: torch.optim.Optimizer
+    ema: EMA | None
+    proxies: Mapping[str, tuple[object, float]]  # name -> (reward fn, weight)
+    golds: Mapping[str, object]                  # name -> gold evaluator (empty off rank 0)
+    train_prompts: list[str]
+    latent_shape: tuple[int, ...]
+    sigmas: torch.Tensor                # (T+1,) training sampler
+    eval_sigmas: torch.Tensor           # (T_eval+1,) eval sampler
+    eval_set: EvalSet
+    my_rows: torch.Tensor               # (N_r,) this rank's rows of the epoch (all rows in one process)
+    num_batches: int                    # micro-batches per inner epoch, the same on every rank
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def evaluate_at(run: TrainRun, state: TrainerState, step: int) -> None:
+    """Evaluate the EMA weights on the fixed eval set at ``step`` (once per step), update the best
+    gold and the over-optimisation alarm, and record the ``eval/*`` scalars."""
+    if step in state.history.step:
+        return
+    c, recorder = run.config, run.recorder
+    t = time.perf_counter()
+    with run.ema.swapped() if run.ema is not None else contextlib.nullcontext():
+        vals = evaluate(run.backbone, run.eval_set, run.eval_sigmas, cfg_scale=c.cfg_scale, proxies=run.proxies,
+                        golds=run.golds, step=step, recorder=recorder, chunk=c.sample_batch_size)
+    proxy, gold = vals[M.EVAL_PROXY], vals[M.EVAL_GOLD]
+    h = state.history
+    h.add(step, proxy, gold)
+    if math.isfinite(h.gold[0]) and h.gold[0] > 0:
+        vals[M.EVAL_GOLD_REL] = gold / h.gold[0]
+    if math.isfinite(gold) and gold > state.best_gold:
+        state.best_gold, state.best_step = gold, step
+    if state.onset is None and run.golds:
+        state.onset = hacking_onset(h.step, h.proxy, h.gold)
+        if state.onset is not None:
+            vals[M.ALARM_ONSET] = float(state.onset)
+            recorder.log_line(f"over-optimisation alarm: proxy rising while gold falls since epoch {state.onset}",
+                              "warning")
+    vals[M.TIME_EVAL] = time.perf_counter() - t
+    state.last_eval = step
+    recorder.log_scalars(step, vals)
+    recorder.log_line(f"eval @ {step}: proxy {proxy:.4f}, gold {gold:.4f}")
+
+
+def checkpoint_at(run: TrainRun, state: TrainerState, step: int, reason: str) -> str:
+    """Write the checkpoint of ``step`` (weights, EMA, optimizer, ``state``), record it, prune the
+    old ones (never the best-gold one) and return its path."""
+    c, recorder = run.config, run.recorder
+    ck = Checkpoint(step=step, config=c, trainable=run.backbone.trainable_state_dict(),
+                    ema=run.ema.state() if run.ema is not None else None, optimizer=run.optimizer.state_dict(),
+                    trainer={**state.to_dict(), "last_ckpt_step": step})
+    meta = {"reason": reason, "best_step": state.best_step, "epochs": c.epochs}
+    evaluated = state.history.at(step)
+    if evaluated is not None:
+        meta.update({M.EVAL_PROXY: evaluated[0], M.EVAL_GOLD: evaluated[1]})
+    path = save_checkpoint(recorder.checkpoint_dir(), ck, meta)
+    state.last_ckpt_step = step
+    recorder.log_checkpoint(step, path, meta)
+    prune_checkpoints(recorder.checkpoint_dir(), c.keep_checkpoints, protect={state.best_step})
+    recorder.log_line(f"checkpoint ({reason}) saved: {path}")
+    return path
