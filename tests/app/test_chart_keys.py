@@ -35,12 +35,13 @@ class ReadSpy(dict):
 
 
 def _series() -> dict:
-    """Training scalars as the synthetic runs log them, plus eval keys and the alarm."""
+    """Training scalars as the synthetic runs log them, plus eval keys (a GenEval breakdown among
+    them) and the alarm."""
     rng = np.random.default_rng(0)
     rows = [synthetic.scalars("flow_grpo", s, 10, rng, 1e-4) for s in range(10)]
     out = {k: (list(range(10)), [r[k] for r in rows]) for k in rows[0]}
     evals = {M.EVAL_PROXY: [0.5, 0.6, 0.7], M.EVAL_GOLD: [0.5, 0.4, 0.3], "eval/toy_alignment": [0.5, 0.4, 0.3],
-             M.ALARM_ONSET: [np.nan, np.nan, 5.0]}
+             "eval/geneval/strict": [0.2, 0.3, 0.3], M.ALARM_ONSET: [np.nan, np.nan, 5.0]}
     out.update({k: ([0, 5, 9], v) for k, v in evals.items()})
     return out
 

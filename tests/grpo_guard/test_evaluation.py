@@ -51,11 +51,12 @@ def test_details_are_scored_once_and_averaged_over_the_images_they_apply_to():
 
 
 def test_a_run_logs_geneval_accuracy_overall_and_per_family(pipe_dir, loaded, tmp_path):  # noqa: F811
-    table = {PROMPTS[0]: DOG, PROMPTS[1]: COUNT}
-    cfg = make_config(pipe_dir, epochs=1, rewards={"geneval": 1.0}, gold=["green"])
+    items = [{"prompt": PROMPTS[0], **DOG}, {"prompt": PROMPTS[1], **COUNT}]  # metadata travels with the prompts
+    cfg = make_config(pipe_dir, epochs=1, rewards={"geneval": 1.0}, gold=["green"], prompts=items,
+                      eval_prompts=items[:1])
     rec = MemoryRecorder(str(tmp_path / "ckpt"))
     train(cfg, rec, MemoryControl(), backbone=fresh_backbone(loaded),
-          rewards={"geneval": geneval_with_one_dog(table), "green": green})
+          rewards={"geneval": geneval_with_one_dog({}), "green": green})
     # eval_prompts is PROMPTS[:1] (single object): one dog found -> strict 1, and no counting series
     assert [v for _, v in rec.series("eval/geneval/strict")] == [1.0, 1.0]
     assert [v for _, v in rec.series("eval/geneval/single_object")] == [1.0, 1.0]

@@ -44,9 +44,13 @@ def test_keys_find_their_entry(key, entry):
 
 
 def test_a_pattern_name_holds_no_slash():
-    """``eval/{name}`` must not swallow nested keys such as a per-family ``eval/a/b``."""
+    """``eval/{name}`` must not swallow nested keys such as a per-family ``eval/a/b``: those are a
+    reward's breakdowns, ``eval/{name}/{detail}``, catalogued on their own; deeper keys are not."""
     assert M.name_in(M.EVAL_REWARD, "eval/toy_alignment") == "toy_alignment"
-    assert M.name_in(M.EVAL_REWARD, "eval/a/b") is None and M.scalar("eval/a/b") is None
+    assert M.name_in(M.EVAL_REWARD, "eval/a/b") is None
+    assert M.name_in(M.EVAL_DETAIL, "eval/geneval/strict") == "geneval"
+    assert M.scalar("eval/geneval/counting").key == M.EVAL_DETAIL
+    assert M.scalar("eval/a/b/c") is None
     assert M.scalar("no_such_key") is None and M.step_stat("no_such_stat") is None
 
 
