@@ -36,6 +36,8 @@ LAZY_COMMANDS: dict[str, LazyCommand] = {
     "worker": LazyCommand("worker.cli:worker_cmd", "Run training workers (one process per GPU)."),
     "submit": LazyCommand("worker.cli:submit_cmd", "Queue a run from CONFIG.yaml (--ab: an A/B pair); print its id(s)."),
     "runs": LazyCommand("worker.cli:runs_group", "List, show, stop, resume, clone and recover runs."),
+    "experiment": LazyCommand("worker.experiment_cli:experiment_group",
+                              "Arms x seeds (+ no-signal controls) as one object: submit, list, show, stop, resume, report."),
 }
 
 

@@ -168,6 +168,9 @@ class RunConfig(BaseModel):
     eval_every: int = _f(5, "Evaluate every N epochs (and at epoch 0 and the end).", "eval", ge=1, le=10_000_000)
     checkpoint_every: int = _f(10, "Save a checkpoint every N epochs (and at the end and on stop).", "eval", ge=1, le=10_000_000)
     keep_checkpoints: int = _f(3, "Latest checkpoints kept on disk (the best-gold one is kept too).", "eval", ge=1, le=100000)
+    on_overoptimization: Literal["continue", "stop", "stop_keep_best"] = _f(
+        "continue", "When the run's over-optimisation alarm fires: continue, stop (with a checkpoint), or "
+                    "stop_keep_best (stop, and mark the best-gold checkpoint: `grpo-guard runs best ID`).", "eval")
 
     # ------------------------------------------------------------------------------------
     @model_validator(mode="before")

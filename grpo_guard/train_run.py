@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ import torch
 
 from grpo_guard import metrics as M
 from grpo_guard.alarm import hacking_onset
-from grpo_guard.checkpoint import Checkpoint, prune_checkpoints, save_checkpoint
+from grpo_guard.checkpoint import Checkpoint, checkpoint_path, prune_checkpoints, save_checkpoint
 from grpo_guard.config import RunConfig
 from grpo_guard.ema import EMA
 from grpo_guard.evaluation import EvalSet, evaluate
@@ -96,3 +97,23 @@ def checkpoint_at(run: TrainRun, state: TrainerState, step: int, reason: str) ->
     prune_checkpoints(recorder.checkpoint_dir(), c.keep_checkpoints, protect={state.best_step})
     recorder.log_line(f"checkpoint ({reason}) saved: {path}")
     return path
+
+
+def stop_on_alarm(run: TrainRun, state: TrainerState, step: int) -> str | None:
+    """End the run after ``step`` because its over-optimisation alarm fired (``on_overoptimization``
+    stop / stop_keep_best): checkpoint ``step``, and with stop_keep_best mark the best-gold
+    checkpoint (``meta["best"]``, what ``grpo-guard runs best`` prints). Returns the last path."""
+    c, recorder = run.config, run.recorder
+    path = checkpoint_at(run, state, step, "overoptimization") if state.last_ckpt_step != step else None
+    recorder.log_line(f"stopped after epoch {step}: the over-optimisation alarm fired at epoch {state.onset} "
+                      f"(on_overoptimization: {c.on_overoptimization})", "warning")
+    best = checkpoint_path(recorder.checkpoint_dir(), state.best_step) if state.best_step >= 0 else None
+    if c.on_overoptimization == "stop_keep_best" and best is not None and os.path.exists(best):
+        evaluated = state.history.at(state.best_step)
+        meta = {"reason": "best-gold", "best_step": state.best_step, "epochs": c.epochs, "best": True}
+        if evaluated is not None:
+            meta.update({M.EVAL_PROXY: evaluated[0], M.EVAL_GOLD: evaluated[1]})
+        recorder.log_checkpoint(state.best_step, best, meta)
+        recorder.log_line(f"best-gold checkpoint kept: epoch {state.best_step} (gold {state.best_gold:.4f}): {best}")
+    recorder.flush()
+    return path or (checkpoint_path(recorder.checkpoint_dir(), step))

@@ -63,7 +63,7 @@ from grpo_guard.rollout import (
     sample_rollouts,
     trained_steps,
 )
-from grpo_guard.train_run import TrainRun, checkpoint_at, evaluate_at
+from grpo_guard.train_run import TrainRun, checkpoint_at, evaluate_at, stop_on_alarm
 from grpo_guard.train_state import TrainerState
 from grpo_guard.update import UpdateResult, micro_batches, policy_update
 
@@ -141,6 +141,9 @@ def train(config: RunConfig, recorder: Recorder, control: Control, *, resume_fro
             recorder.log_line(f"stopped on request after epoch {epoch - 1}")
             recorder.flush()
             return TrainResult("cancelled", epoch - 1, last_path)
+        if _alarm_stop(run, state):  # on_overoptimization: the run ends here, as if finished
+            last_path = stop_on_alarm(run, state, epoch - 1) if run.is_main else last_path
+            return TrainResult("succeeded", epoch - 1, last_path)
         t0 = time.perf_counter()
 
         # 4b. Sample a group per prompt with the SDE sampler.
@@ -305,6 +308,15 @@ def _stop_requested(run: TrainRun, control: Control) -> bool:
     """Rank 0's answer, broadcast so that every rank stops after the same epoch."""
     stop = control.stop_requested() if run.is_main else False
     return ddp.broadcast_flag(stop) if run.world > 1 else stop
+
+
+def _alarm_stop(run: TrainRun, state: TrainerState) -> bool:
+    """Whether the run stops because its over-optimisation alarm fired (``on_overoptimization``
+    other than continue); rank 0's answer, broadcast like a stop request."""
+    if run.config.on_overoptimization == "continue":
+        return False
+    fired = state.onset is not None if run.is_main else False
+    return ddp.broadcast_flag(fired) if run.world > 1 else fired
 
 
 def _sample(run: TrainRun, epoch: int) -> EpochSamples:

@@ -340,6 +340,20 @@ def runs_clone(run_id: int, overrides: Sequence[str], epochs: int | None, wait: 
         _finish_wait([new_id], timeout)
 
 
+@runs_group.command("best")
+@click.argument("run_id", type=int)
+@_store_errors
+def runs_best(run_id: int) -> None:
+    """Print the path of the run's best-gold checkpoint."""
+    from grpo_guard.store import queries
+
+    queries.get_run_summary(run_id)
+    best = queries.best_checkpoint(run_id)
+    if best is None:
+        raise click.ClickException(f"run {run_id} has no best-gold checkpoint on disk")
+    click.echo(queries.artifact_path(best.location))
+
+
 @runs_group.command("sweep")
 @click.option("--json", "as_json", is_flag=True)
 @_store_errors

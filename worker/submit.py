@@ -1,6 +1,6 @@
 """The one submit path: insert the run rows, then send their tasks. Used by the New-run page,
-the Runs page (resume), ``grpo-guard submit`` (single or ``--ab``) and ``grpo-guard runs
-resume`` / ``runs clone``.
+the Runs page (resume), ``grpo-guard submit`` (single or ``--ab``), ``grpo-guard runs
+resume`` / ``runs clone`` and experiments (``worker.experiment``).
 
 Callers pass configs they already validated; this module writes the store and enqueues, and
 returns at once (a page handler must not wait on a broker, STACK.md G7). A broker that cannot be
@@ -64,8 +64,10 @@ def run_names(name: str, labels: Sequence[str], linked: bool) -> list[str | None
 
 
 def submit_runs(runs: Sequence[tuple[str, RunConfig]], *, name: str = "", tags: Sequence[str] = (),
-                notes: str = "", parent_id: int | None = None, pair_id: str | None = None) -> Submitted:
+                notes: str = "", parent_id: int | None = None, pair_id: str | None = None,
+                experiment: Sequence[tuple[int, str, int]] | None = None) -> Submitted:
     """Insert one queued run per ``(label, config)``, then enqueue them all.
+    ``experiment``: per run, ``(experiment id, arm label, seed)`` linking it to its experiment.
 
     Several runs are linked by ``pair_id`` (a fresh one when not given: an A/B pair; a caller
     grouping runs of its own passes its id) and named "NAME [label]". Configs must be validated
@@ -79,9 +81,13 @@ def submit_runs(runs: Sequence[tuple[str, RunConfig]], *, name: str = "", tags: 
         config.check_submittable()
     link = pair_id or (new_link_id() if len(runs) > 1 else None)
     names = run_names(name, [label for label, _ in runs], linked=link is not None)
+    if experiment is not None and len(experiment) != len(runs):
+        raise ValueError(f"{len(experiment)} experiment links for {len(runs)} runs")
+    links = list(experiment) if experiment is not None else [None] * len(runs)
     ids = []
-    for (_, config), run_name in zip(runs, names, strict=True):
-        rid = queries.create_run(config, name=run_name, tags=list(tags), parent_id=parent_id, pair_id=link)
+    for (_, config), run_name, member in zip(runs, names, links, strict=True):
+        rid = queries.create_run(config, name=run_name, tags=list(tags), parent_id=parent_id, pair_id=link,
+                                 experiment=member)
         if notes.strip():
             queries.set_notes(rid, notes)
         ids.append(rid)

@@ -164,3 +164,55 @@ class Claim:
     lease: str
     attempt: int
     start_step: int
+
+
+@dataclass(frozen=True)
+class ExperimentMember:
+    """One run of an experiment: its arm label (``<arm>`` or ``<arm>/control``), seed and row."""
+
+    arm: str
+    seed: int
+    run: RunSummary
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"arm": self.arm, "seed": self.seed, "run": self.run.to_dict()}
+
+
+@dataclass(frozen=True)
+class ExperimentRow:
+    """An experiment and the progress of its runs: ``status_counts`` by run status, ``step`` and
+    ``total`` summed over its runs (``progress`` = step / total), ``config`` the stored
+    ExperimentConfig as a dict (base inlined)."""
+
+    id: int
+    name: str
+    config: dict[str, Any]
+    tags: tuple[str, ...]
+    notes: str
+    created_at: datetime
+    runs: int
+    status_counts: dict[str, int]
+    step: int
+    total: int
+
+    @property
+    def progress(self) -> float:
+        return self.step / self.total if self.total else 0.0
+
+    @property
+    def status(self) -> str:
+        """``running`` while any run is active, else ``failed`` / ``cancelled`` when some run
+        ended so, else ``succeeded`` (``empty`` without runs)."""
+        c = self.status_counts
+        for s in ("running", "stopping", "queued"):
+            if c.get(s):
+                return "running" if s != "queued" or c.get("succeeded") or c.get("running") else "queued"
+        for s in ("failed", "cancelled", "succeeded"):
+            if c.get(s):
+                return s
+        return "empty"
+
+    def to_dict(self) -> dict[str, Any]:
+        out = _jsonable(self)
+        out.update(progress=self.progress, status=self.status)
+        return out

@@ -16,6 +16,7 @@ Tables (natural keys in brackets; writes are upserts on them):
   samples      [run_id, step, prompt, seed]  eval images (bytes live in the artifact store)
   checkpoints  [run_id, step]
   log_lines    append-only, ordered by id
+  experiments  one row per experiment (arms x seeds over a base config); its runs point at it
 """
 
 from __future__ import annotations
@@ -102,6 +103,10 @@ class Run(Base):
     traceback: Mapped[str | None] = mapped_column(Text)
     parent_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
     pair_id: Mapped[str | None] = mapped_column(String(64))
+    # an experiment's runs: which experiment, which arm label (``<arm>`` or ``<arm>/control``), which seed
+    experiment_id: Mapped[int | None] = mapped_column(ForeignKey("experiments.id", ondelete="SET NULL"))
+    experiment_arm: Mapped[str | None] = mapped_column(String(80))
+    experiment_seed: Mapped[int | None] = mapped_column(Integer)
     notes: Mapped[str] = mapped_column(Text, default="")
     # latest eval values (mean over the eval prompt x seed set at the latest eval step)
     last_proxy: Mapped[float | None] = mapped_column(Float)
@@ -119,7 +124,22 @@ class Run(Base):
         Index(None, "created_at"),
         Index(None, "pair_id"),
         Index(None, "parent_id"),
+        Index(None, "experiment_id"),
     )
+
+
+class Experiment(Base):
+    __tablename__ = "experiments"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(200))
+    config_json: Mapped[str] = mapped_column(Text)  # the ExperimentConfig (JSON text, base inlined)
+    tags_json: Mapped[str] = mapped_column(Text, default="[]", server_default="[]")
+    notes: Mapped[str] = mapped_column(Text, default="", server_default="")
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+    __table_args__ = (Index(None, "created_at"),)
 
 
 class RunTag(Base):

@@ -3,6 +3,8 @@ shape on SQLAlchemy 2). Rows leave as the frozen dataclasses of ``entities``.
 
 Runs: ``create_run``, ``get_run``, ``get_run_summary``, ``runs_by_id``, ``list_runs``, ``pair_runs``, ``pair_of``,
 ``request_stop`` / ``request_sample_now`` / ``request_save_now``, ``set_tags``, ``set_notes``, ``delete_run``, ``resume_run``, ``clone_run``.
+Experiments (``create_experiment``, ``list_experiments``, ``get_experiment``, ``experiment_runs``,
+``experiment_of``) live in ``grpo_guard.store.experiments`` and are re-exported here.
 Series and images (``metric_series``, ``step_stats_matrix``, ``samples_for`` ...) live in
 ``grpo_guard.store.series`` and are re-exported here.
 
@@ -26,6 +28,14 @@ from grpo_guard.config import RunConfig
 from grpo_guard.store import artifacts
 from grpo_guard.store.db import RunNotFoundError, StoreError, as_utc, session_scope, utcnow
 from grpo_guard.store.entities import ACTIVE_STATUSES, RUN_STATUSES, RunRow, RunSummary
+from grpo_guard.store.experiments import (  # noqa: F401  (re-exported)
+    ExperimentNotFoundError,
+    create_experiment,
+    experiment_of,
+    experiment_runs,
+    get_experiment,
+    list_experiments,
+)
 from grpo_guard.store.models import (
     Checkpoint,
     EvalSample,
@@ -38,6 +48,7 @@ from grpo_guard.store.models import (
 )
 from grpo_guard.store.series import (  # noqa: F401  (re-exported: the app calls queries.*)
     artifact_path,
+    best_checkpoint,
     checkpoints,
     log_lines,
     max_steps,
@@ -86,8 +97,10 @@ def _clean_tags(tags: Iterable[str]) -> list[str]:
 
 
 def create_run(config: RunConfig, *, name: str | None = None, tags: Sequence[str] = (),
-               parent_id: int | None = None, pair_id: str | None = None) -> int:
-    """Insert a ``queued`` run holding the full resolved ``config``; return its id."""
+               parent_id: int | None = None, pair_id: str | None = None,
+               experiment: tuple[int, str, int] | None = None) -> int:
+    """Insert a ``queued`` run holding the full resolved ``config``; return its id.
+    ``experiment``: ``(experiment id, arm label, seed)`` of an experiment's run."""
     if not isinstance(config, RunConfig):
         raise TypeError(f"create_run needs a RunConfig, got {type(config).__name__}")
     config.check_submittable()  # unregistered reward/gold names: ConfigError, nothing written
@@ -103,6 +116,8 @@ def create_run(config: RunConfig, *, name: str | None = None, tags: Sequence[str
             step=0, total=config.epochs, start_step=0, last_step=-1, attempt=1,
             parent_id=parent_id, pair_id=pair_id, notes="", created_at=now, updated_at=now,
         )
+        if experiment is not None:
+            run.experiment_id, run.experiment_arm, run.experiment_seed = int(experiment[0]), experiment[1], int(experiment[2])
         s.add(run)
         s.flush()
         if not run.name:

@@ -328,6 +328,20 @@ def checkpoints(run_id: int) -> list[CheckpointRow]:
     return out
 
 
+def best_checkpoint(run_id: int) -> CheckpointRow | None:
+    """The run's best-gold checkpoint still on disk: the one marked ``best`` (on_overoptimization:
+    stop_keep_best), else the one at the best-gold step its latest checkpoint records; None when
+    that one is gone or the run has none."""
+    rows = [c for c in checkpoints(run_id) if c.on_disk]
+    marked = [c for c in rows if c.meta.get("best")]
+    if marked:
+        return marked[-1]
+    if not rows:
+        return None
+    best_step = rows[-1].meta.get("best_step")
+    return next((c for c in rows if c.step == best_step), None)
+
+
 def log_lines(run_id: int, *, tail: int = 200, level: str | None = None) -> list[LogRow]:
     """The last ``tail`` log lines of a run (all attempts), oldest first; ``level`` filters."""
     conds = [LogLine.run_id == int(run_id)]

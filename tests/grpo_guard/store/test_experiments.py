@@ -1,0 +1,71 @@
+"""Experiments in the store (SQLite and PostgreSQL): an experiment row, its runs linked with arm
+and seed, progress across them, lookups both ways, and the best-gold checkpoint of a run."""
+
+from __future__ import annotations
+
+import pytest
+
+from grpo_guard.config import RunConfig
+from grpo_guard.store import queries
+from grpo_guard.store.db import RunNotFoundError, session_scope
+from grpo_guard.store.models import Run
+
+
+def _link(eid: int, arm: str, seed: int, **cfg) -> int:
+    return queries.create_run(RunConfig.from_dict({"epochs": 4, "seed": seed, **cfg}), experiment=(eid, arm, seed))
+
+
+def test_an_experiment_lists_its_runs_with_arm_seed_and_progress(store):
+    eid = queries.create_experiment({"arms": {"a": {}, "b": {}}, "seeds": [0, 1]}, name="study", tags=["x"])
+    ids = [_link(eid, arm, seed) for seed in (0, 1) for arm in ("a", "a/control")]
+    lone = queries.create_run(RunConfig.from_dict({}))
+    members = queries.experiment_runs(eid)
+    assert [(m.arm, m.seed, m.run.id) for m in members] == [("a", 0, ids[0]), ("a/control", 0, ids[1]),
+                                                           ("a", 1, ids[2]), ("a/control", 1, ids[3])]
+    with session_scope(write=True) as s:  # one run done, one half way
+        s.get(Run, ids[0]).status, s.get(Run, ids[0]).step = "succeeded", 4
+        s.get(Run, ids[1]).status, s.get(Run, ids[1]).step = "running", 2
+    exp = queries.get_experiment(eid)
+    assert (exp.name, exp.tags, exp.runs, exp.step, exp.total) == ("study", ("x",), 4, 6, 16)
+    assert exp.status_counts == {"succeeded": 1, "running": 1, "queued": 2} and exp.status == "running"
+    assert exp.config["seeds"] == [0, 1] and exp.progress == pytest.approx(6 / 16)
+    assert [e.id for e in queries.list_experiments()][0] == eid
+    assert queries.experiment_of(ids[3]) == (eid, "a/control", 1) and queries.experiment_of(lone) is None
+    assert exp.to_dict()["progress"] == pytest.approx(0.375)
+
+
+def test_an_unnamed_experiment_gets_a_name_and_missing_ones_are_lookup_errors(store):
+    eid = queries.create_experiment({"arms": {"a": {}}})
+    assert queries.get_experiment(eid).name == f"experiment-{eid}" and queries.get_experiment(eid).status == "empty"
+    with pytest.raises(LookupError, match="no experiment with id 99999"):
+        queries.get_experiment(99999)
+    with pytest.raises(LookupError):
+        queries.experiment_runs(99999)
+    with pytest.raises(RunNotFoundError):
+        queries.experiment_of(99999)
+
+
+def test_deleting_a_run_keeps_the_experiment_and_its_other_runs(store):
+    eid = queries.create_experiment({"arms": {"a": {}}})
+    keep, gone = _link(eid, "a", 0), _link(eid, "a", 1)
+    queries.delete_run(gone)
+    assert [m.run.id for m in queries.experiment_runs(eid)] == [keep]
+
+
+def test_best_checkpoint_is_the_marked_one_else_the_recorded_best_step(store, tmp_path):
+    from grpo_guard.store.artifacts import checkpoint_location, put_bytes
+    from grpo_guard.store.recorder import StoreRecorder
+
+    rid = queries.create_run(RunConfig.from_dict({}))
+    assert queries.best_checkpoint(rid) is None
+    rec = StoreRecorder(rid)
+    paths = {}
+    for step in (2, 4, 6):
+        loc = f"{checkpoint_location(rid)}/ckpt_{step:06d}.pt"
+        put_bytes(loc, b"x")
+        paths[step] = queries.artifact_path(loc)
+        rec.log_checkpoint(step, paths[step], {"best_step": 4})
+    assert queries.best_checkpoint(rid).step == 4, "the latest checkpoint records the best-gold step"
+    rec.log_checkpoint(2, paths[2], {"best_step": 2, "best": True})
+    assert queries.best_checkpoint(rid).step == 2, "a checkpoint marked best wins"
+    rec.close()

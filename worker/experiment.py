@@ -1,0 +1,64 @@
+"""Experiments through the one submit path: one call inserts the experiment and all its runs
+(arms × seeds, controls included) linked to it, then enqueues them; stop and resume act on every
+run of the experiment. Used by ``grpo-guard experiment`` and the Experiments / New-run pages.
+
+Imports no torch: the app calls it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from grpo_guard.experiment import ExperimentConfig
+from worker.submit import Submitted, enqueue, submit_runs
+
+
+@dataclass(frozen=True)
+class SubmittedExperiment:
+    """The experiment's id and what submitting its runs did."""
+
+    experiment_id: int
+    runs: Submitted
+
+
+def submit_experiment(exp: ExperimentConfig) -> SubmittedExperiment:
+    """Insert the experiment, then every run it expands to (validated by the ExperimentConfig;
+    each checked submittable before anything is written), linked by the experiment's id and named
+    "NAME [arm seed N]"; then enqueue them all."""
+    from grpo_guard.store import queries
+
+    expanded = exp.expand()
+    for r in expanded:  # nothing is stored when one run could not be
+        r.config.check_submittable()
+    eid = queries.create_experiment(exp.to_dict(), name=exp.name, tags=exp.tags, notes=exp.notes)
+    name = exp.name.strip() or queries.get_experiment(eid).name
+    submitted = submit_runs([(r.label, r.config) for r in expanded], name=name, tags=exp.tags, notes=exp.notes,
+                            pair_id=f"exp-{eid}", experiment=[(eid, r.arm, r.seed) for r in expanded])
+    return SubmittedExperiment(eid, submitted)
+
+
+def stop_experiment(experiment_id: int) -> dict[int, str]:
+    """Ask every run of the experiment to stop (queued ones are cancelled at once, running ones
+    checkpoint and end); ``{run id: status afterwards}``. Finished runs are left as they are."""
+    from grpo_guard.store import queries
+
+    out = {}
+    for m in queries.experiment_runs(experiment_id):
+        out[m.run.id] = queries.request_stop(m.run.id) if m.run.status in ("queued", "running", "stopping") \
+            else m.run.status
+    return out
+
+
+def resume_experiment(experiment_id: int) -> Submitted:
+    """Queue every failed or cancelled run of the experiment again (each continues from its last
+    checkpoint) and send their tasks; runs that are active or succeeded are left alone."""
+    from grpo_guard.store import queries
+
+    ids, warnings = [], []
+    for m in queries.experiment_runs(experiment_id):
+        if m.run.status in ("failed", "cancelled"):
+            ids.append(queries.resume_run(m.run.id))
+    for rid in ids:  # enqueue once every row is queued again
+        if (w := enqueue(rid)) is not None:
+            warnings.append(w)
+    return Submitted(tuple(ids), tuple(warnings), f"exp-{experiment_id}")
