@@ -29,17 +29,17 @@ def load_curves(experiment_id: int) -> list[RunCurves]:
     for m in queries.experiment_runs(experiment_id):
         row = queries.get_run(m.run.id)
         weights = {str(k): float(v) for k, v in (row.config.get("rewards") or {}).items()}
-        keys = [M.EVAL_PROXY, M.EVAL_GOLD, *(M.EVAL_REWARD.format(name=k) for k in weights)]
-        series = queries.metric_series(row.id, keys, max_points=ALL_POINTS)
-        steps, proxy = series.get(M.EVAL_PROXY, ([], []))
+        keys = [k for k in queries.metric_keys(row.id) if k.startswith(M.EVAL_PREFIX)]
+        series = queries.metric_series(row.id, keys, max_points=ALL_POINTS) if keys else {}
+        steps, _ = series.get(M.EVAL_PROXY, ([], []))
         gold_at = dict(zip(*series.get(M.EVAL_GOLD, ([], [])), strict=True))
         steps = [s for s in steps if s in gold_at]
         proxy_at = dict(zip(*series[M.EVAL_PROXY], strict=True)) if steps else {}
-        parts = {}
-        for k in weights:
-            at = dict(zip(*series.get(M.EVAL_REWARD.format(name=k), ([], [])), strict=True))
-            if all(s in at for s in steps):
-                parts[k] = [at[s] for s in steps]
+        parts = {}  # every eval score by name (proxy rewards, gold evaluators, their breakdowns)
+        for key, (st, vals) in series.items():
+            at = dict(zip(st, vals, strict=True))
+            if key not in (M.EVAL_PROXY, M.EVAL_GOLD) and all(s in at for s in steps):
+                parts[key[len(M.EVAL_PREFIX):]] = [at[s] for s in steps]
         per_step: dict[int, dict[str, float]] = {}
         for stat in RATIO_STATS:
             _, js, matrix = queries.step_stats_matrix(row.id, stat, max_steps=ALL_POINTS)

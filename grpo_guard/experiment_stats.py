@@ -34,8 +34,9 @@ CONFIDENCE = 0.95
 
 @dataclass(frozen=True)
 class RunCurves:
-    """One run's eval curves: steps ascending, ``proxy`` / ``gold`` at each, ``parts`` each
-    proxy reward's own eval score (``{reward: [value per step]}``), ``weights`` its proxy weights,
+    """One run's eval curves: steps ascending, ``proxy`` / ``gold`` at each, ``parts`` every
+    other eval score by name (``{reward: [value per step]}``: each proxy reward, weight 0
+    included, and each gold evaluator), ``weights`` its proxy weights,
     ``per_step`` the mean over epochs of each per-denoising-step statistic (``{j: {stat: v}}``)."""
 
     run_id: int

@@ -130,6 +130,8 @@ def train(config: RunConfig, recorder: Recorder, control: Control, *, resume_fro
     state, start, last_path = _start_state(run, ckpt)
     if ckpt is None and run.is_main:
         evaluate_at(run, state, 0)
+        if c.on_overoptimization == "stop_keep_best":  # the base model may stay the best: keep it too
+            last_path = checkpoint_at(run, state, 0, "best-gold")
         recorder.flush()
 
     # 4. The loop: one epoch = one step.

@@ -1,11 +1,30 @@
-"""Reading the experiment's run directories and writing its table, summary and figure."""
+"""Reading the experiment's runs and writing its table, summary and figure.
+
+The runs come from run directories (``run.py``) or from the store (``--experiment ID``: the
+experiment files of ``experiments/`` submitted with ``grpo-guard experiment submit``). The
+figure, gold at equal proxy and the interval statistics are the product's own
+(``grpo_guard.experiment_stats`` / ``grpo_guard.experiment_report``), so the study and
+``grpo-guard experiment report`` share one code path; the tables below keep this study's layout.
+
+    python benchmarks/overoptimization/report.py --experiment 3 [4 ...] --out DIR
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import sys
 
-from arms import ARMS, COLORS, CONTROL_OF, run_dir
+from arms import ARMS, CONTROL_OF, HERE, ROOT, run_dir
+
+sys.path.insert(0, ROOT)  # run as a script: the repository's grpo_guard, not another install
+from grpo_guard.experiment_stats import RunCurves, experiment_stats, gold_at_proxy  # noqa: E402
+
+
+def label(arm: str) -> str:
+    """The arm's display name (an arm of an experiment file not in ``ARMS`` shows its own name)."""
+    return ARMS[arm][2] if arm in ARMS else arm
 
 
 # ---- reading ------------------------------------------------------------------------------------
@@ -32,16 +51,6 @@ def read_run(path: str) -> dict:
             "onset": onset[0] if onset else None}
 
 
-def gold_at_proxy(proxy: list[float], gold: list[float], level: float) -> float | None:
-    """Gold, linearly interpolated, where the eval proxy first reaches ``level`` (None if never)."""
-    for i in range(1, len(proxy)):
-        lo, hi = proxy[i - 1], proxy[i]
-        if lo < level <= hi:
-            w = (level - lo) / (hi - lo)
-            return gold[i - 1] + w * (gold[i] - gold[i - 1])
-    return gold[0] if proxy and proxy[0] >= level else None
-
-
 # ---- reporting ----------------------------------------------------------------------------------
 def fmt(x) -> str:
     """mean ± std of an array (over seeds)."""
@@ -57,7 +66,7 @@ def is_control(arm: str) -> bool:
 
 def control_of(arm: str, controls: list[str]) -> str | None:
     """The no-signal control that differs from ``arm`` only in the proxy, if reported."""
-    c = CONTROL_OF.get(arm)
+    c = CONTROL_OF.get(arm, f"{arm}_null")  # an experiment's own arms: <arm>_null (store_runs)
     return c if c in controls else None
 
 
@@ -71,14 +80,14 @@ def gold_by_epoch_lines(arms: list[str], controls: list[str], common: dict, curv
     for a in arms:
         g = curve(a, "gold")
         cells = [f"{g[:, common[a].index(e)].mean():.3f} ± {g[:, common[a].index(e)].std():.3f}" for e in epochs]
-        out.append(f"| {ARMS[a][2]} | " + " | ".join(cells) + " |")
+        out.append(f"| {label(a)} | " + " | ".join(cells) + " |")
     rows = []
     for a in arms:
         c = control_of(a, controls)
         if is_control(a) or c is None:
             continue
         ga, gc = curve(a, "gold").mean(0), curve(c, "gold").mean(0)
-        rows.append(f"| {ARMS[a][2]} − {ARMS[c][2]} | " + " | ".join(
+        rows.append(f"| {label(a)} − {label(c)} | " + " | ".join(
             f"{ga[common[a].index(e)] - gc[common[c].index(e)]:+.3f}" for e in epochs) + " |")
     if rows:
         out += ["", "Gold beyond optimisation noise: an arm's mean gold minus that of the no-signal control "
@@ -111,7 +120,7 @@ def equal_proxy_lines(arms: list[str], runs: dict) -> list[str]:
     top = min(max(r["proxy"]) for a in arms for r in runs[a].values())
     levels = np.linspace(start, top, 6)[1:] if top > start else np.array([])
     lines += ["", "Gold at equal eval proxy (first time each run reaches the level; linear interpolation):", ""]
-    lines += ["| proxy level | " + " | ".join(ARMS[a][2] for a in arms) + " |", "|---" * (len(arms) + 1) + "|"]
+    lines += ["| proxy level | " + " | ".join(label(a) for a in arms) + " |", "|---" * (len(arms) + 1) + "|"]
     eq = {}
     for lv in levels:
         row = []
@@ -124,7 +133,7 @@ def equal_proxy_lines(arms: list[str], runs: dict) -> list[str]:
     if levels.size:
         for other in arms[1:]:
             diff = np.nanmean(np.array(eq[other]) - np.array(eq[arms[0]]))
-            lines += ["", f"Mean gold difference at equal proxy, {ARMS[other][2]} − {ARMS[arms[0]][2]}: {diff:+.4f}"]
+            lines += ["", f"Mean gold difference at equal proxy, {label(other)} − {label(arms[0])}: {diff:+.4f}"]
     # pooled view: every eval point of every seed, binned by proxy (robust to one run's noisy crossing)
     pts = {a: np.array([(p, g) for r in runs[a].values() for p, g in zip(r["proxy"], r["gold"], strict=True)])
            for a in arms}
@@ -133,7 +142,7 @@ def equal_proxy_lines(arms: list[str], runs: dict) -> list[str]:
     edges = np.arange(np.floor(lo * 20) / 20, hi + 0.05, 0.05)
     lines += ["", "Gold at equal eval proxy, pooled: mean gold of all eval points (all epochs, all seeds) in "
               "each proxy bin (n = points):", "",
-              "| proxy bin | " + " | ".join(ARMS[a][2] for a in arms) + " |", "|---" * (len(arms) + 1) + "|"]
+              "| proxy bin | " + " | ".join(label(a) for a in arms) + " |", "|---" * (len(arms) + 1) + "|"]
     for b0, b1 in zip(edges[:-1], edges[1:], strict=True):
         cells = []
         for a in arms:
@@ -143,19 +152,23 @@ def equal_proxy_lines(arms: list[str], runs: dict) -> list[str]:
     return lines
 
 
-def report(arms: list[str], seeds: list[int], out: str) -> str:
+def report(arms: list[str], seeds: list[int], out: str, runs: dict[str, dict[int, dict]] | None = None) -> str:
+    """Write ``table.md``, ``summary.json`` and ``figure.png`` under ``out``: from the run
+    directories under ``out``, or from ``runs`` ({arm: {seed: run}}, e.g. :func:`store_runs`)."""
     import numpy as np
 
-    runs = {a: {s: read_run(run_dir(out, a, s)) for s in seeds if os.path.exists(os.path.join(run_dir(out, a, s), "scalars.jsonl"))}
-            for a in arms}
-    # Runs whose directories are gone (they are not committed) come from the last summary.json, so
-    # a new arm can be added to a finished experiment without re-running the old ones.
     previous = previous_summary(out)
-    for a, rs in previous.items():
-        if a in runs:
-            for s, r in rs.items():
-                if s in seeds and s not in runs[a]:
-                    runs[a][s] = r
+    if runs is None:
+        runs = {a: {s: read_run(run_dir(out, a, s)) for s in seeds
+                    if os.path.exists(os.path.join(run_dir(out, a, s), "scalars.jsonl"))} for a in arms}
+        # Runs whose directories are gone (they are not committed) come from the last summary.json, so
+        # a new arm can be added to a finished experiment without re-running the old ones.
+        for a, rs in previous.items():
+            if a in runs:
+                for s, r in rs.items():
+                    if s in seeds and s not in runs[a]:
+                        runs[a][s] = r
+    runs = {a: runs.get(a, {}) for a in arms}
     runs = {a: {s: r for s, r in rs.items() if r["steps"]} for a, rs in runs.items()}
     arms = [a for a in arms if runs[a]]
     common = {a: sorted(set.intersection(*(set(r["steps"]) for r in runs[a].values()))) for a in arms}
@@ -176,7 +189,7 @@ def report(arms: list[str], seeds: list[int], out: str) -> str:
     for a in arms:
         p, g = curve(a, "proxy"), curve(a, "gold")
         i_peak = common[a].index(peak) if peak in common[a] else int(np.argmin(np.abs(np.array(common[a]) - peak)))
-        lines.append(f"| {ARMS[a][2]} | {fmt(p[:, 0])} | {fmt(g[:, 0])} | {fmt(p[:, i_peak])} | {fmt(g[:, i_peak])} | "
+        lines.append(f"| {label(a)} | {fmt(p[:, 0])} | {fmt(g[:, 0])} | {fmt(p[:, i_peak])} | {fmt(g[:, i_peak])} | "
                      f"{fmt(p[:, -1])} | {fmt(g[:, -1])} |")
     # No-signal controls: gold by epoch, and what each arm loses beyond its algorithm's control
     controls = [a for a in arms if is_control(a)]
@@ -188,7 +201,7 @@ def report(arms: list[str], seeds: list[int], out: str) -> str:
     keys = sorted({k for rs in runs.values() for r in rs.values() for k in r["parts"]}
                   - {"eval/proxy", "eval/gold", "eval/gold_rel"})
     lines += ["", "Every eval score at the start and at the end (mean over seeds):", "",
-              "| score | start | " + " | ".join(f"{ARMS[a][2]} end" for a in arms) + " |", "|---" * (len(arms) + 2) + "|"]
+              "| score | start | " + " | ".join(f"{label(a)} end" for a in arms) + " |", "|---" * (len(arms) + 2) + "|"]
     def first_last(a: str, k: str, i: int) -> float:  # nan where an arm does not score k
         vals = [r["parts"][k][i] for r in runs[a].values() if r["parts"].get(k)]
         return float(np.mean(vals)) if vals else float("nan")
@@ -201,7 +214,7 @@ def report(arms: list[str], seeds: list[int], out: str) -> str:
     lines += ["", "Per-denoising-step ratio statistics (the ratio each arm clips: r for Flow-GRPO, r̂ for Guard), "
               "mean over epochs and seeds:", ""]
     js = sorted({j for rs in runs.values() for r in rs.values() for j in r["per_step"]})
-    head = " | ".join(f"{ARMS[a][2]} r−1 | {ARMS[a][2]} std | {ARMS[a][2]} P(A>0, r>1+ε) / P(A<0, r<1−ε)"
+    head = " | ".join(f"{label(a)} r−1 | {label(a)} std | {label(a)} P(A>0, r>1+ε) / P(A<0, r<1−ε)"
                       for a in arms)
     lines += [f"| j | {head} |", "|---" * (1 + 3 * len(arms)) + "|"]
     for j in js:
@@ -218,7 +231,7 @@ def report(arms: list[str], seeds: list[int], out: str) -> str:
         lines.append(f"| {j} | " + " | ".join(cells) + " |")
     lines += ["", "Over-optimisation alarm (ALGORITHM.md §10) onset per run:", ""]
     for a in arms:
-        lines.append(f"- {ARMS[a][2]}: " + ", ".join(f"seed {s}: {r['onset'] if r['onset'] is not None else '—'}"
+        lines.append(f"- {label(a)}: " + ", ".join(f"seed {s}: {r['onset'] if r['onset'] is not None else '—'}"
                                                    for s, r in runs[a].items()))
     table = "\n".join(lines) + "\n"
     with open(os.path.join(out, "table.md"), "w") as fh:
@@ -227,42 +240,81 @@ def report(arms: list[str], seeds: list[int], out: str) -> str:
     merged = {**previous, **{a: rs for a, rs in runs.items() if rs}}
     with open(os.path.join(out, "summary.json"), "w") as fh:
         json.dump({a: {str(s): r for s, r in sorted(rs.items())} for a, rs in merged.items()}, fh, indent=1)
-    figure(arms, runs, common, curve, peak, os.path.join(out, "figure.png"))
+    figure(arms, runs, os.path.join(out, "figure.png"))
     return table
 
 
-def figure(arms, runs, common, curve, peak, path) -> None:
-    import matplotlib
+def partners(arms: list[str]) -> dict[str, str]:
+    """{control: the arm it matches} among ``arms``."""
+    controls = [a for a in arms if is_control(a)]
+    return {c: a for a in arms if not is_control(a) and (c := control_of(a, controls))}
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+def curves_of(arms: list[str], runs: dict[str, dict[int, dict]]) -> list[RunCurves]:
+    """The study's runs as the product's :class:`RunCurves`; a no-signal arm becomes the control
+    (``<arm>/control``) of the arm it matches (``CONTROL_OF``), so it takes no part in the
+    equal-proxy statistics and is drawn dashed."""
+    partner = partners(arms)
+    out = []
     for a in arms:
-        x = common[a]
-        control = is_control(a)  # its proxy is another reward: gold only, dashed
-        for ax, key, label in ((axes[0], "proxy", "eval proxy"), (axes[1], "gold", "eval gold")):
-            ax.set_xlabel("epoch")
-            ax.set_ylabel(label)
-            if control and key == "proxy":
-                continue
-            y = curve(a, key)
-            ax.plot(x, y.mean(0), color=COLORS[a], label=ARMS[a][2], lw=1.5 if control else 2,
-                    ls="--" if control else "-")
-            ax.fill_between(x, y.min(0), y.max(0), color=COLORS[a], alpha=0.08 if control else 0.15)
-        if control:
-            continue
-        for r in runs[a].values():
-            axes[2].plot(r["proxy"], r["gold"], color=COLORS[a], alpha=0.5, marker=".", lw=1)
-        axes[2].plot([], [], color=COLORS[a], label=ARMS[a][2])
-    axes[1].axvline(peak, color="gray", ls=":", lw=1)
-    axes[0].set_title("proxy (optimised)")
-    axes[1].set_title("gold (held out; dotted: baseline's peak)")
-    axes[2].set_title("gold against proxy (each run)")
-    axes[2].set_xlabel("eval proxy")
-    axes[2].set_ylabel("eval gold")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+        name = f"{partner.get(a, a)}/control" if is_control(a) else a
+        for s, r in runs[a].items():
+            out.append(RunCurves(0, name, int(s), list(r["steps"]), list(r["proxy"]), list(r["gold"]),
+                                 {k[5:]: v for k, v in r.get("parts", {}).items()}, {},
+                                 {int(j): v for j, v in r.get("per_step", {}).items()},
+                                 "grpo_guard" if a.startswith("grpo_guard") else "flow_grpo"))
+    return out
+
+
+def figure(arms: list[str], runs: dict[str, dict[int, dict]], path: str) -> None:
+    """The product's experiment figure (mean ± 95 % bands over seeds, gold at equal proxy, gold
+    lost beyond noise) of the study's arms."""
+    from grpo_guard.experiment_report import experiment_figure
+
+    partner = partners(arms)
+    names = {(f"{partner.get(a, a)}/control" if is_control(a) else a): label(a) for a in arms}
+    experiment_figure(experiment_stats(curves_of(arms, runs)), path, names=names)
+
+
+# ---- from the store ----------------------------------------------------------------------------
+def store_runs(experiment_ids: list[int]) -> tuple[list[str], list[int], dict[str, dict[int, dict]]]:
+    """(arms, seeds, runs) of stored experiments in this study's form: an experiment's arm keeps
+    its name and ``<arm>/control`` becomes the study's control name (``CONTROL_OF``, else
+    ``<arm>_null``)."""
+    from grpo_guard import metrics as M
+    from grpo_guard.experiment_report import load_curves
+    from grpo_guard.store import queries
+
+    arms: list[str] = []
+    seeds: set[int] = set()
+    runs: dict[str, dict[int, dict]] = {}
+    for eid in experiment_ids:
+        for c in load_curves(eid):
+            base = c.arm.removesuffix("/control")
+            arm = CONTROL_OF.get(base, f"{base}_null") if c.arm != base else base
+            onset = queries.metric_series(c.run_id, [M.ALARM_ONSET]).get(M.ALARM_ONSET, ([], []))[1]
+            runs.setdefault(arm, {})[c.seed] = {
+                "steps": c.steps, "proxy": c.proxy, "gold": c.gold,
+                "parts": {f"eval/{k}": v for k, v in c.parts.items()}, "per_step": c.per_step,
+                "onset": onset[0] if onset else None}
+            seeds.add(c.seed)
+            if arm not in arms:
+                arms.append(arm)
+    return arms, sorted(seeds), runs
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="The study's table, summary and figure from stored experiments.")
+    ap.add_argument("--experiment", type=int, nargs="+", required=True, metavar="ID",
+                    help="experiments submitted from experiments/*.yaml (grpo-guard experiment submit)")
+    ap.add_argument("--out", default=os.path.join(HERE, "results_store"))
+    args = ap.parse_args()
+    arms, seeds, runs = store_runs(args.experiment)
+    if not arms:
+        sys.exit("those experiments have no evaluated run yet")
+    os.makedirs(args.out, exist_ok=True)
+    print(report(arms, seeds, args.out, runs=runs))
+
+
+if __name__ == "__main__":
+    main()
