@@ -132,12 +132,12 @@ def resolve_model_dir(model: str | None, required: tuple[str, ...] | list[str] =
             raise ModelNotFoundError(
                 f"The {what} {model!r} is neither a local directory nor in the local Hugging Face cache "
                 f"({cache}), and {why}; "
-                f"download it once with `huggingface-cli download {model}` on a machine with network, "
+                f"download it once with `hf download {model}` on a machine with network, "
                 f"or set `{setting}` to a local directory that holds it.") from None
         raise ModelNotFoundError(
             f"Could not download the {what} {model!r} from the Hugging Face hub "
             f"({type(e).__name__}: {_first_line(e)}); check the id, your network and your token "
-            f"(gated models need `huggingface-cli login`), or set `{setting}` to a local directory.") from None
+            f"(gated models need `hf auth login`), or set `{setting}` to a local directory.") from None
     return _check_local(path, required, what, setting, hub_id=model, fix=fix)
 
 

@@ -73,7 +73,7 @@ def test_hub_id_offline_and_not_cached_says_how_to_fix(tmp_path, monkeypatch):
         resolve_model_dir("black-forest-labs/FLUX.1-dev", what="FLUX pipeline")
     msg = str(e.value)
     _one_sentence(msg)
-    assert "HF_HUB_OFFLINE is set" in msg and "huggingface-cli download black-forest-labs/FLUX.1-dev" in msg
+    assert "HF_HUB_OFFLINE is set" in msg and "hf download black-forest-labs/FLUX.1-dev" in msg
 
 
 def test_hub_id_resolves_from_the_local_cache_offline(tmp_path, monkeypatch):

@@ -129,7 +129,7 @@ def test_missing_weights_say_where_they_were_looked_for(tmp_path, monkeypatch, w
     for var in ("GG_REWARD_GENEVAL_DETECTOR_PATH", "GG_REWARD_GENEVAL_CLIP_PATH"):
         monkeypatch.delenv(var, raising=False)
     with pytest.raises(ModelNotFoundError, match=rf"Mask2Former detector.*{DETECTOR_HUB_ID}.*empty_cache.*"
-                                                 r"huggingface-cli download.*GG_REWARD_GENEVAL_DETECTOR_PATH"):
+                                                 r"hf download.*GG_REWARD_GENEVAL_DETECTOR_PATH"):
         build_reward("geneval")
     with pytest.raises(ModelNotFoundError, match=rf"CLIP colour classifier.*{CLIP_HUB_ID}.*GG_REWARD_GENEVAL_CLIP_PATH"):
         build_reward("geneval", detector_path=weights[0])
