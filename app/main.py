@@ -1,4 +1,4 @@
-"""The app: mounts the four pages on one Gradio Blocks, puts it on FastAPI with ``/health``,
+"""The app: mounts the five pages on one Gradio Blocks, puts it on FastAPI with ``/health``,
 sets up auth, and serves the artifact root for images and checkpoints.
 
 Imports ``grpo_guard.config``, ``grpo_guard.store`` and ``worker.celery_app`` only (never
@@ -152,10 +152,11 @@ def check_bind(host: str, creds: list[tuple[str, str]]) -> None:
 
 # ---- the Blocks ----------------------------------------------------------------------------
 def build_demo() -> gr.Blocks:
-    """The four pages as routes of one Blocks: Runs (/), New run, Run, Compare."""
-    from app.pages import compare, new_run, run_detail, runs
+    """The five pages as routes of one Blocks: Runs (/), New run, Run, Compare, Experiments."""
+    from app.pages import compare, experiments, new_run, run_detail, runs
 
-    routes = (("New run", "/new", new_run.page), ("Run", "/run", run_detail.page), ("Compare", "/compare", compare.page))
+    routes = (("New run", "/new", new_run.page), ("Run", "/run", run_detail.page), ("Compare", "/compare", compare.page),
+              ("Experiments", "/experiments", experiments.page))
     # One Navbar per page: it names the main page "Runs" on every route.
     with gr.Blocks(title="GRPO-Guard Studio", fill_width=True) as demo:
         gr.Navbar(main_page_name="Runs")

@@ -246,3 +246,19 @@ class ExperimentConfig(BaseModel):
         return [ExpandedRun(label, seed, configs[label].with_overrides({"seed": seed}))
                 for seed in self.seeds for label in self.arm_labels()]
 
+
+
+def experiment_from_form(base: Mapping[str, Any], arms_text: str, seeds_text: str, *, controls: bool,
+                         name: str = "", tags: Sequence[str] = (), notes: str = "") -> ExperimentConfig:
+    """The New-run page's "run as experiment": the form's run config as the base, arms as YAML
+    text (``name: {field: value, ...}`` a line), seeds as text ("0 1 2" or "0, 1, 2").
+    ConfigError names ``arms`` / ``seeds`` for text that cannot be read."""
+    arms = _load_mapping(arms_text or "", "arms text")
+    if not arms:
+        raise ConfigError([("arms", "give at least one arm, e.g. `flow: {algorithm: flow_grpo}`")])
+    try:
+        seeds = [int(s) for s in (seeds_text or "").replace(",", " ").split()]
+    except ValueError:
+        raise ConfigError([("seeds", f"seeds are integers separated by spaces or commas, got {seeds_text!r}")]) from None
+    return ExperimentConfig.from_dict({"name": name or "", "tags": list(tags), "notes": notes or "", "base": dict(base),
+                                       "arms": arms, "seeds": seeds or [0], "controls": bool(controls)})

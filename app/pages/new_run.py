@@ -1,5 +1,6 @@
 """New run: a form generated from ``RunConfig`` (sections, defaults, help), presets, YAML
-upload/download, per-field validation errors, and A/B pairs (Flow-GRPO vs GRPO-Guard)."""
+upload/download, per-field validation errors, A/B pairs (Flow-GRPO vs GRPO-Guard), and "run as
+experiment" (the form as the base config, arms × seeds, matched no-signal controls)."""
 
 from __future__ import annotations
 
@@ -54,6 +55,28 @@ def _errors_html(errors: dict[str, str]) -> str:
 GROUPS = list(RunConfig.field_groups())
 
 
+def _submit_experiment(base: dict[str, Any], arms: str, seeds: str, controls: bool, name: str, tags: str,
+                       notes: str) -> tuple[Any, ...]:
+    """"Run as experiment": validate every arm × seed (+ control) run, store and enqueue them all."""
+    from grpo_guard.config import ConfigError
+    from grpo_guard.experiment import experiment_from_form
+    from worker.experiment import submit_experiment
+
+    try:
+        exp = experiment_from_form(base, arms, seeds, controls=controls, name=name or "", tags=split_tags(tags),
+                                   notes=notes or "")
+        done = submit_experiment(exp)
+    except ConfigError as e:  # arms.<arm>.<field>: name the arm's field, not a form field
+        return _errors_html({"": "; ".join(f"{k}: {m}" if k else m for k, m in e.errors)}), *_error_updates({})
+    except (ValueError, LookupError) as e:
+        return _errors_html({"": str(e)}), *_error_updates({})
+    eid = done.experiment_id
+    warn = "".join(f'<div class="gg-warn">{esc(w)}</div>' for w in done.runs.warnings)
+    return (f'<div class="gg-ok" id="gg-submitted-experiment" data-experiment-id="{eid}">Queued experiment '
+            f'<a href="experiments?experiment={eid}" target="_self">#{eid}</a>: {len(done.runs.ids)} runs.</div>{warn}',
+            *_error_updates({}))
+
+
 def _error_updates(errors: dict[str, str]) -> list[Any]:
     """Per-field error lines (FIELDS order), then one update per section: a section holding an
     error opens, so the message is seen."""
@@ -99,6 +122,18 @@ with gr.Blocks(title="New run") as page:
         ab = gr.Checkbox(label="A/B: enqueue Flow-GRPO and GRPO-Guard with the same config and seeds, linked as a pair",
                          value=False, scale=3, elem_id="ab")
     run_notes = gr.Textbox(label="Notes", lines=1, placeholder="optional", elem_id="run-notes")
+    with gr.Accordion("Run as experiment: arms × seeds (+ matched no-signal controls)", open=False,
+                      elem_id="sec-experiment"):
+        as_exp = gr.Checkbox(label="Run as experiment: the form is the base config; each arm overrides it", value=False,
+                             elem_id="as-experiment")
+        with gr.Row():
+            exp_arms = gr.Textbox(label="Arms (YAML: one `name: {field: value}` a line)", lines=3, scale=3,
+                                  value="flow_grpo: {algorithm: flow_grpo}\ngrpo_guard: {algorithm: grpo_guard}",
+                                  elem_id="exp-arms")
+            with gr.Column(scale=1, min_width=200):
+                exp_seeds = gr.Textbox(label="Seeds", value="0 1 2", elem_id="exp-seeds")
+                exp_controls = gr.Checkbox(label="Matched no-signal controls (proxy null_noise)", value=True,
+                                           elem_id="exp-controls")
     clone_note = gr.Markdown("", visible=False, elem_id="clone-note")
 
     widgets: list[gr.components.Component] = []
@@ -171,8 +206,11 @@ with gr.Blocks(title="New run") as page:
 
     check.click(on_validate, widgets, [banner, *errors_md, *sections], api_visibility="private")
 
-    def on_submit(name: str, tags: str, notes: str, pair: bool, parent: int | None, *values):
+    def on_submit(name: str, tags: str, notes: str, pair: bool, parent: int | None, experiment: bool, arms: str,
+                  seeds: str, controls: bool, *values):
         cfg, data, errors = validate(list(values))
+        if cfg is not None and experiment:
+            return _submit_experiment(data, arms, seeds, controls, name, tags, notes)
         if cfg is not None and pair:
             configs, errors = ab_form_configs(data)
         elif cfg is not None:
@@ -185,7 +223,8 @@ with gr.Blocks(title="New run") as page:
             return _errors_html({"": str(e)}), *_error_updates({})
         return _result_html(list(done.ids), list(done.warnings)), *_error_updates({})
 
-    submit.click(on_submit, [run_name, run_tags, run_notes, ab, parent_state, *widgets], [banner, *errors_md, *sections],
+    submit.click(on_submit, [run_name, run_tags, run_notes, ab, parent_state, as_exp, exp_arms, exp_seeds, exp_controls,
+                             *widgets], [banner, *errors_md, *sections],
                  api_name="submit_run", concurrency_limit=2)
 
     def on_hints(algorithm: str, backbone: str):
