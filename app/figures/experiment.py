@@ -151,4 +151,6 @@ def ratio_figure(stats: ExperimentStats, *, uirevision: str | None = None, heigh
         return empty_figure(title, "no per-step statistics yet", uirevision=uirevision, height=height)
     lay = _layout(title, uirevision or "exp-ratio", height=height, hovermode="closest")
     lay.update(_grid(len(RATIO_PANELS), 2, [t for _, t in RATIO_PANELS]))
+    for p in range(len(RATIO_PANELS)):  # denoising steps are whole numbers
+        lay["xaxis" if p == 0 else f"xaxis{p + 1}"].update(dtick=1, title=dict(text="denoising step j"))
     return Fig(data, lay)
