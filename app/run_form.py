@@ -16,7 +16,9 @@ from typing import Any, Literal
 
 import yaml
 
+from grpo_guard import safe_yaml
 from grpo_guard.config import ConfigError, RunConfig
+from grpo_guard.validation import validate_run_config
 
 PRESET_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "presets")
 PRESETS: dict[str, str] = {
@@ -151,10 +153,10 @@ def from_form_value(f: FormField, v: Any) -> tuple[bool, Any, str | None]:
         text = (v or "").strip()
         if not text:
             return False, None, None
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            return False, None, f"not valid YAML: {getattr(e, 'problem', None) or e}"
+        try:  # the config file's rules: limits, and scalars as typed (no yes/no booleans)
+            value = safe_yaml.load_value(text, field=f.name)
+        except ConfigError as e:
+            return False, None, e.errors[0][1]
     else:
         value = bool(v)
     default = f.default
@@ -184,22 +186,27 @@ def field_of(error_key: str) -> str:
     return head if head in FIELD_NAMES else ""
 
 
+def errors_by_field(e: ConfigError) -> dict[str, str]:
+    """A ConfigError's messages keyed by form field ('' for the config as a whole)."""
+    out: dict[str, str] = {}
+    for key, msg in e.errors:
+        fld = field_of(key)
+        text = msg if fld == key or not key else f"{key}: {msg}"
+        out[fld] = f"{out[fld]}; {text}" if fld in out else text
+    return out
+
+
 def validate(values: list[Any]) -> tuple[RunConfig | None, dict[str, Any], dict[str, str]]:
-    """(config or None, chosen mapping, {field or '': message})."""
+    """(config or None, chosen mapping, {field or '': message}). The one validation of every
+    way in (grpo_guard.validation); local paths are judged by their text here, because the
+    app need not see the workers' files (docker-compose.yml)."""
     data, errors = collect(values)
     if errors:
         return None, data, errors
     try:
-        cfg = RunConfig.from_dict(data)
-        cfg.check_submittable()  # unregistered reward/gold names, by field
-        return cfg, data, {}
+        return validate_run_config(data, check_paths=False), data, {}
     except ConfigError as e:
-        out: dict[str, str] = {}
-        for key, msg in e.errors:
-            fld = field_of(key)
-            text = msg if fld == key or not key else f"{key}: {msg}"
-            out[fld] = f"{out[fld]}; {text}" if fld in out else text
-        return None, data, out
+        return None, data, errors_by_field(e)
 
 
 def ab_pair_algorithms(algorithm: str) -> tuple[str, str]:
@@ -254,21 +261,25 @@ def config_yaml(cfg: RunConfig) -> str:
 
 
 def read_uploaded_yaml(path: str) -> tuple[list[Any] | None, dict[str, str]]:
-    """(form values or None, errors) for an uploaded YAML file: unreadable text or a non-mapping
-    gives None and a general error; known keys fill the form (validated, errors by field), unknown
-    keys are reported, never silently dropped."""
+    """(form values or None, errors) for an uploaded YAML file. The file is refused by size
+    before it is read and parsed with the config file's limits (grpo_guard.safe_yaml), so an
+    upload bomb costs no more than a normal config; unreadable text or a non-mapping gives None
+    and a general error; known keys fill the form and are validated as the CLI validates them
+    (errors by field); unknown keys are reported, never silently dropped."""
     try:
-        with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh.read())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        return None, {"": f"the file is not valid YAML: {getattr(e, 'problem', None) or e}"}
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        return None, {"": f"the YAML must be a mapping of field: value, got a {type(data).__name__}"}
-    unknown = [str(k) for k in data if k not in FIELD_NAMES]
-    values = form_values({k: v for k, v in data.items() if k in FIELD_NAMES})
-    _, _, errors = validate(values)
+        data = safe_yaml.load_mapping(safe_yaml.read_config_file(path))
+    except ConfigError as e:
+        return None, {"": e.errors[0][1]}
+    unknown = [safe_yaml.preview(k, 40) if not isinstance(k, str) else k[:40] for k in data if k not in FIELD_NAMES]
+    known = {k: v for k, v in data.items() if k in FIELD_NAMES}
+    try:
+        validate_run_config(known, check_paths=False)
+        errors: dict[str, str] = {}
+    except ConfigError as e:
+        errors = errors_by_field(e)
+    values = form_values(known)
+    if not errors:
+        _, _, errors = validate(values)
     if unknown:
-        errors[""] = "unknown keys ignored: " + ", ".join(unknown)
+        errors[""] = "unknown keys ignored: " + ", ".join(unknown[:20]) + (", …" if len(unknown) > 20 else "")
     return values, errors

@@ -163,17 +163,19 @@ def _finish_wait(run_id: int, timeout: float | None) -> None:
 @click.option("--wait", is_flag=True, help="Wait for the run to end; exit non-zero unless it succeeded.")
 @click.option("--timeout", type=float, default=None, help="With --wait: give up after this many seconds.")
 @click.option("--no-model-check", is_flag=True,
-              help="Do not check here that a local `model` path exists (it exists only where the workers run).")
+              help="Do not check here that a local `model` path or a relative prompt file exists (they may exist "
+                   "only where the workers run; the workers check them).")
 @_store_errors
 def submit_cmd(config_path: str, overrides: tuple[str, ...], epochs: int | None, name: str | None,
                tags: tuple[str, ...], wait: bool, timeout: float | None, no_model_check: bool) -> None:
     """Validate CONFIG.yaml, queue a run, print its id."""
-    from grpo_guard.config import RunConfig
     from grpo_guard.store import queries
+    from grpo_guard.validation import validate_run_config
 
     items = list(overrides) + ([f"epochs={epochs}"] if epochs is not None else [])
-    config = RunConfig.from_file(config_path, items).with_prompt_files_inlined()
-    config.check_submittable(check_paths=not no_model_check)
+    config = validate_run_config(config_path, items, check_paths=not no_model_check)
+    config = config.with_prompt_files_inlined(config_dir=os.path.dirname(os.path.abspath(config_path)),
+                                              missing_ok=no_model_check)
     run_id = queries.create_run(config, name=name, tags=list(tags))
     _enqueue(run_id)
     click.echo(run_id)

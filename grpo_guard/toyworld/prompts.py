@@ -90,24 +90,27 @@ def named_set(name: str) -> list[str]:
     return [make_prompt(*c) for c in combos]
 
 
-def resolve_prompts(spec: str | Sequence[str]) -> list[str]:
+def resolve_prompts(spec: str | Sequence[str], *, field: str = "prompts", confined: bool = False,
+                    config_dir: str | None = None) -> list[str]:
     """Turn a prompt spec into a list of prompts.
 
     ``spec`` is a list of prompts (returned as a list of stripped strings), a named set
     (``"toy:train"``, ``"toy:heldout"``, ``"toy:all"``), or ``"file:PATH"`` — a UTF-8 text file
-    with one prompt a line (blank lines and lines starting with ``#`` are skipped). Raises
-    ``ValueError`` with a one-line reason for an unknown set, an unreadable or empty file, or an
-    empty list."""
+    with one prompt a line (blank lines and lines starting with ``#`` are skipped). With
+    ``confined`` (or a ``config_dir``) the file must lie inside the allowed roots
+    (:mod:`grpo_guard.paths`: the config's directory, GG_PROMPTS_DIR, the built-in sets); a
+    queued run's files are always read that way. Raises ``ValueError`` with a one-line reason
+    (a ``ConfigError`` naming ``field`` for a refused file)."""
+    from grpo_guard import paths
+
     if isinstance(spec, str):
         if spec.startswith("file:"):
-            path = os.path.expanduser(spec[len("file:"):])
-            try:
-                with open(path, encoding="utf-8") as fh:
-                    lines = fh.read().splitlines()
-            except OSError as e:
-                raise ValueError(f"cannot read prompt file {path}: {e.strerror}") from None
-            except UnicodeDecodeError:
-                raise ValueError(f"prompt file {path} is not UTF-8 text") from None
+            raw = spec[len("file:"):]
+            if confined or config_dir:
+                path = paths.confine(field, raw, config_dir=config_dir)
+            else:  # `grpo-guard train` on one's own machine: any file the user can read
+                path = os.path.expanduser(raw.strip())
+            lines = paths.read_lines(field, path)
             prompts = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
             if not prompts:
                 raise ValueError(f"prompt file {path} has no prompts (one prompt a line)")
