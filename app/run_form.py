@@ -8,6 +8,7 @@ the algorithm re-derives the rest; the same rule makes the exported YAML minimal
 
 from __future__ import annotations
 
+import math
 import os
 import types
 import typing
@@ -87,6 +88,7 @@ def form_fields() -> list[FormField]:
 
 FIELDS: list[FormField] = form_fields()
 FIELD_NAMES = [f.name for f in FIELDS]
+BY_NAME = {f.name: f for f in FIELDS}
 
 
 def _yaml_text(value: Any) -> str:
@@ -268,18 +270,41 @@ def read_uploaded_yaml(path: str) -> tuple[list[Any] | None, dict[str, str]]:
     (errors by field); unknown keys are reported, never silently dropped."""
     try:
         data = safe_yaml.load_mapping(safe_yaml.read_config_file(path))
-    except ConfigError as e:
-        return None, {"": e.errors[0][1]}
+    except ConfigError as e:  # the server's temporary path means nothing to the user
+        return None, {"": e.errors[0][1].replace(f"config file {path}", "the uploaded file")}
     unknown = [safe_yaml.preview(k, 40) if not isinstance(k, str) else k[:40] for k in data if k not in FIELD_NAMES]
     known = {k: v for k, v in data.items() if k in FIELD_NAMES}
     try:
-        validate_run_config(known, check_paths=False)
-        errors: dict[str, str] = {}
+        cfg = validate_run_config(known, check_paths=False)
     except ConfigError as e:
-        errors = errors_by_field(e)
-    values = form_values(known)
-    if not errors:
+        cfg, errors = None, errors_by_field(e)
+    else:
+        errors = {}
+    if cfg is not None:  # the validated values: each fits its widget ("5" becomes 5)
+        values = form_values({k: getattr(cfg, k) for k in known}, set(known))
         _, _, errors = validate(values)
+    else:  # a value its widget cannot hold stays out of the form, with the error at the field
+        fits = {k: v for k, v in known.items() if widget_can_show(BY_NAME[k], v)}
+        for k in known.keys() - fits.keys():
+            errors.setdefault(k, f"{safe_yaml.preview(known[k])} cannot be shown in this field")
+        values = form_values(fits)
     if unknown:
         errors[""] = "unknown keys ignored: " + ", ".join(unknown[:20]) + (", …" if len(unknown) > 20 else "")
     return values, errors
+
+
+def widget_can_show(f: FormField, value: Any) -> bool:
+    """Whether ``value`` can be put in ``f``'s widget as it is (a number box holds a finite
+    number, a dropdown one of its choices, a checkbox a bool); an uploaded file may hold anything."""
+    if f.auto and f.kind in ("int", "float", "choice", "tristate") and value is None:
+        return True
+    if f.kind in ("int", "float"):
+        return (not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+                and abs(value) < 1e15)
+    if f.kind == "choice":
+        return isinstance(value, str) and value in f.choices
+    if f.kind in ("bool", "tristate"):
+        return isinstance(value, bool)
+    if f.kind == "text":
+        return value is None or isinstance(value, str)
+    return True
