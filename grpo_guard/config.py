@@ -277,6 +277,7 @@ class RunConfig(BaseModel):
         with /, ./, ../ or ~) that does not exist here. Hub ids are never checked (no network at
         submit time)."""
         from grpo_guard.rewards import REGISTRY
+        from grpo_guard.toyworld.prompts import resolve_prompts
 
         known = ", ".join(sorted(REGISTRY))
         errors: list[tuple[str, str]] = []
@@ -291,12 +292,14 @@ class RunConfig(BaseModel):
             if not (isinstance(spec, str) and spec.startswith("file:")):
                 continue
             try:
-                if check_paths:
-                    paths.confine(name, spec[len("file:"):], config_dir=config_dir)
+                if check_paths:  # read it as submit and the worker will: limits, UTF-8, some prompts
+                    resolve_prompts(spec, field=name, confined=True, config_dir=config_dir)
                 else:
                     paths.find(name, spec[len("file:"):], config_dir=config_dir)
             except ConfigError as e:
                 errors.extend(e.errors)
+            except ValueError as e:
+                errors.append((name, str(e)))
         if check_paths and self.model and self.model.strip().startswith(("/", "./", "../", "~")):
             path = os.path.expanduser(self.model.strip())
             if not os.path.isdir(path):
