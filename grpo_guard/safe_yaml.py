@@ -59,7 +59,7 @@ _CoreResolver.add_implicit_resolver("tag:yaml.org,2002:null", _NULL, ["~", "n", 
 _CoreResolver.add_implicit_resolver("tag:yaml.org,2002:merge", re.compile(r"^(?:<<)$"), ["<"])
 
 try:
-    from yaml import CParser as _Parser
+    from yaml.cyaml import CParser as _Parser
 
     class CoreLoader(_Parser, SafeConstructor, _CoreResolver):  # type: ignore[misc]
         """A safe loader (libyaml's parser) with YAML 1.2 core scalars."""
@@ -150,7 +150,10 @@ def check_events(text: str, *, limits: Limits = LIMITS, what: str = "config") ->
                 top.keys.add(value)
             top.key = value
 
-    loader = CoreLoader(text)
+    try:
+        loader = CoreLoader(text)
+    except yaml.YAMLError as e:  # e.g. a NUL character: refused before any event
+        raise _yaml_error(e, what) from None
     try:
         while True:
             ev = loader.get_event()
@@ -172,7 +175,7 @@ def check_events(text: str, *, limits: Limits = LIMITS, what: str = "config") ->
                 if len(value) > limits.max_scalar_chars:
                     raise _error(field(), f"{what}: a value of {len(value)} characters is longer than the "
                                           f"{limits.max_scalar_chars} allowed")
-                if (ev.style is None and len(value) > limits.max_number_chars and _NUMBERISH.match(value)
+                if (ev.implicit[0] and len(value) > limits.max_number_chars and _NUMBERISH.match(value)
                         and (_INT.match(value) or _FLOAT.match(value))):
                     raise _error(field(), f"{what}: a number of {len(value)} characters is longer than the "
                                           f"{limits.max_number_chars} allowed")
@@ -192,7 +195,7 @@ def check_events(text: str, *, limits: Limits = LIMITS, what: str = "config") ->
 def _yaml_error(e: yaml.YAMLError, what: str) -> Exception:
     mark = getattr(e, "problem_mark", None)
     where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-    problem = str(getattr(e, "problem", None) or e)[:200]
+    problem = str(getattr(e, "problem", None) or e).split("\n")[0][:200]  # one line, never the text itself
     return _error("", f"the {what} is not valid YAML{where}: {problem}", syntax=True)
 
 
