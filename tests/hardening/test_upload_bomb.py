@@ -1,0 +1,90 @@
+"""Issue 14: a YAML bomb uploaded through the New-run page of a real app server (FastAPI +
+Gradio under uvicorn, as `grpo-guard serve` runs it) is refused with the limit named in the
+page's banner, while ``/health`` keeps answering within 1 s, and nothing is stored."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+
+import httpx
+import pytest
+
+from grpo_guard.config import RunConfig
+from tests.hardening.helpers import alias_bomb, deep_nesting, serve_app, snapshot
+from tests.storehelpers import backend_env
+
+BOMBS = {
+    "alias_bomb": (alias_bomb("epochs", width=12, levels=12).encode(), "more than 100000 nodes after alias expansion"),
+    "deep_nesting": (deep_nesting("epochs", 200_000).encode(), "larger than 256 KiB"),
+    "deep_nesting_under_the_size_limit": (deep_nesting("seed", 50_000).encode(), "nested deeper than 32 levels"),
+    "integer_of_5000_digits": (b"epochs: " + b"9" * 5000 + b"\n", "a number of 5000 characters"),
+    "file_of_20_mib": (b"prompts:\n" + b"- a red circle on a blue background\n" * 600_000, "larger than 256 KiB"),
+    "yes_in_an_integer_field": (b"epochs: yes\n", "unable to parse string as an integer"),
+}
+
+
+def _upload(client: httpx.Client, dep_id: int, comp_id: int, content: bytes) -> dict:
+    """Send ``content`` through the page's Upload-YAML event, as the browser does; the event's output."""
+    path = client.post("/gradio_api/upload", files={"files": ("run.yaml", content)}).json()[0]
+    session = uuid.uuid4().hex[:12]
+    data = {"path": path, "orig_name": "run.yaml", "meta": {"_type": "gradio.FileData"}}
+    joined = client.post("/gradio_api/queue/join", json={"data": [data], "fn_index": dep_id, "trigger_id": comp_id,
+                                                         "session_hash": session, "event_data": None})
+    assert joined.status_code == 200, joined.text
+    with client.stream("GET", f"/gradio_api/queue/data?session_hash={session}") as stream:
+        for line in stream.iter_lines():
+            if line.startswith("data:"):
+                msg = json.loads(line[5:])
+                if msg.get("msg") == "process_completed":
+                    return msg["output"]
+    raise AssertionError("the upload event never completed")
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory):
+    with backend_env("sqlite", tmp_path_factory.mktemp("bomb")):
+        from grpo_guard.store import queries
+
+        queries.create_run(RunConfig.from_dict({"epochs": 2}), name="already-there")
+        with serve_app() as url:
+            yield url
+
+
+def test_a_yaml_bomb_upload_leaves_the_server_answering_health_within_1s(app_url):
+    client = httpx.Client(base_url=app_url, timeout=60)
+    config = client.get("/config").json()
+    comp = next(c for c in config["components"] if c.get("props", {}).get("elem_id") == "upload-yaml")
+    dep = next(d for d in config["dependencies"] if [comp["id"], "upload"] in [list(t) for t in d["targets"]])
+    assert client.get("/health").status_code == 200  # warm: the first call opens the store
+    before = snapshot()
+
+    latencies: list[float] = []
+    stop = threading.Event()
+
+    def poll() -> None:
+        with httpx.Client(base_url=app_url, timeout=30) as c:
+            while not stop.is_set():
+                t0 = time.monotonic()
+                status = c.get("/health").status_code
+                latencies.append(time.monotonic() - t0 if status == 200 else float("inf"))
+                time.sleep(0.05)
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    try:
+        for name, (content, words) in BOMBS.items():
+            out = _upload(client, dep["id"], comp["id"], content)
+            assert "error" not in out or not out["error"], f"{name}: {out}"
+            text = " ".join(str(x.get("value", "")) if isinstance(x, dict) else str(x) for x in out["data"])
+            assert words in text, f"{name}: {text[:600]}"
+            assert "Traceback" not in text
+    finally:
+        stop.set()
+        poller.join(timeout=30)
+    print(f"\nupload bombs: {len(BOMBS)} refused; /health answered {len(latencies)} times, slowest {max(latencies):.3f} s")
+    assert len(latencies) >= 5
+    assert max(latencies) < 1.0, f"/health took up to {max(latencies):.2f} s during the uploads"
+    assert snapshot() == before
