@@ -13,6 +13,7 @@ from grpo_guard import __version__
 # keeps torch out of app-side commands). name -> ("module:attribute", short help).
 LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "toy": ("grpo_guard.toyworld.cli:toy", "Toy world: pretrain the base model, measure it."),
+    "prompts": ("grpo_guard.prompts_cli:prompts_group", "List, show and export prompt sets (ocr:, geneval:, hf:, toy:, files)."),
     "train": ("grpo_guard.cli_train:train_cmd", "Train CONFIG.yaml in the foreground (progress bar, Ctrl-C stops cleanly)."),
     "sample": ("grpo_guard.cli_train:sample_cmd", "Write one image from a base model or a checkpoint."),
     "db": ("grpo_guard.store.cli:db_group", "Create or upgrade the store's database schema."),

@@ -149,7 +149,11 @@ class RunConfig(BaseModel):
     seed: int = _f(0, "Seed for every RNG stream of the run (sampling, shuffling, init).", "policy", ge=0, le=2**31 - 1)
 
     # ---- rewards -----------------------------------------------------------------------
-    prompts: list[str] | str = _f("toy:train", "Training prompts: a list, or a named set ('toy:train', 'toy:heldout', 'file:PATH' with one prompt a line).", "rewards")
+    prompts: list[str | dict[str, Any]] | str = _f(
+        "toy:train", "Training prompts: a named set (toy:train, ocr:train, geneval:train, ... — `grpo-guard prompts "
+                     "list`), file:PATH (one prompt a line), geneval:file:PATH (GenEval's evaluation_metadata.jsonl), "
+                     "hf:DATASET[:SPLIT][#COLUMN] (a locally cached Hugging Face dataset), or a list whose items are "
+                     "prompts or mappings {prompt, tag, include, exclude} (GenEval metadata).", "rewards")
     rewards: dict[str, float] = _f({"toy_fg_share": 1.0}, "Proxy rewards and their weights, R = Σ w_k R_k (a weight of 0 logs without optimising).", "rewards", min_length=1)
     gold: list[str] = _f(["toy_alignment", "toy_fidelity"], "Gold evaluators scored on the eval set (never optimised).", "rewards")
     reward_options: dict[str, dict[str, Any]] = _f(
@@ -160,7 +164,7 @@ class RunConfig(BaseModel):
         "rewards")
 
     # ---- eval & checkpoints ------------------------------------------------------------
-    eval_prompts: list[str] | str = _f("toy:heldout", "Fixed eval prompts (list or named set, see `prompts`).", "eval")
+    eval_prompts: list[str | dict[str, Any]] | str = _f("toy:heldout", "Fixed eval prompts (a list or a set, as for `prompts`; e.g. ocr:test, geneval:test).", "eval")
     eval_seeds: list[int] = _f([0, 1], "Fixed eval seeds; each prompt is sampled once per seed.", "eval", min_length=1)
     eval_num_steps: int | None = _f(None, "ODE steps for evaluation sampling (SD3.5-M 40).", "eval", ge=1, le=1000)
     eval_every: int = _f(5, "Evaluate every N epochs (and at epoch 0 and the end).", "eval", ge=1, le=10_000_000)
@@ -219,6 +223,7 @@ class RunConfig(BaseModel):
                 errors.append(("gold", f"{g!r} is not an evaluator name (letters, digits, '_' and '-'; "
                                        "evaluators are chosen from the registry by name, never by import path)"))
         errors.extend(self._reward_option_errors())
+        errors.extend(self._prompt_spec_errors())
         for k, w in self.rewards.items():
             if not math.isfinite(w) or w < 0:
                 errors.append((f"rewards.{k}", f"weight must be a finite number >= 0, got {w}"))
@@ -262,6 +267,30 @@ class RunConfig(BaseModel):
                                    "num_gpus > 1 use 'cuda' (each rank's own GPU) or 'cpu'"))
         return errors
 
+    def _prompt_spec_errors(self) -> list[tuple[str, str]]:
+        """Prompt specs are well-formed, name known sets, and carry GenEval metadata where a
+        GenEval reward or evaluator scores them (:func:`grpo_guard.prompts.run_prompt_errors`)."""
+        from grpo_guard.prompts import run_prompt_errors
+
+        return run_prompt_errors(self.prompts, self.eval_prompts, rewards=list(self.rewards), gold=self.gold)
+
+    def resolved_prompts(self) -> tuple[list[Any], list[Any]]:
+        """(training prompts, eval prompts) as :class:`grpo_guard.prompts.Prompt` lists, read
+        now (files, datasets); ConfigError names the field when one cannot be read. The trainer
+        calls this before any model loads."""
+        from grpo_guard.prompts import resolve_prompts
+
+        out: dict[str, list[Any]] = {}
+        errors: list[tuple[str, str]] = []
+        for name in ("prompts", "eval_prompts"):
+            try:
+                out[name] = resolve_prompts(getattr(self, name))
+            except ValueError as e:
+                errors.append((name, str(e)))
+        if errors:
+            raise ConfigError(errors)
+        return out["prompts"], out["eval_prompts"]
+
     def reward_factory_options(self, name: str) -> dict[str, Any]:
         """The options given for reward ``name`` (unset ones dropped): keyword arguments of its
         factory (``grpo_guard.rewards.build_reward(name, **options)``)."""
@@ -276,8 +305,8 @@ class RunConfig(BaseModel):
         ``check_paths``, a prompt file no root holds or a local-looking ``model`` path (starting
         with /, ./, ../ or ~) that does not exist here. Hub ids are never checked (no network at
         submit time)."""
+        from grpo_guard.prompts import resolve_prompts
         from grpo_guard.rewards import REGISTRY
-        from grpo_guard.toyworld.prompts import resolve_prompts
 
         known = ", ".join(sorted(REGISTRY))
         errors: list[tuple[str, str]] = []
@@ -289,13 +318,14 @@ class RunConfig(BaseModel):
                 errors.append(("gold", f"unknown evaluator {g!r}; registered: {known}"))
         for name in ("prompts", "eval_prompts"):
             spec = getattr(self, name)
-            if not (isinstance(spec, str) and spec.startswith("file:")):
+            path = prompt_file_path(spec)
+            if path is None:
                 continue
             try:
                 if check_paths:  # read it as submit and the worker will: limits, UTF-8, some prompts
                     resolve_prompts(spec, field=name, confined=True, config_dir=config_dir)
                 else:
-                    paths.find(name, spec[len("file:"):], config_dir=config_dir)
+                    paths.find(name, path, config_dir=config_dir)
             except ConfigError as e:
                 errors.extend(e.errors)
             except ValueError as e:
@@ -308,23 +338,23 @@ class RunConfig(BaseModel):
         return errors
 
     def with_prompt_files_inlined(self, *, config_dir: str | None = None, missing_ok: bool = False) -> RunConfig:
-        """This config with each ``file:PATH`` prompt spec replaced by the file's prompts, read
-        inside the allowed roots (:mod:`grpo_guard.paths`): ``grpo-guard submit`` stores what
-        the submitter's file holds, and a worker trains on what its confined read gave. With
-        ``missing_ok`` a file no root holds here stays a spec (the workers resolve it in their
-        own roots). ConfigError names the field if the file is refused or unreadable."""
-        from grpo_guard.toyworld.prompts import resolve_prompts
+        """This config with each ``file:PATH`` / ``geneval:file:PATH`` prompt spec replaced by the
+        file's prompts, read inside the allowed roots (:mod:`grpo_guard.paths`): ``grpo-guard
+        submit`` stores what the submitter's file holds, and a worker trains on what its confined
+        read gave. With ``missing_ok`` a file no root holds here stays a spec (the workers resolve
+        it in their own roots). ConfigError names the field if the file is refused or unreadable."""
+        from grpo_guard.prompts import prompt_to_item, resolve_prompts
 
         changes: dict[str, Any] = {}
         for name in ("prompts", "eval_prompts"):
             spec = getattr(self, name)
-            if isinstance(spec, str) and spec.startswith("file:"):
-                if missing_ok and paths.find(name, spec[len("file:"):], config_dir=config_dir) is None:
+            path = prompt_file_path(spec)
+            if path is not None:
+                if missing_ok and paths.find(name, path, config_dir=config_dir) is None:
                     continue
-                try:
-                    changes[name] = resolve_prompts(spec, field=name, confined=True, config_dir=config_dir)
-                except ConfigError:
-                    raise
+                try:  # GenEval metadata goes along as {prompt, tag, include, exclude} items
+                    changes[name] = [prompt_to_item(p) for p in
+                                     resolve_prompts(spec, field=name, confined=True, config_dir=config_dir)]
                 except ValueError as e:
                     raise ConfigError([(name, str(e))]) from None
         return self.with_overrides(changes) if changes else self
@@ -400,11 +430,17 @@ class RunConfig(BaseModel):
 
 
 def prompt_file_problem(spec: Any) -> str | None:
-    """Why a queued run may not read the prompt file ``spec`` names, judged from its text
-    (:func:`grpo_guard.paths.spec_problem`), else None."""
-    if not isinstance(spec, str) or not spec.startswith("file:"):
+    """Why a queued run may not read the prompt file ``spec`` names (``file:`` or
+    ``geneval:file:``), judged from its text (:func:`grpo_guard.paths.spec_problem`), else None."""
+    path = prompt_file_path(spec)
+    return None if path is None else paths.spec_problem("prompts", path)
+
+
+def prompt_file_path(spec: Any) -> str | None:
+    """The path a ``file:PATH`` or ``geneval:file:PATH`` prompt spec names, else None."""
+    if not isinstance(spec, str) or not spec.strip().startswith(("file:", "geneval:file:")):
         return None
-    return paths.spec_problem("prompts", spec[len("file:"):])
+    return spec.strip().split("file:", 1)[1]
 
 
 class _ErrorBundle:

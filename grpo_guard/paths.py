@@ -122,29 +122,31 @@ def find(field: str, raw: str, *, config_dir: str | None = None) -> str | None:
     return None
 
 
-def read_lines(field: str, path: str) -> list[str]:
-    """The lines of the text file ``path``: a regular file (opened without blocking, so a FIFO
+def read_text(field: str, path: str, *, what: str = "prompt file") -> str:
+    """The text of the file ``path``: a regular file (opened without blocking, so a FIFO
     swapped in after :func:`confine` cannot hang the reader), at most MAX_FILE_BYTES and
     MAX_FILE_LINES, UTF-8."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as e:
-        raise _error(field, f"cannot read file {path}: {e.strerror}") from None
+        raise _error(field, f"cannot read {what} {path}: {e.strerror}") from None
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise _error(field, f"{path} is not a regular file (FIFOs, sockets, devices and directories are refused)")
+            raise _error(field, f"{what} {path} is not a regular file (FIFOs, sockets, devices and directories "
+                                "are refused)")
         with os.fdopen(fd, "rb", closefd=False) as fh:
             raw = fh.read(MAX_FILE_BYTES + 1)
     except OSError as e:
-        raise _error(field, f"cannot read file {path}: {e.strerror}") from None
+        raise _error(field, f"cannot read {what} {path}: {e.strerror}") from None
     finally:
         os.close(fd)
     if len(raw) > MAX_FILE_BYTES:
-        raise _error(field, f"{path} is larger than {MAX_FILE_BYTES // 1024 // 1024} MiB")
+        raise _error(field, f"{what} {path} is larger than {MAX_FILE_BYTES // 1024 // 1024} MiB")
     try:
-        lines = raw.decode("utf-8").splitlines()
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise _error(field, f"{path} is not UTF-8 text") from None
-    if len(lines) > MAX_FILE_LINES:
-        raise _error(field, f"{path} has {len(lines)} lines, more than the {MAX_FILE_LINES} allowed")
-    return lines
+        raise _error(field, f"{what} {path} is not UTF-8 text") from None
+    lines = text.count("\n") + 1
+    if lines > MAX_FILE_LINES:
+        raise _error(field, f"{what} {path} has {lines} lines, more than the {MAX_FILE_LINES} allowed")
+    return text

@@ -41,7 +41,9 @@ class StepStat:
 @dataclass
 class Sample:
     """One eval image: ``image`` is PNG bytes; ``scores`` maps reward/evaluator name to value;
-    ``proxy`` is the weighted proxy total and ``gold`` the mean of the gold evaluators."""
+    ``proxy`` is the weighted proxy total and ``gold`` the mean of the gold evaluators.
+    ``prompt_meta`` is the prompt's metadata (GenEval: tag, include, exclude), taken from a
+    :class:`grpo_guard.prompts.Prompt` when not given."""
 
     step: int
     prompt: str
@@ -50,6 +52,11 @@ class Sample:
     scores: dict[str, float] = field(default_factory=dict)
     proxy: float | None = None
     gold: float | None = None
+    prompt_meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.prompt_meta:
+            self.prompt_meta = dict(getattr(self.prompt, "meta", None) or {})
 
 
 @runtime_checkable
@@ -217,8 +224,11 @@ class FolderRecorder:
         rel = os.path.join("samples", f"{sample.step:06d}_{sample.seed}_{safe}.png")
         with open(os.path.join(self.out, rel), "wb") as fh:
             fh.write(sample.image)
-        self._add("samples", {"step": sample.step, "prompt": sample.prompt, "seed": sample.seed,
-                              "image": rel, "scores": sample.scores, "proxy": sample.proxy, "gold": sample.gold})
+        row = {"step": sample.step, "prompt": str(sample.prompt), "seed": sample.seed, "image": rel,
+               "scores": sample.scores, "proxy": sample.proxy, "gold": sample.gold}
+        if sample.prompt_meta:
+            row["prompt_meta"] = sample.prompt_meta
+        self._add("samples", row)
 
     def log_checkpoint(self, step: int, path: str, meta: dict[str, Any] | None = None) -> None:
         self._add("checkpoints", {"step": step, "path": path, "meta": meta or {}})

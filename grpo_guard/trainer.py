@@ -102,7 +102,10 @@ def train(config: RunConfig, recorder: Recorder, control: Control, *, resume_fro
         config = _resume_config(config, ckpt, recorder)
     c = config
 
-    # 2. Rewards (first: an unknown name fails before a model loads), model, optimizer, EMA.
+    # 2. Prompts and rewards first (an unknown set, unreadable file, missing dataset or reward
+    # name fails before a model loads), then model, optimizer, EMA. Prompts stay Prompt objects
+    # (str with .meta) all the way to the rewards and the recorder.
+    train_prompts, eval_prompts = c.resolved_prompts()
     proxies, golds = _build_rewards(c, rewards, golds=is_main)  # eval (golds) runs on rank 0 only
     if backbone is None:
         from grpo_guard.models import build_backbone
@@ -119,14 +122,11 @@ def train(config: RunConfig, recorder: Recorder, control: Control, *, resume_fro
                                   weight_decay=c.weight_decay, eps=c.adam_eps)
     ema = EMA(params, c.ema_decay) if c.ema else None
 
-    # 3. Prompts, sigma tables, the fixed eval set.
-    from grpo_guard.toyworld.prompts import resolve_prompts
-
-    train_prompts = resolve_prompts(c.prompts)
+    # 3. Sigma tables, the fixed eval set.
     latent_shape = backbone.latent_shape(c.resolution)
     sigmas = backbone.sigmas(c.num_steps, c.shift, c.resolution)             # (T+1,)
     eval_sigmas = backbone.sigmas(c.eval_num_steps, c.shift, c.resolution)   # (T_eval+1,)
-    eval_set = EvalSet.build(resolve_prompts(c.eval_prompts), list(c.eval_seeds), latent_shape)
+    eval_set = EvalSet.build(eval_prompts, list(c.eval_seeds), latent_shape)
     n_train = c.num_trained_steps()
     group_size, n_groups = c.group_size, c.prompts_per_epoch
     # This rank's prompt groups (all of them in a single process) and their rows of the epoch.

@@ -67,8 +67,8 @@ def update_ab(model: str | None, reps: int) -> dict[str, list[float]]:
 
     from grpo_guard.models import build_backbone
     from grpo_guard.policy import group_advantages
+    from grpo_guard.prompts import resolve_prompts
     from grpo_guard.rollout import derive_generator, sample_rollouts, trained_steps
-    from grpo_guard.toyworld.prompts import resolve_prompts
     from grpo_guard.update import micro_batches, policy_update
 
     cfgs = {a: bench_config(a, model, 1) for a in ("flow_grpo", "grpo_guard")}

@@ -122,6 +122,7 @@ class SampleRow:
     scores: dict[str, float] = field(default_factory=dict)
     proxy: float | None = None
     gold: float | None = None
+    prompt_meta: dict[str, Any] = field(default_factory=dict)  # GenEval: tag, include, exclude
 
     def to_dict(self) -> dict[str, Any]:
         return _jsonable(self)

@@ -181,6 +181,7 @@ class EvalSample(Base):
     proxy: Mapped[float | None] = mapped_column(Float)
     gold: Mapped[float | None] = mapped_column(Float)
     scores: Mapped[str] = mapped_column(Text, default="{}")  # JSON object name -> value
+    prompt_meta: Mapped[str] = mapped_column(Text, default="{}", server_default="{}")  # JSON: GenEval tag, include, exclude
 
     __table_args__ = (
         UniqueConstraint("run_id", "step", "prompt", "seed"),

@@ -223,10 +223,11 @@ class StoreRecorder:
         step, seed = int(sample.step), int(sample.seed)
         location = artifacts.sample_location(self.run_id, step, sample.prompt, seed)
         artifacts.put_bytes(location, sample.image, what=f"the eval image of step {step}")
-        row = {"run_id": self.run_id, "step": step, "prompt": sample.prompt, "seed": seed,
+        row = {"run_id": self.run_id, "step": step, "prompt": str(sample.prompt), "seed": seed,
                "image_location": location, "proxy": _finite(sample.proxy) if sample.proxy is not None else None,
                "gold": _finite(sample.gold) if sample.gold is not None else None,
-               "scores": json.dumps(_json_clean(dict(sample.scores)), sort_keys=True)}
+               "scores": json.dumps(_json_clean(dict(sample.scores)), sort_keys=True),
+               "prompt_meta": json.dumps(dict(sample.prompt_meta), sort_keys=True)}
         with self._lock:
             self._buf.samples[(step, sample.prompt, seed)] = row
         self._after_add()

@@ -242,16 +242,21 @@ def step_stats_series(run_id: int, stat: str, *, max_points: int = 1000
 
 # ---- samples --------------------------------------------------------------------------------
 def _sample(r: Any) -> SampleRow:
-    try:
-        scores = json.loads(r.scores) if r.scores else {}
-    except ValueError:
-        scores = {}
     return SampleRow(run_id=r.run_id, step=r.step, prompt=r.prompt, seed=r.seed,
-                     image_location=r.image_location, scores=scores, proxy=r.proxy, gold=r.gold)
+                     image_location=r.image_location, scores=_json_object(r.scores), proxy=r.proxy, gold=r.gold,
+                     prompt_meta=_json_object(r.prompt_meta))
 
 
-_SAMPLE_COLS = (EvalSample.run_id, EvalSample.step, EvalSample.prompt, EvalSample.seed,
-                EvalSample.image_location, EvalSample.proxy, EvalSample.gold, EvalSample.scores)
+def _json_object(text: str | None) -> dict[str, Any]:
+    try:
+        value = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+_SAMPLE_COLS = (EvalSample.run_id, EvalSample.step, EvalSample.prompt, EvalSample.seed, EvalSample.image_location,
+                EvalSample.proxy, EvalSample.gold, EvalSample.scores, EvalSample.prompt_meta)
 
 
 def sample_steps(run_id: int) -> list[int]:

@@ -75,8 +75,8 @@ def measure_cmd(model: str | None, prompts_per_split: int, seeds: int, steps: in
 @toy.command("prompts")
 @click.argument("spec", default="toy:train")
 def prompts_cmd(spec: str) -> None:
-    """Print the prompts of a set (toy:train, toy:heldout, toy:all, file:PATH)."""
-    from grpo_guard.toyworld.prompts import resolve_prompts
+    """Print the prompts of a set (toy:train, toy:heldout, toy:all or any spec of `grpo-guard prompts list`)."""
+    from grpo_guard.prompts import resolve_prompts
 
     try:
         for p in resolve_prompts(spec):

@@ -6,15 +6,13 @@ combinations). About 15 % of the combinations form the held-out split: they are 
 during pretraining, so sampling them measures compositional generalisation. Each held-out
 combination's shape, colours and (fg, shape) pair all appear in training; only the triple is new.
 
-Named prompt sets (used by ``RunConfig.prompts`` / ``eval_prompts``) are resolved by
-:func:`resolve_prompts`.
+The named sets ``toy:train``, ``toy:heldout`` and ``toy:all`` are registered in
+:mod:`grpo_guard.prompts`, which resolves every prompt spec.
 """
 
 from __future__ import annotations
 
-import os
 import re
-from collections.abc import Sequence
 
 # name -> RGB. Colours are far apart so that the nearest-palette classifier is unambiguous.
 PALETTE: dict[str, tuple[int, int, int]] = {
@@ -71,57 +69,25 @@ def train_combinations() -> list[tuple[str, str, str]]:
     return [c for c in all_combinations() if c not in held]
 
 
-PROMPT_SETS = {
-    "toy:train": "the 144 prompts seen in pretraining",
-    "toy:heldout": "the 24 prompts never seen in pretraining (eval default)",
-    "toy:all": "all 168 toy prompts",
-}
-
-
 def named_set(name: str) -> list[str]:
-    if name == "toy:train":
-        combos = train_combinations()
-    elif name == "toy:heldout":
-        combos = heldout_combinations()
-    elif name == "toy:all":
-        combos = all_combinations()
-    else:
-        raise ValueError(f"unknown prompt set {name!r}; known: {', '.join(PROMPT_SETS)}, file:PATH")
-    return [make_prompt(*c) for c in combos]
+    """The prompts of ``toy:train``, ``toy:heldout`` or ``toy:all``."""
+    combos = {"toy:train": train_combinations, "toy:heldout": heldout_combinations,
+              "toy:all": all_combinations}.get(name)
+    if combos is None:
+        raise ValueError(f"unknown toy prompt set {name!r}; known: toy:train, toy:heldout, toy:all")
+    return [make_prompt(*c) for c in combos()]
 
 
-def resolve_prompts(spec: str | Sequence[str], *, field: str = "prompts", confined: bool = False,
-                    config_dir: str | None = None) -> list[str]:
-    """Turn a prompt spec into a list of prompts.
+def _register() -> None:
+    from grpo_guard.prompts import Prompt, register
 
-    ``spec`` is a list of prompts (returned as a list of stripped strings), a named set
-    (``"toy:train"``, ``"toy:heldout"``, ``"toy:all"``), or ``"file:PATH"`` — a UTF-8 text file
-    with one prompt a line (blank lines and lines starting with ``#`` are skipped). With
-    ``confined`` (or a ``config_dir``) the file must lie inside the allowed roots
-    (:mod:`grpo_guard.paths`: the config's directory, GG_PROMPTS_DIR, the built-in sets); a
-    queued run's files are always read that way. Raises ``ValueError`` with a one-line reason
-    (a ``ConfigError`` naming ``field`` for a refused file)."""
-    from grpo_guard import paths
+    for name, what in (("toy:train", "the 144 toy prompts seen in pretraining"),
+                       ("toy:heldout", "the 24 toy prompts never seen in pretraining (the toy eval default)"),
+                       ("toy:all", "all 168 toy prompts")):
+        register(name, what, lambda name=name: [Prompt(p) for p in named_set(name)])
 
-    if isinstance(spec, str):
-        if spec.startswith("file:"):
-            raw = spec[len("file:"):]
-            if confined or config_dir:
-                path = paths.confine(field, raw, config_dir=config_dir)
-            else:  # `grpo-guard train` on one's own machine: any file the user can read
-                path = os.path.expanduser(raw.strip())
-            lines = paths.read_lines(field, path)
-            prompts = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
-            if not prompts:
-                raise ValueError(f"prompt file {path} has no prompts (one prompt a line)")
-            return prompts
-        if ":" in spec and spec.split(":", 1)[0] == "toy":
-            return named_set(spec)
-        raise ValueError(f"unknown prompt set {spec!r}; use {', '.join(PROMPT_SETS)}, file:PATH or a list of prompts")
-    prompts = [str(p).strip() for p in spec]
-    if not prompts or any(not p for p in prompts):
-        raise ValueError("the prompt list is empty or contains an empty prompt")
-    return prompts
+
+_register()
 
 
 def corpus_words() -> list[str]:

@@ -1,10 +1,12 @@
-"""Toy prompts and splits: disjoint, covering, resolvable by name; prompts.py stays torch-free."""
+"""Toy prompts and splits: disjoint, covering, registered by name in grpo_guard.prompts; the
+module stays torch-free. (file:, list and the other spec forms: tests/grpo_guard/test_prompts.py.)"""
 
 import subprocess
 import sys
 
 import pytest
 
+from grpo_guard.prompts import resolve_prompts
 from grpo_guard.toyworld.prompts import (
     COLORS,
     SHAPES,
@@ -12,7 +14,6 @@ from grpo_guard.toyworld.prompts import (
     heldout_combinations,
     make_prompt,
     parse_prompt,
-    resolve_prompts,
     train_combinations,
 )
 
@@ -41,20 +42,6 @@ def test_named_sets_resolve_to_distinct_prompts():
     assert "a red circle on a blue background" in held
 
 
-def test_file_and_list_specs(tmp_path):
-    f = tmp_path / "p.txt"
-    f.write_text("# comment\na cat\n\n  a dog  \n", encoding="utf-8")
-    assert resolve_prompts(f"file:{f}") == ["a cat", "a dog"]
-    assert resolve_prompts(["x ", "y"]) == ["x", "y"]
-
-
-@pytest.mark.parametrize("spec, match", [("toy:nope", "unknown prompt set"), ("file:/no/such/file", "cannot read"),
-                                         ("prompts", "unknown prompt set"), ([], "empty")])
-def test_bad_specs_say_what_is_wrong(spec, match):
-    with pytest.raises(ValueError, match=match):
-        resolve_prompts(spec)
-
-
 def test_parse_prompt_round_trips_and_rejects_others():
     for c in all_combinations():
         assert parse_prompt(make_prompt(*c)) == c
@@ -65,7 +52,8 @@ def test_parse_prompt_round_trips_and_rejects_others():
         parse_prompt("a photo of a cat")
 
 
-def test_prompts_module_imports_no_torch():
-    code = "import sys, grpo_guard.toyworld.prompts as p; p.resolve_prompts('toy:train'); print('torch' in sys.modules)"
+def test_resolving_built_in_sets_imports_no_torch_numpy_or_datasets():
+    code = ("import sys, grpo_guard.prompts as p; p.resolve_prompts('toy:train'); p.resolve_prompts('ocr:test'); "
+            "p.resolve_prompts('geneval:test'); print(sorted(m for m in ('torch', 'numpy', 'datasets') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False", "grpo_guard.toyworld.prompts pulled in torch"
+    assert out.stdout.strip() == "[]", f"resolving the built-in prompt sets imported {out.stdout.strip()}"

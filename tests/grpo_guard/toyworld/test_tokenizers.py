@@ -1,6 +1,6 @@
 """Offline tokenizers: no <unk> for any toy prompt, and they survive save/load."""
 
-from grpo_guard.toyworld.prompts import resolve_prompts
+from grpo_guard.prompts import resolve_prompts
 from grpo_guard.toyworld.tokenizers import make_clip_tokenizer, make_t5_tokenizer
 
 
