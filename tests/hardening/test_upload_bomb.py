@@ -21,7 +21,7 @@ BOMBS = {
     "deep_nesting": (deep_nesting("epochs", 200_000).encode(), "larger than 256 KiB"),
     "deep_nesting_under_the_size_limit": (deep_nesting("seed", 50_000).encode(), "nested deeper than 32 levels"),
     "integer_of_5000_digits": (b"epochs: " + b"9" * 5000 + b"\n", "a number of 5000 characters"),
-    "file_of_20_mib": (b"prompts:\n" + b"- a red circle on a blue background\n" * 600_000, "larger than 256 KiB"),
+    "file_of_4_mib": (b"prompts:\n" + b"- a red circle on a blue background\n" * 120_000, "larger than 256 KiB"),
     "yes_in_an_integer_field": (b"epochs: yes\n", "unable to parse string as an integer"),
 }
 
