@@ -24,6 +24,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from grpo_guard import paths, safe_yaml
+from grpo_guard.safe_yaml import apply_overrides, parse_overrides
+
+__all__ = ["ConfigError", "RunConfig", "apply_overrides", "parse_overrides", "prompt_file_problem"]
 
 Backbone = Literal["toy", "sd3", "flux"]
 Algorithm = Literal["flow_grpo", "grpo_guard", "dance_grpo", "dance_grpo_guard"]
@@ -451,52 +454,6 @@ class _ErrorBundle:
 
     def __str__(self) -> str:
         return "; ".join(f"{f}: {m}" for f, m in self.errors)
-
-
-def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
-    """``["lr=1e-4", "rewards={a: 1}"]`` -> dict. Values are YAML (:mod:`grpo_guard.safe_yaml`:
-    same limits and scalars as a config file, so ``mixed_precision=no`` is the string 'no')."""
-    out: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise ConfigError([("", f"override {safe_yaml.preview(item)} is not of the form key=value")])
-        key, _, raw = item.partition("=")
-        key = key.strip()
-        if not key:
-            raise ConfigError([("", f"override {safe_yaml.preview(item)} has an empty key")])
-        try:
-            value = safe_yaml.load_value(raw, field=key) if raw.strip() else None
-        except ConfigError as e:
-            if not getattr(e, "syntax", False):
-                raise
-            value = raw  # not YAML: the text as typed (`--set model=a: b` is a string)
-        if isinstance(value, str) and value.lower() in ("nan", ".nan", "inf", "-inf", ".inf", "-.inf"):
-            value = float(value.lstrip("."))
-        if "." in key and key.split(".", 1)[0] == "rewards":
-            out.setdefault("rewards", {})[key.split(".", 1)[1]] = value
-        elif key.startswith("reward_options.") and key.count(".") == 2:  # reward_options.NAME.OPTION=value
-            _, name, option = key.split(".")
-            out.setdefault("reward_options", {}).setdefault(name, {})[option] = value
-        else:
-            out[key] = value
-    return out
-
-
-def apply_overrides(data: dict[Any, Any], over: dict[str, Any]) -> dict[Any, Any]:
-    """``data`` with parsed overrides on top. reward_options merge option by option
-    (``--set reward_options.pickscore.batch_size=8`` keeps the file's path)."""
-    data = dict(data)
-    base_opts, new_opts = data.get("reward_options"), over.get("reward_options")
-    if isinstance(base_opts, dict) and isinstance(new_opts, dict):
-        merged = {k: dict(v) if isinstance(v, dict) else v for k, v in base_opts.items()}
-        for name, opts in new_opts.items():
-            if isinstance(opts, dict) and isinstance(merged.get(name), dict):
-                merged[name].update(opts)
-            else:
-                merged[name] = opts
-        over = {**over, "reward_options": merged}
-    data.update(over)
-    return data
 
 
 _MAX_ERRORS_PER_FIELD = 3

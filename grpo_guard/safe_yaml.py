@@ -22,6 +22,7 @@ import re
 import stat
 import types
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -317,3 +318,47 @@ def strict_kind_errors(loc: str, annotation: Any, value: Any) -> list[tuple[str,
     return []
 
 
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """``["lr=1e-4", "rewards={a: 1}"]`` -> dict (``--set`` of the CLI). Values are YAML with the
+    limits and scalars of a config file, so ``mixed_precision=no`` is the string 'no'."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise _error("", f"override {preview(item)} is not of the form key=value")
+        key, _, raw = item.partition("=")
+        key = key.strip()
+        if not key:
+            raise _error("", f"override {preview(item)} has an empty key")
+        try:
+            value = load_value(raw, field=key) if raw.strip() else None
+        except ValueError as e:  # a ConfigError
+            if not getattr(e, "syntax", False):
+                raise
+            value = raw  # not YAML: the text as typed (`--set model=a: b` is a string)
+        if isinstance(value, str) and value.lower() in ("nan", ".nan", "inf", "-inf", ".inf", "-.inf"):
+            value = float(value.lstrip("."))
+        if "." in key and key.split(".", 1)[0] == "rewards":
+            out.setdefault("rewards", {})[key.split(".", 1)[1]] = value
+        elif key.startswith("reward_options.") and key.count(".") == 2:  # reward_options.NAME.OPTION=value
+            _, name, option = key.split(".")
+            out.setdefault("reward_options", {}).setdefault(name, {})[option] = value
+        else:
+            out[key] = value
+    return out
+
+
+def apply_overrides(data: dict[Any, Any], over: dict[str, Any]) -> dict[Any, Any]:
+    """``data`` with parsed overrides on top. reward_options merge option by option
+    (``--set reward_options.pickscore.batch_size=8`` keeps the file's path)."""
+    data = dict(data)
+    base_opts, new_opts = data.get("reward_options"), over.get("reward_options")
+    if isinstance(base_opts, dict) and isinstance(new_opts, dict):
+        merged = {k: dict(v) if isinstance(v, dict) else v for k, v in base_opts.items()}
+        for name, opts in new_opts.items():
+            if isinstance(opts, dict) and isinstance(merged.get(name), dict):
+                merged[name].update(opts)
+            else:
+                merged[name] = opts
+        over = {**over, "reward_options": merged}
+    data.update(over)
+    return data
