@@ -457,6 +457,7 @@ class _ErrorBundle:
 
 
 _MAX_ERRORS_PER_FIELD = 3
+_MAX_ERRORS = 20  # a config of 25,000 unknown keys gets 20 lines, not 25,000 (nor 2 s of "did you mean")
 
 
 def _format_errors(exc: ValidationError) -> list[tuple[str, str]]:
@@ -464,6 +465,7 @@ def _format_errors(exc: ValidationError) -> list[tuple[str, str]]:
     nested input is never turned into text whole), and a field reports at most a few errors."""
     errors: list[tuple[str, str]] = []
     per_field: dict[str, int] = {}
+    skipped = 0
     for err in exc.errors(include_url=False, include_context=True, include_input=True):
         ctx = err.get("ctx") or {}
         inner = ctx.get("error")
@@ -475,6 +477,9 @@ def _format_errors(exc: ValidationError) -> list[tuple[str, str]]:
         head = loc.split(".", 1)[0]
         per_field[head] = per_field.get(head, 0) + 1
         if per_field[head] > _MAX_ERRORS_PER_FIELD:
+            continue
+        if len(errors) >= _MAX_ERRORS:
+            skipped += 1
             continue
         typ = err.get("type", "")
         msg = err.get("msg", "invalid value")
@@ -489,8 +494,10 @@ def _format_errors(exc: ValidationError) -> list[tuple[str, str]]:
             msg = f"{msg}, got {safe_yaml.preview(err['input'])}"
         errors.append((loc, msg))
     for head, n in per_field.items():
-        if n > _MAX_ERRORS_PER_FIELD:
+        if n > _MAX_ERRORS_PER_FIELD and len(errors) < _MAX_ERRORS:
             errors.append((head, f"and {n - _MAX_ERRORS_PER_FIELD} more errors in this field"))
+    if skipped:
+        errors.append(("", f"and {skipped} more errors; fix these first"))
     return errors
 
 
