@@ -96,7 +96,8 @@ def _yaml_text(value: Any) -> str:
         return value
     if isinstance(value, tuple):
         value = list(value)
-    return yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=10_000).strip()
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml: a 250 KiB upload fills the form in time
+    return yaml.dump(value, Dumper=dumper, default_flow_style=True, sort_keys=False, width=10_000).strip()
 
 
 def to_form_value(f: FormField, value: Any, explicit: bool = True) -> Any:

@@ -20,7 +20,6 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from grpo_guard import paths, safe_yaml
@@ -77,7 +76,11 @@ class ConfigError(ValueError):
     """A run configuration is invalid. ``errors`` lists (field, message) pairs; the string
     form is one line per field, each naming the field."""
 
+    MAX_ERRORS = 20  # thousands of bad entries get a short answer, not thousands of lines
+
     def __init__(self, errors: list[tuple[str, str]]):
+        if len(errors) > self.MAX_ERRORS + 1:  # 20 and one summing up the rest, as _format_errors gives
+            errors = [*errors[:self.MAX_ERRORS], ("", f"and {len(errors) - self.MAX_ERRORS} more errors; fix these first")]
         self.errors = errors
         super().__init__("\n".join(f"{f}: {m}" if f else m for f, m in errors))
 
@@ -386,11 +389,11 @@ class RunConfig(BaseModel):
 
     def to_yaml(self) -> str:
         data = self.to_dict()
-        text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+        text = safe_yaml.dump(data, sort_keys=False, allow_unicode=True)
         # PyYAML writes some characters raw (e.g. U+0085, a line break to its reader) that do not
         # read back; escape everything non-ASCII then, so the round trip is exact.
-        if yaml.safe_load(text) != data:
-            text = yaml.safe_dump(data, sort_keys=False, allow_unicode=False)
+        if safe_yaml.read_back(text) != data:
+            text = safe_yaml.dump(data, sort_keys=False, allow_unicode=False)
         return text
 
     def to_json(self) -> str:
@@ -449,7 +452,11 @@ def prompt_file_path(spec: Any) -> str | None:
 class _ErrorBundle:
     """Carries several (field, message) pairs out of a pydantic validator."""
 
+    MAX_ERRORS = 20  # thousands of bad entries get a short answer, not thousands of lines
+
     def __init__(self, errors: list[tuple[str, str]]):
+        if len(errors) > self.MAX_ERRORS + 1:  # 20 and one summing up the rest, as _format_errors gives
+            errors = [*errors[:self.MAX_ERRORS], ("", f"and {len(errors) - self.MAX_ERRORS} more errors; fix these first")]
         self.errors = errors
 
     def __str__(self) -> str:
@@ -457,7 +464,7 @@ class _ErrorBundle:
 
 
 _MAX_ERRORS_PER_FIELD = 3
-_MAX_ERRORS = 20  # a config of 25,000 unknown keys gets 20 lines, not 25,000 (nor 2 s of "did you mean")
+_MAX_ERRORS = ConfigError.MAX_ERRORS  # 25,000 unknown keys: 20 lines, not 25,000 (nor 2 s of "did you mean")
 
 
 def _format_errors(exc: ValidationError) -> list[tuple[str, str]]:

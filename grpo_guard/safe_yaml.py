@@ -88,6 +88,36 @@ except ImportError:  # PyYAML built without libyaml: the pure-Python parser, sam
             _CoreResolver.__init__(self)
 
 
+try:
+    from yaml import CSafeDumper as _BaseDumper
+except ImportError:  # PyYAML built without libyaml
+    from yaml import SafeDumper as _BaseDumper  # type: ignore[assignment]
+
+
+class CoreDumper(_BaseDumper):  # type: ignore[misc,valid-type]
+    """A safe dumper that quotes every string :class:`CoreLoader` would not read back as a
+    string (``1e5``, besides YAML 1.1's ``yes``/``012``), so a dump reads back exactly."""
+
+
+for _tag, _regexp, _first in (("tag:yaml.org,2002:int", _INT, list("-+0123456789")),
+                              ("tag:yaml.org,2002:float", _FLOAT, list("-+.0123456789"))):
+    CoreDumper.add_implicit_resolver(_tag, _regexp, _first)
+
+
+def dump(data: Any, **kw: Any) -> str:
+    """YAML text of ``data`` that :func:`load_text` reads back as ``data``."""
+    return yaml.dump(data, Dumper=CoreDumper, **kw)
+
+
+def read_back(text: str) -> Any:
+    """``text`` read with the config loader but without the limits (a check of :func:`dump`)."""
+    loader = CoreLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def _construct_int(loader: SafeConstructor, node: yaml.ScalarNode) -> int:
     # decimal as typed: "012" is twelve (PyYAML's YAML 1.1 reads it as octal ten)
     return int(loader.construct_scalar(node))

@@ -123,6 +123,32 @@ def test_25000_unknown_keys_get_a_short_answer_in_under_2s_of_cpu(tmp_path):
     assert cpu < 2.0 and len(out.splitlines()) <= 22 and "and 24980 more errors" in out, (cpu, out[-300:])
 
 
+BIG_UNDER_THE_LIMITS = {
+    "ints_as_lora_targets": "lora_targets: [" + ",".join(["11"] * 85_000) + "]\n",
+    "a_prompt_list": "prompts: [" + ",".join(["ab"] * 85_000) + "]\n",
+    "reward_names": "rewards: {" + ",".join(f"r{i}: 1" for i in range(25_000)) + "}\n",
+    "reward_options": "reward_options: {toy_fg_share: {" + ",".join(f"k{i}: 1" for i in range(25_000)) + "}}\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(BIG_UNDER_THE_LIMITS))
+def test_a_250_kib_config_of_many_entries_is_answered_quickly_and_briefly(tmp_path, name):
+    """Just under every limit: a rejection still takes under 2 s of CPU on each way in and at
+    most 21 lines (20 errors and a count), never one line per bad entry; a valid one (85,000
+    prompts, printed back whole) stays within a few seconds."""
+    from app.run_form import read_uploaded_yaml
+
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(BIG_UNDER_THE_LIMITS[name], encoding="utf-8")
+    code, out, cpu, exc = cli_run(["config", "validate", str(path)])
+    assert exc is None and "Traceback" not in out and code in (0, 2), out[-300:]
+    assert cpu < (2.0 if code == 2 else 5.0), f"{cpu:.2f} s of CPU"
+    assert code == 0 or len(out.splitlines()) <= 22, out[-300:]
+    t0 = time.process_time()
+    read_uploaded_yaml(str(path))
+    assert time.process_time() - t0 < (2.0 if code == 2 else 5.0)
+
+
 # ---- class 3: scalars mean what the user typed --------------------------------------------------
 def test_mixed_precision_no_stays_the_string_no(tmp_path):
     path = tmp_path / "mp.yaml"
