@@ -69,6 +69,8 @@ def spec_problem(field: str, raw: str, *, config_dir: str | None = None) -> str 
     roots = allowed_roots(config_dir)
     if not p:
         return "names no file"
+    if any(ord(c) < 32 or c == "\x7f" for c in p):  # NUL cuts a path short in C; none is ever meant
+        return f"{p[:200]!r} contains control characters"
     parts = p.replace("\\", "/").split("/")
     if p.startswith("~") or any(x == ".." or (x.startswith(".") and x != ".") for x in parts):
         return (f"{p[:200]!r} is refused: paths with '..', '~' or hidden parts are refused; "

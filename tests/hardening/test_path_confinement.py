@@ -74,6 +74,7 @@ REFUSED = {
     "not_utf8": ("file:latin1.txt", "not UTF-8"),
     "missing": ("file:nope.txt", "no file 'nope.txt' under the allowed roots"),
     "empty_path": ("file:", "names no file"),
+    "nul_byte": ("file:good.txt\x00.png", "control characters"),
     "geneval_file_proc_environ": ("geneval:file:/proc/self/environ", "outside the allowed roots"),
     "geneval_file_symlink_out": ("geneval:file:link_out.txt", "resolves outside its root"),
     "geneval_file_fifo": ("geneval:file:fifo.txt", "not a regular file"),
