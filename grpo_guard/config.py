@@ -222,11 +222,11 @@ class RunConfig(BaseModel):
             errors.append(("timestep_fraction", f"trains no step: int({self.num_steps} × {self.timestep_fraction}) = 0"))
         for k in self.rewards:
             if not _REWARD_NAME.match(k):
-                errors.append((f"rewards.{k}", "is not a reward name (letters, digits, '_' and '-'; "
+                errors.append((f"rewards.{k[:100]}", "is not a reward name (letters, digits, '_' and '-'; "
                                                "rewards are chosen from the registry by name, never by import path)"))
         for g in self.gold:
             if not _REWARD_NAME.match(g):
-                errors.append(("gold", f"{g!r} is not an evaluator name (letters, digits, '_' and '-'; "
+                errors.append(("gold", f"{safe_yaml.preview(g)} is not an evaluator name (letters, digits, '_' and '-'; "
                                        "evaluators are chosen from the registry by name, never by import path)"))
         errors.extend(self._reward_option_errors())
         errors.extend(self._prompt_spec_errors())
@@ -318,10 +318,10 @@ class RunConfig(BaseModel):
         errors: list[tuple[str, str]] = []
         for k in self.rewards:
             if k not in REGISTRY:
-                errors.append((f"rewards.{k}", f"unknown reward; registered: {known}"))
+                errors.append((f"rewards.{k[:100]}", f"unknown reward; registered: {known}"))
         for g in self.gold:
             if g not in REGISTRY:
-                errors.append(("gold", f"unknown evaluator {g!r}; registered: {known}"))
+                errors.append(("gold", f"unknown evaluator {safe_yaml.preview(g)}; registered: {known}"))
         for name in ("prompts", "eval_prompts"):
             spec = getattr(self, name)
             path = prompt_file_path(spec)
