@@ -22,8 +22,7 @@ def test_the_paper_examples_exist():
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=os.path.basename)
 def test_example_validates(path):
-    # data/ocr/*.txt lives where the workers run; the CLI checks it only without --no-model-check
-    res = CliRunner().invoke(main, ["config", "validate", "--no-model-check", path])
+    res = CliRunner().invoke(main, ["config", "validate", path])
     assert res.exit_code == 0, f"{os.path.basename(path)} does not validate:\n{res.output}"
     cfg = RunConfig.from_file(path)
     unknown = [n for n in [*cfg.rewards, *cfg.gold] if n not in REGISTRY]
