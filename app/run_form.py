@@ -8,6 +8,7 @@ the algorithm re-derives the rest; the same rule makes the exported YAML minimal
 
 from __future__ import annotations
 
+import math
 import os
 import types
 import typing
@@ -16,8 +17,10 @@ from typing import Any, Literal
 
 import yaml
 
+from grpo_guard import safe_yaml
 from grpo_guard.config import ConfigError, RunConfig
 from grpo_guard.pairing import ab_configs
+from grpo_guard.validation import validate_run_config
 
 PRESET_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "presets")
 PRESETS: dict[str, str] = {
@@ -84,6 +87,7 @@ def form_fields() -> list[FormField]:
 
 FIELDS: list[FormField] = form_fields()
 FIELD_NAMES = [f.name for f in FIELDS]
+BY_NAME = {f.name: f for f in FIELDS}
 
 
 def _yaml_text(value: Any) -> str:
@@ -91,7 +95,8 @@ def _yaml_text(value: Any) -> str:
         return value
     if isinstance(value, tuple):
         value = list(value)
-    return yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=10_000).strip()
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml: a 250 KiB upload fills the form in time
+    return yaml.dump(value, Dumper=dumper, default_flow_style=True, sort_keys=False, width=10_000).strip()
 
 
 def to_form_value(f: FormField, value: Any, explicit: bool = True) -> Any:
@@ -150,10 +155,10 @@ def from_form_value(f: FormField, v: Any) -> tuple[bool, Any, str | None]:
         text = (v or "").strip()
         if not text:
             return False, None, None
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            return False, None, f"not valid YAML: {getattr(e, 'problem', None) or e}"
+        try:  # the config file's rules: limits, and scalars as typed (no yes/no booleans)
+            value = safe_yaml.load_value(text, field=f.name)
+        except ConfigError as e:
+            return False, None, e.errors[0][1]
     else:
         value = bool(v)
     default = f.default
@@ -183,22 +188,27 @@ def field_of(error_key: str) -> str:
     return head if head in FIELD_NAMES else ""
 
 
+def errors_by_field(e: ConfigError) -> dict[str, str]:
+    """A ConfigError's messages keyed by form field ('' for the config as a whole)."""
+    out: dict[str, str] = {}
+    for key, msg in e.errors:
+        fld = field_of(key)
+        text = msg if fld == key or not key else f"{key}: {msg}"
+        out[fld] = f"{out[fld]}; {text}" if fld in out else text
+    return out
+
+
 def validate(values: list[Any]) -> tuple[RunConfig | None, dict[str, Any], dict[str, str]]:
-    """(config or None, chosen mapping, {field or '': message})."""
+    """(config or None, chosen mapping, {field or '': message}). The one validation of every
+    way in (grpo_guard.validation); local paths are judged by their text here, because the
+    app need not see the workers' files (docker-compose.yml)."""
     data, errors = collect(values)
     if errors:
         return None, data, errors
     try:
-        cfg = RunConfig.from_dict(data)
-        cfg.check_submittable()  # unregistered reward/gold names, by field
-        return cfg, data, {}
+        return validate_run_config(data, check_paths=False), data, {}
     except ConfigError as e:
-        out: dict[str, str] = {}
-        for key, msg in e.errors:
-            fld = field_of(key)
-            text = msg if fld == key or not key else f"{key}: {msg}"
-            out[fld] = f"{out[fld]}; {text}" if fld in out else text
-        return None, data, out
+        return None, data, errors_by_field(e)
 
 
 def ab_form_configs(data: dict[str, Any]) -> tuple[list[tuple[str, RunConfig]], dict[str, str]]:
@@ -236,21 +246,48 @@ def config_yaml(cfg: RunConfig) -> str:
 
 
 def read_uploaded_yaml(path: str) -> tuple[list[Any] | None, dict[str, str]]:
-    """(form values or None, errors) for an uploaded YAML file: unreadable text or a non-mapping
-    gives None and a general error; known keys fill the form (validated, errors by field), unknown
-    keys are reported, never silently dropped."""
+    """(form values or None, errors) for an uploaded YAML file. The file is refused by size
+    before it is read and parsed with the config file's limits (grpo_guard.safe_yaml), so an
+    upload bomb costs no more than a normal config; unreadable text or a non-mapping gives None
+    and a general error; known keys fill the form and are validated as the CLI validates them
+    (errors by field); unknown keys are reported, never silently dropped."""
     try:
-        with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh.read())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        return None, {"": f"the file is not valid YAML: {getattr(e, 'problem', None) or e}"}
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        return None, {"": f"the YAML must be a mapping of field: value, got a {type(data).__name__}"}
-    unknown = [str(k) for k in data if k not in FIELD_NAMES]
-    values = form_values({k: v for k, v in data.items() if k in FIELD_NAMES})
-    _, _, errors = validate(values)
+        data = safe_yaml.load_mapping(safe_yaml.read_config_file(path))
+    except ConfigError as e:  # the server's temporary path means nothing to the user
+        return None, {"": e.errors[0][1].replace(f"config file {path}", "the uploaded file")}
+    unknown = [safe_yaml.preview(k, 40) if not isinstance(k, str) else k[:40] for k in data if k not in FIELD_NAMES]
+    known = {k: v for k, v in data.items() if k in FIELD_NAMES}
+    try:
+        cfg = validate_run_config(known, check_paths=False)
+    except ConfigError as e:
+        cfg, errors = None, errors_by_field(e)
+    else:
+        errors = {}
+    if cfg is not None:  # the validated values: each fits its widget ("5" becomes 5)
+        values = form_values({k: getattr(cfg, k) for k in known}, set(known))
+        _, _, errors = validate(values)
+    else:  # a value its widget cannot hold stays out of the form, with the error at the field
+        fits = {k: v for k, v in known.items() if widget_can_show(BY_NAME[k], v)}
+        for k in known.keys() - fits.keys():
+            errors.setdefault(k, f"{safe_yaml.preview(known[k])} cannot be shown in this field")
+        values = form_values(fits)
     if unknown:
-        errors[""] = "unknown keys ignored: " + ", ".join(unknown)
+        errors[""] = "unknown keys ignored: " + ", ".join(unknown[:20]) + (", …" if len(unknown) > 20 else "")
     return values, errors
+
+
+def widget_can_show(f: FormField, value: Any) -> bool:
+    """Whether ``value`` can be put in ``f``'s widget as it is (a number box holds a finite
+    number, a dropdown one of its choices, a checkbox a bool); an uploaded file may hold anything."""
+    if f.auto and f.kind in ("int", "float", "choice", "tristate") and value is None:
+        return True
+    if f.kind in ("int", "float"):
+        return (not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+                and abs(value) < 1e15)
+    if f.kind == "choice":
+        return isinstance(value, str) and value in f.choices
+    if f.kind in ("bool", "tristate"):
+        return isinstance(value, bool)
+    if f.kind == "text":
+        return value is None or isinstance(value, str)
+    return True

@@ -94,11 +94,14 @@ def config_group() -> None:
 @config_group.command("validate")
 @click.argument("path", type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a field.")
-def config_validate(path: str, overrides: tuple[str, ...]) -> None:
-    """Validate CONFIG.yaml and print the full resolved config."""
-    from grpo_guard.config import RunConfig
+@click.option("--no-model-check", is_flag=True,
+              help="Do not check here that a local `model` path or a relative prompt file exists (they may "
+                   "exist only where the workers run; the workers check them).")
+def config_validate(path: str, overrides: tuple[str, ...], no_model_check: bool) -> None:
+    """Validate CONFIG.yaml as `grpo-guard submit` does and print the full resolved config."""
+    from grpo_guard.validation import validate_run_config
 
-    cfg = RunConfig.from_file(path, overrides)
+    cfg = validate_run_config(path, overrides, check_paths=not no_model_check)
     click.echo(cfg.to_yaml(), nl=False)
 
 

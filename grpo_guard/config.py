@@ -20,8 +20,12 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from grpo_guard import paths, safe_yaml
+from grpo_guard.safe_yaml import apply_overrides, parse_overrides
+
+__all__ = ["ConfigError", "RunConfig", "apply_overrides", "parse_overrides", "prompt_file_problem"]
 
 Backbone = Literal["toy", "sd3", "flux"]
 Algorithm = Literal["flow_grpo", "grpo_guard", "dance_grpo", "dance_grpo_guard"]
@@ -72,7 +76,11 @@ class ConfigError(ValueError):
     """A run configuration is invalid. ``errors`` lists (field, message) pairs; the string
     form is one line per field, each naming the field."""
 
+    MAX_ERRORS = 20  # thousands of bad entries get a short answer, not thousands of lines
+
     def __init__(self, errors: list[tuple[str, str]]):
+        if len(errors) > self.MAX_ERRORS + 1:  # 20 and one summing up the rest, as _format_errors gives
+            errors = [*errors[:self.MAX_ERRORS], ("", f"and {len(errors) - self.MAX_ERRORS} more errors; fix these first")]
         self.errors = errors
         super().__init__("\n".join(f"{f}: {m}" if f else m for f, m in errors))
 
@@ -178,6 +186,10 @@ class RunConfig(BaseModel):
     def _reject_non_mapping(cls, data: Any) -> Any:
         if not isinstance(data, Mapping):
             raise ValueError(f"a run config must be a mapping of field: value, got {type(data).__name__}")
+        errors = [e for name, value in data.items() if name in cls.model_fields
+                  for e in safe_yaml.strict_kind_errors(str(name), cls.model_fields[name].annotation, value)]
+        if errors:
+            raise ValueError(_ErrorBundle(errors))
         return data
 
     @model_validator(mode="after")
@@ -213,11 +225,11 @@ class RunConfig(BaseModel):
             errors.append(("timestep_fraction", f"trains no step: int({self.num_steps} × {self.timestep_fraction}) = 0"))
         for k in self.rewards:
             if not _REWARD_NAME.match(k):
-                errors.append((f"rewards.{k}", "is not a reward name (letters, digits, '_' and '-'; "
+                errors.append((f"rewards.{k[:100]}", "is not a reward name (letters, digits, '_' and '-'; "
                                                "rewards are chosen from the registry by name, never by import path)"))
         for g in self.gold:
             if not _REWARD_NAME.match(g):
-                errors.append(("gold", f"{g!r} is not an evaluator name (letters, digits, '_' and '-'; "
+                errors.append(("gold", f"{safe_yaml.preview(g)} is not an evaluator name (letters, digits, '_' and '-'; "
                                        "evaluators are chosen from the registry by name, never by import path)"))
         errors.extend(self._reward_option_errors())
         errors.extend(self._prompt_spec_errors())
@@ -297,51 +309,71 @@ class RunConfig(BaseModel):
         return {k: v for k, v in self.reward_options.get(name, {}).items() if v is not None}
 
     # ---- helpers -----------------------------------------------------------------------
-    def submit_errors(self, *, check_paths: bool = False) -> list[tuple[str, str]]:
+    def submit_errors(self, *, check_paths: bool = False, config_dir: str | None = None) -> list[tuple[str, str]]:
         """What stops this config from being queued, beyond its own validity: reward and gold
-        names missing from ``grpo_guard.rewards.REGISTRY`` and, with ``check_paths``, a
-        local-looking ``model`` path (starting with /, ./, ../ or ~) that does not exist here.
-        Hub ids are never checked (no network at submit time)."""
+        names missing from ``grpo_guard.rewards.REGISTRY``; prompt files refused by
+        :mod:`grpo_guard.paths` (outside the allowed roots of ``config_dir``, GG_PROMPTS_DIR and
+        the built-in sets, a symlink out of its root, not a regular file, too big); and, with
+        ``check_paths``, a prompt file no root holds or a local-looking ``model`` path (starting
+        with /, ./, ../ or ~) that does not exist here. Hub ids are never checked (no network at
+        submit time)."""
+        from grpo_guard.prompts import resolve_prompts
         from grpo_guard.rewards import REGISTRY
 
         known = ", ".join(sorted(REGISTRY))
         errors: list[tuple[str, str]] = []
         for k in self.rewards:
             if k not in REGISTRY:
-                errors.append((f"rewards.{k}", f"unknown reward; registered: {known}"))
+                errors.append((f"rewards.{k[:100]}", f"unknown reward; registered: {known}"))
         for g in self.gold:
             if g not in REGISTRY:
-                errors.append(("gold", f"unknown evaluator {g!r}; registered: {known}"))
+                errors.append(("gold", f"unknown evaluator {safe_yaml.preview(g)}; registered: {known}"))
         for name in ("prompts", "eval_prompts"):
-            why = prompt_file_problem(getattr(self, name))
-            if why:
-                errors.append((name, why))
+            spec = getattr(self, name)
+            path = prompt_file_path(spec)
+            if path is None:
+                continue
+            try:
+                if check_paths:  # read it as submit and the worker will: limits, UTF-8, some prompts
+                    resolve_prompts(spec, field=name, confined=True, config_dir=config_dir)
+                else:
+                    paths.find(name, path, config_dir=config_dir)
+            except ConfigError as e:
+                errors.extend(e.errors)
+            except ValueError as e:
+                errors.append((name, str(e)))
         if check_paths and self.model and self.model.strip().startswith(("/", "./", "../", "~")):
             path = os.path.expanduser(self.model.strip())
             if not os.path.isdir(path):
-                errors.append(("model", f"no model directory at {path}; give an existing local directory "
+                errors.append(("model", f"no model directory at {path[:200]}; give an existing local directory "
                                         "(as the workers see it) or a hub id such as stabilityai/stable-diffusion-3.5-medium"))
         return errors
 
-    def with_prompt_files_inlined(self) -> RunConfig:
-        """This config with each ``file:PATH`` / ``geneval:file:PATH`` prompt spec that a queued run may not read
-        (:func:`prompt_file_problem`) replaced by the file's prompts, read here (``grpo-guard
-        submit``: the submitting user's own file). ConfigError names the field if unreadable."""
+    def with_prompt_files_inlined(self, *, config_dir: str | None = None, missing_ok: bool = False) -> RunConfig:
+        """This config with each ``file:PATH`` / ``geneval:file:PATH`` prompt spec replaced by the
+        file's prompts, read inside the allowed roots (:mod:`grpo_guard.paths`): ``grpo-guard
+        submit`` stores what the submitter's file holds, and a worker trains on what its confined
+        read gave. With ``missing_ok`` a file no root holds here stays a spec (the workers resolve
+        it in their own roots). ConfigError names the field if the file is refused or unreadable."""
         from grpo_guard.prompts import prompt_to_item, resolve_prompts
 
         changes: dict[str, Any] = {}
         for name in ("prompts", "eval_prompts"):
             spec = getattr(self, name)
-            if prompt_file_problem(spec):
+            path = prompt_file_path(spec)
+            if path is not None:
+                if missing_ok and paths.find(name, path, config_dir=config_dir) is None:
+                    continue
                 try:  # GenEval metadata goes along as {prompt, tag, include, exclude} items
-                    changes[name] = [prompt_to_item(p) for p in resolve_prompts(spec)]
+                    changes[name] = [prompt_to_item(p) for p in
+                                     resolve_prompts(spec, field=name, confined=True, config_dir=config_dir)]
                 except ValueError as e:
                     raise ConfigError([(name, str(e))]) from None
         return self.with_overrides(changes) if changes else self
 
-    def check_submittable(self, *, check_paths: bool = False) -> None:
+    def check_submittable(self, *, check_paths: bool = False, config_dir: str | None = None) -> None:
         """Raise ConfigError with :meth:`submit_errors`, if any."""
-        errors = self.submit_errors(check_paths=check_paths)
+        errors = self.submit_errors(check_paths=check_paths, config_dir=config_dir)
         if errors:
             raise ConfigError(errors)
 
@@ -363,11 +395,11 @@ class RunConfig(BaseModel):
 
     def to_yaml(self) -> str:
         data = self.to_dict()
-        text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+        text = safe_yaml.dump(data, sort_keys=False, allow_unicode=True)
         # PyYAML writes some characters raw (e.g. U+0085, a line break to its reader) that do not
         # read back; escape everything non-ASCII then, so the round trip is exact.
-        if yaml.safe_load(text) != data:
-            text = yaml.safe_dump(data, sort_keys=False, allow_unicode=False)
+        if safe_yaml.read_back(text) != data:
+            text = safe_yaml.dump(data, sort_keys=False, allow_unicode=False)
         return text
 
     def to_json(self) -> str:
@@ -389,42 +421,15 @@ class RunConfig(BaseModel):
 
     @classmethod
     def from_yaml(cls, text: str, overrides: Iterable[str] = ()) -> RunConfig:
-        """Parse YAML text, apply ``key=value`` overrides (values parsed as YAML), validate."""
-        try:
-            data = yaml.safe_load(text) if text.strip() else {}
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            raise ConfigError([("", f"the file is not valid YAML{where}: {getattr(e, 'problem', e)}")]) from None
-        if data is None:
-            data = {}
-        if not isinstance(data, dict):
-            raise ConfigError([("", f"the YAML must be a mapping of field: value, got a {type(data).__name__}")])
-        over = parse_overrides(overrides)
-        # reward_options overrides merge option by option (`--set reward_options.pickscore.batch_size=8`
-        # keeps the file's path); a null value unsets one.
-        base_opts, new_opts = data.get("reward_options"), over.get("reward_options")
-        if isinstance(base_opts, dict) and isinstance(new_opts, dict):
-            merged = {k: dict(v) if isinstance(v, dict) else v for k, v in base_opts.items()}
-            for name, opts in new_opts.items():
-                if isinstance(opts, dict) and isinstance(merged.get(name), dict):
-                    merged[name].update(opts)
-                else:
-                    merged[name] = opts
-            over["reward_options"] = merged
-        data.update(over)
-        return cls.from_dict(data)
+        """Parse YAML text with the limits of :mod:`grpo_guard.safe_yaml`, apply ``key=value``
+        overrides (values parsed the same way), validate."""
+        data = safe_yaml.load_mapping(text)
+        return cls.from_dict(apply_overrides(data, parse_overrides(overrides)))
 
     @classmethod
     def from_file(cls, path: str, overrides: Iterable[str] = ()) -> RunConfig:
-        try:
-            with open(path, encoding="utf-8") as fh:
-                text = fh.read()
-        except OSError as e:
-            raise ConfigError([("", f"cannot read config file {path}: {e.strerror}")]) from None
-        except UnicodeDecodeError:
-            raise ConfigError([("", f"config file {path} is not UTF-8 text")]) from None
-        return cls.from_yaml(text, overrides)
+        """:meth:`from_yaml` of a regular UTF-8 file of at most ``safe_yaml.LIMITS.max_bytes``."""
+        return cls.from_yaml(safe_yaml.read_config_file(path), overrides)
 
     @classmethod
     def field_groups(cls) -> dict[str, list[str]]:
@@ -437,81 +442,75 @@ class RunConfig(BaseModel):
 
 
 def prompt_file_problem(spec: Any) -> str | None:
-    """Why a queued run may not read the prompt file ``spec`` names, else None. A worker reads
-    ``file:PATH`` with its own permissions, and the prompts end up in rows every UI user sees,
-    so a config may only name a relative path without '..' or hidden parts (e.g.
-    ``file:data/ocr/train.txt``, from the worker's directory): never /proc/self/environ, ~/.x,
-    .env or /etc/..."""
+    """Why a queued run may not read the prompt file ``spec`` names (``file:`` or
+    ``geneval:file:``), judged from its text (:func:`grpo_guard.paths.spec_problem`), else None."""
+    path = prompt_file_path(spec)
+    return None if path is None else paths.spec_problem("prompts", path)
+
+
+def prompt_file_path(spec: Any) -> str | None:
+    """The path a ``file:PATH`` or ``geneval:file:PATH`` prompt spec names, else None."""
     if not isinstance(spec, str) or not spec.strip().startswith(("file:", "geneval:file:")):
         return None
-    path = spec.strip().split("file:", 1)[1].strip()
-    parts = path.replace("\\", "/").split("/")
-    if (not path or os.path.isabs(path) or path.startswith("~")
-            or any(p == ".." or (p.startswith(".") and p != ".") for p in parts)):
-        return (f"a queued run reads prompt files only by a relative path without '..' or hidden parts "
-                f"(like file:data/ocr/train.txt), not {spec!r}; paste the prompts as a list, or use "
-                "`grpo-guard submit`, which reads such a file itself and stores its prompts")
-    return None
+    return spec.strip().split("file:", 1)[1]
 
 
 class _ErrorBundle:
     """Carries several (field, message) pairs out of a pydantic validator."""
 
+    MAX_ERRORS = 20  # thousands of bad entries get a short answer, not thousands of lines
+
     def __init__(self, errors: list[tuple[str, str]]):
+        if len(errors) > self.MAX_ERRORS + 1:  # 20 and one summing up the rest, as _format_errors gives
+            errors = [*errors[:self.MAX_ERRORS], ("", f"and {len(errors) - self.MAX_ERRORS} more errors; fix these first")]
         self.errors = errors
 
     def __str__(self) -> str:
         return "; ".join(f"{f}: {m}" for f, m in self.errors)
 
 
-def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
-    """``["lr=1e-4", "rewards={a: 1}"]`` -> dict. Values are YAML scalars/collections."""
-    out: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise ConfigError([("", f"override {item!r} is not of the form key=value")])
-        key, _, raw = item.partition("=")
-        key = key.strip()
-        if not key:
-            raise ConfigError([("", f"override {item!r} has an empty key")])
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError:
-            value = raw
-        if isinstance(value, str) and value.lower() in ("nan", ".nan", "inf", "-inf", ".inf", "-.inf"):
-            value = float(value.lstrip("."))
-        if "." in key and key.split(".", 1)[0] == "rewards":
-            out.setdefault("rewards", {})[key.split(".", 1)[1]] = value
-        elif key.startswith("reward_options.") and key.count(".") == 2:  # reward_options.NAME.OPTION=value
-            _, name, option = key.split(".")
-            out.setdefault("reward_options", {}).setdefault(name, {})[option] = value
-        else:
-            out[key] = value
-    return out
+_MAX_ERRORS_PER_FIELD = 3
+_MAX_ERRORS = ConfigError.MAX_ERRORS  # 25,000 unknown keys: 20 lines, not 25,000 (nor 2 s of "did you mean")
 
 
 def _format_errors(exc: ValidationError) -> list[tuple[str, str]]:
+    """(field, message) pairs; a shown value is cut BEFORE it is formatted (a huge or deeply
+    nested input is never turned into text whole), and a field reports at most a few errors."""
     errors: list[tuple[str, str]] = []
-    for err in exc.errors():
+    per_field: dict[str, int] = {}
+    skipped = 0
+    for err in exc.errors(include_url=False, include_context=True, include_input=True):
         ctx = err.get("ctx") or {}
         inner = ctx.get("error")
         if isinstance(inner, ValueError) and inner.args and isinstance(inner.args[0], _ErrorBundle):
             errors.extend(inner.args[0].errors)
             continue
-        loc = ".".join(str(p) for p in err.get("loc", ()))
+        loc = ".".join(safe_yaml.preview(p, 60) if not isinstance(p, (str, int)) else str(p)[:100]
+                       for p in err.get("loc", ()))
+        head = loc.split(".", 1)[0]
+        per_field[head] = per_field.get(head, 0) + 1
+        if per_field[head] > _MAX_ERRORS_PER_FIELD:
+            continue
+        if len(errors) >= _MAX_ERRORS:
+            skipped += 1
+            continue
         typ = err.get("type", "")
         msg = err.get("msg", "invalid value")
         if typ == "extra_forbidden":
-            close = _closest(loc.split(".")[0], RunConfig.model_fields)
+            close = _closest(head, RunConfig.model_fields)
             msg = "unknown key" + (f"; did you mean '{close}'?" if close else "")
         elif typ == "literal_error":
-            msg = f"{msg}, got {err.get('input')!r}"
+            msg = f"{msg}, got {safe_yaml.preview(err.get('input'))}"
         elif msg.startswith("Value error, "):
             msg = msg[len("Value error, "):]
         elif "input" in err and typ not in ("missing",):
-            shown = repr(err["input"])
-            msg = f"{msg}, got {shown[:60]}"
+            msg = f"{msg}, got {safe_yaml.preview(err['input'])}"
         errors.append((loc, msg))
+    for head, n in per_field.items():
+        if n > _MAX_ERRORS_PER_FIELD and len(errors) < _MAX_ERRORS:
+            errors.append((head, f"and {n - _MAX_ERRORS_PER_FIELD} more errors in this field"))
+    if skipped:
+        errors.append(("", f"and {skipped} more errors; fix these first"))
     return errors
 
 

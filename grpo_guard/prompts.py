@@ -99,30 +99,35 @@ def known_sets() -> str:
 
 
 # ---- reading ----------------------------------------------------------------------------------
-def read_prompt_file(path: str) -> str:
-    """The text of the prompt file at ``path`` (``~`` expanded). Every spec that reads a local
-    file goes through here. Raises ValueError with one sentence if it cannot be read."""
-    path = os.path.expanduser(path)
+def read_prompt_file(path: str, *, field: str = "prompts", confined: bool = False,
+                     config_dir: str | None = None) -> str:
+    """The text of the prompt file at ``path``. Every spec that reads a local file goes
+    through here. With ``confined`` (or a ``config_dir``) the file must lie inside the allowed
+    roots (:func:`grpo_guard.paths.confine`: the config's directory, GG_PROMPTS_DIR, the built-in
+    sets; never /proc, a FIFO or a symlink out of its root), as for every queued run; without
+    (``grpo-guard train`` on one's own files) any readable file, ``~`` expanded. Size, line and
+    UTF-8 limits hold either way. Raises ValueError with one sentence."""
+    from grpo_guard import paths
+
     try:
-        with open(path, encoding="utf-8") as fh:
-            return fh.read()
-    except OSError as e:
-        raise ValueError(f"cannot read prompt file {path}: {e.strerror or e}") from None
-    except UnicodeDecodeError:
-        raise ValueError(f"prompt file {path} is not UTF-8 text") from None
+        real = (paths.confine(field, path, config_dir=config_dir) if confined or config_dir
+                else os.path.expanduser(path.strip()))
+        return paths.read_text(field, real)
+    except ValueError as e:  # a ConfigError: the caller names the field
+        raise ValueError(getattr(e, "errors", [("", str(e))])[0][1]) from None
 
 
-def _text_file(path: str) -> list[Prompt]:
-    lines = read_prompt_file(path).splitlines()
+def _text_file(path: str, **where: Any) -> list[Prompt]:
+    lines = read_prompt_file(path, **where).splitlines()
     prompts = [Prompt(ln.strip()) for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
     if not prompts:
         raise ValueError(f"prompt file {os.path.expanduser(path)} has no prompts (one prompt a line)")
     return prompts
 
 
-def _geneval_file(path: str) -> list[Prompt]:
+def _geneval_file(path: str, **where: Any) -> list[Prompt]:
     out: list[Prompt] = []
-    for n, line in enumerate(read_prompt_file(path).splitlines(), start=1):
+    for n, line in enumerate(read_prompt_file(path, **where).splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -305,19 +310,22 @@ def run_prompt_errors(prompts: Any, eval_prompts: Any, *, rewards: Sequence[str]
     return errors
 
 
-def resolve_prompts(spec: str | Sequence[str | Mapping[str, Any]]) -> list[Prompt]:
+def resolve_prompts(spec: str | Sequence[str | Mapping[str, Any]], *, field: str = "prompts",
+                    confined: bool = False, config_dir: str | None = None) -> list[Prompt]:
     """Turn a prompt spec (see the module doc) into a list of prompts. Raises ``ValueError``
-    with a one-sentence reason for an unknown set, an unreadable or empty file, a malformed
-    item or row, a dataset missing from the local cache, or an empty list."""
+    with a one-sentence reason for an unknown set, an unreadable, refused or empty file, a
+    malformed item or row, a dataset missing from the local cache, or an empty list.
+    ``field``, ``confined`` and ``config_dir``: how a file is read (:func:`read_prompt_file`)."""
+    where = {"field": field, "confined": confined, "config_dir": config_dir}
     why = spec_problem(spec)
     if why:
         raise ValueError(why)
     if isinstance(spec, str):
         s = spec.strip()
         if s.startswith("geneval:file:"):
-            return _geneval_file(s[len("geneval:file:"):].strip())
+            return _geneval_file(s[len("geneval:file:"):].strip(), **where)
         if s.startswith("file:"):
-            return _text_file(s[len("file:"):].strip())
+            return _text_file(s[len("file:"):].strip(), **where)
         if s.startswith("hf:"):
             from grpo_guard.prompt_sets.hf import hf_prompts
 

@@ -172,18 +172,21 @@ def _finish_wait(run_ids: Sequence[int], timeout: float | None) -> None:
 @click.option("--wait", is_flag=True, help="Wait for the run(s) to end; exit non-zero unless all succeeded.")
 @click.option("--timeout", type=float, default=None, help="With --wait: give up after this many seconds.")
 @click.option("--no-model-check", is_flag=True,
-              help="Do not check here that a local `model` path exists (it exists only where the workers run).")
+              help="Do not check here that a local `model` path or a relative prompt file exists (they may exist "
+                   "only where the workers run; the workers check them).")
 @_store_errors
 def submit_cmd(config_path: str, overrides: tuple[str, ...], epochs: int | None, name: str | None,
                tags: tuple[str, ...], ab: bool, wait: bool, timeout: float | None, no_model_check: bool) -> None:
     """Validate CONFIG.yaml, queue a run (or an A/B pair with --ab), print its id(s)."""
-    from grpo_guard.config import ConfigError, RunConfig
+    from grpo_guard.config import ConfigError
     from grpo_guard.pairing import ab_arms
+    from grpo_guard.validation import validate_run_config
     from worker.submit import submit_runs
 
     items = list(overrides) + ([f"epochs={epochs}"] if epochs is not None else [])
-    config = RunConfig.from_file(config_path, items).with_prompt_files_inlined()
-    config.check_submittable(check_paths=not no_model_check)
+    config = validate_run_config(config_path, items, check_paths=not no_model_check)
+    config = config.with_prompt_files_inlined(config_dir=os.path.dirname(os.path.abspath(config_path)),
+                                              missing_ok=no_model_check)
     arms = ab_arms(config) if ab else [(config.algorithm, config)]
     try:
         submitted = submit_runs(arms, name=name or "", tags=tags)

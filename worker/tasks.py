@@ -238,7 +238,8 @@ def _finish(run_id: int, lease: str, status: str, *, error: str | None = None, t
 
 
 def _load_config(run_id: int) -> Any:
-    from grpo_guard.config import ConfigError, RunConfig
+    from grpo_guard.config import ConfigError
+    from grpo_guard.validation import validate_run_config
 
     stored = lifecycle.stored_config(run_id)
     if stored is None:
@@ -252,7 +253,9 @@ def _load_config(run_id: int) -> Any:
     if not isinstance(data, dict):
         raise RunSetupError(f"the stored config of run {run_id} is a JSON {type(data).__name__}, not a mapping")
     try:
-        return RunConfig.from_dict(data)
+        # the same validation as every way in, with this worker's roots (GG_PROMPTS_DIR and the
+        # built-in sets; a stored config has no directory); prompt files are read here, confined
+        return validate_run_config(data, check_paths=True).with_prompt_files_inlined()
     except ConfigError as e:
         fields = "; ".join(f"{f or '(config)'}: {m}" for f, m in e.errors)
         raise RunSetupError(f"the stored config of run {run_id} is invalid: {fields}") from None

@@ -77,7 +77,7 @@ def test_submit_inlines_a_geneval_file_with_its_metadata(tmp_path):
     f.write_text(json.dumps(ROW) + "\n", encoding="utf-8")
     assert prompt_file_problem(f"geneval:file:{f}") and prompt_file_problem("geneval:file:data/m.jsonl") is None
     cfg = RunConfig.from_dict({"gold": ["geneval"], "eval_prompts": f"geneval:file:{f}"})
-    inlined = cfg.with_prompt_files_inlined()
+    inlined = cfg.with_prompt_files_inlined(config_dir=str(tmp_path))  # as submit: the config's directory
     assert inlined.eval_prompts == [ROW]
     assert inlined.resolved_prompts()[1][0].meta == cfg.resolved_prompts()[1][0].meta
 

@@ -87,3 +87,40 @@ def serve_app(host: str = "127.0.0.1") -> Iterator[str]:
     finally:
         server.should_exit = True
         t.join(timeout=10)
+
+
+# ---- hostile input (issue 14) ----------------------------------------------------------------
+def alias_bomb(field: str = "epochs", width: int = 9, levels: int = 9) -> str:
+    """A billion-laughs document: ``width ** levels`` nodes after alias expansion, all inside
+    ``field``'s value, in a few hundred bytes."""
+    lines = [f"  - &l0 [{', '.join(['lol'] * width)}]"]
+    for i in range(1, levels):
+        lines.append(f"  - &l{i} [{', '.join([f'*l{i - 1}'] * width)}]")
+    return f"{field}:\n" + "\n".join(lines) + "\n"
+
+
+def deep_nesting(field: str = "epochs", depth: int = 20_000) -> str:
+    return f"{field}: " + "[" * depth + "]" * depth + "\n"
+
+
+def cli_run(args: list[str]) -> tuple[int, str, float, BaseException | None]:
+    """(exit code, output, CPU seconds, unexpected exception) of ``grpo-guard ARGS`` in-process."""
+    from click.testing import CliRunner
+
+    from grpo_guard.cli import main
+
+    t0 = time.process_time()
+    res = CliRunner().invoke(main, args)
+    cpu = time.process_time() - t0
+    exc = res.exception if res.exception is not None and not isinstance(res.exception, SystemExit) else None
+    return res.exit_code, res.output, cpu, exc
+
+
+def assert_clean_rejection(code: int, output: str, exc: BaseException | None, field: str = "") -> None:
+    """Exit 2, no traceback, and one error line naming ``field`` ('' = the config as a whole)."""
+    assert exc is None, f"{exc!r}\n{output}"
+    assert code == 2, f"exit {code}\n{output}"
+    assert "Traceback" not in output, output
+    lines = [ln for ln in output.splitlines() if ln.startswith("  ")]
+    want = f"  {field or '(config)'}"
+    assert any(ln.startswith(want + ":") or ln.startswith(want + ".") for ln in lines), output
