@@ -19,10 +19,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
+from grpo_guard import paths, safe_yaml
 from grpo_guard.config import ConfigError, RunConfig, parse_overrides
+from grpo_guard.validation import validate_run_config
 
 CONTROL_SUFFIX = "/control"
 CONTROL_REWARD = "null_noise"
@@ -32,50 +33,40 @@ _ARM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,59}$")
 
 
 def validate_run(data: Mapping[str, Any], *, config_dir: str | None = None) -> RunConfig:
-    """The one validation every expanded run config goes through (schema, cross-field rules,
-    registered reward and gold names, confined prompt files); ConfigError otherwise."""
-    cfg = RunConfig.from_dict(dict(data))
-    cfg.check_submittable()
-    return cfg
+    """Every expanded run config goes through the one validation of run configs
+    (:func:`grpo_guard.validation.validate_run_config`: schema, cross-field rules, registered
+    reward and gold names, prompt files confined to the allowed roots). A prompt file found beside
+    the experiment file is read now, so the stored run holds its prompts."""
+    cfg = validate_run_config(dict(data), config_dir=config_dir, check_paths=False)
+    return cfg.with_prompt_files_inlined(config_dir=config_dir, missing_ok=True) if config_dir else cfg
 
 
-def _load_mapping(text: str, what: str) -> dict[str, Any]:
-    """YAML text -> mapping through the house's safe loader; ConfigError for anything else."""
+def _load_mapping(text: str, what: str, field: str = "") -> dict[str, Any]:
+    """YAML text -> mapping through the house's safe loader (size, depth, alias and number
+    limits; YAML 1.2 scalars); ConfigError naming ``field`` otherwise."""
     try:
-        data = yaml.safe_load(text) if text.strip() else {}
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError([("", f"the {what} is not valid YAML{where}: {getattr(e, 'problem', e)}")]) from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError([("", f"the {what} must be a mapping of field: value, got a {type(data).__name__}")])
-    return data
-
-
-def _read_text(path: str, field: str) -> str:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return fh.read(256 * 1024 + 1)
-    except OSError as e:
-        raise ConfigError([(field, f"cannot read {path}: {e.strerror}")]) from None
-    except UnicodeDecodeError:
-        raise ConfigError([(field, f"{path} is not UTF-8 text")]) from None
+        return safe_yaml.load_mapping(text)
+    except ConfigError as e:
+        raise ConfigError([(field or f, m.replace("the YAML", f"the {what}")) for f, m in e.errors]) from None
 
 
 def _confined_base(raw: str, config_dir: str | None) -> str:
-    """The run config file ``base`` names, held to the rules of prompt files: a relative path
-    without '..' or hidden parts, looked up beside the experiment file."""
-    parts = raw.replace("\\", "/").split("/")
-    if (not raw or os.path.isabs(raw) or raw.startswith("~")
-            or any(p == ".." or (p.startswith(".") and p != ".") for p in parts)):
-        raise ConfigError([("base", f"a base config file is named by a relative path without '..' or hidden parts "
-                                    f"(beside the experiment file), not {raw!r}; or give the base inline")])
-    if config_dir is None:
+    """The run config file ``base`` names, held to the rules of prompt files
+    (:func:`grpo_guard.paths.confine`: inside the experiment file's directory, GG_PROMPTS_DIR or
+    the built-in roots; no '..', hidden parts or '~'; a regular file)."""
+    if config_dir is None and not os.path.isabs(raw.strip()):
         raise ConfigError([("base", f"{raw!r} names a file, but this experiment has no directory to find it in; "
                                     "give the base config inline")])
-    return os.path.join(config_dir, raw)
+    return paths.confine("base", raw, config_dir=config_dir)
+
+
+def _read_base(raw: str, config_dir: str | None) -> dict[str, Any]:
+    path = _confined_base(raw.strip(), config_dir)
+    try:
+        text = safe_yaml.read_config_file(path)
+    except ConfigError as e:
+        raise ConfigError([("base", m) for _, m in e.errors]) from None
+    return _load_mapping(text, "base config", "base")
 
 
 @dataclass(frozen=True)
@@ -167,8 +158,7 @@ class ExperimentConfig(BaseModel):
                                 "unknown key" if err["type"] == "extra_forbidden"
                                 else err["msg"].removeprefix("Value error, ")) for err in e.errors()]) from None
         if isinstance(exp.base, str):
-            path = _confined_base(exp.base.strip(), config_dir)
-            exp = exp.model_copy(update={"base": _load_mapping(_read_text(path, "base"), "base config")})
+            exp = exp.model_copy(update={"base": _read_base(exp.base, config_dir)})
         exp._config_dir = config_dir
         exp.expand()  # every run valid, or ConfigError now
         return exp
@@ -183,7 +173,7 @@ class ExperimentConfig(BaseModel):
         if over:
             base = data.get("base", {})
             if isinstance(base, str):  # read now so the overrides have a mapping to land in
-                base = _load_mapping(_read_text(_confined_base(base.strip(), config_dir), "base"), "base config")
+                base = _read_base(base, config_dir)
             if not isinstance(base, dict):
                 raise ConfigError([("base", "must be a mapping of run config fields or a file path")])
             data["base"] = {**base, **over}
@@ -194,14 +184,14 @@ class ExperimentConfig(BaseModel):
     @classmethod
     def from_file(cls, path: str, overrides: Iterable[str] = (), *,
                   seeds: Sequence[int] | None = None) -> ExperimentConfig:
-        return cls.from_yaml(_read_text(path, ""), overrides, seeds=seeds,
+        return cls.from_yaml(safe_yaml.read_config_file(path), overrides, seeds=seeds,
                              config_dir=os.path.dirname(os.path.abspath(path)))
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=False)
+        return safe_yaml.dump(self.to_dict(), sort_keys=False, allow_unicode=False)
 
     # ---- expansion ---------------------------------------------------------------------------
     def arm_labels(self) -> list[str]:
@@ -253,7 +243,7 @@ def experiment_from_form(base: Mapping[str, Any], arms_text: str, seeds_text: st
     """The New-run page's "run as experiment": the form's run config as the base, arms as YAML
     text (``name: {field: value, ...}`` a line), seeds as text ("0 1 2" or "0, 1, 2").
     ConfigError names ``arms`` / ``seeds`` for text that cannot be read."""
-    arms = _load_mapping(arms_text or "", "arms text")
+    arms = _load_mapping(arms_text or "", "arms text", "arms")
     if not arms:
         raise ConfigError([("arms", "give at least one arm, e.g. `flow: {algorithm: flow_grpo}`")])
     try:

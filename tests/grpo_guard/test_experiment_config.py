@@ -85,3 +85,23 @@ def test_a_base_config_file_is_read_beside_the_experiment_and_confined(tmp_path)
         assert [f for f, _ in e.value.errors] == ["base"], bad
     with pytest.raises(ConfigError, match="inline"):
         ExperimentConfig.from_yaml("base: base.yaml\narms: {a: {}}")
+
+
+def test_hostile_yaml_goes_through_the_safe_loader(tmp_path):
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n"
+        for p, c in zip("abcdefgh", "bcdefghi", strict=True)) + "arms: {x: {}}\n"
+    for text in (bomb, "[" * 20_000, "arms: {x: {epochs: " + "9" * 5000 + "}}", "arms: {x: {}}\narms: {y: {}}"):
+        with pytest.raises(ConfigError) as e:
+            ExperimentConfig.from_yaml(text)
+        assert len(str(e.value)) < 600, "one clear sentence, never the text itself"
+    (tmp_path / "base.yaml").write_text(bomb.replace("arms: {x: {}}\n", ""))
+    (tmp_path / "exp.yaml").write_text("base: base.yaml\narms: {x: {}}\n")
+    with pytest.raises(ConfigError) as e:
+        ExperimentConfig.from_file(str(tmp_path / "exp.yaml"))
+    assert [f for f, _ in e.value.errors] == ["base"]
+
+
+def test_yaml_1_2_scalars_keep_what_the_user_typed():
+    exp = ExperimentConfig.from_yaml("arms: {x: {mixed_precision: no}}")
+    assert exp.expand()[0].config.mixed_precision == "no", "`no` is a string in YAML 1.2, not false"
