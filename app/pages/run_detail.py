@@ -110,13 +110,17 @@ def build_figures(run_id: int, *, normalize: bool = False, config: dict[str, Any
     return {**figs, **{name: fig for name, (_, fig) in stat_figures(q, run_id, last_step).items()}}
 
 
-def header_html(run: Any, summary: Any | None, onset: int | None) -> str:
+def header_html(run: Any, summary: Any | None, onset: int | None,
+                experiment: tuple[int, str, int] | None = None) -> str:
     eta = summary.eta_seconds if summary is not None else None
     stale = summary.stale if summary is not None else False
     flags = [n for n, on in (("stop requested", run.stop_requested), ("sample now pending", run.sample_now),
                              ("save now pending", run.save_now)) if on]
     pair = f' · <a class="gg-link" href="compare?runs={run.id}" target="_self">compare</a>'
     parent = f' · clone of <a class="gg-link" href="run?run={run.parent_id}" target="_self">#{run.parent_id}</a>' if run.parent_id else ""
+    if experiment is not None:  # (experiment id, arm, seed): the run is one cell of an experiment
+        parent += (f' · experiment <a class="gg-link" href="experiments?experiment={experiment[0]}" target="_self">'
+                   f'#{experiment[0]}</a> ({esc(experiment[1])}, seed {experiment[2]})')
     err = f'<div class="gg-error">{esc(run.error.splitlines()[0])}</div>' if run.error else ""
     tags = "".join(f'<span class="gg-tag">{esc(t)}</span>' for t in run.tags)
     return (f'<div class="gg-run-header" id="run-header" data-status="{esc(run.status)}" data-step="{run.last_step}">'
@@ -146,10 +150,12 @@ def log_text(lines: list[Any]) -> str:
     return "\n".join(f"{fmt_time(r.created_at)} {r.level.upper():7s} {r.message}" for r in lines) or "(no log lines yet)"
 
 
-def checkpoint_rows(ckpts: list[Any]) -> list[list[Any]]:
+def checkpoint_rows(ckpts: list[Any], best_step: int | None = None) -> list[list[Any]]:
+    """One row per checkpoint; the best-gold one (``queries.best_checkpoint``) is marked."""
     return [[c.step, fmt_time(c.created_at),
              c.location if getattr(c, "on_disk", True) else f"{c.location} (deleted: keep_checkpoints)",
-             ", ".join(f"{k}={v}" for k, v in (c.meta or {}).items())[:80]]
+             ("★ best gold · " if c.step == best_step else "")
+             + ", ".join(f"{k}={v}" for k, v in (c.meta or {}).items())[:80]]
             for c in ckpts]
 
 
@@ -226,8 +232,11 @@ def render_run(run_id: int | None, cursor: tuple | None, normalize: bool, shown:
     stat_out = [gr.skip() if same and shown.get(n) == stats[n][0] else stats[n][1] for n in STAT_FIGURES]
     onset = figs["_onset"] if figs["_onset"] is not None else run_onset(run_id, run.last_eval_step)
     ckpts = q.checkpoints(run_id)
-    return (*[figs[n] for n in SERIES_FIGURES], *stat_out, header_html(run, _summary(q, run_id), onset),
-            checkpoint_rows(ckpts), checkpoint_files(ckpts, q) or None, status_markdown(run),
+    best = q.best_checkpoint(run_id)  # listed first among the downloads
+    files = checkpoint_files(sorted(ckpts, key=lambda c: best is None or c.step != best.step), q)
+    return (*[figs[n] for n in SERIES_FIGURES], *stat_out,
+            header_html(run, _summary(q, run_id), onset, q.experiment_of(run_id)),
+            checkpoint_rows(ckpts, best.step if best else None), files or None, status_markdown(run),
             gr.Code(value=run.traceback or "", visible=bool(run.traceback)), token)
 
 

@@ -72,3 +72,23 @@ def test_run_as_experiment_from_the_new_run_form_stores_every_run(store, sent):
     assert "arms.a.clip_range" in bad and "Nothing was enqueued" in bad
     assert "seeds" in new_run._submit_experiment({}, "a: {}", "zero", False, "", "", "")[0]
     assert queries.list_experiments()[0].id == new.id, "a bad experiment stores nothing"
+
+
+def test_the_run_page_links_its_experiment_and_marks_the_best_gold_checkpoint(eid):
+    from app.pages import run_detail as R
+    from grpo_guard.store.artifacts import checkpoint_location, put_bytes
+    from grpo_guard.store.recorder import StoreRecorder
+
+    member = queries.experiment_runs(eid)[3]  # guard/control seed 0
+    rid = member.run.id
+    rec = StoreRecorder(rid)
+    for step in (4, 8):
+        loc = f"{checkpoint_location(rid)}/ckpt_{step:06d}.pt"
+        put_bytes(loc, b"weights")
+        rec.log_checkpoint(step, queries.artifact_path(loc), {"best_step": 4})
+    rec.close()
+    out = R.render_run(rid, R.cursor_of(queries.get_run(rid)), False)
+    header, rows, files = out[len(R.SERIES_FIGURES) + len(R.STAT_FIGURES):][:3]
+    assert f'href="experiments?experiment={eid}"' in header and "guard/control, seed 0" in header
+    assert [r[0] for r in rows if r[3].startswith("★ best gold")] == [4]
+    assert files[0].endswith("ckpt_000004.pt"), "the best-gold checkpoint is the first download"

@@ -99,3 +99,22 @@ def test_the_experiment_commands(store, sent, tmp_path):
     assert "base.epochs" in bad.stderr
     assert "no experiment with id 9999" in cli("show", "9999", code=1).stderr
     assert "integers" in cli("submit", str(path), "--seeds", "x", code=2).stderr
+
+
+def test_runs_best_prints_the_best_gold_checkpoint_path(store):
+    from grpo_guard.config import RunConfig
+    from grpo_guard.store.artifacts import checkpoint_location, put_bytes
+    from grpo_guard.store.recorder import StoreRecorder
+
+    rid = queries.create_run(RunConfig.from_dict({}))
+    r = CliRunner().invoke(main, ["runs", "best", str(rid)])
+    assert r.exit_code == 1 and "no best-gold checkpoint" in r.stderr
+    rec = StoreRecorder(rid)
+    for step, meta in ((3, {"best_step": 3}), (6, {"best_step": 3})):
+        loc = f"{checkpoint_location(rid)}/ckpt_{step:06d}.pt"
+        put_bytes(loc, b"w")
+        rec.log_checkpoint(step, queries.artifact_path(loc), meta)
+    rec.close()
+    r = CliRunner().invoke(main, ["runs", "best", str(rid)])
+    assert r.exit_code == 0 and r.stdout.strip().endswith("ckpt_000003.pt")
+    assert "no run with id 99999" in CliRunner().invoke(main, ["runs", "best", "99999"]).stderr
