@@ -102,3 +102,20 @@ def test_experiment_stats_gather_bands_equal_proxy_and_beyond_noise_per_arm():
     assert [v.method for v in st.alarms["b"]] == ["trend"] * 3
     d = st.to_dict()
     assert d["runs"]["a"] == [10, 11, 12] and d["gold"]["a"]["values"][1]["mean"] == pytest.approx(0.56)
+
+
+def test_readme_states_the_statistics_paragraph_of_the_module():
+    import os
+
+    import grpo_guard.experiment_stats as S
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    with open(os.path.join(root, "README.md"), encoding="utf-8") as fh:
+        readme = fh.read()
+
+    def paragraph(text: str) -> str:
+        start = text.index("**How the numbers are computed.**")
+        end = min(i for i in (text.find("\n\n", start), text.find('"""', start)) if i > 0)
+        return " ".join(text[start:end].replace("`", "").split())
+
+    assert paragraph(readme) == paragraph(S.__doc__ + '"""')
