@@ -181,15 +181,16 @@ def submit_cmd(config_path: str, overrides: tuple[str, ...], epochs: int | None,
     from grpo_guard.config import ConfigError
     from grpo_guard.pairing import ab_arms
     from grpo_guard.validation import validate_run_config
+    from worker.experiment import submit_pair
     from worker.submit import submit_runs
 
     items = list(overrides) + ([f"epochs={epochs}"] if epochs is not None else [])
     config = validate_run_config(config_path, items, check_paths=not no_model_check)
     config = config.with_prompt_files_inlined(config_dir=os.path.dirname(os.path.abspath(config_path)),
                                               missing_ok=no_model_check)
-    arms = ab_arms(config) if ab else [(config.algorithm, config)]
-    try:
-        submitted = submit_runs(arms, name=name or "", tags=tags)
+    try:  # an A/B pair is stored as a 2-arm, 1-seed experiment
+        submitted = (submit_pair(ab_arms(config), name=name or "", tags=tags) if ab
+                     else submit_runs([(config.algorithm, config)], name=name or "", tags=tags))
     except ConfigError:
         raise  # the command group reports it field by field
     except ValueError as e:  # a name or tag over the store's limits: nothing was written

@@ -7,8 +7,10 @@ Imports no torch: the app calls it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from grpo_guard.config import RunConfig
 from grpo_guard.experiment import ExperimentConfig
 from worker.submit import Submitted, enqueue, submit_runs
 
@@ -35,6 +37,27 @@ def submit_experiment(exp: ExperimentConfig) -> SubmittedExperiment:
     submitted = submit_runs([(r.label, r.config) for r in expanded], name=name, tags=exp.tags, notes=exp.notes,
                             pair_id=f"exp-{eid}", experiment=[(eid, r.arm, r.seed) for r in expanded])
     return SubmittedExperiment(eid, submitted)
+
+
+def submit_pair(arms: Sequence[tuple[str, RunConfig]], *, name: str = "", tags: Sequence[str] = (), notes: str = "",
+                parent_id: int | None = None) -> Submitted:
+    """An A/B pair (``grpo_guard.pairing.ab_arms``) as what it is, a 2-arm, 1-seed experiment:
+    stored as one (arms named by algorithm, the shared choices as the base) and its runs linked to
+    it as well as to each other (``pair_id``)."""
+    from grpo_guard.pairing import AB_ALGORITHM_FIELDS
+    from grpo_guard.store import queries
+
+    for _, config in arms:  # nothing is stored when one run could not be
+        config.check_submittable()
+    first = arms[0][1]
+    skip = {*AB_ALGORITHM_FIELDS, "algorithm"}
+    base = {k: v for k, v in first.to_dict().items() if k in first.fields_set() and k not in skip}
+    exp = ExperimentConfig.from_dict({"name": name.strip()[:150], "tags": list(tags), "notes": notes, "base": base,
+                                      "arms": {label: {"algorithm": c.algorithm} for label, c in arms},
+                                      "seeds": [first.seed], "controls": False})
+    eid = queries.create_experiment(exp.to_dict(), name=exp.name, tags=exp.tags, notes=exp.notes)
+    return submit_runs(arms, name=name, tags=tags, notes=notes, parent_id=parent_id,
+                       experiment=[(eid, label, c.seed) for label, c in arms])
 
 
 def stop_experiment(experiment_id: int) -> dict[int, str]:

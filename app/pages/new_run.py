@@ -26,6 +26,7 @@ from app.run_form import (
     validate,
 )
 from grpo_guard.config import RunConfig
+from worker.experiment import submit_pair
 from worker.submit import submit_runs
 
 GROUP_TITLES = {"model": "Model", "algorithm": "Algorithm & sampler", "policy": "Policy update",
@@ -218,7 +219,8 @@ with gr.Blocks(title="New run") as page:
         if errors:
             return _errors_html(errors), *_error_updates(errors)
         try:
-            done = submit_runs(configs, name=name or "", tags=split_tags(tags), notes=notes or "", parent_id=parent)
+            send = submit_pair if pair else submit_runs  # an A/B pair is a 2-arm, 1-seed experiment
+            done = send(configs, name=name or "", tags=split_tags(tags), notes=notes or "", parent_id=parent)
         except (ValueError, LookupError) as e:
             return _errors_html({"": str(e)}), *_error_updates({})
         return _result_html(list(done.ids), list(done.warnings)), *_error_updates({})

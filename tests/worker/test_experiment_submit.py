@@ -118,3 +118,18 @@ def test_runs_best_prints_the_best_gold_checkpoint_path(store):
     r = CliRunner().invoke(main, ["runs", "best", str(rid)])
     assert r.exit_code == 0 and r.stdout.strip().endswith("ckpt_000003.pt")
     assert "no run with id 99999" in CliRunner().invoke(main, ["runs", "best", "99999"]).stderr
+
+
+def test_an_ab_pair_is_stored_as_a_two_arm_one_seed_experiment(store, sent):
+    from grpo_guard.config import RunConfig
+    from grpo_guard.pairing import ab_arms
+    from worker.experiment import submit_pair
+
+    arms = ab_arms(RunConfig.from_dict({"algorithm": "grpo_guard", "seed": 4, "group_size": 4, "ratio_norm": True}))
+    done = submit_pair(arms, name="ab", tags=["p"])
+    eid = queries.experiment_of(done.ids[0])[0]
+    assert [(m.arm, m.seed, m.run.id) for m in queries.experiment_runs(eid)] == [("flow_grpo", 4, done.ids[0]),
+                                                                              ("grpo_guard", 4, done.ids[1])]
+    assert queries.get_run(done.ids[0]).pair_id == queries.get_run(done.ids[1]).pair_id == done.pair_id
+    exp = ExperimentConfig.from_dict(queries.get_experiment(eid).config)
+    assert [r.config for r in exp.expand()] == [c for _, c in arms], "the stored experiment re-creates the pair"
