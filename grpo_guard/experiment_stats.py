@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from grpo_guard.alarm import AlarmVerdict, alarm_verdict
+from grpo_guard.experiment import arm_of_control, control_arm
 
 EQUAL_PROXY_LEVELS = 5
 CONFIDENCE = 0.95
@@ -243,8 +244,7 @@ class ExperimentStats:
 
 
 def is_control(label: str) -> bool:
-    from grpo_guard.experiment import arm_of_control
-
+    """Whether an arm label is a no-signal control (``<arm>/control``)."""
     return arm_of_control(label) is not None
 
 
@@ -252,8 +252,6 @@ def experiment_stats(runs: Sequence[RunCurves]) -> ExperimentStats:
     """All of an experiment's statistics from its runs' curves (runs without eval points are
     left out). Equal-proxy levels are shared by every non-control arm; controls optimise another
     reward, so they enter only through "beyond noise" and the alarm."""
-    from grpo_guard.experiment import arm_of_control, control_arm
-
     by_arm: dict[str, list[RunCurves]] = {}
     for r in runs:
         if r.steps:

@@ -173,13 +173,14 @@ with gr.Blocks(title="Experiments") as page:
     cursor.change(draw, [exp_state, cursor], view, api_visibility="private", show_progress="hidden",
                   trigger_mode="always_last")
 
-    def poll(eid, cur):
+    def poll(eid, cur, shown):
         new = cursor_of(parse_int(eid))
         rows, _ = listing()
-        return (gr.skip() if new == cur else new), rows
+        return (gr.skip() if new == cur else new), (gr.skip() if rows == shown else rows), rows
 
-    timer.tick(poll, [exp_state, cursor], [cursor, table], api_visibility="private", show_progress="hidden",
-               concurrency_limit=None, trigger_mode="always_last")
+    shown_rows = gr.State(None)
+    timer.tick(poll, [exp_state, cursor, shown_rows], [cursor, table, shown_rows], api_visibility="private",
+               show_progress="hidden", concurrency_limit=None, trigger_mode="always_last")
     live.change(lambda on: gr.Timer(active=bool(on)), live, timer, api_visibility="private")
 
     def _need(eid) -> int:

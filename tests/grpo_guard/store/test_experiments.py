@@ -69,3 +69,31 @@ def test_best_checkpoint_is_the_marked_one_else_the_recorded_best_step(store, tm
     rec.log_checkpoint(2, paths[2], {"best_step": 2, "best": True})
     assert queries.best_checkpoint(rid).step == 2, "a checkpoint marked best wins"
     rec.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_migration_0004_keeps_existing_runs_outside_any_experiment_and_downgrades(backend, tmp_path):
+    from sqlalchemy import text
+
+    from grpo_guard.store import db
+    from tests.grpo_guard.store.test_sample_prompt_meta import _downgrade
+    from tests.storehelpers import backend_env
+
+    with backend_env(backend, tmp_path, upgrade=False) as url:
+        db.upgrade(url, "0003")
+        with db.get_engine(url).execution_options(gg_write=True).begin() as conn:
+            conn.execute(text("INSERT INTO runs (name, config_json, config_fields_set, algorithm, backbone, status, "
+                              "step, total, start_step, last_step, attempt, notes, created_at, updated_at) VALUES "
+                              "('old', '{}', '[]', 'grpo_guard', 'toy', 'queued', 0, 1, 0, 0, 0, '', "
+                              "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))
+            old = conn.execute(text("SELECT id FROM runs")).scalar_one()
+        db.upgrade(url)
+        assert db.current_revision(url) == db.SCHEMA_REVISION == "0004"
+        assert queries.experiment_of(old) is None and queries.list_experiments() == []
+        eid = queries.create_experiment({"arms": {"a": {}}})
+        _link(eid, "a", 0)
+        _downgrade(url, "0003")
+        with db.get_engine(url).connect() as conn:
+            cols = list(conn.execute(text("SELECT * FROM runs")).keys())
+            names = [r[0] for r in conn.execute(text("SELECT name FROM runs ORDER BY id"))]
+        assert "experiment_id" not in cols and names[0] == "old" and len(names) == 2

@@ -69,8 +69,8 @@ def test_migration_0003_keeps_existing_samples_with_empty_metadata(backend, tmp_
                               "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))
             conn.execute(text("INSERT INTO samples (run_id, step, prompt, seed, image_location, scores) "
                               "VALUES (1, 0, 'a cat', 0, 'x.png', '{}')"))
-        db.upgrade(url)
-        assert db.current_revision(url) == db.SCHEMA_REVISION == "0003"
+        db.upgrade(url, "0003")
+        assert db.current_revision(url) == "0003"
         with db.get_engine(url).connect() as conn:
             rows = conn.execute(text("SELECT prompt, prompt_meta FROM samples")).all()
         assert [(r[0], json.loads(r[1])) for r in rows] == [("a cat", {})]
