@@ -11,22 +11,33 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 from grpo_guard import metrics as M
-from grpo_guard.experiment_stats import Estimate, ExperimentStats, RunCurves, experiment_stats, is_control
+from grpo_guard.alarm import AlarmVerdict
+from grpo_guard.experiment import arm_of_control, control_arm
+from grpo_guard.experiment_stats import (
+    Estimate,
+    ExperimentStats,
+    RunCurves,
+    experiment_stats,
+    is_control,
+    run_alarm,
+)
 
 RATIO_STATS = ("r_mean_minus_1", "r_std", "rhat_mean_minus_1", "rhat_std", "pos_adv_clipped", "neg_adv_clipped")
 ALL_POINTS = 1_000_000  # read every eval point: the statistics must not see a downsampled curve
 
 
-def load_curves(experiment_id: int) -> list[RunCurves]:
-    """Every run of the experiment as :class:`RunCurves`, straight from the stored scalars and
-    per-denoising-step statistics (nothing downsampled)."""
+def load_curves(experiment_id: int, arms: Collection[str] | None = None) -> list[RunCurves]:
+    """Every run of the experiment (of ``arms`` only, when given) as :class:`RunCurves`,
+    straight from the stored scalars and per-denoising-step statistics (nothing downsampled)."""
     from grpo_guard.store import queries
 
     out = []
     for m in queries.experiment_runs(experiment_id):
+        if arms is not None and m.arm not in arms:
+            continue
         row = queries.get_run(m.run.id)
         weights = {str(k): float(v) for k, v in (row.config.get("rewards") or {}).items()}
         keys = [k for k in queries.metric_keys(row.id) if k.startswith(M.EVAL_PREFIX)]
@@ -50,6 +61,20 @@ def load_curves(experiment_id: int) -> list[RunCurves]:
         out.append(RunCurves(row.id, m.arm, m.seed, list(steps), [proxy_at[s] for s in steps],
                              [gold_at[s] for s in steps], parts, weights, per_step, row.algorithm))
     return out
+
+
+def run_verdict(run_id: int, experiment: tuple[int, str, int]) -> AlarmVerdict | None:
+    """The alarm of one run of an experiment (``experiment``: its id, arm label and seed), against
+    its arm's no-signal control when the experiment has one; None for a control or a run with no
+    eval yet."""
+    eid, arm, _ = experiment
+    if arm_of_control(arm) is not None:
+        return None
+    curves = load_curves(eid, arms={arm, control_arm(arm)})
+    run = next((c for c in curves if c.run_id == run_id and c.steps), None)
+    if run is None:
+        return None
+    return run_alarm(run, [c for c in curves if c.arm == control_arm(arm) and c.steps])
 
 
 # ---- the table ------------------------------------------------------------------------------------

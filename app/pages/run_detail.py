@@ -34,6 +34,7 @@ from app.common import (
     stop_run,
 )
 from grpo_guard import metrics as M
+from grpo_guard.experiment_report import run_verdict
 
 # Scalar families every series figure reads, besides the keys named below.
 _SERIES_PREFIXES = (M.EVAL_PREFIX, M.REWARD_PREFIX)
@@ -111,7 +112,7 @@ def build_figures(run_id: int, *, normalize: bool = False, config: dict[str, Any
 
 
 def header_html(run: Any, summary: Any | None, onset: int | None,
-                experiment: tuple[int, str, int] | None = None) -> str:
+                experiment: tuple[int, str, int] | None = None, verdict: Any | None = None) -> str:
     eta = summary.eta_seconds if summary is not None else None
     stale = summary.stale if summary is not None else False
     flags = [n for n, on in (("stop requested", run.stop_requested), ("sample now pending", run.sample_now),
@@ -131,7 +132,18 @@ def header_html(run: Any, summary: Any | None, onset: int | None,
             f'{" · " + ", ".join(flags) if flags else ""}</div>'
             f"{progress_html(run.step, run.total, run.status, eta)}"
             f"<div class=\"gg-run-sub\">latest eval (step {run.last_eval_step if run.last_eval_step is not None else '—'}): "
-            f"proxy <b>{fmt_float(run.last_proxy)}</b> · gold <b>{fmt_float(run.last_gold)}</b></div>{err}</div>")
+            f"proxy <b>{fmt_float(run.last_proxy)}</b> · gold <b>{fmt_float(run.last_gold)}</b></div>"
+            f"{_verdict_html(verdict)}{err}</div>")
+
+
+def _verdict_html(verdict: Any | None) -> str:
+    """The experiment's alarm for this run, naming its reference (the control's band, or the trend
+    rule that cannot tell noise from over-optimisation)."""
+    if verdict is None:
+        return ""
+    onset = f"⚠ step {verdict.onset}" if verdict.onset is not None else "not fired"
+    return (f'<div class="gg-run-sub" id="run-exp-alarm" data-method="{esc(verdict.method)}">over-optimisation '
+            f"alarm ({esc(verdict.method)}): {esc(onset)}: {esc(verdict.note)}</div>")
 
 
 def status_markdown(run: Any) -> str:
@@ -234,8 +246,10 @@ def render_run(run_id: int | None, cursor: tuple | None, normalize: bool, shown:
     ckpts = q.checkpoints(run_id)
     best = q.best_checkpoint(run_id)  # listed first among the downloads
     files = checkpoint_files(sorted(ckpts, key=lambda c: best is None or c.step != best.step), q)
+    exp = q.experiment_of(run_id)
+    verdict = None if exp is None else run_cache.memo(run_id, ("exp_alarm", cursor), lambda: run_verdict(run_id, exp))
     return (*[figs[n] for n in SERIES_FIGURES], *stat_out,
-            header_html(run, _summary(q, run_id), onset, q.experiment_of(run_id)),
+            header_html(run, _summary(q, run_id), onset, exp, verdict),
             checkpoint_rows(ckpts, best.step if best else None), files or None, status_markdown(run),
             gr.Code(value=run.traceback or "", visible=bool(run.traceback)), token)
 

@@ -90,5 +90,10 @@ def test_the_run_page_links_its_experiment_and_marks_the_best_gold_checkpoint(ei
     out = R.render_run(rid, R.cursor_of(queries.get_run(rid)), False)
     header, rows, files = out[len(R.SERIES_FIGURES) + len(R.STAT_FIGURES):][:3]
     assert f'href="experiments?experiment={eid}"' in header and "guard/control, seed 0" in header
+    assert 'id="run-exp-alarm"' not in header, "a control has no alarm of its own"
+    flow = queries.experiment_runs(eid)[0]  # flow seed 0: gold falls below its control's band (tests/experiment_data)
+    flow_header = R.render_run(flow.run.id, R.cursor_of(queries.get_run(flow.run.id)), False)[
+        len(R.SERIES_FIGURES) + len(R.STAT_FIGURES)]
+    assert 'data-method="control"' in flow_header and "⚠ step 4" in flow_header
     assert [r[0] for r in rows if r[3].startswith("★ best gold")] == [4]
     assert files[0].endswith("ckpt_000004.pt"), "the best-gold checkpoint is the first download"
