@@ -179,6 +179,7 @@ def run_one(kind: str, algorithm: str, backbone, args, setup: dict) -> dict:
     num_batches = math.ceil(n / cfg.train_batch_size)
     calls = num_batches * cfg.num_trained_steps() * cfg.inner_epochs
     t_sample, t_update = rec.scalars[(last, "time/sample")], rec.scalars[(last, "time/update")]
+    peak_mem = torch.cuda.max_memory_allocated() / 2**30 if cuda else None  # before the counting pass
     flops = count_update_flops(backbone, cfg, cfg.train_batch_size * cfg.num_trained_steps(), PROMPTS[0])
     peak, peak_note = peak_bf16_tflops(torch.cuda.get_device_name() if cuda else None)
     return {
@@ -190,7 +191,7 @@ def run_one(kind: str, algorithm: str, backbone, args, setup: dict) -> dict:
         "sampling_images_per_s": n / t_sample,
         "update_s_per_denoising_step": t_update / calls,
         "epoch_s": rec.scalars[(last, "time/epoch")],
-        "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+        "peak_memory_gib": peak_mem,
         "trainable_params": sum(p.numel() for p in backbone.trainable_parameters()),
         "wall_s": wall, "update_flops": flops, "peak_bf16_tflops": peak, "peak_note": peak_note,
         **achieved(flops, t_update / (num_batches * cfg.inner_epochs), peak),
