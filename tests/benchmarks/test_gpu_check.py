@@ -105,6 +105,27 @@ def test_a_second_call_continues_instead_of_starting_over(tiny_check):
     assert len(json.loads((out / "check.json").read_text())["calls"]) == 2
 
 
+def test_step_math_check_fails_a_device_that_rounds_the_step_to_bf16(monkeypatch):
+    """The tolerances separate float32 step math from bf16: latents rounded to bf16 on the device
+    side (as autocast reaching the step would do) fail both settings."""
+    import torch
+
+    import grpo_guard.sde as sde
+
+    correctness = load("gpu_correctness", "gpu", "correctness.py")
+    real = sde.sde_step
+
+    def bf16_step(velocity, latents, *args, **kw):
+        if velocity.dtype == torch.float32:  # the device side; the reference is float64
+            latents = latents.to(torch.bfloat16).float()
+        return real(velocity, latents, *args, **kw)
+
+    monkeypatch.setattr(sde, "sde_step", bf16_step)
+    rows = correctness.step_math_check("cpu", tiny=True)
+    assert [r["passed"] for r in rows] == [False, False]
+    assert all(r["errors"]["mean"] > 10 * r["rtol"] for r in rows)
+
+
 def test_peak_rate_comes_from_the_gpu_name_and_is_null_when_unknown():
     flops = load("gpu_flops", "gpu", "flops.py")
     assert flops.peak_bf16_tflops("NVIDIA H100 80GB HBM3")[0] == 989
