@@ -131,10 +131,18 @@ def step_math_check(device: str, tiny: bool, seed: int = 0) -> list[dict[str, An
     return rows
 
 
+def _rel_diffs(a: dict, b: dict) -> list[float]:
+    """Relative differences of the scalars both runs logged (two NaNs agree)."""
+    return [abs(a[k] - b[k]) / max(abs(a[k]), 1e-12) for k in a
+            if k in b and not (math.isnan(a[k]) and math.isnan(b[k]))]
+
+
 def resume_check(device: str, tiny: bool) -> dict[str, Any]:
     """Toy backbone, N epochs straight vs N/2 + stop + resume: every logged scalar (timings aside)
-    must agree. Exact on the CPU; on CUDA the two runs execute the same kernels with
-    deterministic algorithms requested, so they agree to float32 rounding (rtol 1e-5) or better."""
+    must agree. Exactly on the CPU. On CUDA a second uninterrupted run measures the device's own
+    run-to-run floor (deterministic algorithms are requested, but some kernels may still add in a
+    varying order); the resumed run must agree to float32 rounding (rtol 1e-5) or to 10× that
+    floor, whichever is larger, and the report gives both numbers."""
     import torch
 
     from grpo_guard.config import RunConfig
@@ -149,25 +157,30 @@ def resume_check(device: str, tiny: bool) -> dict[str, Any]:
         eval_every=1, checkpoint_every=100, eval_prompts=["a red circle on a blue background"], eval_seeds=[0],
         rewards={"toy_shape": 1.0, "toy_fg_share": 1.0}, gold=["toy_alignment"], lora_rank=0, ema=True,
         ema_every=1, learning_rate=1e-3, sample_batch_size=8))
+    on_cpu = torch.device(device).type == "cpu"
+    keep = lambda rec: {k: v for k, v in rec.scalars.items() if not k[1].startswith("time/")}  # noqa: E731
     with tempfile.TemporaryDirectory(prefix="gg-resume-") as d:
         full = MemoryRecorder(os.path.join(d, "full"))
         r_full = train(cfg, full, MemoryControl(), device=device)
         cut = MemoryRecorder(os.path.join(d, "cut"))
         r_cut = train(cfg, cut, StopAfter(epochs // 2), device=device)
         r_res = train(cfg, cut, MemoryControl(), device=device, resume_from=r_cut.last_checkpoint)
-    keep = lambda rec: {k: v for k, v in rec.scalars.items() if not k[1].startswith("time/")}  # noqa: E731
+        floor = 0.0
+        if not on_cpu:
+            again = MemoryRecorder(os.path.join(d, "again"))
+            train(cfg, again, MemoryControl(), device=device)
+            floor = max(_rel_diffs(keep(full), keep(again)), default=0.0)
     a, b = keep(full), keep(cut)
-    shared = [k for k in a if k in b]
-    rel = [abs(a[k] - b[k]) / max(abs(a[k]), 1e-12) for k in shared
-           if not (math.isnan(a[k]) and math.isnan(b[k]))]
-    tol = 0.0 if torch.device(device).type == "cpu" else 1e-5
+    rel = _rel_diffs(a, b)
+    tol = 0.0 if on_cpu else max(1e-5, 10 * floor)
     worst = max(rel, default=math.inf)
     return {"device": device, "epochs": epochs, "stopped_at": r_cut.step, "stopped_status": r_cut.status,
             "resumed_from": r_cut.last_checkpoint and os.path.basename(r_cut.last_checkpoint),
             "resumed_status": r_res.status, "resumed_to": r_res.step, "uninterrupted_status": r_full.status,
             "scalars_compared": len(rel), "keys_only_in_one_run": len(set(a) ^ set(b)),
-            "resumed_epochs_compared": sorted({s for s, _ in shared if s > r_cut.step}),
-            "exactly_equal": sum(x == 0 for x in rel), "max_rel_diff": worst, "rtol": tol,
+            "resumed_epochs_compared": sorted({k[0] for k in a if k in b and k[0] > r_cut.step}),
+            "exactly_equal": sum(x == 0 for x in rel), "max_rel_diff": worst, "repeat_max_rel_diff": floor,
+            "rtol": tol,
             "passed": (r_cut.status == "cancelled" and r_cut.step == epochs // 2 and r_res.step == epochs
                        and not set(a) ^ set(b) and len(rel) > 0 and worst <= tol)}
 

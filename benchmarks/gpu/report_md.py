@@ -46,7 +46,8 @@ def correctness_lines(stage: dict[str, Any]) -> list[str]:
     lines += ["", f"Resume equals uninterrupted ({rs['device']}): stopped at epoch {rs['stopped_at']} "
               f"({rs['stopped_status']}), resumed from {rs['resumed_from']} to epoch {rs['resumed_to']}; "
               f"{rs['scalars_compared']} logged scalars compared, {rs['exactly_equal']} bit-equal, max relative "
-              f"difference {rs['max_rel_diff']:.1e} (tol {rs['rtol']:g}): {'pass' if rs['passed'] else 'FAIL'}."]
+              f"difference {rs['max_rel_diff']:.1e} (tol {rs['rtol']:g}; two uninterrupted runs differ by "
+              f"{rs.get('repeat_max_rel_diff', 0.0):.1e}): {'pass' if rs['passed'] else 'FAIL'}."]
     return lines
 
 
