@@ -108,7 +108,10 @@ def stage_backbones(args: argparse.Namespace, budget: float, log: str) -> dict[s
             done = read_json(path)
         results = (done or {}).get("results", [])
         out["results"] += results
-        if len(results) < 2:
+        run = out["runs"].get(kind)
+        if run and run["rc"] != 0 and not run["timed_out"]:
+            out["status"] = "failed"
+        elif len(results) < 2 and out["status"] != "failed":
             out["status"] = "partial"
     return out
 
@@ -139,7 +142,9 @@ def stage_overopt(args: argparse.Namespace, budget: float, log: str) -> dict[str
             progress = read_json(os.path.join(out, "runs", f"{arm}_seed{s}", "progress.json")) or {}
             epochs[f"{arm}_seed{s}"] = [progress.get("step", 0), progress.get("total")]
     finished = all(e[1] and e[0] >= e[1] for e in epochs.values())
-    return {"status": "done" if finished else "partial", "run": run, "epochs": epochs, "arms": OVEROPT_ARMS,
+    crashed = run["rc"] != 0 and not run["timed_out"]   # a run failed, or the runner did
+    status = "failed" if crashed else ("done" if finished else "partial")
+    return {"status": status, "run": run, "epochs": epochs, "arms": OVEROPT_ARMS,
             "seeds": [int(s) for s in seeds], "summary": read_json(os.path.join(out, "summary.json")) is not None}
 
 

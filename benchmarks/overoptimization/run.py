@@ -76,7 +76,10 @@ def core_slots(jobs: int) -> list[list[int]]:
 
 
 def run_all(arms: list[str], seeds: list[int], out: str, jobs: int, epochs: int | None,
-            overrides: list[str] = (), deadline: float | None = None) -> None:
+            overrides: list[str] = (), deadline: float | None = None) -> list[str]:
+    """Run every unfinished (arm, seed); returns the run directories whose process failed (a run
+    stopped at the deadline is not a failure, even if Ctrl-C reached it before its handler)."""
+    failed: list[str] = []
     todo = [(a, s) for s in seeds for a in arms if not finished(run_dir(out, a, s))]
     running: list[tuple[subprocess.Popen, str, object, int]] = []
     free = list(range(jobs))
@@ -114,10 +117,13 @@ def run_all(arms: list[str], seeds: list[int], out: str, jobs: int, epochs: int 
                 status = "done" if proc.returncode == 0 else f"FAILED ({proc.returncode})"
                 if proc.returncode == 0:
                     open(os.path.join(path, "done"), "w").close()
+                elif not stopping:
+                    failed.append(path)
                 print(f"[{time.strftime('%H:%M:%S')}] {status}: {path}", flush=True)
+    return failed
 
 
-def main() -> None:
+def main() -> int:
     ap = argparse.ArgumentParser(description="Toy over-optimisation experiment: Flow-GRPO vs GRPO-Guard.")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--jobs", type=int, default=2, help="runs at a time, each pinned to its share of the cores")
@@ -134,11 +140,15 @@ def main() -> None:
     args = ap.parse_args()
     arms = args.arms or ["flow_grpo", "grpo_guard"] + (["flow_grpo_kl"] if args.kl else [])
     os.makedirs(args.out, exist_ok=True)
+    failed: list[str] = []
     if not args.report_only:
         deadline = time.time() + args.deadline_seconds if args.deadline_seconds is not None else None
-        run_all(arms, args.seeds, args.out, args.jobs, args.epochs, args.overrides, deadline)
+        failed = run_all(arms, args.seeds, args.out, args.jobs, args.epochs, args.overrides, deadline)
     print(report(arms, args.seeds, args.out))
+    if failed:
+        print(f"{len(failed)} run(s) failed; see stdout.log in: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -12,6 +12,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CHECK = os.path.join(ROOT, "benchmarks", "gpu", "check.sh")
@@ -108,8 +109,6 @@ def test_a_second_call_continues_instead_of_starting_over(tiny_check):
 def test_step_math_check_fails_a_device_that_rounds_the_step_to_bf16(monkeypatch):
     """The tolerances separate float32 step math from bf16: latents rounded to bf16 on the device
     side (as autocast reaching the step would do) fail both settings."""
-    import torch
-
     import grpo_guard.sde as sde
 
     correctness = load("gpu_correctness", "gpu", "correctness.py")
@@ -166,9 +165,10 @@ def test_deadline_stops_running_runs_cleanly_and_starts_no_more(runner, monkeypa
     monkeypatch.setattr(runner, "command", lambda arm, seed, path, epochs, overrides: [sys.executable, "-c",
                                                                                     STOPPABLE, path])
     t = time.monotonic()
-    runner.run_all(["flow_grpo_paper", "grpo_guard_paper", "flow_grpo_paper_null"], [0], str(tmp_path), 2, None,
-                   deadline=time.time() + 3)
+    failed = runner.run_all(["flow_grpo_paper", "grpo_guard_paper", "flow_grpo_paper_null"], [0], str(tmp_path), 2,
+                            None, deadline=time.time() + 3)
     assert time.monotonic() - t < 30
+    assert failed == [], "a run stopped at the deadline is not a failure"
     started = sorted(os.listdir(tmp_path / "runs"))
     assert started == ["flow_grpo_paper_seed0", "grpo_guard_paper_seed0"]
     assert all((tmp_path / "runs" / d / "stopped").exists() for d in started)
@@ -191,3 +191,18 @@ def test_packed_results_unpack_to_the_same_files(tiny_check, tmp_path):
         return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs)
 
     assert files(tmp_path / "here" / out.name) == files(out)
+
+
+def test_a_crashing_run_is_reported_as_failed(runner, monkeypatch, tmp_path):
+    monkeypatch.setattr(runner, "command", lambda *a: [sys.executable, "-c", "raise SystemExit(3)"])
+    failed = runner.run_all(["flow_grpo_paper"], [0], str(tmp_path), 1, None)
+    assert failed == [os.path.join(str(tmp_path), "runs", "flow_grpo_paper_seed0")]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_without_cuda_the_full_check_refuses_in_one_sentence(tmp_path):
+    proc = subprocess.run(["bash", CHECK, "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("check: no CUDA GPU is visible")
+    assert "Traceback" not in proc.stderr and not os.listdir(tmp_path), "nothing is written"
