@@ -14,9 +14,10 @@ NULL_PROXY = "rewards={null_noise: 1.0, toy_shape: 0.0, toy_fg_share: 0.0}"
 BIG_BATCH = ["prompts_per_epoch=16", "gradient_accumulation_steps=4"]
 # The paper's batch (ALGORITHM.md §5): 48 prompts × 24 images an epoch, two optimizer steps (24
 # micro-batches of 48, 12 per step), LoRA r 32 / α 64 at the paper's Flow-GRPO learning rate (untuned
-# on the toy), evals every 2 epochs; run on a GPU by benchmarks/gpu/check.sh.
+# on the toy), evals every 2 epochs; run on a GPU by benchmarks/gpu/check.sh. A checkpoint every
+# epoch (about 4 MB): a run killed by a time box, not stopped cleanly, loses one epoch at most.
 PAPER_BATCH = ["prompts_per_epoch=48", "group_size=24", "train_batch_size=48", "gradient_accumulation_steps=12",
-               "lora_rank=32", "lora_alpha=64", "learning_rate=3e-4", "eval_every=2"]
+               "lora_rank=32", "lora_alpha=64", "learning_rate=3e-4", "eval_every=2", "checkpoint_every=1"]
 TEXTURE_PROXY = "rewards={toy_shape: 1.0, jpeg_incompressibility: 1.0, toy_fg_share: 0.0}"
 TEXTURE5_PROXY = "rewards={toy_shape: 1.0, jpeg_incompressibility: 5.0, toy_fg_share: 0.0}"
 ARMS = {
