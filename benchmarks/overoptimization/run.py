@@ -78,7 +78,7 @@ def core_slots(jobs: int) -> list[list[int]]:
 def run_all(arms: list[str], seeds: list[int], out: str, jobs: int, epochs: int | None,
             overrides: list[str] = (), deadline: float | None = None) -> list[str]:
     """Run every unfinished (arm, seed); returns the run directories whose process failed (a run
-    stopped at the deadline is not a failure, even if Ctrl-C reached it before its handler)."""
+    stopped at the deadline is not a failure, even if Ctrl-C reached it before its handler was set)."""
     failed: list[str] = []
     todo = [(a, s) for s in seeds for a in arms if not finished(run_dir(out, a, s))]
     running: list[tuple[subprocess.Popen, str, object, int]] = []
@@ -117,7 +117,7 @@ def run_all(arms: list[str], seeds: list[int], out: str, jobs: int, epochs: int 
                 status = "done" if proc.returncode == 0 else f"FAILED ({proc.returncode})"
                 if proc.returncode == 0:
                     open(os.path.join(path, "done"), "w").close()
-                elif not stopping:
+                elif not (stopping and proc.returncode == -signal.SIGINT):  # Ctrl-C before its handler
                     failed.append(path)
                 print(f"[{time.strftime('%H:%M:%S')}] {status}: {path}", flush=True)
     return failed
