@@ -276,6 +276,9 @@ def read_uploaded_yaml(path: str) -> tuple[list[Any] | None, dict[str, str]]:
     return values, errors
 
 
+MAX_SHOWN_ENTRIES = 10_000
+
+
 def widget_can_show(f: FormField, value: Any) -> bool:
     """Whether ``value`` can be put in ``f``'s widget as it is (a number box holds a finite
     number, a dropdown one of its choices, a checkbox a bool); an uploaded file may hold anything."""
@@ -290,4 +293,6 @@ def widget_can_show(f: FormField, value: Any) -> bool:
         return isinstance(value, bool)
     if f.kind == "text":
         return value is None or isinstance(value, str)
-    return True
+    # a rejected list or mapping of tens of thousands of entries is not worth rendering into a text box
+    # (the YAML dump alone took ~0.5 s of the 2 s a rejection may cost); its error says what is wrong
+    return not isinstance(value, (list, dict)) or len(value) <= MAX_SHOWN_ENTRIES

@@ -9,7 +9,10 @@ paper's resolution and step count, and reports:
 - policy-update time per denoising step (the trainer batches a micro-batch's trained steps
   into one forward/backward; the time is divided by micro-batches × trained steps);
 - peak GPU memory (``torch.cuda.max_memory_allocated``);
-- GRPO-Guard's overhead over the baseline (update time and peak memory).
+- GRPO-Guard's overhead over the baseline (update time and peak memory);
+- achieved TFLOP/s and MFU of the policy update: one micro-batch's forward + backward counted
+  with ``torch.utils.flop_counter`` (``flops.py``), over the measured time per micro-batch, against
+  the GPU's peak dense bf16 rate (null for a GPU the table does not know).
 
 The reward is a cheap image statistic (this measures the engine, not a reward model). Text
 encoders are built with their real output widths but one layer each unless
@@ -30,6 +33,9 @@ import os
 import sys
 import tempfile
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from flops import achieved, count_update_flops, peak_bf16_tflops  # noqa: E402
 
 # ---- published architectures (config.json of the hub models) ---------------------------------
 SD35_MEDIUM = dict(sample_size=128, patch_size=2, in_channels=16, out_channels=16, num_layers=24,
@@ -173,6 +179,9 @@ def run_one(kind: str, algorithm: str, backbone, args, setup: dict) -> dict:
     num_batches = math.ceil(n / cfg.train_batch_size)
     calls = num_batches * cfg.num_trained_steps() * cfg.inner_epochs
     t_sample, t_update = rec.scalars[(last, "time/sample")], rec.scalars[(last, "time/update")]
+    peak_mem = torch.cuda.max_memory_allocated() / 2**30 if cuda else None  # before the counting pass
+    flops = count_update_flops(backbone, cfg, cfg.train_batch_size * cfg.num_trained_steps(), PROMPTS[0])
+    peak, peak_note = peak_bf16_tflops(torch.cuda.get_device_name() if cuda else None)
     return {
         "backbone": kind, "algorithm": algorithm, "device": "cuda" if cuda else "cpu",
         "gpu": torch.cuda.get_device_name() if cuda else None,
@@ -182,9 +191,10 @@ def run_one(kind: str, algorithm: str, backbone, args, setup: dict) -> dict:
         "sampling_images_per_s": n / t_sample,
         "update_s_per_denoising_step": t_update / calls,
         "epoch_s": rec.scalars[(last, "time/epoch")],
-        "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+        "peak_memory_gib": peak_mem,
         "trainable_params": sum(p.numel() for p in backbone.trainable_parameters()),
-        "wall_s": wall,
+        "wall_s": wall, "update_flops": flops, "peak_bf16_tflops": peak, "peak_note": peak_note,
+        **achieved(flops, t_update / (num_batches * cfg.inner_epochs), peak),
     }
 
 
@@ -245,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
             r["transformer_params"] = n_params
             results.append(r)
             print(json.dumps(r), file=sys.stderr)
+            write_results(args, results)  # after each run, so a time-boxed caller keeps what finished
         base, guard = results[-2], results[-1]
         guard["guard_update_overhead"] = guard["update_s_per_denoising_step"] / base["update_s_per_denoising_step"] - 1
         if guard["peak_memory_gib"] is not None:
@@ -253,19 +264,26 @@ def main(argv: list[str] | None = None) -> int:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
-    header = f"{'backbone':8} {'algorithm':18} {'img/s':>8} {'upd s/step':>11} {'peak GiB':>9} {'Guard ovh':>9}"
+        write_results(args, results)
+
+    header = (f"{'backbone':8} {'algorithm':18} {'img/s':>8} {'upd s/step':>11} {'peak GiB':>9} {'Guard ovh':>9} "
+              f"{'TFLOP/s':>8} {'MFU':>6}")
     print(header)
     for r in results:
         mem = f"{r['peak_memory_gib']:.1f}" if r["peak_memory_gib"] is not None else "-"
         ovh = f"{100 * r['guard_update_overhead']:+.1f}%" if "guard_update_overhead" in r else ""
+        mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"
         print(f"{r['backbone']:8} {r['algorithm']:18} {r['sampling_images_per_s']:8.3f} "
-              f"{r['update_s_per_denoising_step']:11.4f} {mem:>9} {ovh:>9}")
+              f"{r['update_s_per_denoising_step']:11.4f} {mem:>9} {ovh:>9} {r['update_tflops']:8.2f} {mfu:>6}")
     if args.tiny:
         print("(--tiny: tiny random models on CPU; these numbers only show that the code path runs)")
+    return 0
+
+
+def write_results(args: argparse.Namespace, results: list[dict]) -> None:
     if args.out:
         with open(args.out, "w", encoding="utf-8") as fh:
             json.dump({"args": vars(args), "results": results}, fh, indent=1)
-    return 0
 
 
 if __name__ == "__main__":

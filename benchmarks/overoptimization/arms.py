@@ -12,6 +12,12 @@ CLASSIFIER_PROXY = "rewards={toy_classifier_confidence: 1.0, toy_shape: 0.0, toy
 # Fig. 11 finds for real reward hacking, next to a legitimate term learnt in the high-noise steps.
 NULL_PROXY = "rewards={null_noise: 1.0, toy_shape: 0.0, toy_fg_share: 0.0}"
 BIG_BATCH = ["prompts_per_epoch=16", "gradient_accumulation_steps=4"]
+# The paper's batch (ALGORITHM.md §5): 48 prompts × 24 images an epoch, two optimizer steps (24
+# micro-batches of 48, 12 per step), LoRA r 32 / α 64 at the paper's Flow-GRPO learning rate (untuned
+# on the toy), evals every 2 epochs; run on a GPU by benchmarks/gpu/check.sh. A checkpoint every
+# epoch (about 4 MB): a run killed by a time box, not stopped cleanly, loses one epoch at most.
+PAPER_BATCH = ["prompts_per_epoch=48", "group_size=24", "train_batch_size=48", "gradient_accumulation_steps=12",
+               "lora_rank=32", "lora_alpha=64", "learning_rate=3e-4", "eval_every=2", "checkpoint_every=1"]
 TEXTURE_PROXY = "rewards={toy_shape: 1.0, jpeg_incompressibility: 1.0, toy_fg_share: 0.0}"
 TEXTURE5_PROXY = "rewards={toy_shape: 1.0, jpeg_incompressibility: 5.0, toy_fg_share: 0.0}"
 ARMS = {
@@ -42,6 +48,14 @@ ARMS = {
     "flow_grpo_big_null": ("examples/toy_flow_grpo.yaml", [*BIG_BATCH, NULL_PROXY], "Flow-GRPO, 2x batch, no-signal proxy"),
     "grpo_guard_big_null": ("examples/toy_grpo_guard.yaml", [*BIG_BATCH, NULL_PROXY, "std_scope=global"],
                             "GRPO-Guard, 2x batch, no-signal proxy, global std"),
+    # Both algorithms at the same (global) advantage std, each with its no-signal control.
+    "flow_grpo_paper": ("examples/toy_flow_grpo.yaml", PAPER_BATCH, "Flow-GRPO, paper batch, LoRA"),
+    "grpo_guard_paper": ("examples/toy_grpo_guard.yaml", [*PAPER_BATCH, "std_scope=global"],
+                         "GRPO-Guard, paper batch, LoRA, global std"),
+    "flow_grpo_paper_null": ("examples/toy_flow_grpo.yaml", [*PAPER_BATCH, NULL_PROXY],
+                             "Flow-GRPO, paper batch, LoRA, no-signal proxy"),
+    "grpo_guard_paper_null": ("examples/toy_grpo_guard.yaml", [*PAPER_BATCH, NULL_PROXY, "std_scope=global"],
+                              "GRPO-Guard, paper batch, LoRA, no-signal proxy, global std"),
     "flow_grpo_texture": ("examples/toy_flow_grpo.yaml", [TEXTURE_PROXY], "Flow-GRPO, texture proxy"),
     "grpo_guard_texture": ("examples/toy_grpo_guard.yaml", [TEXTURE_PROXY, "std_scope=global"],
                            "GRPO-Guard, texture proxy, global std"),
@@ -55,13 +69,16 @@ COLORS = {"flow_grpo": "tab:red", "grpo_guard": "tab:blue", "flow_grpo_kl": "tab
           "grpo_guard_kl": "tab:purple", "flow_grpo_null": "tab:gray", "grpo_guard_null": "tab:olive",
           "flow_grpo_big": "tab:red", "grpo_guard_big": "tab:cyan", "flow_grpo_big_null": "tab:gray",
           "grpo_guard_big_null": "tab:olive",
+          "flow_grpo_paper": "tab:red", "grpo_guard_paper": "tab:cyan", "flow_grpo_paper_null": "tab:gray",
+          "grpo_guard_paper_null": "tab:olive",
           "flow_grpo_texture": "tab:red", "grpo_guard_texture": "tab:blue",
           "flow_grpo_texture5": "tab:red", "grpo_guard_texture5": "tab:blue"}
 
 
 # Each no-signal control differs from its arm only in the proxy (same algorithm, std and batch, no KL).
 CONTROL_OF = {"flow_grpo": "flow_grpo_null", "grpo_guard_global_std": "grpo_guard_null",
-              "flow_grpo_big": "flow_grpo_big_null", "grpo_guard_big": "grpo_guard_big_null"}
+              "flow_grpo_big": "flow_grpo_big_null", "grpo_guard_big": "grpo_guard_big_null",
+              "flow_grpo_paper": "flow_grpo_paper_null", "grpo_guard_paper": "grpo_guard_paper_null"}
 
 
 def run_dir(out: str, arm: str, seed: int) -> str:

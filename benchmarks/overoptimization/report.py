@@ -171,6 +171,8 @@ def report(arms: list[str], seeds: list[int], out: str, runs: dict[str, dict[int
     runs = {a: runs.get(a, {}) for a in arms}
     runs = {a: {s: r for s, r in rs.items() if r["steps"]} for a, rs in runs.items()}
     arms = [a for a in arms if runs[a]]
+    if not arms:  # e.g. a time-boxed call stopped every run before its first eval
+        return "No run has an eval yet: nothing to report."
     common = {a: sorted(set.intersection(*(set(r["steps"]) for r in runs[a].values()))) for a in arms}
 
     def curve(a: str, key: str) -> np.ndarray:  # (seeds, steps) on the arm's common steps
