@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from grpo_guard.config import RunConfig
 from grpo_guard.experiment import ExperimentConfig
-from worker.submit import Submitted, enqueue, submit_runs
+from worker.submit import Submitted, enqueue, run_names, submit_runs
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,7 @@ def submit_experiment(exp: ExperimentConfig) -> SubmittedExperiment:
     expanded = exp.expand()
     for r in expanded:  # nothing is stored when one run could not be
         r.config.check_submittable()
+    run_names(exp.name, [r.label for r in expanded], linked=True)  # a name too long: ValueError, nothing stored
     eid = queries.create_experiment(exp.to_dict(), name=exp.name, tags=exp.tags, notes=exp.notes)
     name = exp.name.strip() or queries.get_experiment(eid).name
     submitted = submit_runs([(r.label, r.config) for r in expanded], name=name, tags=exp.tags, notes=exp.notes,
@@ -49,6 +50,7 @@ def submit_pair(arms: Sequence[tuple[str, RunConfig]], *, name: str = "", tags: 
 
     for _, config in arms:  # nothing is stored when one run could not be
         config.check_submittable()
+    run_names(name, [label for label, _ in arms], linked=True)
     first = arms[0][1]
     skip = {*AB_ALGORITHM_FIELDS, "algorithm"}
     base = {k: v for k, v in first.to_dict().items() if k in first.fields_set() and k not in skip}

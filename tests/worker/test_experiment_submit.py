@@ -58,6 +58,9 @@ def test_a_bad_experiment_writes_nothing(store, sent):
     before = (len(queries.list_runs(limit=10_000)), len(queries.list_experiments()))
     with pytest.raises(ConfigError):
         submit_experiment(ExperimentConfig.from_yaml(EXP.replace("{algorithm: grpo_guard}", "{epochs: 0}")))
+    long = EXP.replace("name: cmp", "name: " + "n" * 150).replace("guard: {", "g" * 59 + ": {")
+    with pytest.raises(ValueError, match="at most 200 characters"):  # "NAME [ggg…/control seed 2]" is too long
+        submit_experiment(ExperimentConfig.from_yaml(long))
     assert (len(queries.list_runs(limit=10_000)), len(queries.list_experiments())) == before and not sent
 
 
