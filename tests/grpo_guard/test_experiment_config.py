@@ -105,3 +105,16 @@ def test_hostile_yaml_goes_through_the_safe_loader(tmp_path):
 def test_yaml_1_2_scalars_keep_what_the_user_typed():
     exp = ExperimentConfig.from_yaml("arms: {x: {mixed_precision: no}}")
     assert exp.expand()[0].config.mixed_precision == "no", "`no` is a string in YAML 1.2, not false"
+
+
+def test_the_readme_example_is_a_valid_experiment():
+    import os
+    import re
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    with open(os.path.join(root, "README.md"), encoding="utf-8") as fh:
+        section = fh.read().split("### Experiments", 1)[1]
+    text = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
+    runs = ExperimentConfig.from_yaml(text).expand()
+    assert len(runs) == 12 and {r.arm for r in runs} == {"flow_grpo", "flow_grpo/control", "grpo_guard",
+                                                          "grpo_guard/control"}
