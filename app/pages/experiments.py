@@ -132,6 +132,9 @@ with gr.Blocks(title="Experiments") as page:
         pick = gr.Dropdown(choices=[], value=None, label="Experiment", scale=3, elem_id="experiment-pick")
         b_stop = gr.Button("Stop all runs", variant="stop", size="sm", scale=0, min_width=140, elem_id="exp-stop")
         b_resume = gr.Button("Resume failed / cancelled", size="sm", scale=0, min_width=200, elem_id="exp-resume")
+        b_report = gr.Button("Report", size="sm", scale=0, min_width=100, elem_id="exp-report")
+    report_files = gr.File(label="Report (table.md, figure.png, stats.json)", file_count="multiple", interactive=False,
+                           visible=False, elem_id="exp-report-files")
     message = gr.HTML("", elem_id="exp-message")
     header = gr.HTML("", elem_id="exp-header")
     with gr.Row():
@@ -205,6 +208,19 @@ with gr.Blocks(title="Experiments") as page:
         warn = "".join(f'<div class="gg-warn">{esc(w)}</div>' for w in done.warnings)
         return f'<div class="gg-ok">Experiment #{eid}: queued {len(done.ids)} run(s) again.</div>{warn}'
 
+    def on_report(eid):
+        import tempfile
+
+        from grpo_guard.experiment_report import write_report
+
+        eid = _need(eid)
+        try:  # what `grpo-guard experiment report ID --out DIR` writes
+            files = write_report(eid, tempfile.mkdtemp(prefix=f"gg-experiment-{eid}-"))
+        except (ValueError, RuntimeError, OSError) as e:
+            return gr.File(visible=False), f'<div class="gg-error">{esc(e)}</div>'
+        return gr.File(value=list(files.values()), visible=True), ""
+
+    b_report.click(on_report, exp_state, [report_files, message], api_name="experiment_report")
     b_stop.click(on_stop, exp_state, message, api_name="experiment_stop")
     b_resume.click(on_resume, exp_state, message, api_name="experiment_resume")
 

@@ -116,6 +116,10 @@ def test_the_experiment_view_plots_the_store_statistics(server, page, stats):
     assert page.locator('#exp-runs-table a[href^="run?run="]').count() == 12
     assert page.locator('#exp-header a[href^="compare?runs="]').count() == 3
     page.screenshot(path=os.path.join(ARTIFACTS, "experiment_view.png"), full_page=True)
+    page.locator("#exp-report").click()  # the report `grpo-guard experiment report` writes, downloadable
+    _wait_for(lambda: page.locator("#exp-report-files a").count() == 3, 60, "the report files")
+    listed = page.locator("#exp-report-files").inner_text()
+    assert all(name in listed for name in ("table.md", "figure.png", "stats.json")), listed
 
     # the list shows its progress across the 12 runs (epochs done / epochs in all)
     listed = page.locator("#experiments-table").inner_text()
