@@ -59,7 +59,8 @@ def load_curves(experiment_id: int, arms: Collection[str] | None = None) -> list
                 if vals:
                     per_step.setdefault(int(j), {})[stat] = sum(vals) / len(vals)
         out.append(RunCurves(row.id, m.arm, m.seed, list(steps), [proxy_at[s] for s in steps],
-                             [gold_at[s] for s in steps], parts, weights, per_step, row.algorithm))
+                             [gold_at[s] for s in steps], parts, weights, per_step, row.algorithm,
+                             row.config.get("ratio_norm")))
     return out
 
 

@@ -50,6 +50,7 @@ class RunCurves:
     weights: dict[str, float] = field(default_factory=dict)
     per_step: dict[int, dict[str, float]] = field(default_factory=dict)
     algorithm: str = ""
+    ratio_norm: bool | None = None  # whether the run clips r̂ (RatioNorm); None: guess from the algorithm
 
 
 @dataclass(frozen=True)
@@ -148,6 +149,7 @@ def control_proxy(control: RunCurves, weights: Mapping[str, float]) -> list[floa
 
 
 def gold_at_levels(runs: Sequence[RunCurves], levels: Sequence[float]) -> list[Estimate]:
+    """Gold at each proxy level: mean ± 95 % interval over the runs whose path reaches it."""
     return [t_interval([g for r in runs if (g := gold_at_proxy(r.proxy, r.gold, lv)) is not None])
             for lv in levels]
 
@@ -192,7 +194,8 @@ def ratio_stats(runs: Sequence[RunCurves]) -> dict[int, dict[str, Estimate]]:
         cells: dict[str, list[float]] = {"mean_minus_1": [], "std": [], "pos_adv_clipped": [], "neg_adv_clipped": []}
         for r in runs:
             st = r.per_step.get(j, {})
-            hat = "rhat_mean_minus_1" in st and "guard" in r.algorithm
+            clips_hat = r.ratio_norm if r.ratio_norm is not None else "guard" in r.algorithm
+            hat = "rhat_mean_minus_1" in st and clips_hat
             cells["mean_minus_1"].append(st.get("rhat_mean_minus_1" if hat else "r_mean_minus_1", math.nan))
             cells["std"].append(st.get("rhat_std" if hat else "r_std", math.nan))
             cells["pos_adv_clipped"].append(st.get("pos_adv_clipped", math.nan))
