@@ -3,8 +3,8 @@ through the queue with 2 real worker processes and the real trainer (SQLite, emb
 then ``grpo-guard experiment report``: its numbers equal those computed here directly from the
 stored runs' scalars, by hand (numpy and the t quantile), not through the report's own loader.
 
-Tiny settings: 2 epochs of 2 prompts × 2 samples, 4 denoising steps, an eval of 2 images every
-epoch (3 eval points per run)."""
+Tiny settings: 2 epochs of 2 prompts × 4 samples, 4 denoising steps, an eval of 2 images every
+epoch (3 eval points per run), no EMA (so the evals see every update: the curves move)."""
 
 from __future__ import annotations
 
@@ -29,16 +29,17 @@ name: tiny study
 base:
   backbone: toy
   epochs: 2
-  group_size: 2
+  group_size: 4
   prompts_per_epoch: 2
   num_steps: 4
   eval_every: 1
   eval_num_steps: 4
   eval_seeds: [0]
   checkpoint_every: 1
-  lora_rank: 4
-  lora_alpha: 8
-  train_batch_size: 4
+  lora_rank: 0
+  learning_rate: 3.0e-4
+  ema: false
+  train_batch_size: 8
   rewards: {toy_fg_share: 1.0}
   eval_prompts: ['a red circle on a blue background', 'a green square on a white background']
 arms:
@@ -97,6 +98,7 @@ def test_two_arms_three_seeds_with_controls_through_two_workers_and_the_report(t
             assert s["eval/proxy"][0] == s["eval/gold"][0] == [0, 1, 2]
             curves.setdefault(m.arm, []).append((m.seed, s["eval/proxy"][1], s["eval/gold"][1]))
     assert stats["arms"] == ["flow", "flow/control", "guard", "guard/control"]
+    assert any(g[2] != g[0] for runs in curves.values() for _, _, g in runs), "training moved the gold"
     for arm, runs in curves.items():
         assert stats["gold"][arm]["steps"] == [0, 1, 2]
         for i in range(3):
