@@ -125,8 +125,7 @@ with gr.Blocks(title="New run") as page:
     run_notes = gr.Textbox(label="Notes", lines=1, placeholder="optional", elem_id="run-notes")
     with gr.Accordion("Run as experiment: arms × seeds (+ matched no-signal controls)", open=False,
                       elem_id="sec-experiment"):
-        as_exp = gr.Checkbox(label="Run as experiment: the form is the base config; each arm overrides it", value=False,
-                             elem_id="as-experiment")
+        gr.Markdown("The form is the base config; each arm overrides it, every arm runs once per seed.")
         with gr.Row():
             exp_arms = gr.Textbox(label="Arms (YAML: one `name: {field: value}` a line)", lines=3, scale=3,
                                   value="flow_grpo: {algorithm: flow_grpo}\ngrpo_guard: {algorithm: grpo_guard}",
@@ -135,6 +134,7 @@ with gr.Blocks(title="New run") as page:
                 exp_seeds = gr.Textbox(label="Seeds", value="0 1 2", elem_id="exp-seeds")
                 exp_controls = gr.Checkbox(label="Matched no-signal controls (proxy null_noise)", value=True,
                                            elem_id="exp-controls")
+        submit_exp = gr.Button("Validate & enqueue experiment", variant="primary", elem_id="submit-experiment")
     clone_note = gr.Markdown("", visible=False, elem_id="clone-note")
 
     widgets: list[gr.components.Component] = []
@@ -207,11 +207,8 @@ with gr.Blocks(title="New run") as page:
 
     check.click(on_validate, widgets, [banner, *errors_md, *sections], api_visibility="private")
 
-    def on_submit(name: str, tags: str, notes: str, pair: bool, parent: int | None, experiment: bool, arms: str,
-                  seeds: str, controls: bool, *values):
+    def on_submit(name: str, tags: str, notes: str, pair: bool, parent: int | None, *values):
         cfg, data, errors = validate(list(values))
-        if cfg is not None and experiment:
-            return _submit_experiment(data, arms, seeds, controls, name, tags, notes)
         if cfg is not None and pair:
             configs, errors = ab_form_configs(data)
         elif cfg is not None:
@@ -225,9 +222,17 @@ with gr.Blocks(title="New run") as page:
             return _errors_html({"": str(e)}), *_error_updates({})
         return _result_html(list(done.ids), list(done.warnings)), *_error_updates({})
 
-    submit.click(on_submit, [run_name, run_tags, run_notes, ab, parent_state, as_exp, exp_arms, exp_seeds, exp_controls,
-                             *widgets], [banner, *errors_md, *sections],
+    submit.click(on_submit, [run_name, run_tags, run_notes, ab, parent_state, *widgets], [banner, *errors_md, *sections],
                  api_name="submit_run", concurrency_limit=2)
+
+    def on_submit_experiment(name: str, tags: str, notes: str, arms: str, seeds: str, controls: bool, *values):
+        cfg, data, errors = validate(list(values))
+        if cfg is None:  # the base config itself: errors under its fields
+            return _errors_html(errors), *_error_updates(errors)
+        return _submit_experiment(data, arms, seeds, controls, name, tags, notes)
+
+    submit_exp.click(on_submit_experiment, [run_name, run_tags, run_notes, exp_arms, exp_seeds, exp_controls, *widgets],
+                     [banner, *errors_md, *sections], api_name="submit_experiment", concurrency_limit=2)
 
     def on_hints(algorithm: str, backbone: str):
         hints = derived_hints(algorithm, backbone)

@@ -130,11 +130,10 @@ def test_run_as_experiment_from_the_new_run_page(server, page):
     page.goto(f"{server['url']}/new", wait_until="domcontentloaded")
     page.locator("#submit-run").wait_for()
     page.locator("#sec-experiment").get_by_text("Run as experiment: arms").first.click()
-    page.locator("#as-experiment input").check()
     box = page.locator("#exp-seeds input, #exp-seeds textarea").first
     box.fill("0 1")
     box.press("Tab")
-    page.locator("#submit-run").click()
+    page.locator("#submit-experiment").click()
     ok = page.locator("#gg-submitted-experiment")
     ok.wait_for()
     new = int(ok.get_attribute("data-experiment-id"))
