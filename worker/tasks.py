@@ -37,6 +37,7 @@ from typing import Any
 
 from celery import shared_task
 
+from grpo_guard.quiet import silence_library_noise
 from grpo_guard.store import lifecycle
 from grpo_guard.store.artifacts import resolve
 from grpo_guard.store.db import StoreUnavailableError
@@ -44,6 +45,8 @@ from grpo_guard.store.lifecycle import LeaseLostError
 from grpo_guard.store.recorder import StoreControl, StoreRecorder
 from worker import recovery  # noqa: F401  (connects the worker_ready sweep)
 from worker.celery_app import TASK_NAME
+
+silence_library_noise()  # this process is started by celery, not by the grpo-guard CLI
 
 log = logging.getLogger("worker.tasks")
 
