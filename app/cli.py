@@ -67,12 +67,13 @@ def embedded_plan(cores: int | None = None, *, workers: int | None = None, gpu: 
 def _start_embedded_workers(threads: list[int]) -> list[subprocess.Popen]:
     """One worker process per entry of ``threads`` on the default device, sharing this
     process's environment (data dir, database, the embedded filesystem broker); each one's
-    torch (and BLAS) uses its own share of the cores."""
+    torch (and BLAS) uses its own share of the cores, and each imports the trainer before the
+    first run arrives (``worker.tasks.preload_trainer``)."""
     from worker.cli import spawn_worker
 
     procs = []
     for i, n in enumerate(threads):
-        env = {**os.environ, **dict.fromkeys(THREAD_VARS, str(n))}
+        env = {**os.environ, **dict.fromkeys(THREAD_VARS, str(n)), "GG_WORKER_PRELOAD": "1"}
         procs.append(spawn_worker(None, loglevel="warning", name=f"embedded{i + 1}@%h", env=env))
     return procs
 
