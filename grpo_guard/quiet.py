@@ -17,6 +17,8 @@ NOISE: tuple[tuple[str, str], ...] = (
     # diffusers' ``Model.to(dtype)``: "modules ... that should be kept in float32: []" -- the
     # list is empty, so the cast it warns about changes nothing.
     ("diffusers.models.modeling_utils", "that should be kept in float32: []"),
+    # kombu with the embedded (filesystem://) broker, which has no host: it says it uses "localhost".
+    ("kombu.connection", "No hostname was supplied"),
 )
 
 

@@ -10,7 +10,7 @@ submit does it (``run_form.ab_configs`` on the "toy GRPO-Guard" preset, then
    settings through the served product, its ``time/epoch`` against that benchmark's trainer
    loop run in this process right after, on the same threads as one embedded worker.
 
-    python benchmarks/ui/bench_first_run.py [--epoch] [--epochs 4] [--json OUT]
+    python benchmarks/ui/bench_first_run.py [--epoch [--skip-ab]] [--workers N] [--epochs 4] [--json OUT]
 """
 
 from __future__ import annotations
@@ -143,6 +143,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workers", type=int, default=None, help="embedded workers (default: serve's own plan)")
     ap.add_argument("--epoch", action="store_true", help="also compare a toy epoch in the product with bench_epoch")
+    ap.add_argument("--skip-ab", action="store_true", help="skip the A/B measure (with --epoch)")
     ap.add_argument("--epochs", type=int, default=4, help="epochs of the --epoch comparison (the first is a warm-up)")
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--json", default=None)
@@ -157,7 +158,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="gg-first-run-") as data:
         proc, _ = start_serve(data, args.workers)
         try:
-            out["ab"] = ab_to_first_points(args.timeout)
+            if not args.skip_ab:
+                out["ab"] = ab_to_first_points(args.timeout)
             if args.epoch:
                 while any(r.status in ("running", "stopping") for r in _runs()):
                     time.sleep(1)  # the pair has stopped: the epoch run has the machine to itself

@@ -57,4 +57,5 @@ def test_library_noise_is_dropped_and_other_library_warnings_still_show(caplog):
         dif.warning("There are modules in SD3Transformer2DModel that should be kept in float32: []. Casting ...")
         dif.warning("There are modules in X that should be kept in float32: ['norm']. Casting ...")
         tf.warning("something else")
+        logging.getLogger("kombu.connection").warning("No hostname was supplied. Reverting to default 'localhost'")
     assert [r.getMessage()[:20] for r in caplog.records] == ["There are modules in", "something else"]
