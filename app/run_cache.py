@@ -9,7 +9,8 @@ refresh of a long run costs a few small queries instead of re-reading its whole 
   (the stride between columns) beyond the last step the snapshot holds, or after
   ``STATS_MAX_AGE`` seconds: a new column is all a heatmap can show. Each re-read bumps the
   versions, so pages redraw only the figures whose statistics were read again.
-- Key lists are re-read every ``KEYS_MAX_AGE`` seconds (new keys appear at the first eval).
+- Key lists are re-read every ``KEYS_MAX_AGE`` seconds and when the run's last step moved (new
+  keys appear with the first training step and the first eval).
 - A run whose last step went *backwards* (resumed from a checkpoint, rows pruned) or whose key
   set changed is read afresh.
 
@@ -44,6 +45,7 @@ class _Entry:
     last_step: int = -1  # last step covered by ``series``
     key_lists: tuple[list[str], list[str]] | None = None
     key_time: float = 0.0
+    key_step: int = -1  # the run's last step at the last key read
     mats: dict[str, Matrix] = field(default_factory=dict)
     mats_time: dict[str, float] = field(default_factory=dict)
     versions: dict[str, int] = field(default_factory=dict)  # bumped on each re-read of a matrix
@@ -82,13 +84,18 @@ def reads(run_id: int) -> dict[str, int]:
     return dict(_entry(run_id).reads)
 
 
-def key_lists(q: Any, run_id: int) -> tuple[list[str], list[str]]:
-    """(scalar keys, per-step statistic keys) of the run, re-read every KEYS_MAX_AGE s."""
+def key_lists(q: Any, run_id: int, last_step: int | None = None) -> tuple[list[str], list[str]]:
+    """(scalar keys, per-step statistic keys) of the run, re-read every KEYS_MAX_AGE s and
+    whenever ``last_step`` (the run's stored last step) moved since the last read: a run's
+    first training step brings its first training keys, and a slow run's page redraws only
+    when a step lands, so a list kept from before that step would hide them until the next."""
     e = _entry(run_id)
     with e.lock:
-        if e.key_lists is None or time.monotonic() - e.key_time > KEYS_MAX_AGE:
+        moved = last_step is not None and last_step != e.key_step
+        if e.key_lists is None or moved or time.monotonic() - e.key_time > KEYS_MAX_AGE:
             e.key_lists = (q.metric_keys(run_id), q.step_stats_keys(run_id))
             e.key_time = time.monotonic()
+            e.key_step = -1 if last_step is None else last_step
             e.reads["keys"] += 1
         return e.key_lists
 

@@ -52,7 +52,7 @@ def series_figures(q: Any, run_id: int, config: dict[str, Any], last_step: int, 
     """Proxy vs gold, rewards, training scalars (and ``_onset``), from the cached series;
     ``total`` is the run's planned number of steps (the proxy-vs-gold x-axis spans it)."""
     rev = f"run-{run_id}"
-    keys, _ = run_cache.key_lists(q, run_id)
+    keys, _ = run_cache.key_lists(q, run_id, last_step)
     gold_extra = F.gold_keys(keys, config.get("gold"))
     wanted = [k for k in keys if k.startswith("eval/") or k.startswith("reward/") or k in
               ("zero_std_ratio", "adv_abs_mean", F.ALARM_KEY, *SCALAR_KEYS)]
@@ -78,7 +78,7 @@ def stat_figures(q: Any, run_id: int, last_step: int) -> dict[str, tuple[tuple[i
     """``{figure: (versions of its statistics, figure)}`` for the per-denoising-step figures;
     each is rebuilt only when one of its matrices was re-read."""
     rev = f"run-{run_id}"
-    _, available = run_cache.key_lists(q, run_id)
+    _, available = run_cache.key_lists(q, run_id, last_step)
     versions, mats = run_cache.stat_matrices(q, run_id, [*HEATMAPS, *CLIP_STATS, "grad_norm_v"], available, last_step)
 
     def make(name: str) -> Any:

@@ -62,3 +62,37 @@ def test_statistics_stored_after_their_step_was_seen_still_reach_the_heatmaps(q)
     got = _heatmap_steps(q, 9)  # the finished run's last redraw, and every reload after it
     assert all(s == list(range(10)) for s in got.values()), got
     assert _heatmap_steps(q, 9) == got, "a reload shows the same steps"
+
+
+class GrowingStore(FakeStore):
+    """Scalars too, and key lists that grow with the run: eval keys at step 0, training keys
+    from step 1 on (as the trainer logs them)."""
+
+    def metric_keys(self, run_id):
+        return ["eval/proxy"] + (["reward/total/mean"] if self.stored >= 1 else [])
+
+    def step_stats_keys(self, run_id):
+        return list(self.stats) if self.stored >= 1 else []
+
+    def metric_series(self, run_id, keys, max_points=0, since_step=None):
+        out = {}
+        for k in keys:
+            steps = [s for s in range(self.stored + 1) if (since_step is None or s > since_step)
+                     and (k == "eval/proxy" or s >= 1)]
+            out[k] = (steps, [0.5 + s for s in steps])
+        return out
+
+
+def test_the_first_training_step_is_drawn_when_it_lands_not_a_step_later(q):
+    """A slow run's page redraws only when a step lands; keys read at step 0 (eval only) must
+    not hide step 1's training curves and heatmaps on the redraw for step 1."""
+    g = GrowingStore()
+    g.stored = 0
+    R.series_figures(g, RUN, {}, 0, True)
+    R.stat_figures(g, RUN, 0)
+    g.stored = 1
+    figs = R.series_figures(g, RUN, {}, 1, True)
+    names = {t["name"] for t in figs["rewards"].data}
+    assert "total reward (mean)" in names, names
+    heat = R.stat_figures(g, RUN, 1)["r_mean_minus_1"][1]
+    assert [int(x) for x in heat.to_plotly().data[0].x] == [0, 1]
