@@ -213,5 +213,15 @@ def _grid(n: int, cols: int, titles: Sequence[str], *, hgap: float = 0.09, vgap:
     return lay
 
 
+def whole_steps(*steps: np.ndarray) -> dict[str, Any]:
+    """Axis settings for optimizer steps: a tick per step while there are few (Plotly's own
+    ticks would put "1.5, 2.5" between them), Plotly's choice otherwise."""
+    seen = [a for a in steps if a.size]
+    if not seen:
+        return {}
+    lo, hi = min(int(a.min()) for a in seen), max(int(a.max()) for a in seen)
+    return {"dtick": 1} if hi - lo <= 12 else {}
+
+
 def _axis_names(i: int) -> tuple[str, str]:
     return ("x", "y") if i == 0 else (f"x{i + 1}", f"y{i + 1}")

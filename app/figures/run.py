@@ -29,6 +29,7 @@ from app.figures.base import (
     _normalized,
     _series,
     empty_figure,
+    whole_steps,
 )
 
 
@@ -223,8 +224,8 @@ def reward_figure(series: SeriesMap | None, *, title: str = "Rewards and advanta
             dx, dy = lay[f"xaxis{sfx}"]["domain"], lay[f"yaxis{sfx}"]["domain"]
             lay["annotations"].append(dict(text="no data yet", x=sum(dx) / 2, y=sum(dy) / 2, xref="paper",
                                            yref="paper", showarrow=False, font=dict(color="#9ca3af")))
-    lay["xaxis"]["title"] = dict(text="step")
-    lay["xaxis2"]["title"] = dict(text="step")
+    lay["xaxis"].update(title=dict(text="step"), **whole_steps(s))
+    lay["xaxis2"].update(title=dict(text="step"), **whole_steps(zs, aas))
     return Fig(data, lay)
 
 
@@ -285,7 +286,7 @@ def stat_heatmap(steps: Sequence[int] | None, js: Sequence[int] | None, matrix: 
     else:
         hm.update(colorscale="Viridis")
     lay = _layout(title, uirevision, height=height, hovermode="closest")
-    lay["xaxis"] = dict(title=dict(text="step"))
+    lay["xaxis"] = dict(title=dict(text="step"), **whole_steps(s))
     lay["yaxis"] = dict(title=dict(text="denoising step j"), dtick=1 if j.size <= 20 else None)
     lay["margin"] = dict(l=60, r=20, t=45, b=45)
     return Fig([hm], lay)
@@ -390,7 +391,7 @@ def grad_norm_figure(steps: Sequence[int] | None, js: Sequence[int] | None, matr
     lay["xaxis"]["title"] = dict(text="denoising step j")
     lay["xaxis"]["dtick"] = 1 if j.size <= 20 else None
     lay["yaxis"].update(log_axis(recent))
-    lay["xaxis2"]["title"] = dict(text="step")
+    lay["xaxis2"].update(title=dict(text="step"), **whole_steps(s))
     lay["yaxis2"].update(log_axis(np.append(spread, GUARD_SPREAD_TARGET)))
     data = [dict(type="bar", x=j, y=recent, name="grad_norm_v", marker=dict(color="#7c3aed")),
             _line(s, spread, "max/min", "#0891b2", xaxis="x2", yaxis="y2")]
@@ -428,6 +429,7 @@ def scalars_figure(series: SeriesMap | None, keys: Sequence[str], *, cols: int =
         s, v = _series(series, k)
         if _has_data(v):
             data.append(_line(s, v, k, PALETTE[i % len(PALETTE)], xaxis=xa, yaxis=ya))
+            lay[f"xaxis{sfx}"].update(whole_steps(s))
         else:
             dom_x = lay[f"xaxis{sfx}"]["domain"]
             dom_y = lay[f"yaxis{sfx}"]["domain"]

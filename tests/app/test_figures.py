@@ -298,3 +298,13 @@ def test_log_axes_tick_at_powers_of_ten_only():
         assert ax.range[1] - ax.range[0] >= 1, "at least one decade, so a tick shows"
     sc = P(F.scalars_figure({"lr": ([0, 1, 2], [1e-4, 1e-4, 1e-4])}, ["lr"], log_y=("lr",)))
     assert sc.layout.yaxis.dtick == 1 and sc.layout.yaxis.range[1] - sc.layout.yaxis.range[0] >= 1
+
+
+def test_step_axes_tick_whole_steps_while_there_are_few():
+    few = {"reward/total/mean": ([1, 2, 3, 4], [0.1, 0.2, 0.3, 0.4]), "zero_std_ratio": ([1, 2, 3, 4], [0, 0, 0, 0])}
+    fig = P(F.reward_figure(few))
+    assert fig.layout.xaxis.dtick == 1 and fig.layout.xaxis2.dtick == 1
+    heat = P(F.stat_heatmap([1, 2, 3], [0, 1], [[1, 2], [3, 4], [5, 6]], stat="r_std"))
+    assert heat.layout.xaxis.dtick == 1
+    many = {"reward/total/mean": (list(range(100)), [0.1] * 100)}
+    assert P(F.reward_figure(many)).layout.xaxis.dtick is None, "Plotly picks the ticks of a long run"
