@@ -219,11 +219,3 @@ def create_app(*, host: str = "127.0.0.1", port: int = 7860, env: Mapping[str, s
             footer_links=["api", "settings"], show_error=True, ssr_mode=False, run_history=False,
         )
 
-
-def serve(host: str = "127.0.0.1", port: int = 7860, *, log_level: str = "warning") -> None:
-    """Run the app with uvicorn until interrupted."""
-    import uvicorn
-
-    app = create_app(host=host, port=port)
-    print(f"GRPO-Guard Studio on http://{host}:{port}/  (health: /health)", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
