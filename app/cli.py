@@ -6,33 +6,91 @@ Registered lazily in ``grpo_guard.cli.LAZY_COMMANDS`` so ``grpo-guard --help`` s
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
+import socket
 import subprocess
 import sys
 from typing import Any
 
 import click
 
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
-def _start_embedded_worker() -> subprocess.Popen | None:
-    """One worker process on the default device, sharing this process's environment (data
-    dir, database, the embedded filesystem broker)."""
+
+def port_problem(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be served (one sentence), else None: a trial bind, as uvicorn
+    would do it, before anything slow starts."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        return f"cannot serve on {host}:{port}: the host name does not resolve ({e.strerror})."
+    family, kind, proto, _, addr = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: TIME_WAIT is no conflict
+        try:
+            sock.bind(addr)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                return (f"port {port} on {host} is already in use (another grpo-guard serve?); "
+                        f"stop it or pick another port with --port.")
+            if e.errno == errno.EACCES:
+                return f"no permission to bind port {port} on {host}; pick a port above 1023 with --port."
+            return f"cannot serve on {host}:{port}: {e.strerror}."
+    return None
+
+
+def has_gpu() -> bool:
+    """Whether this machine shows an NVIDIA GPU, without importing torch (which would cost the
+    UI its fast start)."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    return os.path.exists("/dev/nvidia0") or os.path.exists("/dev/nvidiactl")
+
+
+def embedded_plan(cores: int | None = None, *, workers: int | None = None, gpu: bool | None = None
+                  ) -> list[int]:
+    """Torch threads of each embedded worker process. On a CPU machine with two or more cores,
+    two workers (the toy A/B pair's arms run side by side), the cores split between them so
+    the runs do not oversubscribe them (default threading made toy epochs several times
+    slower on a busy 2-core machine); with a GPU, or one core, one worker. ``workers``
+    overrides the count."""
+    cores = max(1, cores or os.cpu_count() or 1)
+    gpu = has_gpu() if gpu is None else gpu
+    n = workers if workers is not None else (1 if gpu or cores < 2 else 2)
+    n = max(1, n)
+    base, extra = divmod(cores, n)
+    return [max(1, base + (1 if i < extra else 0)) for i in range(n)]
+
+
+def _start_embedded_workers(threads: list[int]) -> list[subprocess.Popen]:
+    """One worker process per entry of ``threads`` on the default device, sharing this
+    process's environment (data dir, database, the embedded filesystem broker); each one's
+    torch (and BLAS) uses its own share of the cores, and each imports the trainer before the
+    first run arrives (``worker.tasks.preload_trainer``)."""
     from worker.cli import spawn_worker
 
-    return spawn_worker(None, loglevel="warning", name="embedded@%h")
+    procs = []
+    for i, n in enumerate(threads):
+        env = {**os.environ, **dict.fromkeys(THREAD_VARS, str(n)), "GG_WORKER_PRELOAD": "1"}
+        procs.append(spawn_worker(None, loglevel="warning", name=f"embedded{i + 1}@%h", env=env))
+    return procs
 
 
-def _stop(proc: subprocess.Popen | None, timeout: float = 20.0) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)  # Celery warm shutdown: the trainer checkpoints first
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=5)
+def _stop(procs: list[subprocess.Popen], timeout: float = 20.0) -> None:
+    """Warm-stop every worker at once (each trainer checkpoints in parallel), then wait."""
+    live = [p for p in procs if p.poll() is None]
+    for p in live:
+        with contextlib.suppress(OSError):
+            p.send_signal(signal.SIGTERM)  # Celery warm shutdown: the trainer checkpoints first
+    for p in live:
+        try:
+            p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(timeout=5)
 
 
 @click.command("serve")
@@ -40,14 +98,21 @@ def _stop(proc: subprocess.Popen | None, timeout: float = 20.0) -> None:
               help="Address to bind. Anything but loopback requires GG_AUTH or GG_AUTH_FILE.")
 @click.option("--port", default=7860, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--worker/--no-worker", "with_worker", default=None,
-              help="Start an embedded training worker. Default: yes when GG_BROKER_URL is unset "
+              help="Start embedded training workers. Default: yes when GG_BROKER_URL is unset "
                    "(the embedded broker), no when a broker is configured (run `grpo-guard worker` per GPU).")
+@click.option("--workers", "n_workers", default=None, type=click.IntRange(1, 64),
+              help="Embedded worker processes (runs side by side), the CPU cores split between them. "
+                   "Default: 2 on a CPU machine with 2+ cores (an A/B pair at once), else 1.")
 @click.option("--data-dir", default=None, type=click.Path(file_okay=False),
               help="Data directory (SQLite file, embedded broker, artifacts); sets GG_DATA_DIR.")
 @click.option("--log-level", default="warning", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
-def serve_cmd(host: str, port: int, with_worker: bool | None, data_dir: str | None, log_level: str) -> None:
+def serve_cmd(host: str, port: int, with_worker: bool | None, n_workers: int | None, data_dir: str | None,
+              log_level: str) -> None:
     """Start the GRPO-Guard Studio web UI on http://HOST:PORT/ (health check: /health)."""
+    problem = port_problem(host, port)
+    if problem:  # at once: not after the UI and a worker have started
+        raise click.ClickException(problem)
     if data_dir:
         os.environ["GG_DATA_DIR"] = os.path.abspath(data_dir)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -62,14 +127,16 @@ def serve_cmd(host: str, port: int, with_worker: bool | None, data_dir: str | No
 
     if with_worker is None:
         with_worker = not os.environ.get("GG_BROKER_URL", "").strip()
-    proc = None
+    procs: list[subprocess.Popen] = []
     try:
         from app.main import create_app
 
         app = create_app(host=host, port=port)
         if with_worker:
-            proc = _start_embedded_worker()
-            click.echo(f"embedded worker pid {proc.pid} (stop with Ctrl-C; --no-worker to skip)", err=True)
+            threads = embedded_plan(workers=n_workers)
+            procs = _start_embedded_workers(threads)
+            click.echo(f"{len(procs)} embedded worker(s), torch threads {'+'.join(map(str, threads))} "
+                       f"(stop with Ctrl-C; --no-worker to skip)", err=True)
         import uvicorn
 
         click.echo(f"GRPO-Guard Studio on http://{host}:{port}/", err=True)
@@ -84,5 +151,5 @@ def serve_cmd(host: str, port: int, with_worker: bool | None, data_dir: str | No
     except KeyboardInterrupt:
         pass
     finally:
-        _stop(proc)
+        _stop(procs)
     sys.exit(0)

@@ -123,9 +123,12 @@ STOP_OUTCOMES = {"cancelled": "was queued and is now cancelled",
 
 
 def stop_run(run_id: int) -> str:
-    """Ask the run to stop (the Runs and Run pages' Stop button); the message to show."""
+    """Ask the run to stop (the Runs and Run pages' Stop button); the message to show. A run that
+    has already ended gets a warning, not a success box."""
     status = queries().request_stop(run_id)
-    return f'<div class="gg-ok">Run #{run_id} {STOP_OUTCOMES.get(status, f"is {status}; nothing to stop")}.</div>'
+    if status not in STOP_OUTCOMES:
+        return f'<div class="gg-warn">Run #{run_id} is {esc(status)}; nothing to stop.</div>'
+    return f'<div class="gg-ok">Run #{run_id} {STOP_OUTCOMES[status]}.</div>'
 
 
 # ---- over-optimization onset per run (cached: it only changes when a new eval lands) --------

@@ -5,11 +5,12 @@ refresh of a long run costs a few small queries instead of re-reading its whole 
   fetch only the last few steps (``since_step``) and splice them in. Once a key holds twice its
   point budget, the next read downsamples in SQL again.
 - Per-denoising-step matrices (``step_stats_matrix``, downsampled in SQL to ``HEATMAP_STEPS``
-  columns) are re-read when the run has advanced by one heatmap column (the stride between
-  columns), or after ``STATS_MAX_AGE`` seconds: a new column is all a heatmap can show. At most
-  ``STATS_PER_REFRESH`` of them per refresh, so no single refresh pays for all of them. Each
-  re-read bumps that statistic's version, so pages redraw only the figures it feeds.
-- Key lists are re-read every ``KEYS_MAX_AGE`` seconds (new keys appear at the first eval).
+  columns) are one snapshot, re-read together when the run has stored one heatmap column
+  (the stride between columns) beyond the last step the snapshot holds, or after
+  ``STATS_MAX_AGE`` seconds: a new column is all a heatmap can show. Each re-read bumps the
+  versions, so pages redraw only the figures whose statistics were read again.
+- Key lists are re-read every ``KEYS_MAX_AGE`` seconds and when the run's last step moved (new
+  keys appear with the first training step and the first eval).
 - A run whose last step went *backwards* (resumed from a checkpoint, rows pruned) or whose key
   set changed is read afresh.
 
@@ -30,7 +31,6 @@ import numpy as np
 MAX_POINTS = 1000  # per curve
 HEATMAP_STEPS = 200  # columns per heatmap
 STATS_MAX_AGE = 30.0  # seconds; a heatmap that gained no column is still re-read this often
-STATS_PER_REFRESH = 2  # matrices re-read at most per refresh (after the first read)
 KEYS_MAX_AGE = 3.0
 MAX_RUNS = 32
 TAIL_OVERLAP = 2  # steps re-read on each incremental refresh
@@ -45,8 +45,8 @@ class _Entry:
     last_step: int = -1  # last step covered by ``series``
     key_lists: tuple[list[str], list[str]] | None = None
     key_time: float = 0.0
+    key_step: int = -1  # the run's last step at the last key read
     mats: dict[str, Matrix] = field(default_factory=dict)
-    mats_step: dict[str, int] = field(default_factory=dict)  # run step at each matrix's read
     mats_time: dict[str, float] = field(default_factory=dict)
     versions: dict[str, int] = field(default_factory=dict)  # bumped on each re-read of a matrix
     memo: dict[str, OrderedDict] = field(default_factory=dict)  # namespace -> {key: derived value}
@@ -84,13 +84,18 @@ def reads(run_id: int) -> dict[str, int]:
     return dict(_entry(run_id).reads)
 
 
-def key_lists(q: Any, run_id: int) -> tuple[list[str], list[str]]:
-    """(scalar keys, per-step statistic keys) of the run, re-read every KEYS_MAX_AGE s."""
+def key_lists(q: Any, run_id: int, last_step: int | None = None) -> tuple[list[str], list[str]]:
+    """(scalar keys, per-step statistic keys) of the run, re-read every KEYS_MAX_AGE s and
+    whenever ``last_step`` (the run's stored last step) moved since the last read: a run's
+    first training step brings its first training keys, and a slow run's page redraws only
+    when a step lands, so a list kept from before that step would hide them until the next."""
     e = _entry(run_id)
     with e.lock:
-        if e.key_lists is None or time.monotonic() - e.key_time > KEYS_MAX_AGE:
+        moved = last_step is not None and last_step != e.key_step
+        if e.key_lists is None or moved or time.monotonic() - e.key_time > KEYS_MAX_AGE:
             e.key_lists = (q.metric_keys(run_id), q.step_stats_keys(run_id))
             e.key_time = time.monotonic()
+            e.key_step = -1 if last_step is None else last_step
             e.reads["keys"] += 1
         return e.key_lists
 
@@ -137,32 +142,33 @@ def _column_stride(m: Matrix) -> int:
     return max(1, int(steps[-2] - steps[-3])) if len(steps) >= 3 else 1
 
 
-def stat_matrices(q: Any, run_id: int, stats: list[str], available: list[str], last_step: int, *,
-                  budget: int = STATS_PER_REFRESH) -> tuple[dict[str, int], dict[str, Matrix]]:
+def stat_matrices(q: Any, run_id: int, stats: list[str], available: list[str], last_step: int
+                  ) -> tuple[dict[str, int], dict[str, Matrix]]:
     """``({stat: version}, {stat: (steps, js, matrix)})``; stats the run never logged come back
-    empty with version 0. A first read fetches every matrix; afterwards at most ``budget`` stale
-    ones (the oldest first) are re-read per call, which bounds the cost of any one refresh."""
+    empty with version 0.
+
+    The matrices are one snapshot: they are always re-read together, so every heatmap covers
+    the same steps. (Re-reading a few per refresh left them at different steps until the cursor
+    moved again, which on a finished run is never.) A snapshot counts as covering the last step
+    it actually holds, not the cursor's: a step whose scalars landed in an earlier flush than
+    its statistics is read again once they are stored."""
     e = _entry(run_id)
     with e.lock:
         have = set(available)
         want = [s for s in stats if s in have]
         now = time.monotonic()
-
-        def stale(s: str) -> bool:
-            if s not in e.mats:
-                return True
-            done = e.mats_step[s]
-            return (last_step < done or last_step - done >= _column_stride(e.mats[s])
-                    or (last_step != done and now - e.mats_time[s] > STATS_MAX_AGE))
-
-        todo = [s for s in want if stale(s)]
-        if any(s in e.mats for s in want):  # not the first read: spread the re-reads
-            todo = sorted(todo, key=lambda s: (e.mats_step.get(s, -1), e.mats_time.get(s, 0.0)))[:max(1, budget)]
-        for s in todo:
-            e.mats[s] = _to_matrix(q.step_stats_matrix(run_id, s, max_steps=HEATMAP_STEPS))
-            e.mats_step[s], e.mats_time[s] = last_step, now
-            e.versions[s] = e.versions.get(s, 0) + 1
-        if todo:
+        held = [e.mats[s] for s in want if s in e.mats]
+        covered = max((int(m[0][-1]) for m in held if m[0].size), default=-1)
+        stride = max((_column_stride(m) for m in held if m[0].size), default=1)
+        age = now - min((e.mats_time[s] for s in want if s in e.mats_time), default=now)
+        missing = any(s not in e.mats for s in want)
+        stale = want and (missing or last_step < covered or last_step - covered >= stride
+                          or (last_step != covered and age > STATS_MAX_AGE))
+        if stale:
+            for s in want:
+                e.mats[s] = _to_matrix(q.step_stats_matrix(run_id, s, max_steps=HEATMAP_STEPS))
+                e.mats_time[s] = now
+                e.versions[s] = e.versions.get(s, 0) + 1
             e.reads["stats"] += 1
         empty: Matrix = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 0)))
         return ({s: e.versions.get(s, 0) if s in have else 0 for s in stats},

@@ -83,6 +83,9 @@ class ConfigErrorAware(click.Group):
 def main() -> None:
     """GRPO-Guard Studio: run, watch and compare GRPO / GRPO-Guard fine-tuning of
     flow-matching text-to-image models."""
+    from grpo_guard.quiet import silence_library_noise
+
+    silence_library_noise()
 
 
 # ---- config -------------------------------------------------------------------------------

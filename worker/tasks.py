@@ -30,13 +30,16 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Callable
 from typing import Any
 
 from celery import shared_task
+from celery.signals import worker_process_init
 
+from grpo_guard.quiet import silence_library_noise
 from grpo_guard.store import lifecycle
 from grpo_guard.store.artifacts import resolve
 from grpo_guard.store.db import StoreUnavailableError
@@ -44,6 +47,8 @@ from grpo_guard.store.lifecycle import LeaseLostError
 from grpo_guard.store.recorder import StoreControl, StoreRecorder
 from worker import recovery  # noqa: F401  (connects the worker_ready sweep)
 from worker.celery_app import TASK_NAME
+
+silence_library_noise()  # this process is started by celery, not by the grpo-guard CLI
 
 log = logging.getLogger("worker.tasks")
 
@@ -71,7 +76,35 @@ def _env_float(name: str, default: float) -> float:
         return default
 
 
+PRELOAD_MODULES = ("grpo_guard.trainer", "grpo_guard.models.toy")
+_preload: threading.Thread | None = None
+
+
+def _import_preload() -> None:
+    for name in PRELOAD_MODULES:
+        try:
+            importlib.import_module(name)
+        except Exception as e:  # the run itself will import it again and report the error
+            log.warning("preloading %s failed: %s", name, e)
+            return
+
+
+@worker_process_init.connect
+def preload_trainer(**_: Any) -> None:
+    """With GG_WORKER_PRELOAD=1 (``grpo-guard serve``'s embedded workers), a fresh worker child
+    imports torch, diffusers and the trainer at once, so a run clicked in the UI does not wait
+    for them (6-15 s on a busy CPU). In a thread: Celery gives a child 4 s to report ready;
+    :func:`resolve_train_fn` waits for it, so no two threads import the same modules."""
+    global _preload
+    if os.environ.get("GG_WORKER_PRELOAD") != "1" or os.environ.get("GG_TRAINER", "").strip():
+        return
+    _preload = threading.Thread(target=_import_preload, name="gg-preload", daemon=True)
+    _preload.start()
+
+
 def resolve_train_fn() -> Callable[..., Any]:
+    if _preload is not None:
+        _preload.join()
     if TRAIN_FN is not None:
         return TRAIN_FN
     spec = os.environ.get("GG_TRAINER", "").strip()

@@ -215,5 +215,47 @@ def _grid(n: int, cols: int, titles: Sequence[str], *, hgap: float = 0.09, vgap:
     return lay
 
 
+def step_axis(x_max: float | None, *steps: np.ndarray) -> dict[str, Any]:
+    """An x-axis of optimizer steps from 0 to the run's planned last step (``x_max``) or its
+    last stored one, with whole-step ticks: a lone first eval point sits at the left of the
+    run's span, not in the middle of an axis from 0 to 1."""
+    seen = [float(a.max()) for a in steps if a.size]
+    hi = max([*seen, float(x_max or 0), 1.0])
+    ax: dict[str, Any] = dict(title=dict(text="step"), range=[-0.02 * hi, 1.02 * hi], tickformat="d")
+    if hi <= 10:
+        ax["dtick"] = 1
+    return ax
+
+
+def share_axis(top: float) -> dict[str, Any]:
+    """A y-axis of shares (0-1) from 0 to a little above ``top``, with as many percent decimals
+    as its ticks need (a fixed ".0%" printed "0% 0% 0%" for shares under 1 %)."""
+    hi = max(top * 1.15, 1e-3)
+    decimals = max(0, min(4, -math.floor(math.log10(hi / 5)) - 2))
+    return dict(title=dict(text="share of samples"), range=[0, hi], tickformat=f".{decimals}%", rangemode="tozero")
+
+
+def log_axis(values: np.ndarray) -> dict[str, Any]:
+    """A log axis with a tick at each power of ten only, spanning at least one decade (a
+    default log axis labels every digit: "4 3 2 0.001 9 8 7 ...")."""
+    pos = values[np.isfinite(values) & (values > 0)] if values.size else values
+    if pos.size == 0:
+        return dict(type="log", dtick=1, exponentformat="power")
+    lo, hi = math.floor(math.log10(float(pos.min()))), math.ceil(math.log10(float(pos.max())))
+    if hi <= lo:
+        hi = lo + 1
+    return dict(type="log", dtick=1, range=[lo - 0.05, hi + 0.05], exponentformat="power", minor=dict(showgrid=False))
+
+
+def whole_steps(*steps: np.ndarray) -> dict[str, Any]:
+    """Axis settings for optimizer steps: a tick per step while there are few (Plotly's own
+    ticks would put "1.5, 2.5" between them), Plotly's choice otherwise."""
+    seen = [a for a in steps if a.size]
+    if not seen:
+        return {}
+    lo, hi = min(int(a.min()) for a in seen), max(int(a.max()) for a in seen)
+    return {"dtick": 1} if hi - lo <= 12 else {}
+
+
 def _axis_names(i: int) -> tuple[str, str]:
     return ("x", "y") if i == 0 else (f"x{i + 1}", f"y{i + 1}")

@@ -29,6 +29,10 @@ from app.figures.base import (
     _normalized,
     _series,
     empty_figure,
+    log_axis,
+    share_axis,
+    step_axis,
+    whole_steps,
 )
 from grpo_guard import metrics as M
 
@@ -95,47 +99,62 @@ def _is_total(name: str) -> bool:
     return name.startswith("proxy") or name.startswith("gold")
 
 
-def proxy_gold_figure(series: SeriesMap | None, *, onset: int | None = None, normalize: bool = False,
+def proxy_gold_figure(series: SeriesMap | None, *, onset: int | None = None, normalize: bool = True,
                       extra_gold: Sequence[str] = (), title: str = "Proxy reward vs gold (held-out eval)",
-                      uirevision: str | None = None, height: int = 380) -> Fig:
-    """The paper's Figure 1: proxy reward (left axis) and gold metric (right axis) against step,
-    on the fixed eval set. ``onset`` (see :func:`over_optimization_onset`) draws a red marker:
-    a dashed line at that step, an "over-optimization" label and a shaded region after it.
-    ``extra_gold`` adds individual gold evaluators as dotted lines on the gold axis (hidden until
-    clicked in the legend, so the gold mean keeps its own scale).
-    ``normalize`` divides each curve by its step-0 value (base model = 1.00)."""
+                      uirevision: str | None = None, height: int = 380, x_max: int | None = None) -> Fig:
+    """The paper's Figure 1: proxy reward and gold metric against step, on the fixed eval set.
+
+    ``normalize`` (the default): both on one axis, each divided by its step-0 value (base
+    model = 1.00, as the paper plots it), raw values in the hover, so a 0.3 % change looks
+    like one. Without it, raw values on two axes (proxy left, gold right).
+    ``onset`` (see :func:`over_optimization_onset`) draws a red marker: a dashed line at that
+    step, an "over-optimization" label and a shaded region after it. ``extra_gold`` adds
+    individual gold evaluators as dotted lines (hidden until clicked in the legend, so the
+    gold mean keeps its scale). ``x_max``: the run's planned last step (the x-axis spans it)."""
     ps, pv = _series(series, PROXY_KEY)
     gs, gv = _series(series, GOLD_KEY)
     if not _has_data(pv) and not _has_data(gv):
         return empty_figure(title, "no eval yet: proxy and gold appear after the first evaluation",
                             uirevision=uirevision, height=height)
-    psfx = gsfx = ""
-    if normalize:
-        pv, psfx = _normalized(pv)
-        gv, gsfx = _normalized(gv)
+    gold_axis = "y" if normalize else "y2"
+
+    def curve(x: np.ndarray, raw: np.ndarray, name: str, color: str) -> dict[str, Any]:
+        if not normalize:
+            return _line(x, raw, name, color, yaxis=gold_axis if color != PROXY_COLOR else "y",
+                         hovertemplate=f"{name} %{{y:.4g}}<extra></extra>")
+        rel, sfx = _normalized(raw)
+        how = "× step 0" if "÷" in sfx else "− step 0"
+        return _line(x, rel, name, color, customdata=raw,
+                     hovertemplate=f"{name} %{{y:.3f}} {how} (raw %{{customdata:.4g}})<extra></extra>")
+
     data: list[dict[str, Any]] = []
     if _has_data(pv):
-        data.append(_line(ps, pv, "proxy reward", PROXY_COLOR))
+        data.append(curve(ps, pv, "proxy reward", PROXY_COLOR))
     if _has_data(gv):
-        data.append(_line(gs, gv, "gold", GOLD_COLOR, yaxis="y2"))
+        data.append(curve(gs, gv, "gold", GOLD_COLOR))
     for i, k in enumerate(extra_gold):
         s, v = _series(series, k)
         if not _has_data(v):
             continue
-        if normalize:
-            v, _ = _normalized(v)
-        d = _line(s, v, M.name_in(M.EVAL_REWARD, k) or k, PALETTE[(i + 2) % len(PALETTE)], yaxis="y2")
+        d = curve(s, v, k.removeprefix("eval/"), PALETTE[(i + 2) % len(PALETTE)])
         d["line"]["dash"] = "dot"
         d["line"]["width"] = 1.3
         d["opacity"] = 0.8
-        d["visible"] = "legendonly"  # one click away; shown, they would stretch the gold axis flat
+        d["visible"] = "legendonly"  # one click away; shown, they would stretch the axis flat
         data.append(d)
     lay = _layout(title, uirevision, height=height)
-    lay["xaxis"] = dict(title=dict(text="step"), rangemode="tozero")
-    lay["yaxis"] = dict(title=dict(text="proxy" + psfx, font=dict(color=PROXY_COLOR)), tickfont=dict(color=PROXY_COLOR))
-    lay["yaxis2"] = dict(title=dict(text="gold" + gsfx, font=dict(color=GOLD_COLOR)), tickfont=dict(color=GOLD_COLOR),
-                         overlaying="y", side="right", showgrid=False)
-    lay["margin"] = dict(l=60, r=65, t=60, b=45)
+    lay["xaxis"] = step_axis(x_max, ps, gs)
+    if normalize:
+        _, psfx = _normalized(pv)
+        _, gsfx = _normalized(gv)
+        label = "relative to the base model (step 0 = 1.00)" if "÷" in psfx + gsfx else "change since step 0"
+        lay["yaxis"] = dict(title=dict(text=label), tickformat=".3~f")
+        lay["margin"] = dict(l=60, r=30, t=60, b=45)
+    else:
+        lay["yaxis"] = dict(title=dict(text="proxy", font=dict(color=PROXY_COLOR)), tickfont=dict(color=PROXY_COLOR))
+        lay["yaxis2"] = dict(title=dict(text="gold", font=dict(color=GOLD_COLOR)), tickfont=dict(color=GOLD_COLOR),
+                             overlaying="y", side="right", showgrid=False)
+        lay["margin"] = dict(l=60, r=65, t=60, b=45)
     if onset is not None:
         xmax = float(max(ps.max() if ps.size else onset, gs.max() if gs.size else onset, onset))
         lay["shapes"] = [
@@ -147,11 +166,12 @@ def proxy_gold_figure(series: SeriesMap | None, *, onset: int | None = None, nor
         lay["annotations"] = [dict(text=f"⚠ over-optimization (step {onset})", x=onset, y=1.0, xref="x", yref="paper",
                                    xanchor="left", yanchor="top", showarrow=False,
                                    font=dict(color=ALARM_COLOR, size=12), bgcolor="rgba(255,255,255,0.8)")]
+        gold_y = next((np.asarray(d["y"]) for d in data if d["name"] == "gold"), np.zeros(0))
         at = np.where(gs == onset)[0]
-        if at.size and math.isfinite(gv[at[0]]):
-            data.append(dict(type="scatter", mode="markers", x=[onset], y=[float(gv[at[0]])], yaxis="y2",
+        if at.size and at[0] < gold_y.size and math.isfinite(gold_y[at[0]]):
+            data.append(dict(type="scatter", mode="markers", x=[onset], y=[float(gold_y[at[0]])], yaxis=gold_axis,
                              name="over-optimization onset", marker=dict(color=ALARM_COLOR, size=11, symbol="x"),
-                             showlegend=False))
+                             showlegend=False, hoverinfo="skip"))
     return Fig(data, lay)
 
 
@@ -197,8 +217,8 @@ def reward_figure(series: SeriesMap | None, *, title: str = "Rewards and advanta
             dx, dy = lay[f"xaxis{sfx}"]["domain"], lay[f"yaxis{sfx}"]["domain"]
             lay["annotations"].append(dict(text="no data yet", x=sum(dx) / 2, y=sum(dy) / 2, xref="paper",
                                            yref="paper", showarrow=False, font=dict(color="#9ca3af")))
-    lay["xaxis"]["title"] = dict(text="step")
-    lay["xaxis2"]["title"] = dict(text="step")
+    lay["xaxis"].update(title=dict(text="step"), **whole_steps(s))
+    lay["xaxis2"].update(title=dict(text="step"), **whole_steps(zs, aas))
     return Fig(data, lay)
 
 
@@ -259,7 +279,7 @@ def stat_heatmap(steps: Sequence[int] | None, js: Sequence[int] | None, matrix: 
     else:
         hm.update(colorscale="Viridis")
     lay = _layout(title, uirevision, height=height, hovermode="closest")
-    lay["xaxis"] = dict(title=dict(text="step"))
+    lay["xaxis"] = dict(title=dict(text="step"), **whole_steps(s))
     lay["yaxis"] = dict(title=dict(text="denoising step j"), dtick=1 if j.size <= 20 else None)
     lay["margin"] = dict(l=60, r=20, t=45, b=45)
     return Fig([hm], lay)
@@ -281,7 +301,7 @@ CLIP_BY_SIGN_STATS = (M.POS_ADV_CLIPPED, M.NEG_ADV_CLIPPED, M.CLIP_HIGH, M.CLIP_
 
 
 def clip_by_sign_figure(steps: Sequence[int] | None, js: Sequence[int] | None, stats: Mapping[str, Any],
-                        *, window: int = 10, title: str = "Clip fractions by advantage sign, per denoising step",
+                        *, window: int = 10, title: str = "Clip fractions by advantage sign",
                         uirevision: str | None = None) -> Fig:
     """Bars per denoising step j: the share of samples with A > 0 and r > 1+ε
     (``pos_adv_clipped``, the key one: about 0 for plain Flow-GRPO, so its upper clip never
@@ -310,11 +330,16 @@ def clip_by_sign_figure(steps: Sequence[int] | None, js: Sequence[int] | None, s
             data.append(dict(type="scatter", mode="lines+markers", x=j, y=series[name], name=labels[name],
                              line=dict(color=colors[name], dash="dot", width=1.5), marker=dict(size=6)))
     n = min(window, 0 if steps is None else len(steps))
-    lay = _layout(f"{title} (mean of last {n} steps)", uirevision, barmode="group", hovermode="x", height=360)
+    # The averaging window goes on the x-axis title: in the title it ran under the toolbar.
+    over = "the last step" if n <= 1 else f"mean of the last {n} steps"
+    lay = _layout(title, uirevision, barmode="group", hovermode="x", height=360)
     lay["margin"] = dict(l=60, r=20, t=50, b=95)
-    lay["legend"] = dict(orientation="h", yanchor="top", y=-0.22, xanchor="left", x=0.0, font=dict(size=11))
-    lay["xaxis"] = dict(title=dict(text="denoising step j (0 = pure noise)"), dtick=1 if j.size <= 20 else None)
-    lay["yaxis"] = dict(title=dict(text="share of samples"), tickformat=".0%", rangemode="tozero")
+    lay["legend"] = dict(orientation="h", yanchor="top", y=-0.25, xanchor="left", x=0.0, font=dict(size=11))
+    lay["xaxis"] = dict(title=dict(text=f"denoising step j (0 = pure noise) · {over}"),
+                        dtick=1 if j.size <= 20 else None)
+    lay["yaxis"] = share_axis(max((float(np.nanmax(v)) for v in series.values() if np.isfinite(v).any()), default=0.0))
+    for d in data:
+        d["hovertemplate"] = f"{d['name']}: %{{y:.2%}}<extra></extra>"
     return Fig(data, lay)
 
 
@@ -341,9 +366,9 @@ def grad_norm_figure(steps: Sequence[int] | None, js: Sequence[int] | None, matr
     lay["showlegend"] = False
     lay["xaxis"]["title"] = dict(text="denoising step j")
     lay["xaxis"]["dtick"] = 1 if j.size <= 20 else None
-    lay["yaxis"]["type"] = "log"
-    lay["xaxis2"]["title"] = dict(text="step")
-    lay["yaxis2"]["type"] = "log"
+    lay["yaxis"].update(log_axis(recent))
+    lay["xaxis2"].update(title=dict(text="step"), **whole_steps(s))
+    lay["yaxis2"].update(log_axis(np.append(spread, GUARD_SPREAD_TARGET)))
     data = [dict(type="bar", x=j, y=recent, name=M.GRAD_NORM_V, marker=dict(color="#7c3aed")),
             _line(s, spread, "max/min", "#0891b2", xaxis="x2", yaxis="y2")]
     if s.size:
@@ -380,12 +405,14 @@ def scalars_figure(series: SeriesMap | None, keys: Sequence[str], *, cols: int =
         s, v = _series(series, k)
         if _has_data(v):
             data.append(_line(s, v, k, PALETTE[i % len(PALETTE)], xaxis=xa, yaxis=ya))
+            lay[f"xaxis{sfx}"].update(whole_steps(s))
         else:
             dom_x = lay[f"xaxis{sfx}"]["domain"]
             dom_y = lay[f"yaxis{sfx}"]["domain"]
             lay["annotations"].append(dict(text=(missing or {}).get(k, "no data yet"), x=sum(dom_x) / 2, y=sum(dom_y) / 2, xref="paper",
                                            yref="paper", showarrow=False, font=dict(color="#9ca3af")))
         if k in log_y:
-            lay[f"yaxis{sfx}"]["type"] = "log"
-        lay[f"yaxis{sfx}"]["exponentformat"] = "e" if k == M.LR else "none"
+            lay[f"yaxis{sfx}"].update(log_axis(v))
+        else:
+            lay[f"yaxis{sfx}"]["exponentformat"] = "e" if k == M.LR else "none"
     return Fig(data, lay)

@@ -5,6 +5,7 @@ runs side by side with a before/after wipe slider, metric curves of several runs
 from __future__ import annotations
 
 import bisect
+import re
 from typing import Any
 from urllib.parse import quote
 
@@ -42,6 +43,15 @@ def grid_steps(steps: list[int], chosen: int | None, limit: int = MAX_GRID_ROWS)
 def file_url(path: str) -> str:
     """URL of a file under an allowed path (the artifact root, STACK.md G8)."""
     return "gradio_api/file=" + quote(path)
+
+
+_A_BEFORE_VOWEL = re.compile(r"\b([Aa]) (?=[aeiouAEIOU])")
+
+
+def display_prompt(prompt: str) -> str:
+    """A prompt as shown to people: "a orange circle" -> "an orange circle". The stored prompt
+    (the key of its eval samples) is left as the generator wrote it."""
+    return _A_BEFORE_VOWEL.sub(lambda m: m.group(1) + "n ", prompt)
 
 
 IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF8", b"RIFF")
@@ -83,7 +93,8 @@ def grid_html(samples: list[Any], steps: list[int], prompts: list[str], chosen: 
     if not samples:
         return '<div class="gg-muted">No eval images for this run yet.</div>'
     by_key = {(s.step, s.prompt): s for s in samples}
-    head = "".join(f'<th title="{esc(p)}">{esc(p)}</th>' for p in prompts)
+    head = "".join(f'<th title="{esc(display_prompt(p))}"><span class="gg-colhead">{esc(display_prompt(p))}</span></th>'
+                   for p in prompts)
     body = []
     for st in steps:
         cells = []
@@ -102,7 +113,7 @@ def grid_html(samples: list[Any], steps: list[int], prompts: list[str], chosen: 
                 cells.append(f'<td class="gg-missing" title="{esc(why)}">✗ {esc(why)}</td>')
                 continue
             url = file_url(path)
-            tip = f"step {st} · {p} · proxy {fmt_float(s.proxy)} · gold {fmt_float(s.gold)}"
+            tip = f"step {st} · {display_prompt(p)} · proxy {fmt_float(s.proxy)} · gold {fmt_float(s.gold)}"
             cells.append(f'<td><img src="{esc(url)}" title="{esc(tip)}" loading="lazy"></td>')
         cls = ' class="gg-chosen"' if st == chosen else ""
         body.append(f'<tr{cls}><th class="gg-rowhead">step {st}</th>{"".join(cells)}</tr>')
@@ -111,6 +122,16 @@ def grid_html(samples: list[Any], steps: list[int], prompts: list[str], chosen: 
 
 
 # ---- queries -------------------------------------------------------------------------------
+def wipe_steps(q: Any, step: int | None, a_run: Any, b_run: Any) -> tuple[int | None, int | None]:
+    """The A and B step fields for the shared ``step``: the eval step each run will show (its
+    own latest at or before ``step``), so a field never names a step its caption does not."""
+    out = []
+    for r in (parse_int(a_run), parse_int(b_run)):
+        out.append(None if r is None else snap(q.sample_steps(r), step))
+    return out[0], out[1]
+
+
+
 def _labels(q: Any, ids: list[int]) -> dict[int, str]:
     out = {}
     for i in ids:
@@ -224,7 +245,7 @@ with gr.Blocks(title="Compare") as page:
         key = next((k for k in F.REWARD_MEAN_KEYS if k in keys), keys[0] if keys else None)
         figs = metric_panel(list(labels), key, norm)
         return (gr.Slider(minimum=all_steps[0] if all_steps else 0, maximum=max(hi, 1), value=chosen or 0),
-                gr.Dropdown(choices=prompts, value=prompts[0] if prompts else None),
+                gr.Dropdown(choices=[(display_prompt(p), p) for p in prompts], value=prompts[0] if prompts else None),
                 gr.Dropdown(choices=seeds, value=seeds[0] if seeds else None),
                 gr.Dropdown(choices=run_choices, value=first), gr.Dropdown(choices=run_choices, value=first),
                 gr.Dropdown(choices=run_choices, value=second), gr.Dropdown(choices=keys, value=key),
@@ -233,7 +254,7 @@ with gr.Blocks(title="Compare") as page:
     runs_outputs = [step, prompt, seed, grid_run, a_run, b_run, metric, fig_proxy, fig_gold, fig_metric, fig_gp, cfg_table]
 
     # -- image panels, all driven by the shared step --
-    def images(ids, st, p, sd, g_run):
+    def images(ids, st, p, sd, g_run, a_r, b_r):
         ids = [int(i) for i in ids or []]
         q = queries()
         st = parse_int(st)
@@ -266,9 +287,10 @@ with gr.Blocks(title="Compare") as page:
             prompts = sorted({s.prompt for s in samples})
             g_html = grid_html(samples, grid_steps(steps, chosen), prompts, chosen, q.artifact_path)
         note_html = "".join(f'<div class="gg-muted gg-image-problem">{esc(n)}</div>' for n in notes)
-        return side_html(cards) + note_html, g_html, st, st
+        return side_html(cards) + note_html, g_html, *wipe_steps(q, st, a_r, b_r)
 
     image_outputs = [side, grid, a_step, b_step]
+    image_inputs = [runs_pick, step, prompt, seed, grid_run, a_run, b_run]
 
     def wipe_images(ar, ast, br, bst, p, sd):
         q = queries()
@@ -298,18 +320,25 @@ with gr.Blocks(title="Compare") as page:
     page.load(on_load, None, [runs_pick, want_step], api_visibility="private")
     runs_pick.change(on_runs, [runs_pick, want_step, normalize, only_diff], runs_outputs, api_visibility="private",
                      trigger_mode="always_last").then(
-        images, [runs_pick, step, prompt, seed, grid_run], image_outputs, api_visibility="private").then(
+        images, image_inputs, image_outputs, api_visibility="private").then(
         wipe_images, wipe_inputs, [wipe, wipe_info], api_visibility="private")
     refresh.click(on_runs, [runs_pick, step, normalize, only_diff], runs_outputs, api_visibility="private").then(
-        images, [runs_pick, step, prompt, seed, grid_run], image_outputs, api_visibility="private").then(
+        images, image_inputs, image_outputs, api_visibility="private").then(
         wipe_images, wipe_inputs, [wipe, wipe_info], api_visibility="private")
     for comp in (step, prompt, seed, grid_run):
-        comp.input(images, [runs_pick, step, prompt, seed, grid_run], image_outputs, api_visibility="private",
+        comp.input(images, image_inputs, image_outputs, api_visibility="private",
                    trigger_mode="always_last", show_progress="hidden").then(
             wipe_images, wipe_inputs, [wipe, wipe_info], api_visibility="private", show_progress="hidden")
+    def wipe_panel(ar, ast, br, bst, p, sd):
+        """The wipe after A or B changed, with each step field snapped to the step it shows."""
+        q = queries()
+        a_s = snap(q.sample_steps(ar), parse_int(ast)) if parse_int(ar) is not None else None
+        b_s = snap(q.sample_steps(br), parse_int(bst)) if parse_int(br) is not None else None
+        return *wipe_images(ar, a_s, br, b_s, p, sd), a_s, b_s
+
     for comp in (a_run, a_step, b_run, b_step):
-        comp.input(wipe_images, wipe_inputs, [wipe, wipe_info], api_visibility="private", trigger_mode="always_last",
-                   show_progress="hidden")
+        comp.input(wipe_panel, wipe_inputs, [wipe, wipe_info, a_step, b_step], api_visibility="private",
+                   trigger_mode="always_last", show_progress="hidden")
 
     def on_metric(ids, key, norm):
         return metric_panel([int(i) for i in ids or []], key, norm)

@@ -35,6 +35,7 @@ from app.common import (
 )
 from grpo_guard import metrics as M
 from grpo_guard.experiment_report import run_verdict
+from grpo_guard.store.entities import ACTIVE_STATUSES
 
 # Scalar families every series figure reads, besides the keys named below.
 _SERIES_PREFIXES = (M.EVAL_PREFIX, M.REWARD_PREFIX)
@@ -51,10 +52,12 @@ STAT_FIGURES = [*HEATMAPS, M.CLIP_CHART, M.CLIP_HEAT_CHART, M.GRAD_CHART]
 FIGURE_NAMES = [*SERIES_FIGURES, *STAT_FIGURES]
 
 
-def series_figures(q: Any, run_id: int, config: dict[str, Any], last_step: int, normalize: bool) -> dict[str, Any]:
-    """Proxy vs gold, rewards, training scalars (and ``_onset``), from the cached series."""
+def series_figures(q: Any, run_id: int, config: dict[str, Any], last_step: int, normalize: bool,
+                   total: int | None = None) -> dict[str, Any]:
+    """Proxy vs gold, rewards, training scalars (and ``_onset``), from the cached series;
+    ``total`` is the run's planned number of steps (the proxy-vs-gold x-axis spans it)."""
     rev = f"run-{run_id}"
-    keys, _ = run_cache.key_lists(q, run_id)
+    keys, _ = run_cache.key_lists(q, run_id, last_step)
     gold_extra = F.gold_keys(keys, config.get("gold"))
     wanted = [k for k in keys if k.startswith(_SERIES_PREFIXES) or k in
               (M.ZERO_STD_RATIO, M.ADV_ABS_MEAN, F.ALARM_KEY, *SCALAR_KEYS)]
@@ -63,7 +66,7 @@ def series_figures(q: Any, run_id: int, config: dict[str, Any], last_step: int, 
     missing = {M.KL: "not used (kl_beta = 0)"} if config.get("kl_beta") == 0 else {}
     return {
         M.PROXY_GOLD_CHART: F.proxy_gold_figure(series, onset=onset, normalize=normalize, extra_gold=gold_extra,
-                                          uirevision=f"{rev}-pg-{int(normalize)}"),
+                                          uirevision=f"{rev}-pg-{int(normalize)}", x_max=total),
         M.REWARDS_CHART: F.reward_figure(series, uirevision=f"{rev}-rw"),
         M.SCALARS_CHART: F.scalars_figure(series, SCALAR_KEYS, title="KL, learning rate, grad norm, loss",
                                     uirevision=f"{rev}-sc", log_y=("lr",), missing=missing),
@@ -80,7 +83,7 @@ def stat_figures(q: Any, run_id: int, last_step: int) -> dict[str, tuple[tuple[i
     """``{figure: (versions of its statistics, figure)}`` for the per-denoising-step figures;
     each is rebuilt only when one of its matrices was re-read."""
     rev = f"run-{run_id}"
-    _, available = run_cache.key_lists(q, run_id)
+    _, available = run_cache.key_lists(q, run_id, last_step)
     versions, mats = run_cache.stat_matrices(q, run_id, [*HEATMAPS, *CLIP_STATS, M.GRAD_NORM_V], available, last_step)
 
     def make(name: str) -> Any:
@@ -102,13 +105,18 @@ def stat_figures(q: Any, run_id: int, last_step: int) -> dict[str, tuple[tuple[i
     return out
 
 
-def build_figures(run_id: int, *, normalize: bool = False, config: dict[str, Any] | None = None,
+def build_figures(run_id: int, *, normalize: bool = True, config: dict[str, Any] | None = None,
                   last_step: int | None = None, q: Any = None) -> dict[str, Any]:
     """Every figure of the Run page (plus ``_onset``)."""
     q = q or queries()
     last_step = q.max_steps([run_id]).get(run_id, -1) if last_step is None else last_step
     figs = series_figures(q, run_id, config or {}, last_step, normalize)
     return {**figs, **{name: fig for name, (_, fig) in stat_figures(q, run_id, last_step).items()}}
+
+
+def run_label(run: Any) -> str:
+    """The run selector's label of a run."""
+    return f"#{run.id} {run.name}"
 
 
 def header_html(run: Any, summary: Any | None, onset: int | None,
@@ -146,11 +154,24 @@ def _verdict_html(verdict: Any | None) -> str:
             f"alarm ({esc(verdict.method)}): {esc(onset)}: {esc(verdict.note)}</div>")
 
 
+def worker_text(run: Any) -> str:
+    """Where the run ran: host and GPU, or host and "CPU" (a worker without a GPU id)."""
+    if not run.worker_host:
+        return "—"
+    return f"{run.worker_host} · " + (f"GPU {run.worker_gpu}" if run.worker_gpu else "CPU")
+
+
+def controls(status: str) -> tuple[Any, Any, Any]:
+    """Stop, Sample now and Save now: usable only while the run can still act on them."""
+    on = status in ACTIVE_STATUSES
+    return gr.Button(interactive=on), gr.Button(interactive=on), gr.Button(interactive=on)
+
+
 def status_markdown(run: Any) -> str:
     now = datetime.now(UTC)
     hb = f"{fmt_duration((now - run.heartbeat_at).total_seconds())} ago" if run.heartbeat_at else "—"
     rows = [("status", run.status), ("step", f"{run.step} / {run.total} (last stored step {run.last_step})"),
-            ("attempt", run.attempt), ("worker", f"{run.worker_host or '—'} gpu {run.worker_gpu or '—'}"),
+            ("attempt", run.attempt), ("worker", worker_text(run)),
             ("task id", run.task_id or "—"), ("heartbeat", hb), ("created", fmt_time(run.created_at, now=now)),
             ("enqueued", fmt_time(run.enqueued_at, now=now)), ("started", fmt_time(run.started_at, now=now)),
             ("finished", fmt_time(run.finished_at, now=now)), ("parent run", run.parent_id or "—"),
@@ -224,7 +245,8 @@ def poll_cursor(run_id: int | None) -> tuple | None:
 
 def render_run(run_id: int | None, cursor: tuple | None, normalize: bool, shown: Any = None) -> tuple | None:
     """What the Run page redraws when the cursor moved: the figures (FIGURE_NAMES order), header,
-    checkpoints table and files, status, traceback, and the new ``shown`` token. A
+    checkpoints table and files, status, traceback, the Stop / Sample now / Save now buttons
+    (usable only on an active run), and the new ``shown`` token. A
     per-denoising-step figure comes back as ``gr.skip()`` when ``shown`` says this page already
     has that version of it (its matrices were not re-read)."""
     if run_id is None or cursor is None:
@@ -237,7 +259,7 @@ def render_run(run_id: int | None, cursor: tuple | None, normalize: bool, shown:
     last_step = cursor[1]
     key = (run_id, cursor, bool(normalize))
     figs = run_cache.memo(run_id, ("series_figures", key),
-                          lambda: series_figures(q, run_id, run.config, last_step, bool(normalize)))
+                          lambda: series_figures(q, run_id, run.config, last_step, bool(normalize), run.total))
     stats = stat_figures(q, run_id, last_step)
     token = {"run": run_id, **{n: stats[n][0] for n in STAT_FIGURES}}
     same = isinstance(shown, dict) and shown.get("run") == run_id
@@ -251,7 +273,7 @@ def render_run(run_id: int | None, cursor: tuple | None, normalize: bool, shown:
     return (*[figs[n] for n in SERIES_FIGURES], *stat_out,
             header_html(run, _summary(q, run_id), onset, exp, verdict),
             checkpoint_rows(ckpts, best.step if best else None), files or None, status_markdown(run),
-            gr.Code(value=run.traceback or "", visible=bool(run.traceback)), token)
+            gr.Code(value=run.traceback or "", visible=bool(run.traceback)), *controls(run.status), token)
 
 
 # ---- the page ------------------------------------------------------------------------------
@@ -262,7 +284,8 @@ with gr.Blocks(title="Run") as page:
     with gr.Row(equal_height=True):
         run_pick = gr.Dropdown(choices=[], value=None, label="Run", scale=3, elem_id="run-pick")
         live = gr.Checkbox(value=True, label="Live", scale=0, min_width=90, elem_id="run-live")
-        normalize = gr.Checkbox(value=False, label="Relative to step 0", scale=0, min_width=170, elem_id="run-normalize")
+        normalize = gr.Checkbox(value=True, label="Proxy/gold relative to step 0", scale=0, min_width=170,
+                                elem_id="run-normalize")
         b_stop = gr.Button("Stop", variant="stop", scale=0, min_width=100, elem_id="run-stop")
         b_sample = gr.Button("Sample now", scale=0, min_width=120, elem_id="run-sample-now")
         b_save = gr.Button("Save now", scale=0, min_width=110, elem_id="run-save-now")
@@ -324,7 +347,7 @@ with gr.Blocks(title="Run") as page:
         """Deep link ?run=ID (else the newest run): fill the picker and draw in one round trip."""
         q = queries()
         runs = q.list_runs(limit=500)
-        choices = [(f"#{r.id} {r.name} ({r.status})", r.id) for r in runs]
+        choices = [(run_label(r), r.id) for r in runs]  # no status: the live badge beside it says it
         want = parse_int((dict(request.query_params) if request else {}).get("run"))
         if want is None and runs:
             want = runs[0].id
@@ -349,9 +372,10 @@ with gr.Blocks(title="Run") as page:
     # -- rebuild on change --
     def rebuild(rid, cur, norm, shown_token):
         out = render_run(rid, cur, norm, shown_token)
-        return out if out is not None else [gr.skip()] * (len(plot_list) + 6)
+        return out if out is not None else [gr.skip()] * len(rebuild_outputs)
 
-    rebuild_outputs = [*plot_list, header, ckpt_table, ckpt_files, status_md, traceback_code, shown]
+    rebuild_outputs = [*plot_list, header, ckpt_table, ckpt_files, status_md, traceback_code, b_stop, b_sample,
+                       b_save, shown]
     cursor.change(rebuild, [rid_state, cursor, normalize, shown], rebuild_outputs, api_visibility="private",
                   show_progress="hidden", trigger_mode="always_last")
     normalize.change(rebuild, [rid_state, cursor, normalize, shown], rebuild_outputs, api_visibility="private",

@@ -9,8 +9,8 @@ StoreRecorder: 12 scalars per step, 9 denoising steps x 17 statistics per step, 
               figure, the header, logs, checkpoints, status), figures serialised to JSON as
               Gradio does;
 - refresh:    after the "trainer" writes one more step: poll + redraw + JSON, warm caches
-              (most refreshes re-read only the new rows; when a heatmap column is due, up to
-              two per-denoising-step matrices are re-read as well; both kinds are reported).
+              (most refreshes re-read only the new rows; when a heatmap column is due, every
+              per-denoising-step matrix is re-read as well; both kinds are reported).
 
 With ``--browser`` it also serves the app and times, in Debian's Chromium, from navigation to
 the proxy-vs-gold chart being drawn.

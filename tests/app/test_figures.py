@@ -52,13 +52,32 @@ def test_every_figure_handles_missing_data_with_a_no_data_annotation():
         assert "no" in texts, f"an empty figure must say why it is empty: {texts!r}"
 
 
-def test_proxy_gold_figure_puts_gold_on_the_secondary_axis():
-    fig = P(F.proxy_gold_figure(_figure1_series()))
+def test_proxy_gold_figure_defaults_to_one_axis_relative_to_the_base_model_with_raw_values_in_the_hover():
+    steps = [0, 10]
+    fig = P(F.proxy_gold_figure({"eval/proxy": (steps, [0.600, 0.603]), "eval/gold": (steps, [0.500, 0.4985])}))
     names = {t.name: t for t in fig.data}
     assert {"proxy reward", "gold"} <= set(names), "Figure 1 needs both proxy and gold curves"
-    assert names["gold"].yaxis == "y2", "gold must use its own (right) axis"
-    assert fig.layout.yaxis2.overlaying == "y"
+    assert {t.yaxis or "y" for t in fig.data} == {"y"} and "yaxis2" not in fig.to_plotly_json()["layout"], "one shared axis"
+    assert np.allclose(np.asarray(names["proxy reward"].y), [1.0, 1.005])
+    assert np.allclose(np.asarray(names["gold"].y), [1.0, 0.997])
+    assert np.allclose(np.asarray(names["gold"].customdata), [0.5, 0.4985]), "raw values for the hover"
+    assert "customdata" in names["gold"].hovertemplate
+    assert "step 0 = 1.00" in fig.layout.yaxis.title.text
     assert not fig.layout.shapes, "no onset given: no over-optimization marker"
+
+
+def test_proxy_gold_raw_mode_puts_gold_on_the_secondary_axis():
+    fig = P(F.proxy_gold_figure(_figure1_series(), normalize=False))
+    names = {t.name: t for t in fig.data}
+    assert names["gold"].yaxis == "y2", "raw gold must use its own (right) axis"
+    assert fig.layout.yaxis2.overlaying == "y"
+
+
+def test_a_lone_first_eval_point_sits_on_the_runs_step_axis():
+    fig = P(F.proxy_gold_figure({"eval/proxy": ([0], [0.6]), "eval/gold": ([0], [0.5])}, x_max=10))
+    lo, hi = fig.layout.xaxis.range
+    assert lo <= 0 and hi >= 10, "the x-axis spans the run's planned steps, not 0-1"
+    assert fig.layout.xaxis.dtick == 1 and fig.layout.xaxis.tickformat == "d", "whole steps only"
 
 
 def test_over_optimization_onset_marks_the_gold_peak_region():
@@ -96,7 +115,18 @@ def test_normalize_divides_by_the_step0_value():
                                 normalize=True))
     gold = next(t for t in fig.data if t.name == "gold")
     assert np.allclose(np.asarray(gold.y), [1.0, 1.1, 0.8]), "gold must be relative to the base model (step 0)"
-    assert "step-0" in fig.layout.yaxis2.title.text
+    assert "step 0" in fig.layout.yaxis.title.text
+
+
+def test_the_onset_marker_sits_on_the_drawn_gold_curve_in_both_modes():
+    series = _figure1_series()
+    onset = F.over_optimization_onset(series)
+    for normalize in (True, False):
+        fig = P(F.proxy_gold_figure(series, onset=onset, normalize=normalize))
+        gold = next(t for t in fig.data if t.name == "gold")
+        mark = next(t for t in fig.data if t.name == "over-optimization onset")
+        i = list(np.asarray(gold.x)).index(onset)
+        assert math.isclose(mark.y[0], np.asarray(gold.y)[i]) and (mark.yaxis or "y") == (gold.yaxis or "y")
 
 
 def test_gold_keys_lists_individual_evaluators_only():
@@ -252,3 +282,37 @@ def test_fig_json_uses_typed_arrays_plotly_can_read():
     assert np.array_equal(np.asarray(next(t for t in back.data if t.name == "total reward (mean)").x), steps)
     hm = _fig_json(F.stat_heatmap([1, 2, 3], [0, 1], np.ones((3, 2)), stat="r_std"))["data"][0]
     assert hm["z"]["shape"] == "2, 3", "2-D arrays carry their shape"
+
+
+def test_clip_fraction_axis_prints_distinct_percentages_for_small_shares():
+    steps, js = [0], [0, 1, 2]
+    fig = P(F.clip_by_sign_figure(steps, js, {"pos_adv_clipped": [[0.0, 0.001, 0.003]],
+                                             "neg_adv_clipped": [[0.002, 0.0, 0.0]]}))
+    lo, hi = fig.layout.yaxis.range
+    fmt = fig.layout.yaxis.tickformat
+    ticks = [format(t, fmt[1:].replace("%", "") + "%") for t in np.linspace(lo, hi, 5)]
+    assert len(set(ticks)) == 5, f"ticks must be distinct, got {ticks}"
+    assert "last 1 steps" not in fig.layout.title.text + fig.layout.xaxis.title.text
+    assert "the last step" in fig.layout.xaxis.title.text
+    assert len(fig.layout.title.text) <= 40, "a long title runs under the chart toolbar"
+
+
+def test_log_axes_tick_at_powers_of_ten_only():
+    steps, js = list(range(5)), [0, 1, 2]
+    m = [[1e-3, 4e-3, 2e-2]] * 5
+    fig = P(F.grad_norm_figure(steps, js, m))
+    for ax in (fig.layout.yaxis, fig.layout.yaxis2):
+        assert ax.type == "log" and ax.dtick == 1
+        assert ax.range[1] - ax.range[0] >= 1, "at least one decade, so a tick shows"
+    sc = P(F.scalars_figure({"lr": ([0, 1, 2], [1e-4, 1e-4, 1e-4])}, ["lr"], log_y=("lr",)))
+    assert sc.layout.yaxis.dtick == 1 and sc.layout.yaxis.range[1] - sc.layout.yaxis.range[0] >= 1
+
+
+def test_step_axes_tick_whole_steps_while_there_are_few():
+    few = {"reward/total/mean": ([1, 2, 3, 4], [0.1, 0.2, 0.3, 0.4]), "zero_std_ratio": ([1, 2, 3, 4], [0, 0, 0, 0])}
+    fig = P(F.reward_figure(few))
+    assert fig.layout.xaxis.dtick == 1 and fig.layout.xaxis2.dtick == 1
+    heat = P(F.stat_heatmap([1, 2, 3], [0, 1], [[1, 2], [3, 4], [5, 6]], stat="r_std"))
+    assert heat.layout.xaxis.dtick == 1
+    many = {"reward/total/mean": (list(range(100)), [0.1] * 100)}
+    assert P(F.reward_figure(many)).layout.xaxis.dtick is None, "Plotly picks the ticks of a long run"

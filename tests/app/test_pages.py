@@ -3,6 +3,8 @@ SYNTHETIC A/B pair (tests/app/synthetic.py), without a browser."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from app import figures as F
@@ -132,9 +134,11 @@ def test_compare_grid_and_side_by_side_use_artifact_files(ab_store):
     assert 'class="gg-chosen"' in html and "step 30" in html
     root = db.artifacts_root()
     assert all(root in p for p in [queries.artifact_path(s.image_location) for s in samples]), "images stay in the root"
-    side, grid, a_step, b_step = C.images([a, b], 35, prompts[0], 0, a)
+    side, grid, a_step, b_step = C.images([a, b], 35, prompts[0], 0, a, a, b)
     assert side.count("<img") == 2 and side.count("step 30") == 2, "one image per run at the shared step (snapped)"
-    assert a_step == b_step == 35
+    assert a_step == b_step == 30, "the A/B step fields name the step their images show"
+    pair, info, a_step, b_step = C.wipe_panel(a, 35, b, 58, prompts[0], 0)
+    assert (a_step, b_step) == (30, 50) and "step 30" in info and "step 50" in info
     pair, info = C.wipe_images(a, 30, b, 30, prompts[0], 0)
     assert len(pair) == 2 and "step 30" in info
     pair, info = C.wipe_images(a, 0, a, 59, prompts[0], 0)
@@ -175,3 +179,16 @@ def test_stop_is_one_handler_for_the_runs_and_run_pages(ab_store):
 
     assert "nothing to stop" in RU.on_stop(str(ab_store["failed"])) and "is failed" in R.on_stop(ab_store["failed"])
     assert stop_run(ab_store["failed"]) == RU.on_stop(str(ab_store["failed"]))
+
+
+def test_compare_shows_prompts_with_the_right_article_and_full_grid_headers(ab_store):
+    from grpo_guard.store import queries
+
+    assert C.display_prompt("a orange circle on a blue background") == "an orange circle on a blue background"
+    assert C.display_prompt("A emerald cube") == "An emerald cube" and C.display_prompt("a red disc") == "a red disc"
+    a = ab_store["flow"]
+    samples = queries.samples_for(a, seed=0)
+    samples = [dataclasses.replace(s, prompt=s.prompt.replace("a red", "a orange")) for s in samples]
+    prompts = sorted({s.prompt for s in samples})
+    html = C.grid_html(samples, queries.sample_steps(a), prompts, 30, queries.artifact_path)
+    assert "a orange" not in html and 'title="an orange circle on a blue background"' in html
