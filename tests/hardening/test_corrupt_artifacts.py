@@ -89,7 +89,7 @@ def test_pages_degrade_with_a_message_for_broken_and_missing_images(store):
     assert "not a PNG" in html and "image file missing" in html
     assert html.count("<img") == len(steps) * len(prompts) - 2
     for step, prompt, needle in ((10, by_step[10][0].prompt, "not a PNG"), (20, by_step[20][0].prompt, "missing")):
-        side, grid, _, _ = C.images([rid], step, prompt, 0, rid)
+        side, grid, _, _ = C.images([rid], step, prompt, 0, rid, rid, rid)
         assert needle in side and "<img" not in side
         pair, info = C.wipe_images(rid, step, rid, 0, prompt, 0)
         assert pair is None and needle in info
