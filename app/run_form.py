@@ -22,11 +22,15 @@ from grpo_guard.config import ConfigError, RunConfig
 from grpo_guard.pairing import ab_configs
 from grpo_guard.validation import validate_run_config
 
+# app/presets/*.yaml are git symlinks to examples/*.yaml, so a preset is its example by construction;
+# `pip install .` copies the files they point to into the wheel (the Dockerfiles copy examples/ first).
 PRESET_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "presets")
 PRESETS: dict[str, str] = {
     "toy Flow-GRPO": "toy_flow_grpo.yaml",
     "toy GRPO-Guard": "toy_grpo_guard.yaml",
     "SD3.5-M GRPO-Guard": "sd35m_grpo_guard.yaml",
+    "SD3.5-M GenEval GRPO-Guard": "sd35m_geneval_grpo_guard.yaml",
+    "SD3.5-M PickScore GRPO-Guard": "sd35m_pickscore_grpo_guard.yaml",
     "FLUX.1-dev DanceGRPO-Guard": "flux_dance_grpo_guard.yaml",
 }
 AUTO = "auto"
@@ -221,6 +225,7 @@ def ab_form_configs(data: dict[str, Any]) -> tuple[list[tuple[str, RunConfig]], 
 
 
 def load_preset(label: str) -> dict[str, Any]:
+    """The preset's mapping, read from its file (the example of the same name)."""
     with open(os.path.join(PRESET_DIR, PRESETS[label]), encoding="utf-8") as fh:
         return yaml.safe_load(fh) or {}
 

@@ -116,13 +116,14 @@ def test_uploaded_yaml_fills_the_form_and_reports_problems(tmp_path):
     assert values is not None and "group_size" in errors, "a bad value is loaded and marked, not refused"
 
 
-def test_big_model_presets_match_the_example_configs():
-    """app/presets ships copies of examples/ (the Docker image has no examples/); they must agree."""
+@pytest.mark.parametrize("label", list(N.PRESETS))
+def test_every_preset_is_exactly_its_example(label):
+    """One source of truth: a preset's file is the example of the same name, byte for byte."""
     import os
 
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    for label, example in (("SD3.5-M GRPO-Guard", "sd35m_grpo_guard.yaml"),
-                           ("FLUX.1-dev DanceGRPO-Guard", "flux_dance_grpo_guard.yaml")):
-        path = os.path.join(root, "examples", example)
-        if os.path.exists(path):
-            assert RunConfig.from_dict(N.load_preset(label)) == RunConfig.from_file(path), f"{label} drifted from {path}"
+    preset = os.path.join(N.PRESET_DIR, N.PRESETS[label])
+    example = os.path.join(root, "examples", N.PRESETS[label])
+    with open(preset, "rb") as a, open(example, "rb") as b:
+        assert a.read() == b.read(), f"preset {label} differs from examples/{N.PRESETS[label]}"
+    assert RunConfig.from_dict(N.load_preset(label)) == RunConfig.from_file(example)
