@@ -138,7 +138,7 @@ with gr.Blocks(title="New run") as page:
             return [gr.update() for _ in FIELDS]
         return _fill(load_preset(label))
 
-    preset.input(on_preset, preset, widgets, api_visibility="private")
+    preset_filled = preset.input(on_preset, preset, widgets, api_visibility="private")
 
     def on_upload(path: str | None):
         if not path:
@@ -208,12 +208,18 @@ with gr.Blocks(title="New run") as page:
                 out.append(gr.Dropdown(choices=[(text, AUTO), *[(c, c) for c in (f.choices or ("true", "false"))]]))
         return out
 
+    def on_ab_info(*values):
+        return gr.Checkbox(info=ab_info(list(values)))
+
     auto_widgets = [by_name[f.name] for f in FIELDS if f.auto]
     for src in (by_name["algorithm"], by_name["backbone"]):
         src.change(on_hints, [by_name["algorithm"], by_name["backbone"]], auto_widgets, api_visibility="private",
                    show_progress="hidden", trigger_mode="always_last")
-        src.change(lambda *values: gr.Checkbox(info=ab_info(list(values))), widgets, ab, api_visibility="private",
-                   show_progress="hidden", trigger_mode="always_last")
+        src.change(on_ab_info, widgets, ab, api_visibility="private", show_progress="hidden",
+                   trigger_mode="always_last")
+    # a preset may set a field the arms would otherwise differ in (learning_rate, kl_beta) without
+    # changing the algorithm, so the list is redrawn after it too
+    preset_filled.then(on_ab_info, widgets, ab, api_visibility="private", show_progress="hidden")
 
     def on_load(request: gr.Request):
         params = dict(request.query_params) if request else {}
