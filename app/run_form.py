@@ -12,6 +12,7 @@ import math
 import os
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -19,14 +20,18 @@ import yaml
 
 from grpo_guard import safe_yaml
 from grpo_guard.config import ConfigError, RunConfig
-from grpo_guard.pairing import ab_configs
+from grpo_guard.pairing import ab_configs, arm_differences
 from grpo_guard.validation import validate_run_config
 
+# app/presets/*.yaml are git symlinks to examples/*.yaml, so a preset is its example by construction;
+# `pip install .` copies the files they point to into the wheel (the Dockerfiles copy examples/ first).
 PRESET_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "presets")
 PRESETS: dict[str, str] = {
     "toy Flow-GRPO": "toy_flow_grpo.yaml",
     "toy GRPO-Guard": "toy_grpo_guard.yaml",
     "SD3.5-M GRPO-Guard": "sd35m_grpo_guard.yaml",
+    "SD3.5-M GenEval GRPO-Guard": "sd35m_geneval_grpo_guard.yaml",
+    "SD3.5-M PickScore GRPO-Guard": "sd35m_pickscore_grpo_guard.yaml",
     "FLUX.1-dev DanceGRPO-Guard": "flux_dance_grpo_guard.yaml",
 }
 AUTO = "auto"
@@ -203,12 +208,20 @@ def validate(values: list[Any]) -> tuple[RunConfig | None, dict[str, Any], dict[
     way in (grpo_guard.validation); local paths are judged by their text here, because the
     app need not see the workers' files (docker-compose.yml)."""
     data, errors = collect(values)
-    if errors:
-        return None, data, errors
-    try:
-        return validate_run_config(data, check_paths=False), data, {}
-    except ConfigError as e:
-        return None, data, errors_by_field(e)
+    # Every error at once: the schema and the submit checks run on the fields that parsed, and again
+    # without each field they reject (it takes its default), so a later stage's errors are not
+    # hidden behind an earlier one's. A field keeps its first error; three rounds cover the stages.
+    for _ in range(3):
+        try:
+            cfg = validate_run_config({k: v for k, v in data.items() if k not in errors}, check_paths=False)
+        except ConfigError as e:
+            new = {k: m for k, m in errors_by_field(e).items() if k not in errors}
+            errors.update(new)
+            if not any(k in data for k in new):
+                break
+        else:
+            return (cfg, data, {}) if not errors else (None, data, errors)
+    return None, data, errors
 
 
 def ab_form_configs(data: dict[str, Any]) -> tuple[list[tuple[str, RunConfig]], dict[str, str]]:
@@ -220,7 +233,34 @@ def ab_form_configs(data: dict[str, Any]) -> tuple[list[tuple[str, RunConfig]], 
         return [], {field_of(key): msg for key, msg in e.errors}
 
 
+def ab_info(values: list[Any]) -> str:
+    """The A/B box's explanation for these form values: the arms share every field the user set
+    and differ in their algorithms' own defaults, listed (``grpo_guard.pairing.arm_differences``)."""
+    data, _ = collect(values)
+    configs, errors = ab_form_configs(data)
+    if errors or len(configs) != 2:
+        return "The two arms differ in each algorithm's own defaults; fix the form's errors to see which fields."
+    (name_a, a), (name_b, b) = configs
+    diffs = {k: v for k, v in arm_differences(a, b).items() if k != "algorithm"}
+    listed = "; ".join(f"{k} {_brief(va)} vs {_brief(vb)}" for k, (va, vb) in diffs.items())
+    return (f"{name_a} vs {name_b}, same seeds and every field you set; they differ in {len(diffs)} "
+            f"field{'s' if len(diffs) != 1 else ''}, each algorithm's own defaults: {listed}.")
+
+
+def _brief(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def after_submit_url(ids: Sequence[int]) -> str:
+    """Where the browser goes once runs are enqueued: the run's page, or a pair's Compare page."""
+    ids = [int(i) for i in ids]
+    if len(ids) == 1:
+        return f"run?run={ids[0]}"
+    return "compare?runs=" + ",".join(map(str, ids)) if ids else ""
+
+
 def load_preset(label: str) -> dict[str, Any]:
+    """The preset's mapping, read from its file (the example of the same name)."""
     with open(os.path.join(PRESET_DIR, PRESETS[label]), encoding="utf-8") as fh:
         return yaml.safe_load(fh) or {}
 

@@ -17,6 +17,8 @@ COPY pyproject.toml README.md ./
 COPY grpo_guard ./grpo_guard
 COPY worker ./worker
 COPY app ./app
+# app/presets/*.yaml are symlinks into examples/; the wheel copies their targets
+COPY examples ./examples
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
 # ---- runtime base: dependencies of core + `ui`, a non-root user, writable volume roots ------

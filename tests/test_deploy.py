@@ -475,3 +475,16 @@ def test_the_wheel_the_images_install_carries_every_data_file():
     if missing and set(missing) <= known:
         pytest.xfail(message)
     assert not missing, message
+
+
+@pytest.mark.parametrize("kind", sorted(DOCKERFILES))
+def test_the_image_build_sees_the_examples_the_presets_link_to(kind):
+    """app/presets/*.yaml are symlinks into examples/: the build context must hold examples/ and the
+    wheel stage must copy it before `pip wheel`, or the presets ship as dangling links."""
+    assert all((REPO / "app" / "presets" / p.name).resolve().parent == REPO / "examples"
+               for p in (REPO / "app" / "presets").glob("*.yaml") if p.is_symlink())
+    assert "!examples" in (REPO / ".dockerignore").read_text().split()
+    steps = [(ins, args) for ins, args in _instructions(DOCKERFILES[kind])]
+    copy_at = next(i for i, (ins, args) in enumerate(steps) if ins == "COPY" and args.split()[:1] == ["examples"])
+    wheel_at = next(i for i, (ins, args) in enumerate(steps) if ins == "RUN" and "pip wheel" in args)
+    assert copy_at < wheel_at, f"{kind}: examples/ is copied after the wheel is built"

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from grpo_guard.config import parse_overrides
+from grpo_guard.store.cli import data_dir_option
 
 if TYPE_CHECKING:
     from worker.submit import Submitted
@@ -87,6 +88,7 @@ def spawn_worker(gpu: str | None = None, *, queue: str | None = None, loglevel: 
 
 
 @click.command("worker")
+@data_dir_option()
 @click.option("--gpus", default=None, metavar="0,1",
               help="GPU indices; one worker process per GPU. Join GPUs with + for one worker owning several "
                    "(runs with num_gpus > 1): --gpus 0+1,2+3. Omit for one worker on the default device.")
@@ -161,6 +163,7 @@ def _finish_wait(run_ids: Sequence[int], timeout: float | None) -> None:
 
 
 @click.command("submit")
+@data_dir_option()
 @click.argument("config_path", metavar="CONFIG.yaml", type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config field (repeatable).")
 @click.option("--epochs", type=int, default=None, help="Shorthand for --set epochs=N.")
@@ -217,6 +220,7 @@ def runs_group() -> None:
 
 
 @runs_group.command("list")
+@data_dir_option(must_exist=True)
 @click.option("--status", multiple=True, help="Only runs with this status (repeatable).")
 @click.option("--tag", default=None, help="Only runs with this tag.")
 @click.option("--text", default=None, help="Text in the name, notes, algorithm or backbone.")
@@ -243,6 +247,7 @@ def runs_list(status: tuple[str, ...], tag: str | None, text: str | None, limit:
 
 
 @runs_group.command("show")
+@data_dir_option(must_exist=True)
 @click.argument("run_id", type=int)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (every column, the config included).")
 @_store_errors
@@ -284,6 +289,7 @@ def runs_show(run_id: int, as_json: bool) -> None:
 
 
 @runs_group.command("stop")
+@data_dir_option(must_exist=True)
 @click.argument("run_id", type=int)
 @click.option("--json", "as_json", is_flag=True)
 @_store_errors
@@ -299,6 +305,7 @@ def runs_stop(run_id: int, as_json: bool) -> None:
 
 
 @runs_group.command("resume")
+@data_dir_option(must_exist=True)
 @click.argument("run_id", type=int)
 @click.option("--wait", is_flag=True, help="Wait for the run to end; exit non-zero unless it succeeded.")
 @click.option("--timeout", type=float, default=None)
@@ -320,6 +327,7 @@ def runs_resume(run_id: int, wait: bool, timeout: float | None, as_json: bool) -
 
 
 @runs_group.command("clone")
+@data_dir_option(must_exist=True)
 @click.argument("run_id", type=int)
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Change a config field (repeatable).")
 @click.option("--epochs", type=int, default=None, help="Shorthand for --set epochs=N.")
@@ -346,6 +354,7 @@ def runs_clone(run_id: int, overrides: Sequence[str], epochs: int | None, wait: 
 
 @runs_group.command("best")
 @click.argument("run_id", type=int)
+@data_dir_option(must_exist=True)
 @_store_errors
 def runs_best(run_id: int) -> None:
     """Print the path of the run's best-gold checkpoint."""
@@ -359,6 +368,7 @@ def runs_best(run_id: int) -> None:
 
 
 @runs_group.command("sweep")
+@data_dir_option(must_exist=True)
 @click.option("--json", "as_json", is_flag=True)
 @_store_errors
 def runs_sweep(as_json: bool) -> None:
@@ -376,6 +386,7 @@ def runs_sweep(as_json: bool) -> None:
 
 
 @runs_group.command("logs")
+@data_dir_option(must_exist=True)
 @click.argument("run_id", type=int)
 @click.option("--tail", type=int, default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
@@ -394,6 +405,7 @@ def runs_logs(run_id: int, tail: int, as_json: bool) -> None:
 
 
 @runs_group.command("delete")
+@data_dir_option(must_exist=True)
 @click.argument("run_id", type=int)
 @click.option("--yes", is_flag=True, help="Do not ask.")
 @_store_errors

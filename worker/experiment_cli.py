@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from grpo_guard.store.cli import data_dir_option
 from worker.cli import _dump, _finish_wait, _fmt, _store_errors, _warn
 
 
@@ -53,6 +54,7 @@ def experiment_group() -> None:
 @click.option("--wait", is_flag=True, help="Wait for every run to end; exit non-zero unless all succeeded.")
 @click.option("--timeout", type=float, default=None, help="With --wait: give up after this many seconds.")
 @click.option("--json", "as_json", is_flag=True)
+@data_dir_option()
 @_store_errors
 def experiment_submit(path: str, overrides: tuple[str, ...], seeds: list[int] | None, name: str | None,
                       wait: bool, timeout: float | None, as_json: bool) -> None:
@@ -83,6 +85,7 @@ def experiment_submit(path: str, overrides: tuple[str, ...], seeds: list[int] | 
 @experiment_group.command("list")
 @click.option("--limit", type=int, default=200, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
+@data_dir_option(must_exist=True)
 @_store_errors
 def experiment_list(limit: int, as_json: bool) -> None:
     """Experiments, newest first, with the progress across their runs."""
@@ -100,6 +103,7 @@ def experiment_list(limit: int, as_json: bool) -> None:
 @experiment_group.command("show")
 @click.argument("experiment_id", type=int)
 @click.option("--json", "as_json", is_flag=True)
+@data_dir_option(must_exist=True)
 @_store_errors
 def experiment_show(experiment_id: int, as_json: bool) -> None:
     """An experiment: its arms, seeds and every run with its status and latest eval."""
@@ -124,6 +128,7 @@ def experiment_show(experiment_id: int, as_json: bool) -> None:
 @experiment_group.command("stop")
 @click.argument("experiment_id", type=int)
 @click.option("--json", "as_json", is_flag=True)
+@data_dir_option(must_exist=True)
 @_store_errors
 def experiment_stop(experiment_id: int, as_json: bool) -> None:
     """Stop every run of the experiment (queued ones are cancelled, running ones checkpoint and end)."""
@@ -140,6 +145,7 @@ def experiment_stop(experiment_id: int, as_json: bool) -> None:
 @experiment_group.command("resume")
 @click.argument("experiment_id", type=int)
 @click.option("--json", "as_json", is_flag=True)
+@data_dir_option(must_exist=True)
 @_store_errors
 def experiment_resume(experiment_id: int, as_json: bool) -> None:
     """Queue every failed or cancelled run of the experiment again (each from its last checkpoint)."""
@@ -157,6 +163,7 @@ def experiment_resume(experiment_id: int, as_json: bool) -> None:
 @experiment_group.command("report")
 @click.argument("experiment_id", type=int)
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Directory for the report.")
+@data_dir_option(must_exist=True)
 @_store_errors
 def experiment_report(experiment_id: int, out: str) -> None:
     """Write table.md (markdown), figure.png and stats.json for the experiment into --out."""

@@ -17,6 +17,8 @@ from app.run_form import (
     PRESETS,
     FormField,
     ab_form_configs,
+    ab_info,
+    after_submit_url,
     config_yaml,
     derived_hints,
     form_values,
@@ -120,8 +122,8 @@ with gr.Blocks(title="New run") as page:
     with gr.Row():
         run_name = gr.Textbox(label="Run name", placeholder="optional: <algorithm>-<backbone>-<id>", scale=2, elem_id="run-name")
         run_tags = gr.Textbox(label="Tags", placeholder="comma-separated", scale=2, elem_id="run-tags")
-        ab = gr.Checkbox(label="A/B: enqueue Flow-GRPO and GRPO-Guard with the same config and seeds, linked as a pair",
-                         value=False, scale=3, elem_id="ab")
+        ab = gr.Checkbox(label="A/B: enqueue the algorithm and its pair (Flow-GRPO / GRPO-Guard) as a linked pair",
+                         info=ab_info([to_form_value(f, f.default) for f in FIELDS]), value=False, scale=3, elem_id="ab")
     run_notes = gr.Textbox(label="Notes", lines=1, placeholder="optional", elem_id="run-notes")
     with gr.Accordion("Run as experiment: arms × seeds (+ matched no-signal controls)", open=False,
                       elem_id="sec-experiment"):
@@ -158,6 +160,7 @@ with gr.Blocks(title="New run") as page:
     assert [w.elem_id for w in widgets] == [f"f-{f.name}" for f in FIELDS], "widgets must follow FIELDS order"
 
     banner = gr.HTML("", elem_id="submit-result")
+    goto = gr.Textbox(visible=False, elem_id="submit-goto")  # where the browser goes after an enqueue
     with gr.Row():
         submit = gr.Button("Validate & enqueue", variant="primary", elem_id="submit-run", scale=3)
         check = gr.Button("Validate only", elem_id="validate-run", scale=1)
@@ -171,7 +174,7 @@ with gr.Blocks(title="New run") as page:
             return [gr.update() for _ in FIELDS]
         return _fill(load_preset(label))
 
-    preset.input(on_preset, preset, widgets, api_visibility="private")
+    preset_filled = preset.input(on_preset, preset, widgets, api_visibility="private")
 
     def on_upload(path: str | None):
         if not path:
@@ -214,16 +217,19 @@ with gr.Blocks(title="New run") as page:
         elif cfg is not None:
             configs = [(cfg.algorithm, cfg)]
         if errors:
-            return _errors_html(errors), *_error_updates(errors)
+            return _errors_html(errors), "", *_error_updates(errors)
         try:
             send = submit_pair if pair else submit_runs  # an A/B pair is a 2-arm, 1-seed experiment
             done = send(configs, name=name or "", tags=split_tags(tags), notes=notes or "", parent_id=parent)
         except (ValueError, LookupError) as e:
-            return _errors_html({"": str(e)}), *_error_updates({})
-        return _result_html(list(done.ids), list(done.warnings)), *_error_updates({})
+            return _errors_html({"": str(e)}), "", *_error_updates({})
+        # a warning (broker down: queued, not sent) is worth reading here before leaving the page
+        url = "" if done.warnings else after_submit_url(list(done.ids))
+        return _result_html(list(done.ids), list(done.warnings)), url, *_error_updates({})
 
-    submit.click(on_submit, [run_name, run_tags, run_notes, ab, parent_state, *widgets], [banner, *errors_md, *sections],
-                 api_name="submit_run", concurrency_limit=2)
+    submit.click(on_submit, [run_name, run_tags, run_notes, ab, parent_state, *widgets],
+                 [banner, goto, *errors_md, *sections], api_name="submit_run", concurrency_limit=2).then(
+        None, goto, None, js="(url) => { if (url) window.location.assign(url); }")
 
     def on_submit_experiment(name: str, tags: str, notes: str, arms: str, seeds: str, controls: bool, *values):
         cfg, data, errors = validate(list(values))
@@ -248,10 +254,18 @@ with gr.Blocks(title="New run") as page:
                 out.append(gr.Dropdown(choices=[(text, AUTO), *[(c, c) for c in (f.choices or ("true", "false"))]]))
         return out
 
+    def on_ab_info(*values):
+        return gr.Checkbox(info=ab_info(list(values)))
+
     auto_widgets = [by_name[f.name] for f in FIELDS if f.auto]
     for src in (by_name["algorithm"], by_name["backbone"]):
         src.change(on_hints, [by_name["algorithm"], by_name["backbone"]], auto_widgets, api_visibility="private",
                    show_progress="hidden", trigger_mode="always_last")
+        src.change(on_ab_info, widgets, ab, api_visibility="private", show_progress="hidden",
+                   trigger_mode="always_last")
+    # a preset may set a field the arms would otherwise differ in (learning_rate, kl_beta) without
+    # changing the algorithm, so the list is redrawn after it too
+    preset_filled.then(on_ab_info, widgets, ab, api_visibility="private", show_progress="hidden")
 
     def on_load(request: gr.Request):
         params = dict(request.query_params) if request else {}

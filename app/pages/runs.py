@@ -21,10 +21,13 @@ from app.common import (
     status_badge,
     stop_run,
 )
-from worker.submit import resume
+from app.run_form import ab_form_configs, after_submit_url, load_preset
+from grpo_guard.config import ConfigError
+from worker.submit import resume, submit_runs
 
 HEADERS = ["id", "name", "algorithm", "backbone", "status", "progress", "proxy", "gold", "tags", "created"]
 DATATYPES = ["number", "html", "str", "str", "html", "html", "str", "str", "str", "str"]
+TOY_PRESET = "toy GRPO-Guard"
 SORTS = {"created": "created_at", "name": "name", "status": "status", "step": "step", "latest proxy": "latest_proxy",
          "latest gold": "latest_gold", "algorithm": "algorithm", "id": "id"}
 
@@ -66,6 +69,36 @@ def render(statuses, tag, text, sort, descending) -> tuple[list[list[Any]], tupl
     return table_rows(runs, onsets), signature(runs), all_tags(runs)
 
 
+def empty_note(n_rows: int, statuses: list[str] | None, tag: str | None, text: str | None) -> str:
+    """What stands in for the table when it has no rows ('' when it has some): with filters set,
+    that nothing matches them; on an empty store, what to do first."""
+    if n_rows:
+        return ""
+    if statuses or tag or text:
+        return '<div class="gg-muted" id="runs-none-match">No run matches these filters.</div>'
+    return ('<div class="gg-empty" id="runs-empty-note"><b>No runs yet.</b> Start the toy A/B pair below: '
+            "Flow-GRPO and GRPO-Guard on the shipped 32-pixel toy model (examples/toy_grpo_guard.yaml), trained "
+            "side by side by this server's workers; their first points appear on the Compare page within about "
+            "a minute. Or set up your own run with <b>+ New run</b>.</div>")
+
+
+def start_toy_pair() -> tuple[str, str]:
+    """Enqueue the "toy GRPO-Guard" preset as an A/B pair, as the New-run page's A/B box does:
+    (message HTML, the page to go to: the pair's Compare page, or '' to stay and read a problem)."""
+    configs, errors = ab_form_configs(load_preset(TOY_PRESET))
+    if errors:
+        return f'<div class="gg-error">The toy preset is not valid here: {esc("; ".join(errors.values()))}</div>', ""
+    try:
+        done = submit_runs(configs, name="toy A/B", tags=["toy"])
+    except (ConfigError, ValueError, LookupError) as e:
+        return f'<div class="gg-error">Nothing was enqueued: {esc(e)}</div>', ""
+    ids = list(done.ids)
+    msg = f'<div class="gg-ok">Queued the toy A/B pair: runs {" and ".join(f"#{i}" for i in ids)}.</div>'
+    if done.warnings:  # queued but not sent: stay here so the warning is read
+        return msg + "".join(f'<div class="gg-warn">{esc(w)}</div>' for w in done.warnings), ""
+    return msg, after_submit_url(ids)
+
+
 def _selected_html(run: Any | None) -> str:
     if run is None:
         return '<div class="gg-muted">Click a row to select a run.</div>'
@@ -91,49 +124,59 @@ with gr.Blocks(title="Runs") as page:
         f_sort = gr.Dropdown(choices=list(SORTS), value="created", label="Sort by", scale=1, elem_id="sort-by")
         f_desc = gr.Checkbox(value=True, label="Descending", scale=0, min_width=120)
         live = gr.Checkbox(value=True, label="Live", scale=0, min_width=90, elem_id="runs-live")
+    with gr.Column(visible=False, elem_id="runs-empty") as empty_box:
+        empty_html = gr.HTML("")
+        b_toy = gr.Button("▶ Start the toy A/B pair", variant="primary", scale=0, min_width=240, elem_id="start-toy-pair")
+    goto = gr.Textbox(visible=False, elem_id="runs-goto")
     table = gr.Dataframe(headers=HEADERS, datatype=DATATYPES, value=[], interactive=False, wrap=True,
                          elem_id="runs-table", max_height=560, column_widths=["5%", "22%", "10%", "7%", "11%", "17%",
                                                                               "7%", "7%", "7%", "7%"])
-    with gr.Group(elem_id="run-actions"):
+    # a Column, not a Group: in a Group the buttons lose their borders and gaps and read as table cells
+    with gr.Column(elem_id="run-actions"):
         with gr.Row(equal_height=True):
             selected = gr.Textbox(label="Selected run", value="", placeholder="click a row", scale=0, min_width=140,
                                   elem_id="selected-run")
             selected_info = gr.HTML(_selected_html(None), elem_id="selected-info")
-        with gr.Row():
-            b_open = gr.Button("Open", size="sm", elem_id="act-open")
-            b_stop = gr.Button("Stop", size="sm", variant="stop", elem_id="act-stop")
-            b_resume = gr.Button("Resume", size="sm", elem_id="act-resume")
-            b_clone = gr.Button("Clone…", size="sm", elem_id="act-clone")
-            b_compare = gr.Button("Compare with pair", size="sm", elem_id="act-compare")
-            b_delete = gr.Button("Delete…", size="sm", variant="stop", elem_id="act-delete")
-        with gr.Row(visible=False, elem_id="confirm-delete") as confirm_row:
-            confirm_text = gr.Markdown("")
-            b_confirm = gr.Button("Yes, delete it and its artifacts", variant="stop", size="sm", elem_id="act-delete-confirm")
-            b_cancel = gr.Button("Cancel", size="sm", elem_id="act-delete-cancel")
-        with gr.Row():
-            e_tags = gr.Textbox(label="Tags", placeholder="comma-separated", scale=1, elem_id="edit-tags")
-            e_notes = gr.Textbox(label="Notes", lines=2, scale=2, elem_id="edit-notes")
-            b_save = gr.Button("Save tags & notes", size="sm", scale=0, min_width=160, elem_id="act-save-meta")
+        with gr.Column(visible=False, elem_id="run-actions-body") as actions_body:  # shown once a run is selected
+            with gr.Row(elem_id="run-action-buttons"):
+                b_open = gr.Button("Open", size="sm", scale=0, min_width=90, elem_id="act-open")
+                b_stop = gr.Button("Stop", size="sm", variant="stop", scale=0, min_width=90, elem_id="act-stop")
+                b_resume = gr.Button("Resume", size="sm", scale=0, min_width=90, elem_id="act-resume")
+                b_clone = gr.Button("Clone…", size="sm", scale=0, min_width=90, elem_id="act-clone")
+                b_compare = gr.Button("Compare with pair", size="sm", scale=0, min_width=150, elem_id="act-compare")
+                b_delete = gr.Button("Delete…", size="sm", variant="stop", scale=0, min_width=90, elem_id="act-delete")
+            with gr.Row(visible=False, elem_id="confirm-delete") as confirm_row:
+                confirm_text = gr.Markdown("")
+                b_confirm = gr.Button("Yes, delete it and its artifacts", variant="stop", size="sm",
+                                      elem_id="act-delete-confirm")
+                b_cancel = gr.Button("Cancel", size="sm", elem_id="act-delete-cancel")
+            with gr.Row():
+                e_tags = gr.Textbox(label="Tags", placeholder="comma-separated", scale=1, elem_id="edit-tags")
+                e_notes = gr.Textbox(label="Notes", lines=2, scale=2, elem_id="edit-notes")
+                b_save = gr.Button("Save tags & notes", size="sm", scale=0, min_width=160, elem_id="act-save-meta")
         message = gr.HTML("", elem_id="runs-message")
     timer = gr.Timer(2.0)
     filters = [f_status, f_tag, f_text, f_sort, f_desc]
 
     # -- table --
-    def refresh(statuses, tag, text, sort, descending, sig):
-        rows, new_sig, tags = render(statuses, tag, text, sort, descending)
-        if new_sig == sig:
-            return gr.skip(), sig, gr.skip()
-        return rows, new_sig, gr.Dropdown(choices=tags)
-
     def redraw(statuses, tag, text, sort, descending):
         rows, new_sig, tags = render(statuses, tag, text, sort, descending)
-        return rows, new_sig, gr.Dropdown(choices=tags)
+        note = empty_note(len(rows), statuses, tag, text)
+        return (gr.Dataframe(value=rows, visible=bool(rows)), new_sig, gr.Dropdown(choices=tags),
+                gr.Column(visible=bool(note)), note, gr.Button(visible=bool(note) and not (statuses or tag or text)))
 
-    page.load(redraw, filters, [table, sig_state, f_tag], api_visibility="private")
+    def refresh(statuses, tag, text, sort, descending, sig):
+        out = redraw(statuses, tag, text, sort, descending)
+        if out[1] == sig:
+            return (gr.skip(), sig, *[gr.skip()] * 4)
+        return out
+
+    table_outputs = [table, sig_state, f_tag, empty_box, empty_html, b_toy]
+    page.load(redraw, filters, table_outputs, api_visibility="private")
     for comp in filters:
-        comp.change(redraw, filters, [table, sig_state, f_tag], api_visibility="private", show_progress="hidden",
+        comp.change(redraw, filters, table_outputs, api_visibility="private", show_progress="hidden",
                     trigger_mode="always_last")
-    timer.tick(refresh, [*filters, sig_state], [table, sig_state, f_tag], api_visibility="private",
+    timer.tick(refresh, [*filters, sig_state], table_outputs, api_visibility="private",
                show_progress="hidden", concurrency_limit=None, trigger_mode="always_last")
     live.change(lambda on: gr.Timer(active=bool(on)), live, timer, api_visibility="private")
 
@@ -147,14 +190,15 @@ with gr.Blocks(title="Runs") as page:
     def on_selected(rid):
         rid = parse_int(rid)
         if rid is None:
-            return _selected_html(None), "", "", gr.Row(visible=False)
+            return _selected_html(None), "", "", gr.Row(visible=False), gr.Column(visible=False)
         try:
             run = queries().get_run(rid)
         except LookupError:
-            return f'<div class="gg-error">No run #{rid}.</div>', "", "", gr.Row(visible=False)
-        return _selected_html(run), ", ".join(run.tags), run.notes, gr.Row(visible=False)
+            return f'<div class="gg-error">No run #{rid}.</div>', "", "", gr.Row(visible=False), gr.Column(visible=False)
+        return _selected_html(run), ", ".join(run.tags), run.notes, gr.Row(visible=False), gr.Column(visible=True)
 
-    selected.change(on_selected, selected, [selected_info, e_tags, e_notes, confirm_row], api_visibility="private")
+    selected.change(on_selected, selected, [selected_info, e_tags, e_notes, confirm_row, actions_body],
+                    api_visibility="private")
 
     def _need(rid) -> int:
         rid = parse_int(rid)
@@ -166,7 +210,7 @@ with gr.Blocks(title="Runs") as page:
     def on_stop(rid):
         return stop_run(_need(rid))
 
-    redraw_args = dict(fn=redraw, inputs=filters, outputs=[table, sig_state, f_tag], api_visibility="private",
+    redraw_args = dict(fn=redraw, inputs=filters, outputs=table_outputs, api_visibility="private",
                        show_progress="hidden")
     b_stop.click(on_stop, selected, message, api_name="stop_run").then(**redraw_args)
 
@@ -231,3 +275,6 @@ with gr.Blocks(title="Runs") as page:
         return f'<div class="gg-ok">Saved tags ({esc(", ".join(saved)) or "none"}) and notes of run #{rid}.</div>'
 
     b_save.click(on_save, [selected, e_tags, e_notes], message, api_name="save_run_meta").then(**redraw_args)
+
+    b_toy.click(start_toy_pair, None, [message, goto], api_name="start_toy_pair").then(**redraw_args).then(
+        None, goto, None, js="(url) => { if (url) window.location.assign(url); }")

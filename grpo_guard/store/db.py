@@ -65,6 +65,19 @@ def database_url() -> str:
     return "sqlite:///" + os.path.join(data_dir(), "grpo-guard.db")
 
 
+def missing_store() -> str | None:
+    """One sentence saying where the store was looked for, when there is none to read: no
+    GG_DATABASE_URL and no SQLite file in GG_DATA_DIR. None when there is a store (a database URL
+    is taken on trust: the connection reports its own errors)."""
+    if os.environ.get("GG_DATABASE_URL", "").strip():
+        return None
+    path = os.path.join(data_dir(), "grpo-guard.db")
+    if os.path.exists(path):
+        return None
+    return (f"no store found: {path} does not exist and GG_DATABASE_URL is not set "
+            "(pass --data-dir with the server's data directory, or set GG_DATA_DIR or GG_DATABASE_URL)")
+
+
 def artifacts_root() -> str:
     """GG_ARTIFACTS, or ``artifacts/`` in GG_DATA_DIR. Not created here."""
     return os.path.abspath(os.environ.get("GG_ARTIFACTS") or os.path.join(data_dir(), "artifacts"))

@@ -52,7 +52,7 @@ def test_a_stored_config_round_trips_with_derived_fields_left_auto():
     assert cfg2.ratio_norm and cfg2.learning_rate == 1e-4 and cfg2.clip_range == 5e-4
 
 
-def test_errors_are_reported_next_to_their_field():
+def test_every_error_is_reported_at_once_next_to_its_field():
     values = N.form_values()
     values[N.FIELD_NAMES.index("group_size")] = 1
     values[N.FIELD_NAMES.index("rewards")] = "{toy_fg_share: -1}"
@@ -60,19 +60,36 @@ def test_errors_are_reported_next_to_their_field():
     values[N.FIELD_NAMES.index("clip_range")] = "abc"
     cfg, _, errors = N.validate(values)
     assert cfg is None
-    assert set(errors) == {"eval_seeds", "clip_range"}, "widget-level errors (YAML, number) come first"
+    # widget-level (YAML, number), schema and cross-field errors together, not one stage at a time
+    assert set(errors) == {"eval_seeds", "clip_range", "group_size", "rewards"}, errors
     assert "YAML" in errors["eval_seeds"] and "not a number" in errors["clip_range"]
+    assert "greater than or equal to 2" in errors["group_size"]
+    assert "toy_fg_share" in errors["rewards"], "a sub-key error names the key and shows under its field"
+    html = P._errors_html(errors)
+    assert "Nothing was enqueued" in html and all(k in html for k in errors)
     values[N.FIELD_NAMES.index("eval_seeds")] = "[0, 1]"
     values[N.FIELD_NAMES.index("clip_range")] = ""
+    values[N.FIELD_NAMES.index("group_size")] = 4
+    values[N.FIELD_NAMES.index("rewards")] = "{toy_fg_share: 1}"
     cfg, _, errors = N.validate(values)
-    assert set(errors) == {"group_size"}, errors
-    assert "greater than or equal to 2" in errors["group_size"]
-    html = P._errors_html(errors)
-    assert "Nothing was enqueued" in html and "group_size" in html
-    values[N.FIELD_NAMES.index("group_size")] = 4  # cross-field checks run once every field parses
-    _, _, errors = N.validate(values)
-    assert set(errors) == {"rewards"}, errors
-    assert "toy_fg_share" in errors["rewards"], "a sub-key error names the key and shows under its field"
+    assert cfg is not None and errors == {}
+
+
+def test_ab_box_lists_the_fields_in_which_the_arms_differ():
+    info = N.ab_info(N.form_values())
+    assert "same config" not in info
+    for field in ("learning_rate", "clip_range", "std_scope", "kl_beta", "ratio_norm", "grad_reweight", "delta"):
+        assert field in info, f"{field} differs between the default arms but is not listed: {info}"
+    assert "7 fields" in info and "0.0008 vs 0.00015" in info
+    chosen = N.ab_info(N.form_values({"learning_rate": 1e-4, "kl_beta": 0.0}))
+    assert "5 fields" in chosen and "learning_rate" not in chosen, "a field the user set is shared by both arms"
+    dance = N.ab_info(N.form_values({"algorithm": "dance_grpo_guard"}))
+    assert dance.startswith("dance_grpo vs dance_grpo_guard") and "beta_over_dt" in dance
+
+
+def test_after_an_enqueue_the_browser_goes_to_the_run_or_the_pairs_compare_page():
+    assert N.after_submit_url([7]) == "run?run=7"
+    assert N.after_submit_url([7, 8]) == "compare?runs=7,8"
 
 
 def test_backbone_needs_a_model_error_lands_on_model():
@@ -116,13 +133,14 @@ def test_uploaded_yaml_fills_the_form_and_reports_problems(tmp_path):
     assert values is not None and "group_size" in errors, "a bad value is loaded and marked, not refused"
 
 
-def test_big_model_presets_match_the_example_configs():
-    """app/presets ships copies of examples/ (the Docker image has no examples/); they must agree."""
+@pytest.mark.parametrize("label", list(N.PRESETS))
+def test_every_preset_is_exactly_its_example(label):
+    """One source of truth: a preset's file is the example of the same name, byte for byte."""
     import os
 
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    for label, example in (("SD3.5-M GRPO-Guard", "sd35m_grpo_guard.yaml"),
-                           ("FLUX.1-dev DanceGRPO-Guard", "flux_dance_grpo_guard.yaml")):
-        path = os.path.join(root, "examples", example)
-        if os.path.exists(path):
-            assert RunConfig.from_dict(N.load_preset(label)) == RunConfig.from_file(path), f"{label} drifted from {path}"
+    preset = os.path.join(N.PRESET_DIR, N.PRESETS[label])
+    example = os.path.join(root, "examples", N.PRESETS[label])
+    with open(preset, "rb") as a, open(example, "rb") as b:
+        assert a.read() == b.read(), f"preset {label} differs from examples/{N.PRESETS[label]}"
+    assert RunConfig.from_dict(N.load_preset(label)) == RunConfig.from_file(example)

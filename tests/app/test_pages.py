@@ -192,3 +192,9 @@ def test_compare_shows_prompts_with_the_right_article_and_full_grid_headers(ab_s
     prompts = sorted({s.prompt for s in samples})
     html = C.grid_html(samples, queries.sample_steps(a), prompts, 30, queries.artifact_path)
     assert "a orange" not in html and 'title="an orange circle on a blue background"' in html
+
+
+def test_runs_actions_appear_only_once_a_run_is_selected(ab_store):
+    assert RU.on_selected("")[-1].visible is False
+    assert RU.on_selected("999999")[-1].visible is False
+    assert RU.on_selected(str(ab_store["flow"]))[-1].visible is True

@@ -13,6 +13,7 @@ set GG_E2E_REAL_TRAINER=1 to run the real toy trainer instead (needs the toy bas
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -161,11 +162,9 @@ def test_toy_run_from_the_form_to_compare(server, page):
     _fill(page, "f-eval_every", "2")
     _fill(page, "run-name", "e2e toy run")
     page.locator("#submit-run").click()
-    ok = page.locator("#gg-submitted")
-    ok.wait_for()
-    run_id = int(ok.get_attribute("data-run-ids"))
-    assert page.locator("#err-group_size").is_hidden()
-    _shot(page, "new_run_submitted")
+    # 2b. ... and the browser goes to the new run's page (the confirmation was out of view).
+    page.wait_for_url(re.compile(r".*/run\?run=\d+"), timeout=60_000)
+    run_id = int(page.url.rsplit("=", 1)[1])
     runs = _store_runs(server)
     assert [r[0] for r in runs] == [run_id] and runs[0][2] == "e2e toy run"
     assert runs[0][3:] == [4, 300, 2], "the stored config must hold what was typed into the form"

@@ -116,3 +116,39 @@ def test_worker_command_line_follows_the_one_process_per_gpu_rule():
     cmd = worker_command("1", queue="q")
     assert cmd[cmd.index("-n") + 1] == "gpu1@%h" and "--max-tasks-per-child=1" in cmd
     assert cmd[cmd.index("-c") + 1] == "1" and cmd[cmd.index("-P") + 1] == "prefork" and cmd[cmd.index("-Q") + 1] == "q"
+
+
+STORE_COMMANDS = [("submit",), ("worker",), ("db", "upgrade"), ("db", "current")] + [
+    ("runs", c) for c in ("list", "show", "stop", "resume", "clone", "sweep", "logs", "delete", "best")] + [
+    ("experiment", c) for c in ("submit", "list", "show", "stop", "resume", "report")]
+
+
+@pytest.mark.parametrize("path", STORE_COMMANDS, ids=" ".join)
+def test_every_store_command_takes_data_dir(path):
+    cmd = main
+    for name in path:
+        cmd = cmd.get_command(click.Context(cmd), name)
+    assert "--data-dir" in [o for p in cmd.params for o in p.opts], f"grpo-guard {' '.join(path)} has no --data-dir"
+
+
+def test_data_dir_reaches_the_store_and_a_read_without_a_store_says_where_it_looked(monkeypatch, tmp_path):
+    # the callback sets GG_DATA_DIR; monkeypatch owning the variable restores it after the test
+    monkeypatch.setenv("GG_DATA_DIR", str(tmp_path / "cwd-default"))
+    monkeypatch.delenv("GG_DATABASE_URL", raising=False)
+    monkeypatch.delenv("GG_BROKER_URL", raising=False)
+    monkeypatch.setenv("GG_QUEUE", "cli-tests")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("num_steps: 4\nalgorithm: flow_grpo\n")
+    served = tmp_path / "served"
+
+    r = CliRunner().invoke(main, ["runs", "list", "--data-dir", str(served)])
+    assert r.exit_code == 1 and str(served / "grpo-guard.db") in r.stderr and "Traceback" not in r.output
+    assert not served.exists(), "a read must not create an empty store"
+
+    r = CliRunner().invoke(main, ["submit", str(cfg), "--data-dir", str(served), "--name", "there"])
+    assert r.exit_code == 0, r.output + r.stderr
+    rid = int(r.stdout.strip())
+    r = CliRunner().invoke(main, ["runs", "list", "--json", "--data-dir", str(served)])
+    assert r.exit_code == 0 and [row["id"] for row in json.loads(r.stdout)] == [rid]
+    r = CliRunner().invoke(main, ["runs", "show", str(rid), "--data-dir", str(served)])
+    assert r.exit_code == 0 and "there" in r.stdout

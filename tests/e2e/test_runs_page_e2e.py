@@ -1,0 +1,39 @@
+"""Browser: the Runs page on a fresh store (issue #13). The empty state says what to do and its
+one button enqueues the toy A/B pair and lands on the pair's Compare page; the table is
+read-only (clicking a cell shows no row/column selection arrows); the actions are separate
+buttons, shown only once a run is selected. Same served app as test_ui_e2e.py (trainer double)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.e2e.test_ui_e2e import page, server  # noqa: F401  (fixtures: a fresh served store per module)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+def test_runs_page_empty_state_toy_pair_and_read_only_table(server, page):  # noqa: F811
+    url = server["url"]
+    page.goto(url + "/", wait_until="domcontentloaded")
+    page.locator("#runs-empty-note").wait_for()
+    assert "No runs yet" in page.locator("#runs-empty-note").inner_text()
+    assert page.locator("#runs-table").is_hidden(), "no bare header row on an empty store"
+    assert page.locator("#act-open").is_hidden(), "no actions while nothing is selected"
+
+    page.locator("#start-toy-pair").click()
+    page.wait_for_url(re.compile(r".*/compare\?runs=\d+,\d+"), timeout=60_000)
+
+    page.goto(url + "/", wait_until="domcontentloaded")
+    page.locator("#runs-table").wait_for(state="visible")
+    assert page.locator("#runs-empty").is_hidden()
+    # Gradio 6 draws rows as div.virtual-row (its <table> is a hidden copy kept for measuring)
+    page.locator("#runs-table .virtual-row .body-cell").nth(2).click()
+    page.locator("#act-open").wait_for(state="visible")
+    shown_arrows = page.locator("#runs-table .selection-button").evaluate_all(
+        "els => els.filter(e => e.getBoundingClientRect().width > 0).length")
+    assert shown_arrows == 0, "a read-only table shows no selection arrows on a clicked cell"
+    left = page.locator("#act-open").bounding_box()
+    right = page.locator("#act-stop").bounding_box()
+    assert right["x"] - (left["x"] + left["width"]) >= 4, "actions are separate buttons, not abutting cells"
+    assert page.locator("#selected-run textarea, #selected-run input").first.input_value().isdigit()
