@@ -16,20 +16,12 @@ from functools import lru_cache
 from typing import Any
 
 from grpo_guard.prompts import Prompt, register
+from grpo_guard.rewards.geneval_rules import COCO_CLASSES, COLOUR_NAMES, RELATIONS
 
-CLASSES: tuple[str, ...] = (
-    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
-    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
-    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
-    "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
-    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
-    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
-    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "computer mouse", "tv remote",
-    "computer keyboard", "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock",
-    "vase", "scissors", "teddy bear", "hair drier", "toothbrush",
-)
-COLORS: tuple[str, ...] = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white")
-POSITIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
+# GenEval's vocabulary is the one its rules score against (grpo_guard.rewards.geneval_rules).
+CLASSES: tuple[str, ...] = COCO_CLASSES
+COLORS: tuple[str, ...] = COLOUR_NAMES
+POSITIONS: tuple[str, ...] = RELATIONS
 NUMBERS: tuple[str, ...] = ("zero", "one", "two", "three", "four")
 COUNTS: tuple[int, ...] = (2, 3, 4)
 
