@@ -23,6 +23,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from grpo_guard import paths, safe_yaml
+from grpo_guard.config_errors import ConfigError, ErrorBundle, format_errors
 from grpo_guard.safe_yaml import apply_overrides, parse_overrides
 
 __all__ = ["ConfigError", "RunConfig", "apply_overrides", "parse_overrides", "prompt_file_problem"]
@@ -70,25 +71,6 @@ _REWARD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,99}$")
 _DERIVED = ("dynamics", "noise_level", "clip_range", "kl_beta", "std_scope", "learning_rate",
             "ratio_norm", "grad_reweight", "delta", "train_timesteps", "init_same_noise",
             "resolution", "cfg_scale", "shift", "num_steps", "eval_num_steps")
-
-
-class ConfigError(ValueError):
-    """A run configuration is invalid. ``errors`` lists (field, message) pairs; the string
-    form is one line per field, each naming the field."""
-
-    MAX_ERRORS = 20  # thousands of bad entries get a short answer, not thousands of lines
-
-    def __init__(self, errors: list[tuple[str, str]]):
-        if len(errors) > self.MAX_ERRORS + 1:  # 20 and one summing up the rest, as _format_errors gives
-            errors = [*errors[:self.MAX_ERRORS], ("", f"and {len(errors) - self.MAX_ERRORS} more errors; fix these first")]
-        self.errors = errors
-        super().__init__("\n".join(f"{f}: {m}" if f else m for f, m in errors))
-
-    def by_field(self) -> dict[str, str]:
-        out: dict[str, str] = {}
-        for f, m in self.errors:
-            out[f] = f"{out[f]}; {m}" if f in out else m
-        return out
 
 
 def _f(default: Any, help: str, group: str, **kw: Any) -> Any:
@@ -189,7 +171,7 @@ class RunConfig(BaseModel):
         errors = [e for name, value in data.items() if name in cls.model_fields
                   for e in safe_yaml.strict_kind_errors(str(name), cls.model_fields[name].annotation, value)]
         if errors:
-            raise ValueError(_ErrorBundle(errors))
+            raise ValueError(ErrorBundle(errors))
         return data
 
     @model_validator(mode="after")
@@ -248,7 +230,7 @@ class RunConfig(BaseModel):
         if self.gradient_accumulation_steps * self.train_batch_size > self.group_size * self.prompts_per_epoch * 64:
             errors.append(("gradient_accumulation_steps", "one optimizer step would need more samples than 64 epochs provide"))
         if errors:
-            raise ValueError(_ErrorBundle(errors))
+            raise ValueError(ErrorBundle(errors))
         return self
 
     def _reward_option_errors(self) -> list[tuple[str, str]]:
@@ -455,67 +437,6 @@ def prompt_file_path(spec: Any) -> str | None:
     return spec.strip().split("file:", 1)[1]
 
 
-class _ErrorBundle:
-    """Carries several (field, message) pairs out of a pydantic validator."""
-
-    MAX_ERRORS = 20  # thousands of bad entries get a short answer, not thousands of lines
-
-    def __init__(self, errors: list[tuple[str, str]]):
-        if len(errors) > self.MAX_ERRORS + 1:  # 20 and one summing up the rest, as _format_errors gives
-            errors = [*errors[:self.MAX_ERRORS], ("", f"and {len(errors) - self.MAX_ERRORS} more errors; fix these first")]
-        self.errors = errors
-
-    def __str__(self) -> str:
-        return "; ".join(f"{f}: {m}" for f, m in self.errors)
-
-
-_MAX_ERRORS_PER_FIELD = 3
-_MAX_ERRORS = ConfigError.MAX_ERRORS  # 25,000 unknown keys: 20 lines, not 25,000 (nor 2 s of "did you mean")
-
-
 def _format_errors(exc: ValidationError) -> list[tuple[str, str]]:
-    """(field, message) pairs; a shown value is cut BEFORE it is formatted (a huge or deeply
-    nested input is never turned into text whole), and a field reports at most a few errors."""
-    errors: list[tuple[str, str]] = []
-    per_field: dict[str, int] = {}
-    skipped = 0
-    for err in exc.errors(include_url=False, include_context=True, include_input=True):
-        ctx = err.get("ctx") or {}
-        inner = ctx.get("error")
-        if isinstance(inner, ValueError) and inner.args and isinstance(inner.args[0], _ErrorBundle):
-            errors.extend(inner.args[0].errors)
-            continue
-        loc = ".".join(safe_yaml.preview(p, 60) if not isinstance(p, (str, int)) else str(p)[:100]
-                       for p in err.get("loc", ()))
-        head = loc.split(".", 1)[0]
-        per_field[head] = per_field.get(head, 0) + 1
-        if per_field[head] > _MAX_ERRORS_PER_FIELD:
-            continue
-        if len(errors) >= _MAX_ERRORS:
-            skipped += 1
-            continue
-        typ = err.get("type", "")
-        msg = err.get("msg", "invalid value")
-        if typ == "extra_forbidden":
-            close = _closest(head, RunConfig.model_fields)
-            msg = "unknown key" + (f"; did you mean '{close}'?" if close else "")
-        elif typ == "literal_error":
-            msg = f"{msg}, got {safe_yaml.preview(err.get('input'))}"
-        elif msg.startswith("Value error, "):
-            msg = msg[len("Value error, "):]
-        elif "input" in err and typ not in ("missing",):
-            msg = f"{msg}, got {safe_yaml.preview(err['input'])}"
-        errors.append((loc, msg))
-    for head, n in per_field.items():
-        if n > _MAX_ERRORS_PER_FIELD and len(errors) < _MAX_ERRORS:
-            errors.append((head, f"and {n - _MAX_ERRORS_PER_FIELD} more errors in this field"))
-    if skipped:
-        errors.append(("", f"and {skipped} more errors; fix these first"))
-    return errors
-
-
-def _closest(name: str, candidates: Iterable[str]) -> str | None:
-    import difflib
-
-    hits = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
-    return hits[0] if hits else None
+    """(field, message) pairs of a RunConfig validation error (:func:`format_errors`)."""
+    return format_errors(exc, RunConfig.model_fields)

@@ -9,13 +9,20 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 
 import pytest
 
-from tests.e2e.test_ui_e2e import ARTIFACTS, CHROMIUM_ARGS, ROOT, _free_port, _wait_for, _wait_health
+from tests.e2e.test_ui_e2e import (
+    ARTIFACTS,
+    ROOT,
+    _free_port,
+    _wait_for,
+    _wait_health,
+    chromium_page,
+    stop_group,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -48,27 +55,14 @@ def server(tmp_path_factory):
         _wait_health(url, proc, timeout=180)
         yield {"url": url, "env": env, "experiment": int(made.stdout.strip().splitlines()[-1]), "data": str(data)}
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)  # the group we started
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+        stop_group(proc)
         log.close()
 
 
 @pytest.fixture(scope="module")
 def page(server):
-    from playwright.sync_api import sync_playwright
-
-    os.makedirs(ARTIFACTS, exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=shutil.which("chromium"), headless=True, args=CHROMIUM_ARGS)
-        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
-        pg.set_default_timeout(60_000)
+    with chromium_page() as pg:
         yield pg
-        browser.close()
 
 
 @pytest.fixture(scope="module")

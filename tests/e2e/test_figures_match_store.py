@@ -14,14 +14,21 @@ import base64
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from tests.e2e.test_ui_e2e import ARTIFACTS, CHROMIUM_ARGS, ROOT, _free_port, _wait_for, _wait_health
+from tests.e2e.test_ui_e2e import (
+    ARTIFACTS,
+    ROOT,
+    _free_port,
+    _wait_for,
+    _wait_health,
+    chromium_page,
+    stop_group,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -147,13 +154,7 @@ def server(tmp_path_factory):
         yield {"url": url, "data": data, "env": env}
     finally:
         (data / "gate").touch()
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)  # the group we started: serve and its worker
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+        stop_group(proc)
         log.close()
 
 
@@ -195,42 +196,34 @@ def _page_agrees(page, store: dict, what: str, timeout: float = 120) -> None:
 
 
 def test_every_run_page_figure_shows_what_the_store_holds_live_and_finished(server):
-    from playwright.sync_api import sync_playwright
-
     code = ("from grpo_guard.config import RunConfig; from grpo_guard.store import queries as q; "
             "from worker.celery_app import enqueue_run; from tests.app import synthetic; "
             f"rid = q.create_run(RunConfig.from_dict(dict(algorithm='flow_grpo', epochs={EPOCHS}, eval_every=2, "
             "eval_prompts=synthetic.PROMPTS[:2], eval_seeds=[0])), name='e2e figures'); enqueue_run(rid); print(rid)")
     run_id = int(_python(server, code))
-    os.makedirs(ARTIFACTS, exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=shutil.which("chromium"), headless=True, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(60_000)
-        try:
-            # 1. Live, mid-way: the trainer holds at PAUSE_AT with the run still running.
-            page.goto(f"{server['url']}/run?run={run_id}", wait_until="domcontentloaded")
-            _wait_for(lambda: _header(page) == ("running", PAUSE_AT), 180, f"the run to reach step {PAUSE_AT}")
-            live = _store(server, run_id)
-            assert live["status"] == "running" and live["last_step"] == PAUSE_AT
-            assert live["stats"]["r_std"][0] == list(range(PAUSE_AT + 1)), "the store holds every step so far"
-            _page_agrees(page, live, "the live run mid-way")
-            assert page.locator("#run-stop").is_enabled() and page.locator("#run-sample-now").is_enabled()
-            page.screenshot(path=os.path.join(ARTIFACTS, "figures_live.png"), full_page=True)
+    with chromium_page() as page:
+        # 1. Live, mid-way: the trainer holds at PAUSE_AT with the run still running.
+        page.goto(f"{server['url']}/run?run={run_id}", wait_until="domcontentloaded")
+        _wait_for(lambda: _header(page) == ("running", PAUSE_AT), 180, f"the run to reach step {PAUSE_AT}")
+        live = _store(server, run_id)
+        assert live["status"] == "running" and live["last_step"] == PAUSE_AT
+        assert live["stats"]["r_std"][0] == list(range(PAUSE_AT + 1)), "the store holds every step so far"
+        _page_agrees(page, live, "the live run mid-way")
+        assert page.locator("#run-stop").is_enabled() and page.locator("#run-sample-now").is_enabled()
+        page.screenshot(path=os.path.join(ARTIFACTS, "figures_live.png"), full_page=True)
 
-            # 2. It finishes while the page is open: the same page catches up, without a reload.
-            (server["data"] / "gate").touch()
-            _wait_for(lambda: _header(page)[0] == "succeeded", 180, "the run to finish")
-            done = _store(server, run_id)
-            assert done["stats"]["r_std"][0] == list(range(EPOCHS))
-            _page_agrees(page, done, "the finished run, same page")
-            _wait_for(lambda: page.locator("#run-stop").is_disabled(), 30, "Stop to be disabled")
-            assert page.locator("#run-sample-now").is_disabled() and page.locator("#run-save-now").is_disabled()
+        # 2. It finishes while the page is open: the same page catches up, without a reload.
+        (server["data"] / "gate").touch()
+        _wait_for(lambda: _header(page)[0] == "succeeded", 180, "the run to finish")
+        done = _store(server, run_id)
+        assert done["stats"]["r_std"][0] == list(range(EPOCHS))
+        _page_agrees(page, done, "the finished run, same page")
+        _wait_for(lambda: page.locator("#run-stop").is_disabled(), 30, "Stop to be disabled")
+        assert page.locator("#run-sample-now").is_disabled() and page.locator("#run-save-now").is_disabled()
 
-            # 3. A fresh reload shows the same.
-            page.reload(wait_until="domcontentloaded")
-            _wait_for(lambda: _header(page)[0] == "succeeded", 60, "the header after a reload")
-            _page_agrees(page, done, "the finished run after a reload")
-            page.screenshot(path=os.path.join(ARTIFACTS, "figures_finished.png"), full_page=True)
-        finally:
-            browser.close()
+        # 3. A fresh reload shows the same.
+        page.reload(wait_until="domcontentloaded")
+        _wait_for(lambda: _header(page)[0] == "succeeded", 60, "the header after a reload")
+        _page_agrees(page, done, "the finished run after a reload")
+        page.screenshot(path=os.path.join(ARTIFACTS, "figures_finished.png"), full_page=True)
+

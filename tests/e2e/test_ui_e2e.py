@@ -12,6 +12,7 @@ set GG_E2E_REAL_TRAINER=1 to run the real toy trainer instead (needs the toy bas
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -21,6 +22,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 
 import pytest
 
@@ -53,6 +55,33 @@ def _wait_health(url: str, proc: subprocess.Popen, timeout: float) -> None:
     raise AssertionError(f"grpo-guard serve did not answer /health within {timeout:.0f} s")
 
 
+def stop_group(proc: subprocess.Popen) -> None:
+    """End the process group a test started (``serve`` and its workers): SIGTERM, then SIGKILL."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def chromium_page() -> Iterator:
+    """A page in Debian's headless Chromium (STACK.md B1/B2), 1400×1000, 60 s default timeout."""
+    from playwright.sync_api import sync_playwright
+
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=shutil.which("chromium"), headless=True, args=CHROMIUM_ARGS)
+        try:
+            pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+            pg.set_default_timeout(60_000)
+            yield pg
+        finally:
+            browser.close()
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     if shutil.which("chromium") is None:
@@ -72,13 +101,7 @@ def server(tmp_path_factory):
         _wait_health(url, proc, timeout=180)
         yield {"url": url, "data": str(data), "env": env}
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)  # the group we started: serve and its worker
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+        stop_group(proc)
         log.close()
         with open(data / "serve.log") as fh:
             tail = fh.read()[-4000:]
@@ -89,15 +112,8 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def page(server):
-    from playwright.sync_api import sync_playwright
-
-    os.makedirs(ARTIFACTS, exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=shutil.which("chromium"), headless=True, args=CHROMIUM_ARGS)
-        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
-        pg.set_default_timeout(60_000)
+    with chromium_page() as pg:
         yield pg
-        browser.close()
 
 
 def _shot(page, name: str) -> None:
