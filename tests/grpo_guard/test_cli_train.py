@@ -5,7 +5,6 @@ import json
 import os
 
 import pytest
-import torch
 import yaml
 from click.testing import CliRunner
 from PIL import Image
@@ -13,16 +12,9 @@ from PIL import Image
 from grpo_guard.cli import main
 from grpo_guard.models.testing import tiny_sd3_pipeline_dir
 from grpo_guard.recording import read_jsonl
+from tests.grpo_guard.test_trainer import one_thread  # noqa: F401  (one torch thread, autouse)
 
 PROMPTS = ["a red circle on a blue background", "a green square on a white background"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

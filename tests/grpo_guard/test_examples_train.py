@@ -12,7 +12,6 @@ import json
 import os
 
 import pytest
-import torch
 import yaml
 from click.testing import CliRunner
 
@@ -21,6 +20,7 @@ from grpo_guard.models.testing import tiny_flux_pipeline_dir, tiny_sd3_pipeline_
 from grpo_guard.prompts import prompt_to_item, resolve_prompts
 from grpo_guard.recording import read_jsonl
 from grpo_guard.rewards.testing import tiny_blip_dir, tiny_clip_dir, tiny_mask2former_dir
+from tests.grpo_guard.test_trainer import one_thread  # noqa: F401  (one torch thread, autouse)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EXAMPLES = sorted(os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "examples", "*.yaml")))
@@ -30,14 +30,6 @@ SHRINK = ["resolution=32", "num_steps=3", "eval_num_steps=2", "group_size=2", "p
           "lora_rank=4", "mixed_precision=no", "eval_seeds=[0]"]
 CAPTIONS = {"train": ["a red bus in the rain", "a cat wearing a hat", "a lighthouse at dusk"],
             "test_unique": ["a bowl of ramen", "an owl on a fence"]}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
