@@ -121,7 +121,9 @@ def test_new_run_form_names_the_field_and_writes_nothing(store, before):
             if name in FORM_SKIPS_PATH_CHECK or not _form_expressible(data):
                 continue
             out = client.predict("", "", "", False, *form_values(data), api_name="/submit_run")
-            banner, field_errors = out[0], out[1:1 + len(FIELDS)]
+            # outputs: the banner, the page to go to after an enqueue ("" here), then one error per field
+            banner, goto, field_errors = out[0], out[1], out[2:2 + len(FIELDS)]
+            assert not goto, f"{name}: a rejected config must not leave the page"
             assert "Nothing was enqueued" in banner, f"{name}: {banner}"
             shown = {f.name for f, upd in zip(FIELDS, field_errors, strict=True)
                      if isinstance(upd, dict) and upd.get("visible") and upd.get("value")}
