@@ -15,10 +15,10 @@ import random
 from functools import lru_cache
 from typing import Any
 
+from grpo_guard.geneval_vocab import COCO_CLASSES, COLOUR_NAMES, RELATIONS
 from grpo_guard.prompts import Prompt, register
-from grpo_guard.rewards.geneval_rules import COCO_CLASSES, COLOUR_NAMES, RELATIONS
 
-# GenEval's vocabulary is the one its rules score against (grpo_guard.rewards.geneval_rules).
+# GenEval's vocabulary, shared with the rules that score against it (grpo_guard.rewards.geneval_rules).
 CLASSES: tuple[str, ...] = COCO_CLASSES
 COLORS: tuple[str, ...] = COLOUR_NAMES
 POSITIONS: tuple[str, ...] = RELATIONS

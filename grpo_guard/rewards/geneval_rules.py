@@ -29,14 +29,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-COLOUR_NAMES = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white")
+from grpo_guard.geneval_vocab import COCO_CLASSES, COLOUR_NAMES, RELATIONS  # noqa: F401  (re-exported)
+
 # Representative sRGB values: only the torch-free fallback classifier (mask_colour) uses them.
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30), "orange": (245, 140, 20), "yellow": (240, 220, 30), "green": (40, 170, 50),
     "blue": (30, 70, 220), "purple": (130, 40, 170), "pink": (245, 150, 190), "brown": (125, 75, 35),
     "black": (15, 15, 15), "white": (245, 245, 245),
 }
-RELATIONS = ("left of", "right of", "above", "below")
 FAMILIES = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 
 THRESHOLD = 0.3           # detection score kept (GenEval --options threshold)
@@ -45,18 +45,6 @@ MAX_OBJECTS = 16          # per class, most confident first (max_objects)
 NMS_THRESHOLD = 1.0       # box IoU at which a less confident same-class box is dropped; 1 = never (max_overlap)
 POSITION_THRESHOLD = 0.1  # share of the summed object sizes an offset must exceed (position_threshold)
 
-# GenEval's 80 class names (evaluation/object_names.txt), in COCO's category order.
-COCO_CLASSES = (
-    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
-    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
-    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
-    "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
-    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
-    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
-    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "computer mouse", "tv remote",
-    "computer keyboard", "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock",
-    "vase", "scissors", "teddy bear", "hair drier", "toothbrush",
-)
 # Names checkpoints use for the same COCO classes (detectron2 / transformers id2label spellings).
 CLASS_ALIASES = {"mouse": "computer mouse", "remote": "tv remote", "keyboard": "computer keyboard",
                  "motorbike": "motorcycle", "aeroplane": "airplane", "sofa": "couch", "pottedplant": "potted plant",
