@@ -225,9 +225,26 @@ def upgrade(url: str | None = None, revision: str = "head") -> None:
     cfg.set_main_option("script_location", os.path.join(os.path.dirname(__file__), "migrations"))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     engine = get_engine(url).execution_options(gg_write=True)
-    with _migration_lock(url), engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, revision)
+    with _migration_lock(url), engine.connect() as conn:
+        sqlite = is_sqlite(url)
+        if sqlite:
+            # A batch migration recreates a table (copy, DROP, rename). With foreign keys on, the
+            # DROP of `runs` cascades: every sample, checkpoint, log line, tag and key of every run
+            # would be deleted. The pragma only works outside a transaction, so it goes to the
+            # driver's connection before SQLAlchemy begins one.
+            conn.connection.dbapi_connection.execute("PRAGMA foreign_keys=OFF")
+        try:
+            with conn.begin():
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, revision)
+                if sqlite:  # what the recreated tables point at must still exist, or nothing is kept
+                    broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                    if broken:
+                        raise StoreError(f"the upgrade to {revision} would leave {len(broken)} rows pointing at "
+                                         f"missing rows (first: {broken[0]}); the database was not changed")
+        finally:
+            if sqlite:
+                conn.connection.dbapi_connection.execute("PRAGMA foreign_keys=ON")
     _verified.discard((url, os.getpid()))
 
 

@@ -71,6 +71,16 @@ def test_best_checkpoint_is_the_marked_one_else_the_recorded_best_step(store, tm
     rec.close()
 
 
+CHILD_ROWS = (
+    "INSERT INTO run_tags (run_id, tag) VALUES (:rid, 'old')",
+    "INSERT INTO run_keys (run_id, kind, key) VALUES (:rid, 'scalar', 'eval/gold')",
+    "INSERT INTO samples (run_id, step, prompt, seed, image_location, scores, prompt_meta) "
+    "VALUES (:rid, 0, 'a cat', 0, 'runs/1/x.png', '{}', '{}')",
+    "INSERT INTO checkpoints (run_id, step, location, meta, created_at) VALUES (:rid, 0, 'c.pt', '{}', CURRENT_TIMESTAMP)",
+    "INSERT INTO log_lines (run_id, attempt, created_at, level, message) VALUES (:rid, 0, CURRENT_TIMESTAMP, 'info', 'hi')",
+)
+
+
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_migration_0004_keeps_existing_runs_outside_any_experiment_and_downgrades(backend, tmp_path):
     from sqlalchemy import text
@@ -87,7 +97,13 @@ def test_migration_0004_keeps_existing_runs_outside_any_experiment_and_downgrade
                               "('old', '{}', '[]', 'grpo_guard', 'toy', 'queued', 0, 1, 0, 0, 0, '', "
                               "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))
             old = conn.execute(text("SELECT id FROM runs")).scalar_one()
+            for sql in CHILD_ROWS:  # what a run owns: an upgrade that recreates `runs` must keep all of it
+                conn.execute(text(sql), {"rid": old})
         db.upgrade(url)
+        with db.get_engine(url).connect() as conn:
+            kept = {t: conn.execute(text(f"SELECT count(*) FROM {t} WHERE run_id = :rid"), {"rid": old}).scalar_one()
+                    for t in ("run_tags", "run_keys", "samples", "checkpoints", "log_lines")}
+        assert kept == dict.fromkeys(kept, 1), f"the upgrade lost rows of an existing run: {kept}"
         assert db.current_revision(url) == db.SCHEMA_REVISION == "0004"
         assert queries.experiment_of(old) is None and queries.list_experiments() == []
         eid = queries.create_experiment({"arms": {"a": {}}})
