@@ -18,10 +18,9 @@ from typing import Any, Literal
 
 import yaml
 
-from grpo_guard import safe_yaml
-from grpo_guard.config import ConfigError, RunConfig
-from grpo_guard.pairing import ab_configs, arm_differences
-from grpo_guard.validation import validate_run_config
+from grpo_guard.config import ConfigError, RunConfig, safe_yaml
+from grpo_guard.config.validation import validate_run_config
+from grpo_guard.experiments.pairing import ab_configs, arm_differences
 
 # app/presets/*.yaml are git symlinks to examples/*.yaml, so a preset is its example by construction;
 # `pip install .` copies the files they point to into the wheel (the Dockerfiles copy examples/ first).
@@ -205,7 +204,7 @@ def errors_by_field(e: ConfigError) -> dict[str, str]:
 
 def validate(values: list[Any]) -> tuple[RunConfig | None, dict[str, Any], dict[str, str]]:
     """(config or None, chosen mapping, {field or '': message}). The one validation of every
-    way in (grpo_guard.validation); local paths are judged by their text here, because the
+    way in (grpo_guard.config.validation); local paths are judged by their text here, because the
     app need not see the workers' files (docker-compose.yml)."""
     data, errors = collect(values)
     # Every error at once: the schema and the submit checks run on the fields that parsed, and again
@@ -225,7 +224,7 @@ def validate(values: list[Any]) -> tuple[RunConfig | None, dict[str, Any], dict[
 
 
 def ab_form_configs(data: dict[str, Any]) -> tuple[list[tuple[str, RunConfig]], dict[str, str]]:
-    """The A/B pair of the chosen fields (``grpo_guard.pairing.ab_configs``), or ([], errors by
+    """The A/B pair of the chosen fields (``grpo_guard.experiments.pairing.ab_configs``), or ([], errors by
     form field) when an arm is not valid."""
     try:
         return ab_configs(data), {}
@@ -235,7 +234,7 @@ def ab_form_configs(data: dict[str, Any]) -> tuple[list[tuple[str, RunConfig]], 
 
 def ab_info(values: list[Any]) -> str:
     """The A/B box's explanation for these form values: the arms share every field the user set
-    and differ in their algorithms' own defaults, listed (``grpo_guard.pairing.arm_differences``)."""
+    and differ in their algorithms' own defaults, listed (``grpo_guard.experiments.pairing.arm_differences``)."""
     data, _ = collect(values)
     configs, errors = ab_form_configs(data)
     if errors or len(configs) != 2:
@@ -287,7 +286,7 @@ def config_yaml(cfg: RunConfig) -> str:
 
 def read_uploaded_yaml(path: str) -> tuple[list[Any] | None, dict[str, str]]:
     """(form values or None, errors) for an uploaded YAML file. The file is refused by size
-    before it is read and parsed with the config file's limits (grpo_guard.safe_yaml), so an
+    before it is read and parsed with the config file's limits (grpo_guard.config.safe_yaml), so an
     upload bomb costs no more than a normal config; unreadable text or a non-mapping gives None
     and a general error; known keys fill the form and are validated as the CLI validates them
     (errors by field); unknown keys are reported, never silently dropped."""

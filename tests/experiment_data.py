@@ -4,12 +4,12 @@ values (:func:`curve`), so a test can compute every statistic by hand."""
 
 from __future__ import annotations
 
-from grpo_guard.experiment import ExperimentConfig
-from grpo_guard.recording import StepStat
+from grpo_guard.experiments.config import ExperimentConfig
 from grpo_guard.store import queries
 from grpo_guard.store.db import session_scope
 from grpo_guard.store.models import Run
 from grpo_guard.store.recorder import StoreRecorder
+from grpo_guard.training.recording import StepStat
 
 STEPS = (0, 4, 8, 12)
 EXP = {

@@ -47,7 +47,7 @@ def parse_gpus(spec: str | None) -> list[str | None]:
     """"0,1" or "0 1" -> ["0", "1"] (a worker per GPU); "0+1,2+3" -> ["0+1", "2+3"] (a worker
     owning GPUs 0 and 1, for runs with num_gpus 2, and one owning 2 and 3); None or "" -> [None]
     (one worker, default device). UUIDs (``GPU-…``, ``MIG-…``) work wherever an index does."""
-    from grpo_guard.distributed import is_gpu_id
+    from grpo_guard.training.distributed import is_gpu_id
 
     if not spec or not spec.strip():
         return [None]
@@ -182,8 +182,8 @@ def submit_cmd(config_path: str, overrides: tuple[str, ...], epochs: int | None,
                tags: tuple[str, ...], ab: bool, wait: bool, timeout: float | None, no_model_check: bool) -> None:
     """Validate CONFIG.yaml, queue a run (or an A/B pair with --ab), print its id(s)."""
     from grpo_guard.config import ConfigError
-    from grpo_guard.pairing import ab_arms
-    from grpo_guard.validation import validate_run_config
+    from grpo_guard.config.validation import validate_run_config
+    from grpo_guard.experiments.pairing import ab_arms
     from worker.experiment import submit_pair
     from worker.submit import submit_runs
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from grpo_guard.config import RunConfig
-from grpo_guard.experiment import ExperimentConfig
+from grpo_guard.experiments.config import ExperimentConfig
 from worker.submit import Submitted, enqueue, run_names, submit_runs
 
 
@@ -42,10 +42,10 @@ def submit_experiment(exp: ExperimentConfig) -> SubmittedExperiment:
 
 def submit_pair(arms: Sequence[tuple[str, RunConfig]], *, name: str = "", tags: Sequence[str] = (), notes: str = "",
                 parent_id: int | None = None) -> Submitted:
-    """An A/B pair (``grpo_guard.pairing.ab_arms``) as what it is, a 2-arm, 1-seed experiment:
+    """An A/B pair (``grpo_guard.experiments.pairing.ab_arms``) as what it is, a 2-arm, 1-seed experiment:
     stored as one (arms named by algorithm, the shared choices as the base) and its runs linked to
     it as well as to each other (``pair_id``)."""
-    from grpo_guard.pairing import AB_ALGORITHM_FIELDS
+    from grpo_guard.experiments.pairing import AB_ALGORITHM_FIELDS
     from grpo_guard.store import queries
 
     for _, config in arms:  # nothing is stored when one run could not be

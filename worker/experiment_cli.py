@@ -59,7 +59,7 @@ def experiment_group() -> None:
 def experiment_submit(path: str, overrides: tuple[str, ...], seeds: list[int] | None, name: str | None,
                       wait: bool, timeout: float | None, as_json: bool) -> None:
     """Validate EXP.yaml and every run it expands to, queue them all; print the experiment id."""
-    from grpo_guard.experiment import ExperimentConfig
+    from grpo_guard.experiments.config import ExperimentConfig
     from worker.experiment import submit_experiment
 
     exp = ExperimentConfig.from_file(path, overrides, seeds=seeds)
@@ -167,7 +167,7 @@ def experiment_resume(experiment_id: int, as_json: bool) -> None:
 @_store_errors
 def experiment_report(experiment_id: int, out: str) -> None:
     """Write table.md (markdown), figure.png and stats.json for the experiment into --out."""
-    from grpo_guard.experiment_report import write_report
+    from grpo_guard.experiments.report import write_report
 
     try:
         paths = write_report(experiment_id, out)

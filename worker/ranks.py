@@ -1,6 +1,6 @@
 """One rank of a multi-GPU run started by a worker: ``python -m worker.ranks RUN_ID --lease L
 --attempt A --result FILE [--resume CKPT]``, under ``accelerate launch`` (``worker.tasks``
-builds the command with ``grpo_guard.distributed.launch_module_command``).
+builds the command with ``grpo_guard.training.distributed.launch_module_command``).
 
 Every rank reads the run's stored config and resumes from the same checkpoint; rank 0 records to
 the store with the worker's lease (so a sweep that takes the run away fences it as usual) and
@@ -35,10 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", default=None)
     args = parser.parse_args(argv)
 
-    from grpo_guard.distributed import init_from_env, shutdown
-    from grpo_guard.recording import NullControl, NullRecorder
     from grpo_guard.store.lifecycle import LeaseLostError
     from grpo_guard.store.recorder import StoreControl, StoreRecorder
+    from grpo_guard.training.distributed import init_from_env, shutdown
+    from grpo_guard.training.recording import NullControl, NullRecorder
     from worker.tasks import _describe, _env_float, _load_config, resolve_train_fn
 
     rank, _world = init_from_env()

@@ -11,7 +11,7 @@ runs the trainer with the store-backed Recorder and Control, and ends the attemp
 its lease (a sweep declared it dead) stops without touching the row.
 
 Which trainer runs: ``TRAIN_FN`` if a test set it, else ``GG_TRAINER=module:function`` if an
-operator set it, else ``grpo_guard.trainer.train``.
+operator set it, else ``grpo_guard.training.trainer.train``.
 
 A run with ``num_gpus`` > 1 needs a worker that owns that many GPUs (``grpo-guard worker --gpus
 0+1``: one worker, ``CUDA_VISIBLE_DEVICES=0,1``, ``GG_WORKER_GPU=0,1``). The task then starts
@@ -76,7 +76,7 @@ def _env_float(name: str, default: float) -> float:
         return default
 
 
-PRELOAD_MODULES = ("grpo_guard.trainer", "grpo_guard.models.toy")
+PRELOAD_MODULES = ("grpo_guard.training.trainer", "grpo_guard.models.toy")
 _preload: threading.Thread | None = None
 
 
@@ -111,7 +111,7 @@ def resolve_train_fn() -> Callable[..., Any]:
     if spec:
         module, _, attr = spec.partition(":")
         return getattr(importlib.import_module(module), attr or "train")
-    from grpo_guard.trainer import train
+    from grpo_guard.training.trainer import train
 
     return train
 
@@ -183,7 +183,7 @@ def owned_gpus() -> list[str]:
     """The GPUs this worker owns (physical indices, or UUIDs where the scheduler set those):
     ``CUDA_VISIBLE_DEVICES``, which ``grpo-guard worker`` sets per worker, else ``GG_WORKER_GPU``;
     none for a CPU worker."""
-    from grpo_guard.distributed import parse_gpu_ids
+    from grpo_guard.training.distributed import parse_gpu_ids
 
     return parse_gpu_ids(os.environ.get("CUDA_VISIBLE_DEVICES") or os.environ.get("GG_WORKER_GPU"))
 
@@ -192,7 +192,7 @@ def data_parallel_command(run_id: int, lease: str, attempt: int, num_gpus: int, 
                           resume_from: str | None = None, *, port: int | None = None) -> list[str]:
     """The ``accelerate launch ... -m worker.ranks`` argv for a run on ``num_gpus`` of this worker's
     GPUs. Raises RunSetupError when the worker owns fewer."""
-    from grpo_guard.distributed import free_port, launch_module_command
+    from grpo_guard.training.distributed import free_port, launch_module_command
 
     gpus = owned_gpus()
     if len(gpus) < num_gpus:
@@ -272,7 +272,7 @@ def _finish(run_id: int, lease: str, status: str, *, error: str | None = None, t
 
 def _load_config(run_id: int) -> Any:
     from grpo_guard.config import ConfigError
-    from grpo_guard.validation import validate_run_config
+    from grpo_guard.config.validation import validate_run_config
 
     stored = lifecycle.stored_config(run_id)
     if stored is None:

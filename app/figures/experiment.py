@@ -1,4 +1,4 @@
-"""Experiment page figures, pure functions of :class:`grpo_guard.experiment_stats.ExperimentStats`:
+"""Experiment page figures, pure functions of :class:`grpo_guard.experiments.stats.ExperimentStats`:
 proxy and gold per arm as mean ± 95 % bands over seeds, gold against proxy per arm (each seed's
 path, and the mean ± interval at the equal-proxy levels), gold lost beyond noise (arm − its
 control) and the per-denoising-step ratio statistics of every arm side by side.
@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from app.figures.base import PALETTE, Fig, _axis_names, _grid, _layout, empty_figure
-from grpo_guard.experiment_stats import Estimate, ExperimentStats, is_control
+from grpo_guard.experiments.stats import Estimate, ExperimentStats, is_control
 
 CONTROL_COLOR = "#6b7280"
 

@@ -40,7 +40,7 @@ from grpo_guard import metrics as M
 # ---- over-optimization ---------------------------------------------------------------------
 def _hacking_onset_fn():
     try:
-        from grpo_guard.alarm import hacking_onset
+        from grpo_guard.experiments.alarm import hacking_onset
     except ImportError:  # the alarm module is optional for the UI: no marker without it
         return None
     return hacking_onset
@@ -49,7 +49,7 @@ def _hacking_onset_fn():
 def over_optimization_onset(series: SeriesMap | None, *, proxy_key: str = PROXY_KEY, gold_key: str = GOLD_KEY,
                             window: int = 5, tau: float = 0.02) -> int | None:
     """The first eval step where gold falls while the proxy still rises (ALGORITHM.md §10), from
-    ``grpo_guard.alarm.hacking_onset`` on the steps both series share; None if it never fired
+    ``grpo_guard.experiments.alarm.hacking_onset`` on the steps both series share; None if it never fired
     (or the alarm is unavailable)."""
     ps, pv = _series(series, proxy_key)
     gs, gv = _series(series, gold_key)

@@ -3,8 +3,8 @@ proxy and gold per arm as mean ± 95 % bands over seeds, gold against proxy with
 gold at equal proxy, gold lost beyond noise (arm − its control), per-arm ratio statistics side by
 side, the alarm per run, links to every run and to Compare; stop / resume act on all its runs.
 
-Deep link: ``experiments?experiment=ID``. The statistics are :mod:`grpo_guard.experiment_stats`
-(the report's), read from the store by :func:`grpo_guard.experiment_report.load_curves`.
+Deep link: ``experiments?experiment=ID``. The statistics are :mod:`grpo_guard.experiments.stats`
+(the report's), read from the store by :func:`grpo_guard.experiments.report.load_curves`.
 """
 
 from __future__ import annotations
@@ -104,8 +104,8 @@ def tables_html(stats: Any) -> str:
 
 def render(experiment_id: int) -> tuple[Any, ...]:
     """(header, five figures, tables, runs) of one experiment."""
-    from grpo_guard.experiment_report import load_curves
-    from grpo_guard.experiment_stats import experiment_stats
+    from grpo_guard.experiments.report import load_curves
+    from grpo_guard.experiments.stats import experiment_stats
 
     q = queries()
     exp = q.get_experiment(experiment_id)
@@ -211,7 +211,7 @@ with gr.Blocks(title="Experiments") as page:
     def on_report(eid):
         import tempfile
 
-        from grpo_guard.experiment_report import write_report
+        from grpo_guard.experiments.report import write_report
 
         eid = _need(eid)
         try:  # what `grpo-guard experiment report ID --out DIR` writes

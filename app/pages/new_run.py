@@ -62,7 +62,7 @@ def _submit_experiment(base: dict[str, Any], arms: str, seeds: str, controls: bo
                        notes: str) -> tuple[Any, ...]:
     """"Run as experiment": validate every arm × seed (+ control) run, store and enqueue them all."""
     from grpo_guard.config import ConfigError
-    from grpo_guard.experiment import experiment_from_form
+    from grpo_guard.experiments.config import experiment_from_form
     from worker.experiment import submit_experiment
 
     try:

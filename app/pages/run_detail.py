@@ -34,7 +34,7 @@ from app.common import (
     stop_run,
 )
 from grpo_guard import metrics as M
-from grpo_guard.experiment_report import run_verdict
+from grpo_guard.experiments.report import run_verdict
 from grpo_guard.store.entities import ACTIVE_STATUSES
 
 # Scalar families every series figure reads, besides the keys named below.

@@ -1,7 +1,7 @@
 """GPU benchmark of the SD3.5-Medium and FLUX.1-dev backbones at full size, with random weights
 built from their published configs (nothing is downloaded).
 
-For each backbone it trains a few epochs through the real trainer (``grpo_guard.trainer.train``
+For each backbone it trains a few epochs through the real trainer (``grpo_guard.training.trainer.train``
 with the backbone adapter injected), once with the baseline and once with GRPO-Guard, at the
 paper's resolution and step count, and reports:
 
@@ -153,8 +153,8 @@ def run_one(kind: str, algorithm: str, backbone, args, setup: dict) -> dict:
     import torch
 
     from grpo_guard.config import RunConfig
-    from grpo_guard.recording import MemoryRecorder, NullControl
-    from grpo_guard.trainer import train
+    from grpo_guard.training.recording import MemoryRecorder, NullControl
+    from grpo_guard.training.trainer import train
 
     cfg = RunConfig.from_dict(dict(
         backbone=kind, model="(built in memory)", algorithm=algorithm, resolution=setup["resolution"],

@@ -146,8 +146,8 @@ def resume_check(device: str, tiny: bool) -> dict[str, Any]:
     import torch
 
     from grpo_guard.config import RunConfig
-    from grpo_guard.recording import MemoryControl, MemoryRecorder
-    from grpo_guard.trainer import train
+    from grpo_guard.training.recording import MemoryControl, MemoryRecorder
+    from grpo_guard.training.trainer import train
     from tests.grpo_guard.controls import StopAfter
 
     epochs = 2 if tiny else 4

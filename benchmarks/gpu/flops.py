@@ -32,7 +32,7 @@ def peak_bf16_tflops(device_name: str | None) -> tuple[float | None, str]:
 
 def count_update_flops(backbone: Any, config: Any, rows: int, prompt: str) -> dict[str, float]:
     """FLOPs of one micro-batch of the policy update: ``rows`` = trajectories × trained steps
-    batched into one forward (as ``grpo_guard.update.policy_update`` does), at the config's
+    batched into one forward (as ``grpo_guard.training.update.policy_update`` does), at the config's
     resolution, CFG and KL settings. Returns executed, forward-only and model FLOPs."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode

@@ -3,7 +3,7 @@
 The runs come from run directories (``run.py``) or from the store (``--experiment ID``: the
 experiment files of ``experiments/`` submitted with ``grpo-guard experiment submit``). The
 figure, gold at equal proxy and the interval statistics are the product's own
-(``grpo_guard.experiment_stats`` / ``grpo_guard.experiment_report``), so the study and
+(``grpo_guard.experiments.stats`` / ``grpo_guard.experiments.report``), so the study and
 ``grpo-guard experiment report`` share one code path; the tables below keep this study's layout.
 
     python benchmarks/overoptimization/report.py --experiment 3 [4 ...] --out DIR
@@ -19,7 +19,7 @@ import sys
 from arms import ARMS, CONTROL_OF, HERE, ROOT, run_dir
 
 sys.path.insert(0, ROOT)  # run as a script: the repository's grpo_guard, not another install
-from grpo_guard.experiment_stats import RunCurves, experiment_stats, gold_at_proxy  # noqa: E402
+from grpo_guard.experiments.stats import RunCurves, experiment_stats, gold_at_proxy  # noqa: E402
 
 
 def label(arm: str) -> str:
@@ -29,7 +29,7 @@ def label(arm: str) -> str:
 
 # ---- reading ------------------------------------------------------------------------------------
 def read_run(path: str) -> dict:
-    from grpo_guard.recording import read_jsonl
+    from grpo_guard.training.recording import read_jsonl
 
     evals: dict[int, dict[str, float]] = {}
     for r in read_jsonl(os.path.join(path, "scalars.jsonl"), dedupe=False):
@@ -271,7 +271,7 @@ def curves_of(arms: list[str], runs: dict[str, dict[int, dict]]) -> list[RunCurv
 def figure(arms: list[str], runs: dict[str, dict[int, dict]], path: str) -> None:
     """The product's experiment figure (mean ± 95 % bands over seeds, gold at equal proxy, gold
     lost beyond noise) of the study's arms."""
-    from grpo_guard.experiment_report import experiment_figure
+    from grpo_guard.experiments.report import experiment_figure
 
     partner = partners(arms)
     names = {(f"{partner.get(a, a)}/control" if is_control(a) else a): label(a) for a in arms}
@@ -284,7 +284,7 @@ def store_runs(experiment_ids: list[int]) -> tuple[list[str], list[int], dict[st
     its name and ``<arm>/control`` becomes the study's control name (``CONTROL_OF``, else
     ``<arm>_null``)."""
     from grpo_guard import metrics as M
-    from grpo_guard.experiment_report import load_curves
+    from grpo_guard.experiments.report import load_curves
     from grpo_guard.store import queries
 
     arms: list[str] = []

@@ -84,8 +84,8 @@ def teardown_store(backend: str, directory: str) -> None:
 
 
 def stat_row(rng: random.Random, step: int, j: int, T: int):
-    from grpo_guard.recording import StepStat
     from grpo_guard.store.models import STEP_STAT_COLUMNS
+    from grpo_guard.training.recording import StepStat
 
     base = rng.random()
     return StepStat(step, j, 1 - j / T, 1 / T, {name: base + k * 1e-3 for k, name in enumerate(STEP_STAT_COLUMNS)})

@@ -42,8 +42,8 @@ def bench_config(algorithm: str, model: str | None, epochs: int):
 
 def run_arm(algorithm: str, model: str | None, epochs: int) -> dict[str, list[float]]:
     from grpo_guard.models import build_backbone
-    from grpo_guard.recording import FolderRecorder, MemoryControl, read_jsonl
-    from grpo_guard.trainer import train
+    from grpo_guard.training.recording import FolderRecorder, MemoryControl, read_jsonl
+    from grpo_guard.training.trainer import train
 
     cfg = bench_config(algorithm, model, epochs)
     backbone = build_backbone(cfg, device="cpu")
@@ -68,9 +68,9 @@ def update_ab(model: str | None, reps: int) -> dict[str, list[float]]:
     from grpo_guard.models import build_backbone
     from grpo_guard.policy import group_advantages
     from grpo_guard.prompts import resolve_prompts
-    from grpo_guard.rollout import derive_generator, sample_rollouts, trained_steps
-    from grpo_guard.train_state import TrainerState
-    from grpo_guard.update import micro_batches, policy_update
+    from grpo_guard.training.rollout import derive_generator, sample_rollouts, trained_steps
+    from grpo_guard.training.train_state import TrainerState
+    from grpo_guard.training.update import micro_batches, policy_update
 
     cfgs = {a: bench_config(a, model, 1) for a in ("flow_grpo", "grpo_guard")}
     c = cfgs["flow_grpo"]

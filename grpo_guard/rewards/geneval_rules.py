@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from grpo_guard.geneval_vocab import COCO_CLASSES, COLOUR_NAMES, RELATIONS  # noqa: F401  (re-exported)
+from grpo_guard.prompts.geneval_vocab import COCO_CLASSES, COLOUR_NAMES, RELATIONS  # noqa: F401  (re-exported)
 
 # Representative sRGB values: only the torch-free fallback classifier (mask_colour) uses them.
 COLOURS: dict[str, tuple[int, int, int]] = {

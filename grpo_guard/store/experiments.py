@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 from grpo_guard.store.db import RunNotFoundError, as_utc, session_scope, utcnow
 from grpo_guard.store.entities import ExperimentMember, ExperimentRow
 from grpo_guard.store.models import Experiment, Run
+from grpo_guard.store.summaries import runs_by_id
 
 
 class ExperimentNotFoundError(RunNotFoundError):
@@ -83,8 +84,6 @@ def get_experiment(experiment_id: int) -> ExperimentRow:
 
 def experiment_runs(experiment_id: int) -> list[ExperimentMember]:
     """The experiment's runs in submit order, each with its arm label and seed."""
-    from grpo_guard.store.queries import runs_by_id
-
     get_experiment(experiment_id)
     with session_scope() as s:
         members = s.execute(select(Run.id, Run.experiment_arm, Run.experiment_seed)

@@ -17,9 +17,7 @@ Imports no torch.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import delete, or_, select, update
@@ -62,8 +60,14 @@ from grpo_guard.store.series import (  # noqa: F401  (re-exported: the app calls
     step_stats_matrix,
     step_stats_series,
 )
+from grpo_guard.store.summaries import (  # noqa: F401  (re-exported)
+    _SUMMARY_COLUMNS,
+    DEFAULT_STALE_AFTER,
+    _summaries,
+    runs_by_id,
+    stale_after,
+)
 
-DEFAULT_STALE_AFTER = 120.0
 _ORDERABLE = {
     "created_at": Run.created_at, "id": Run.id, "name": Run.name, "status": Run.status,
     "step": Run.step, "started_at": Run.started_at, "finished_at": Run.finished_at,
@@ -71,13 +75,6 @@ _ORDERABLE = {
     "algorithm": Run.algorithm,
 }
 
-
-def stale_after() -> float:
-    """Seconds without a heartbeat after which a running run counts as lost (GG_STALE_AFTER)."""
-    try:
-        return max(1.0, float(os.environ.get("GG_STALE_AFTER", DEFAULT_STALE_AFTER)))
-    except ValueError:
-        return DEFAULT_STALE_AFTER
 
 
 # ---- create / read --------------------------------------------------------------------------
@@ -170,14 +167,6 @@ def get_run(run_id: int) -> RunRow:
         return _to_run_row(r, tags)
 
 
-_SUMMARY_COLUMNS = (
-    Run.id, Run.name, Run.status, Run.algorithm, Run.backbone, Run.step, Run.total, Run.start_step,
-    Run.attempt, Run.notes, Run.last_proxy, Run.last_gold, Run.last_eval_step, Run.error,
-    Run.parent_id, Run.pair_id, Run.worker_host, Run.worker_gpu, Run.heartbeat_at,
-    Run.created_at, Run.started_at, Run.finished_at,
-)
-
-
 def list_runs(*, status: str | Sequence[str] | None = None, tag: str | None = None,
               text: str | None = None, order_by: str = "created_at", descending: bool = True,
               limit: int = 500) -> list[RunSummary]:
@@ -214,15 +203,6 @@ def get_run_summary(run_id: int) -> RunSummary:
     return rows[0]
 
 
-def runs_by_id(run_ids: Sequence[int]) -> list[RunSummary]:
-    """The runs-table rows of these runs, in the order given; ids with no run are left out."""
-    wanted = list(dict.fromkeys(int(i) for i in run_ids))
-    if not wanted:
-        return []
-    found = {r.id: r for r in _summaries(select(*_SUMMARY_COLUMNS).where(Run.id.in_(wanted)))}
-    return [found[i] for i in wanted if i in found]
-
-
 def pair_runs(pair_id: str) -> list[RunSummary]:
     """The runs linked by ``pair_id`` (an A/B pair), oldest first."""
     return _summaries(select(*_SUMMARY_COLUMNS).where(Run.pair_id == str(pair_id)).order_by(Run.id))
@@ -238,37 +218,6 @@ def pair_of(run_id: int) -> list[int]:
         if found.pair_id is None:
             return [int(run_id)]
         return list(s.scalars(select(Run.id).where(Run.pair_id == found.pair_id).order_by(Run.id)))
-
-
-def _summaries(q: Any) -> list[RunSummary]:
-    """RunSummary rows (tags, ETA and stale flag filled in) for a select of _SUMMARY_COLUMNS."""
-    now = utcnow()
-    stale_cut = now - timedelta(seconds=stale_after())
-    with session_scope() as s:
-        rows = s.execute(q).all()
-        ids = [r.id for r in rows]
-        tags: dict[int, list[str]] = {i: [] for i in ids}
-        if ids:
-            for rid, t in s.execute(select(RunTag.run_id, RunTag.tag).where(RunTag.run_id.in_(ids))
-                                    .order_by(RunTag.run_id, RunTag.tag)):
-                tags[rid].append(t)
-    out = []
-    for r in rows:
-        started, hb = as_utc(r.started_at), as_utc(r.heartbeat_at)
-        eta = None
-        if r.status in ("running", "stopping") and started and r.step > r.start_step and r.total > r.step:
-            elapsed = (now - started).total_seconds()
-            eta = (r.total - r.step) * elapsed / (r.step - r.start_step)
-        out.append(RunSummary(
-            id=r.id, name=r.name, status=r.status, algorithm=r.algorithm, backbone=r.backbone,
-            step=r.step, total=r.total, attempt=r.attempt, tags=tuple(tags[r.id]), notes=r.notes or "",
-            latest_proxy=r.last_proxy, latest_gold=r.last_gold, latest_eval_step=r.last_eval_step,
-            eta_seconds=eta, stale=r.status in ("running", "stopping") and (hb is None or hb < stale_cut),
-            error=(r.error.splitlines()[0] if r.error else None), parent_id=r.parent_id, pair_id=r.pair_id,
-            worker_host=r.worker_host, worker_gpu=r.worker_gpu, heartbeat_at=hb,
-            created_at=as_utc(r.created_at), started_at=started, finished_at=as_utc(r.finished_at),
-        ))
-    return out
 
 
 # ---- control and annotations ----------------------------------------------------------------

@@ -28,7 +28,6 @@ from typing import Any
 
 from sqlalchemy import case, delete, func, insert, select, update
 
-from grpo_guard.recording import Sample, StepStat
 from grpo_guard.store import artifacts
 from grpo_guard.store.db import (
     RunNotFoundError,
@@ -50,6 +49,7 @@ from grpo_guard.store.models import (
     Scalar,
     StepStatRow,
 )
+from grpo_guard.training.recording import Sample, StepStat
 
 log = logging.getLogger("grpo_guard.store.recorder")
 _LEVELS = ("debug", "info", "warning", "error", "critical")

@@ -16,7 +16,7 @@ import os
 import numpy as np
 
 from grpo_guard.config import RunConfig
-from grpo_guard.recording import Sample, StepStat
+from grpo_guard.training.recording import Sample, StepStat
 
 N_J = 9  # trained denoising steps (10 steps x 0.99 on the toy backbone)
 PROMPTS = ["a red circle on a blue background", "a green square on a yellow background",

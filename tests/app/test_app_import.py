@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-FORBIDDEN = ("torch", "diffusers", "transformers", "grpo_guard.models", "grpo_guard.trainer", "worker.tasks",
+FORBIDDEN = ("torch", "diffusers", "transformers", "grpo_guard.models", "grpo_guard.training.trainer", "worker.tasks",
              "grpo_guard.toyworld.pipeline")
 
 PROBE = f"""

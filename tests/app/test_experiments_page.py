@@ -11,8 +11,8 @@ import worker.celery_app
 from app.figures import experiment as FE
 from app.pages import experiments as P
 from app.pages import new_run
-from grpo_guard.experiment_report import load_curves
-from grpo_guard.experiment_stats import experiment_stats
+from grpo_guard.experiments.report import load_curves
+from grpo_guard.experiments.stats import experiment_stats
 from grpo_guard.store import queries
 from tests.experiment_data import stored_experiment
 

@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from grpo_guard.recording import Sample
+from grpo_guard.training.recording import Sample
 from tests.app import synthetic
 from tests.worker.fake_trainer import TrainResult
 

@@ -68,8 +68,8 @@ def page(server):
 @pytest.fixture(scope="module")
 def stats(server):
     """The statistics computed from the server's store in this process (same SQLite file)."""
-    from grpo_guard.experiment_report import load_curves
-    from grpo_guard.experiment_stats import experiment_stats
+    from grpo_guard.experiments.report import load_curves
+    from grpo_guard.experiments.stats import experiment_stats
     from grpo_guard.store import db
 
     with pytest.MonkeyPatch.context() as mp:

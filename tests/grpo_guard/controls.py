@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from grpo_guard.recording import MemoryControl
+from grpo_guard.training.recording import MemoryControl
 
 
 class StopAfter(MemoryControl):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from grpo_guard.alarm import alarm_fires, hacking_onset
+from grpo_guard.experiments.alarm import alarm_fires, hacking_onset
 
 
 def test_alarm_fires_at_first_window_with_rising_proxy_and_falling_gold():

@@ -11,7 +11,7 @@ from PIL import Image
 
 from grpo_guard.cli import main
 from grpo_guard.models.testing import tiny_sd3_pipeline_dir
-from grpo_guard.recording import read_jsonl
+from grpo_guard.training.recording import read_jsonl
 from tests.grpo_guard.test_trainer import one_thread  # noqa: F401  (one torch thread, autouse)
 
 PROMPTS = ["a red circle on a blue background", "a green square on a white background"]
@@ -118,7 +118,7 @@ def test_train_with_num_gpus_2_launches_two_ranks_and_rank_0_alone_writes(config
 
 
 def test_a_rank_stops_when_the_launchers_stop_file_appears(tmp_path, monkeypatch):
-    from grpo_guard.cli_train import STOP_FILE_ENV, _SignalControl
+    from grpo_guard.cli.train import STOP_FILE_ENV, _SignalControl
 
     stop = tmp_path / "stop"
     monkeypatch.setenv(STOP_FILE_ENV, str(stop))

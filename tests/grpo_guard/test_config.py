@@ -89,7 +89,7 @@ def test_config_module_imports_no_torch():
     import subprocess
     import sys
 
-    code = "import sys, grpo_guard.config, grpo_guard.recording, grpo_guard.rewards; print('torch' in sys.modules)"
+    code = "import sys, grpo_guard.config, grpo_guard.training.recording, grpo_guard.rewards; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False", "the app imports these modules and must not load torch"
 

@@ -67,7 +67,7 @@ def test_every_declared_option_has_a_known_type():
 
 def test_options_reach_the_factories_and_env_vars_stay_the_fallback(tmp_path, monkeypatch):
     from grpo_guard.rewards.testing import tiny_clip_dir
-    from grpo_guard.trainer import _build_rewards
+    from grpo_guard.training.trainer import _build_rewards
 
     clip = tiny_clip_dir(tmp_path / "clip")
     monkeypatch.delenv("GG_REWARD_PICKSCORE_PATH", raising=False)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from grpo_guard.distributed import (
+from grpo_guard.training.distributed import (
     build_launch_command,
     gather_rewards,
     local_slice,
@@ -99,7 +99,7 @@ def test_launch_command_for_one_gpu_and_bad_ids():
 
 
 def test_gpu_lists_parse_indices_plus_and_uuids():
-    from grpo_guard.distributed import parse_gpu_ids
+    from grpo_guard.training.distributed import parse_gpu_ids
 
     assert parse_gpu_ids("0,1") == ["0", "1"] and parse_gpu_ids("2+3") == ["2", "3"] and parse_gpu_ids(None) == []
     assert parse_gpu_ids("GPU-abc, MIG-def") == ["GPU-abc", "MIG-def"]
@@ -107,7 +107,7 @@ def test_gpu_lists_parse_indices_plus_and_uuids():
 
 def test_module_command_extra_args_and_launched_group_detection(monkeypatch):
     from grpo_guard.config import ConfigError, RunConfig
-    from grpo_guard.distributed import in_launched_group, launch_module_command
+    from grpo_guard.training.distributed import in_launched_group, launch_module_command
 
     cmd = build_launch_command("c.yaml", 2, overrides=["seed=1"], extra_args=["--out", "runs/x"], python="py")
     assert cmd[-7:] == ["grpo_guard.cli", "train", "c.yaml", "--set", "seed=1", "--out", "runs/x"]
@@ -123,8 +123,8 @@ def test_module_command_extra_args_and_launched_group_detection(monkeypatch):
 def test_a_single_process_refuses_num_gpus_2():
     """Without a launched group the trainer says how to run a multi-GPU config, before loading."""
     from grpo_guard.config import RunConfig
-    from grpo_guard.recording import MemoryControl, MemoryRecorder
-    from grpo_guard.trainer import train
+    from grpo_guard.training.recording import MemoryControl, MemoryRecorder
+    from grpo_guard.training.trainer import train
 
     with pytest.raises(ValueError, match="grpo-guard train CONFIG"):
         train(RunConfig.from_dict({"num_gpus": 2}), MemoryRecorder(), MemoryControl())
@@ -133,7 +133,7 @@ def test_a_single_process_refuses_num_gpus_2():
 def _grad_worker(rank, world, init_file, out_dir):
     import torch.distributed as dist
 
-    import grpo_guard.distributed as ddp
+    import grpo_guard.training.distributed as ddp
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
@@ -164,7 +164,7 @@ def _shutdown_worker(rank, world, init_file, out_dir):
 
     import torch.distributed as dist
 
-    import grpo_guard.distributed as ddp
+    import grpo_guard.training.distributed as ddp
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     if rank == 0:
@@ -181,7 +181,7 @@ def test_shutdown_waits_for_the_slowest_rank_and_leaves_no_group():
     barrier until rank 0 arrives, then destroys the group on both."""
     import torch.multiprocessing as mp
 
-    from grpo_guard.distributed import shutdown
+    from grpo_guard.training.distributed import shutdown
 
     shutdown()  # no group: nothing to do
     with tempfile.TemporaryDirectory() as d:

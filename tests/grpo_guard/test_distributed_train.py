@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from grpo_guard.config import RunConfig
-from grpo_guard.recording import MemoryControl, MemoryRecorder
+from grpo_guard.training.recording import MemoryControl, MemoryRecorder
 from tests.grpo_guard.controls import StopAfter
 
 BASE = dict(backbone="toy", group_size=2, num_steps=3, eval_num_steps=2, lora_rank=4, sample_batch_size=2,
@@ -24,7 +24,7 @@ BASE = dict(backbone="toy", group_size=2, num_steps=3, eval_num_steps=2, lora_ra
 
 def _run(cfg: RunConfig, ckpt_dir: str, control=None, resume_from=None):
     """Train ``cfg`` in this process, recording every (rewards, group ids) -> advantages call."""
-    import grpo_guard.trainer as trainer
+    import grpo_guard.training.trainer as trainer
 
     calls = []
     original = trainer.group_advantages

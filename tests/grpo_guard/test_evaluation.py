@@ -5,10 +5,10 @@ set left out; end to end through a one-epoch run on the tiny SD3 pipeline."""
 import numpy as np
 import pytest
 
-from grpo_guard.evaluation import score_images
-from grpo_guard.recording import MemoryControl, MemoryRecorder
 from grpo_guard.rewards.geneval import Detection, GenEvalReward
-from grpo_guard.trainer import train
+from grpo_guard.training.evaluation import score_images
+from grpo_guard.training.recording import MemoryControl, MemoryRecorder
+from grpo_guard.training.trainer import train
 from tests.grpo_guard.test_trainer import (  # noqa: F401
     PROMPTS,
     fresh_backbone,

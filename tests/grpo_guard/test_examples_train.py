@@ -18,8 +18,8 @@ from click.testing import CliRunner
 from grpo_guard.cli import main
 from grpo_guard.models.testing import tiny_flux_pipeline_dir, tiny_sd3_pipeline_dir
 from grpo_guard.prompts import prompt_to_item, resolve_prompts
-from grpo_guard.recording import read_jsonl
 from grpo_guard.rewards.testing import tiny_blip_dir, tiny_clip_dir, tiny_mask2former_dir
+from grpo_guard.training.recording import read_jsonl
 from tests.grpo_guard.test_trainer import one_thread  # noqa: F401  (one torch thread, autouse)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

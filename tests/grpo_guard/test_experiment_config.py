@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from grpo_guard.config import ConfigError
-from grpo_guard.experiment import CONTROL_REWARD, ExperimentConfig
+from grpo_guard.experiments.config import CONTROL_REWARD, ExperimentConfig
 
 EXP = """
 name: guard vs flow

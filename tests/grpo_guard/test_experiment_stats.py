@@ -8,8 +8,8 @@ import math
 
 import pytest
 
-from grpo_guard.alarm import alarm_verdict
-from grpo_guard.experiment_stats import (
+from grpo_guard.experiments.alarm import alarm_verdict
+from grpo_guard.experiments.stats import (
     RunCurves,
     band,
     beyond_noise_at_proxy,
@@ -107,7 +107,7 @@ def test_experiment_stats_gather_bands_equal_proxy_and_beyond_noise_per_arm():
 def test_readme_states_the_statistics_paragraph_of_the_module():
     import os
 
-    import grpo_guard.experiment_stats as S
+    import grpo_guard.experiments.stats as S
 
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     with open(os.path.join(root, "README.md"), encoding="utf-8") as fh:

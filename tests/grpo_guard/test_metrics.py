@@ -12,8 +12,8 @@ import torch
 
 from grpo_guard import metrics as M
 from grpo_guard.config import RunConfig
-from grpo_guard.recording import MemoryControl, MemoryRecorder
-from grpo_guard.trainer import train
+from grpo_guard.training.recording import MemoryControl, MemoryRecorder
+from grpo_guard.training.trainer import train
 
 
 def test_every_key_a_toy_run_logs_is_in_the_catalogue(tmp_path):

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from grpo_guard.config import RunConfig
-from grpo_guard.experiment import ExperimentConfig
+from grpo_guard.experiments.config import ExperimentConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STUDY = os.path.join(ROOT, "benchmarks", "overoptimization")

@@ -6,7 +6,13 @@ from __future__ import annotations
 import pytest
 
 from grpo_guard.config import ConfigError, RunConfig
-from grpo_guard.pairing import AB_ALGORITHM_FIELDS, ab_arms, ab_configs, ab_pair_algorithms, arm_differences
+from grpo_guard.experiments.pairing import (
+    AB_ALGORITHM_FIELDS,
+    ab_arms,
+    ab_configs,
+    ab_pair_algorithms,
+    arm_differences,
+)
 
 
 def test_ab_pair_uses_each_algorithms_defaults_and_the_same_seeds():

@@ -15,8 +15,8 @@ from grpo_guard.cli import main
 from grpo_guard.config import ConfigError, RunConfig
 from grpo_guard.models.sd3 import SD3Backbone
 from grpo_guard.models.testing import tiny_sd3_pipeline_dir
-from grpo_guard.recording import MemoryControl, MemoryRecorder
-from grpo_guard.trainer import train
+from grpo_guard.training.recording import MemoryControl, MemoryRecorder
+from grpo_guard.training.trainer import train
 
 ROWS = [{"prompt": "a photo of two dogs", "tag": "counting", "include": [{"class": "dog", "count": 2}],
          "exclude": [{"class": "dog", "count": 3}]},

@@ -11,9 +11,8 @@ from collections import Counter
 
 import pytest
 
-from grpo_guard.prompt_sets import geneval as gv
-from grpo_guard.prompt_sets import ocr
-from grpo_guard.prompts import item_problem, prompt_to_item, resolve_prompts
+from grpo_guard.prompts import geneval as gv
+from grpo_guard.prompts import item_problem, ocr, prompt_to_item, resolve_prompts
 from grpo_guard.rewards.ocr import quoted_text
 
 QUOTED = re.compile(r'"([^"]*)"')

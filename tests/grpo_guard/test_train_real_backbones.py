@@ -11,10 +11,10 @@ import torch
 import yaml
 from click.testing import CliRunner
 
-from grpo_guard.checkpoint import load_checkpoint
 from grpo_guard.cli import main
 from grpo_guard.models.testing import tiny_flux_pipeline_dir, tiny_sd3_pipeline_dir
 from grpo_guard.rewards.testing import tiny_clip_dir
+from grpo_guard.training.checkpoint import load_checkpoint
 
 PROMPTS = ["a red circle on a blue background", "a green square on a white background"]
 

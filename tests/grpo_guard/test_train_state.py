@@ -7,11 +7,11 @@ import math
 
 import torch
 
-from grpo_guard.checkpoint import load_checkpoint
 from grpo_guard.config import RunConfig
-from grpo_guard.recording import MemoryControl, MemoryRecorder
-from grpo_guard.train_state import EvalHistory, TrainerState
-from grpo_guard.trainer import train
+from grpo_guard.training.checkpoint import load_checkpoint
+from grpo_guard.training.recording import MemoryControl, MemoryRecorder
+from grpo_guard.training.train_state import EvalHistory, TrainerState
+from grpo_guard.training.trainer import train
 from tests.grpo_guard.controls import StopAfter
 
 # The dict the loop kept (and checkpointed) before TrainerState, as an epoch-3 checkpoint held it.

@@ -1,4 +1,4 @@
-"""The training loop (``grpo_guard.trainer.train``) on a tiny random SD3 pipeline built in code.
+"""The training loop (``grpo_guard.training.trainer.train``) on a tiny random SD3 pipeline built in code.
 
 Shrunken settings, and why: 32 px images (16×16 latents), 4 denoising steps (3 trained), groups
 of 4 for 2 prompts (the smallest batch with two groups), LoRA rank 4 — one epoch takes well under a
@@ -15,12 +15,12 @@ import pytest
 import torch
 from PIL import Image
 
-from grpo_guard.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
 from grpo_guard.config import RunConfig
 from grpo_guard.models.sd3 import SD3Backbone
 from grpo_guard.models.testing import tiny_sd3_pipeline_dir
-from grpo_guard.recording import MemoryControl, MemoryRecorder
-from grpo_guard.trainer import train
+from grpo_guard.training.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
+from grpo_guard.training.recording import MemoryControl, MemoryRecorder
+from grpo_guard.training.trainer import train
 from tests.grpo_guard.controls import StopAfter
 
 PROMPTS = ["a red circle on a blue background", "a green square on a white background"]

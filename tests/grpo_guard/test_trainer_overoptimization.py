@@ -4,13 +4,13 @@ checkpoint. The alarm is forced to fire at epoch 2 (its rule has its own tests).
 
 import pytest
 
-import grpo_guard.train_run
+import grpo_guard.training.train_run
 from tests.grpo_guard.test_trainer import loaded, make_config, one_thread, pipe_dir, run  # noqa: F401
 
 
 @pytest.fixture
 def alarm_at_2(monkeypatch):
-    monkeypatch.setattr(grpo_guard.train_run, "hacking_onset", lambda steps, proxy, gold: 2 if steps[-1] >= 2 else None)
+    monkeypatch.setattr(grpo_guard.training.train_run, "hacking_onset", lambda steps, proxy, gold: 2 if steps[-1] >= 2 else None)
 
 
 @pytest.mark.parametrize("action", ["continue", "stop", "stop_keep_best"])

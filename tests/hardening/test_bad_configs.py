@@ -13,8 +13,7 @@ import os
 import pytest
 from click.testing import CliRunner
 
-from grpo_guard import safe_yaml
-from grpo_guard.config import ConfigError, RunConfig
+from grpo_guard.config import ConfigError, RunConfig, safe_yaml
 from tests.hardening.helpers import BACKENDS, corpus, names_field, serve_app, snapshot
 from tests.storehelpers import backend_env
 

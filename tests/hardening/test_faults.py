@@ -123,7 +123,7 @@ def test_a_nan_loss_fails_the_run_before_the_weights_change(real_trainer, monkey
     (so every resume failed again) and the run failed one epoch later naming the velocity."""
     import torch
 
-    import grpo_guard.update as update
+    import grpo_guard.training.update as update
 
     real = update.policy_loss
     calls = {"n": 0}

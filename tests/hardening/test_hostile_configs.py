@@ -11,7 +11,7 @@ import time
 import pytest
 
 from grpo_guard.config import ConfigError, RunConfig, _format_errors
-from grpo_guard.validation import validate_run_config
+from grpo_guard.config.validation import validate_run_config
 from tests.hardening.helpers import alias_bomb, assert_clean_rejection, cli_run, deep_nesting, snapshot
 from tests.storehelpers import backend_env
 

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from grpo_guard.config import ConfigError, RunConfig
-from grpo_guard.validation import validate_run_config
+from grpo_guard.config.validation import validate_run_config
 from tests.hardening.helpers import alias_bomb, cli_run, deep_nesting, snapshot
 from tests.storehelpers import backend_env
 

@@ -12,9 +12,8 @@ import time
 
 import pytest
 
-from grpo_guard import paths
-from grpo_guard.config import ConfigError, RunConfig
-from grpo_guard.validation import validate_run_config
+from grpo_guard.config import ConfigError, RunConfig, paths
+from grpo_guard.config.validation import validate_run_config
 from tests.hardening.helpers import assert_clean_rejection, cli_run, snapshot
 from tests.storehelpers import backend_env
 

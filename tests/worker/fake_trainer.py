@@ -1,4 +1,4 @@
-"""An in-memory stand-in for ``grpo_guard.trainer.train`` that keeps its contract and costs
+"""An in-memory stand-in for ``grpo_guard.training.trainer.train`` that keeps its contract and costs
 milliseconds: step = epoch, an eval at step 0 and every ``eval_every`` epochs, a checkpoint every
 ``checkpoint_every`` epochs and at the end, control polled once per epoch (stop -> checkpoint
 and ``cancelled``), resume from a checkpoint with ``recorder.prune_after`` first.
@@ -18,7 +18,7 @@ import os
 import time
 from dataclasses import dataclass
 
-from grpo_guard.recording import Sample, StepStat
+from grpo_guard.training.recording import Sample, StepStat
 
 FAILING_SEED = 13
 PROMPTS = ("a red circle on a blue background", "a green square on a white background")

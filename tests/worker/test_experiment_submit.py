@@ -12,7 +12,7 @@ from click.testing import CliRunner
 import worker.celery_app
 from grpo_guard.cli import main
 from grpo_guard.config import ConfigError
-from grpo_guard.experiment import ExperimentConfig
+from grpo_guard.experiments.config import ExperimentConfig
 from grpo_guard.store import queries
 from worker.experiment import resume_experiment, stop_experiment, submit_experiment
 
@@ -125,7 +125,7 @@ def test_runs_best_prints_the_best_gold_checkpoint_path(store):
 
 def test_an_ab_pair_is_stored_as_a_two_arm_one_seed_experiment(store, sent):
     from grpo_guard.config import RunConfig
-    from grpo_guard.pairing import ab_arms
+    from grpo_guard.experiments.pairing import ab_arms
     from worker.experiment import submit_pair
 
     arms = ab_arms(RunConfig.from_dict({"algorithm": "grpo_guard", "seed": 4, "group_size": 4, "ratio_norm": True}))

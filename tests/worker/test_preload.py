@@ -15,7 +15,7 @@ def test_a_preloading_child_has_the_trainer_imported_before_its_first_run(monkey
     assert tasks._preload is not None
     tasks._preload.join(timeout=300)
     assert all(m in sys.modules for m in tasks.PRELOAD_MODULES)
-    assert tasks.resolve_train_fn() is sys.modules["grpo_guard.trainer"].train
+    assert tasks.resolve_train_fn() is sys.modules["grpo_guard.training.trainer"].train
 
 
 def test_no_preload_without_the_switch_or_with_a_test_trainer(monkeypatch):

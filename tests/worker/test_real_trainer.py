@@ -1,4 +1,4 @@
-"""One end to end run of the real trainer (``grpo_guard.trainer.train``, no GG_TRAINER double)
+"""One end to end run of the real trainer (``grpo_guard.training.trainer.train``, no GG_TRAINER double)
 through ``grpo-guard submit --wait`` and a real worker process: SQLite, embedded broker.
 
 It uses the shipped toy base model when the package has it, else a tiny random SD3 pipeline

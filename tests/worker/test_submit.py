@@ -8,7 +8,7 @@ import pytest
 
 import worker.celery_app
 from grpo_guard.config import ConfigError, RunConfig
-from grpo_guard.pairing import ab_configs
+from grpo_guard.experiments.pairing import ab_configs
 from grpo_guard.store import queries
 from worker import submit
 

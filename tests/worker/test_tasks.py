@@ -136,7 +136,7 @@ def test_a_trainer_exception_is_stored_with_its_traceback(store, fake, monkeypat
 def _crash(rid: int, steps: int, ckpt_at: int) -> None:
     """What a worker killed with SIGKILL leaves behind: a ``running`` row whose heartbeat stops,
     a checkpoint at ``ckpt_at``, and rows (with wrong values) past it up to ``steps``."""
-    from grpo_guard.recording import Sample, StepStat
+    from grpo_guard.training.recording import Sample, StepStat
     from tests.worker import fake_trainer as ft
 
     claim = lifecycle.claim_run(rid, worker_host="doomed")

@@ -9,10 +9,10 @@ import uuid
 import pytest
 
 from grpo_guard.config import ConfigError, RunConfig
-from grpo_guard.recording import Sample, StepStat
 from grpo_guard.store import lifecycle, queries
 from grpo_guard.store.db import RunNotFoundError, StoreError, artifacts_root
 from grpo_guard.store.recorder import StoreRecorder
+from grpo_guard.training.recording import Sample, StepStat
 
 
 def _cfg(**kw) -> RunConfig:

@@ -10,12 +10,12 @@ import pytest
 from sqlalchemy import event, func, select
 
 from grpo_guard.config import RunConfig
-from grpo_guard.recording import Control, Recorder, Sample, StepStat
 from grpo_guard.store import db, lifecycle, queries
 from grpo_guard.store.artifacts import ArtifactError
 from grpo_guard.store.lifecycle import LeaseLostError
 from grpo_guard.store.models import EvalSample, Scalar, StepStatRow
 from grpo_guard.store.recorder import StoreControl, StoreRecorder
+from grpo_guard.training.recording import Control, Recorder, Sample, StepStat
 from tests.storehelpers import unwritable
 
 

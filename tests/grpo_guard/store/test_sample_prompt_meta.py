@@ -11,9 +11,9 @@ from sqlalchemy import text
 
 from grpo_guard.config import RunConfig
 from grpo_guard.prompts import Prompt
-from grpo_guard.recording import FolderRecorder, Sample, read_jsonl
 from grpo_guard.store import db, queries
 from grpo_guard.store.recorder import StoreRecorder
+from grpo_guard.training.recording import FolderRecorder, Sample, read_jsonl
 from tests.storehelpers import backend_env
 
 META = {"tag": "counting", "include": [{"class": "dog", "count": 2}], "exclude": [{"class": "dog", "count": 3}]}

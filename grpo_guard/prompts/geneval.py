@@ -15,8 +15,9 @@ import random
 from functools import lru_cache
 from typing import Any
 
-from grpo_guard.geneval_vocab import COCO_CLASSES, COLOUR_NAMES, RELATIONS
-from grpo_guard.prompts import Prompt, register
+from grpo_guard.prompts.catalog import register
+from grpo_guard.prompts.geneval_vocab import COCO_CLASSES, COLOUR_NAMES, RELATIONS
+from grpo_guard.prompts.prompt import Prompt
 
 # GenEval's vocabulary, shared with the rules that score against it (grpo_guard.rewards.geneval_rules).
 CLASSES: tuple[str, ...] = COCO_CLASSES

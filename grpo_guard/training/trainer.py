@@ -13,7 +13,7 @@ step per ``gradient_accumulation_steps`` micro-batches → EMA → record → ev
 cadence → poll control.
 
 Data parallel (``num_gpus`` > 1, one process per GPU under ``accelerate launch``; see
-``grpo_guard.distributed``): every rank draws the same epoch (prompts, noise, trained steps), samples
+``grpo_guard.training.distributed``): every rank draws the same epoch (prompts, noise, trained steps), samples
 and scores only its own prompt groups, and gathers the rewards before the advantages, so every rank
 computes the advantages of the whole batch and keeps its slice. Gradients are averaged over the ranks
 before each clip + AdamW step (the weights stay identical; LoRA init is broadcast from rank 0). Only
@@ -28,9 +28,9 @@ Every random stream is derived from (seed, epoch, purpose), so a run resumed fro
 exactly what the uninterrupted run logs. The step index of every row is the epoch (0 = base model).
 
 Where the pieces live: ``train()`` below is the loop; each epoch stage is a function after it. The
-live objects of a run and its eval and checkpoint steps are in ``grpo_guard.train_run``, the state
-carried between epochs (and checkpointed) in ``grpo_guard.train_state``, the policy update in
-``grpo_guard.update``, and the names of every logged metric in ``grpo_guard.metrics``.
+live objects of a run and its eval and checkpoint steps are in ``grpo_guard.training.train_run``, the state
+carried between epochs (and checkpointed) in ``grpo_guard.training.train_state``, the policy update in
+``grpo_guard.training.update``, and the names of every logged metric in ``grpo_guard.metrics``.
 """
 
 from __future__ import annotations
@@ -44,15 +44,15 @@ from typing import Literal
 import numpy as np
 import torch
 
-from grpo_guard import distributed as ddp
 from grpo_guard import metrics as M
-from grpo_guard.checkpoint import ARCHITECTURE_KEYS, Checkpoint, load_checkpoint
 from grpo_guard.config import RunConfig
-from grpo_guard.ema import EMA
-from grpo_guard.evaluation import EvalSet, score_images
 from grpo_guard.policy import group_advantages, zero_variance_mask
-from grpo_guard.recording import Control, NullRecorder, Recorder, StepStat
-from grpo_guard.rollout import (
+from grpo_guard.training import distributed as ddp
+from grpo_guard.training.checkpoint import ARCHITECTURE_KEYS, Checkpoint, load_checkpoint
+from grpo_guard.training.ema import EMA
+from grpo_guard.training.evaluation import EvalSet, score_images
+from grpo_guard.training.recording import Control, NullRecorder, Recorder, StepStat
+from grpo_guard.training.rollout import (
     INIT_NOISE,
     PROMPTS,
     SHUFFLE,
@@ -63,9 +63,9 @@ from grpo_guard.rollout import (
     sample_rollouts,
     trained_steps,
 )
-from grpo_guard.train_run import TrainRun, checkpoint_at, evaluate_at, stop_on_alarm
-from grpo_guard.train_state import TrainerState
-from grpo_guard.update import UpdateResult, micro_batches, policy_update
+from grpo_guard.training.train_run import TrainRun, checkpoint_at, evaluate_at, stop_on_alarm
+from grpo_guard.training.train_state import TrainerState
+from grpo_guard.training.update import UpdateResult, micro_batches, policy_update
 
 
 @dataclass

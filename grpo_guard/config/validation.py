@@ -11,8 +11,10 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from grpo_guard import safe_yaml
-from grpo_guard.config import ConfigError, RunConfig, apply_overrides, parse_overrides
+from grpo_guard.config import safe_yaml
+from grpo_guard.config.errors import ConfigError
+from grpo_guard.config.run_config import RunConfig
+from grpo_guard.config.safe_yaml import apply_overrides, parse_overrides
 
 __all__ = ["ConfigError", "validate_run_config"]
 
@@ -22,11 +24,11 @@ def validate_run_config(source: str | os.PathLike[str] | Mapping[Any, Any] | Run
                         check_paths: bool = True) -> RunConfig:
     """A validated RunConfig, or ConfigError listing (field, message) pairs.
 
-    ``source``: a config file path (read with the limits of :mod:`grpo_guard.safe_yaml`; its
+    ``source``: a config file path (read with the limits of :mod:`grpo_guard.config.safe_yaml`; its
     directory becomes ``config_dir``), a mapping (the form, a stored row) or a RunConfig.
     ``overrides``: ``key=value`` strings as for ``--set``. Checked: the schema and its
     cross-field rules, registered reward and gold names, prompt files inside the allowed roots
-    (:mod:`grpo_guard.paths`; on the filesystem with ``check_paths`` or a ``config_dir``, else by
+    (:mod:`grpo_guard.config.paths`; on the filesystem with ``check_paths`` or a ``config_dir``, else by
     their text), and with ``check_paths`` a local ``model`` directory that exists."""
     items = list(overrides)
     if isinstance(source, RunConfig):

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
+from typing import Any
 
 from pydantic import ValidationError
-
-from grpo_guard import safe_yaml
 
 MAX_ERRORS = 20  # thousands of bad entries get a short answer, not thousands of lines
 MAX_ERRORS_PER_FIELD = 3
@@ -63,7 +62,7 @@ def format_errors(exc: ValidationError, fields: Iterable[str]) -> list[tuple[str
         if isinstance(inner, ValueError) and inner.args and isinstance(inner.args[0], ErrorBundle):
             errors.extend(inner.args[0].errors)
             continue
-        loc = ".".join(safe_yaml.preview(p, 60) if not isinstance(p, (str, int)) else str(p)[:100]
+        loc = ".".join(preview(p, 60) if not isinstance(p, (str, int)) else str(p)[:100]
                        for p in err.get("loc", ()))
         head = loc.split(".", 1)[0]
         per_field[head] = per_field.get(head, 0) + 1
@@ -78,11 +77,11 @@ def format_errors(exc: ValidationError, fields: Iterable[str]) -> list[tuple[str
             close = closest(head, fields)
             msg = "unknown key" + (f"; did you mean '{close}'?" if close else "")
         elif typ == "literal_error":
-            msg = f"{msg}, got {safe_yaml.preview(err.get('input'))}"
+            msg = f"{msg}, got {preview(err.get('input'))}"
         elif msg.startswith("Value error, "):
             msg = msg[len("Value error, "):]
         elif "input" in err and typ not in ("missing",):
-            msg = f"{msg}, got {safe_yaml.preview(err['input'])}"
+            msg = f"{msg}, got {preview(err['input'])}"
         errors.append((loc, msg))
     for head, n in per_field.items():
         if n > MAX_ERRORS_PER_FIELD and len(errors) < MAX_ERRORS:
@@ -96,3 +95,34 @@ def closest(name: str, candidates: Iterable[str]) -> str | None:
     """The candidate ``name`` was most likely meant to be (a typo), else None."""
     hits = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
     return hits[0] if hits else None
+
+
+def preview(value: Any, limit: int = 60, _depth: int = 0) -> str:
+    """A short text of ``value`` for an error message, built from pieces of at most ``limit``
+    characters: never the full repr of a huge string, number or expanded alias tree (a
+    5,000-digit int cannot even be turned into text)."""
+    if isinstance(value, str):
+        return repr(value[:limit]) + ("…" if len(value) > limit else "")
+    if isinstance(value, bool) or value is None or isinstance(value, float):
+        return repr(value)
+    if isinstance(value, int):
+        if value.bit_length() > 128:
+            return f"an integer of about {int(value.bit_length() * 0.30103) + 1} digits"
+        return repr(value)
+    if isinstance(value, (list, tuple, dict)):
+        if _depth >= 2:
+            return "[…]" if not isinstance(value, dict) else "{…}"
+        items = list(value.items()) if isinstance(value, dict) else list(value)
+        parts: list[str] = []
+        used = 0
+        for item in items[:10]:
+            text = (f"{preview(item[0], 20, _depth + 1)}: {preview(item[1], 20, _depth + 1)}"
+                    if isinstance(value, dict) else preview(item, 20, _depth + 1))
+            parts.append(text)
+            used += len(text)
+            if used > limit:
+                break
+        more = ", …" if len(parts) < len(items) else ""
+        open_, close = ("{", "}") if isinstance(value, dict) else ("[", "]")
+        return f"{open_}{', '.join(parts)}{more}{close}"
+    return f"a {type(value).__name__}"

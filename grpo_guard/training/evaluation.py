@@ -13,8 +13,8 @@ import torch
 
 from grpo_guard import metrics as M
 from grpo_guard.models.base import Backbone
-from grpo_guard.recording import Recorder, Sample
-from grpo_guard.rollout import sample_ode, seed_noise
+from grpo_guard.training.recording import Recorder, Sample
+from grpo_guard.training.rollout import sample_ode, seed_noise
 
 
 def png_bytes(image: np.ndarray) -> bytes:

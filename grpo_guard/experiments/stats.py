@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from grpo_guard.alarm import AlarmVerdict, alarm_verdict
-from grpo_guard.experiment import arm_of_control, control_arm
+from grpo_guard.experiments.alarm import AlarmVerdict, alarm_verdict
+from grpo_guard.experiments.config import arm_of_control, control_arm
 
 EQUAL_PROXY_LEVELS = 5
 CONFIDENCE = 0.95

@@ -24,11 +24,11 @@ class LazyCommand(NamedTuple):
 LAZY_COMMANDS: dict[str, LazyCommand] = {
     # the engine
     "toy": LazyCommand("grpo_guard.toyworld.cli:toy", "Toy world: pretrain the base model, measure it."),
-    "prompts": LazyCommand("grpo_guard.prompts_cli:prompts_group",
+    "prompts": LazyCommand("grpo_guard.cli.prompts:prompts_group",
                            "List, show and export prompt sets (ocr:, geneval:, hf:, toy:, files)."),
-    "train": LazyCommand("grpo_guard.cli_train:train_cmd",
+    "train": LazyCommand("grpo_guard.cli.train:train_cmd",
                          "Train CONFIG.yaml in the foreground (progress bar, Ctrl-C stops cleanly)."),
-    "sample": LazyCommand("grpo_guard.cli_train:sample_cmd", "Write one image from a base model or a checkpoint."),
+    "sample": LazyCommand("grpo_guard.cli.train:sample_cmd", "Write one image from a base model or a checkpoint."),
     "db": LazyCommand("grpo_guard.store.cli:db_group", "Create or upgrade the store's database schema."),
     # the web app (app/)
     "serve": LazyCommand("app.cli:serve_cmd", "Start the web UI (and, by default, an embedded worker)."),
@@ -102,7 +102,7 @@ def config_group() -> None:
                    "exist only where the workers run; the workers check them).")
 def config_validate(path: str, overrides: tuple[str, ...], no_model_check: bool) -> None:
     """Validate CONFIG.yaml as `grpo-guard submit` does and print the full resolved config."""
-    from grpo_guard.validation import validate_run_config
+    from grpo_guard.config.validation import validate_run_config
 
     cfg = validate_run_config(path, overrides, check_paths=not no_model_check)
     click.echo(cfg.to_yaml(), nl=False)
@@ -131,7 +131,3 @@ def config_fields() -> None:
         for name in names:
             info = RunConfig.model_fields[name]
             click.echo(f"  {name} (default {info.default!r})\n      {info.description}")
-
-
-if __name__ == "__main__":
-    main()

@@ -22,11 +22,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from grpo_guard import paths, safe_yaml
-from grpo_guard.config_errors import ConfigError, ErrorBundle, format_errors
-from grpo_guard.safe_yaml import apply_overrides, parse_overrides
-
-__all__ = ["ConfigError", "RunConfig", "apply_overrides", "parse_overrides", "prompt_file_problem"]
+from grpo_guard.config import paths, safe_yaml
+from grpo_guard.config.errors import ConfigError, ErrorBundle, format_errors
+from grpo_guard.config.safe_yaml import apply_overrides, parse_overrides
 
 Backbone = Literal["toy", "sd3", "flux"]
 Algorithm = Literal["flow_grpo", "grpo_guard", "dance_grpo", "dance_grpo_guard"]
@@ -294,7 +292,7 @@ class RunConfig(BaseModel):
     def submit_errors(self, *, check_paths: bool = False, config_dir: str | None = None) -> list[tuple[str, str]]:
         """What stops this config from being queued, beyond its own validity: reward and gold
         names missing from ``grpo_guard.rewards.REGISTRY``; prompt files refused by
-        :mod:`grpo_guard.paths` (outside the allowed roots of ``config_dir``, GG_PROMPTS_DIR and
+        :mod:`grpo_guard.config.paths` (outside the allowed roots of ``config_dir``, GG_PROMPTS_DIR and
         the built-in sets, a symlink out of its root, not a regular file, too big); and, with
         ``check_paths``, a prompt file no root holds or a local-looking ``model`` path (starting
         with /, ./, ../ or ~) that does not exist here. Hub ids are never checked (no network at
@@ -333,7 +331,7 @@ class RunConfig(BaseModel):
 
     def with_prompt_files_inlined(self, *, config_dir: str | None = None, missing_ok: bool = False) -> RunConfig:
         """This config with each ``file:PATH`` / ``geneval:file:PATH`` prompt spec replaced by the
-        file's prompts, read inside the allowed roots (:mod:`grpo_guard.paths`): ``grpo-guard
+        file's prompts, read inside the allowed roots (:mod:`grpo_guard.config.paths`): ``grpo-guard
         submit`` stores what the submitter's file holds, and a worker trains on what its confined
         read gave. With ``missing_ok`` a file no root holds here stays a spec (the workers resolve
         it in their own roots). ConfigError names the field if the file is refused or unreadable."""
@@ -403,7 +401,7 @@ class RunConfig(BaseModel):
 
     @classmethod
     def from_yaml(cls, text: str, overrides: Iterable[str] = ()) -> RunConfig:
-        """Parse YAML text with the limits of :mod:`grpo_guard.safe_yaml`, apply ``key=value``
+        """Parse YAML text with the limits of :mod:`grpo_guard.config.safe_yaml`, apply ``key=value``
         overrides (values parsed the same way), validate."""
         data = safe_yaml.load_mapping(text)
         return cls.from_dict(apply_overrides(data, parse_overrides(overrides)))
@@ -425,7 +423,7 @@ class RunConfig(BaseModel):
 
 def prompt_file_problem(spec: Any) -> str | None:
     """Why a queued run may not read the prompt file ``spec`` names (``file:`` or
-    ``geneval:file:``), judged from its text (:func:`grpo_guard.paths.spec_problem`), else None."""
+    ``geneval:file:``), judged from its text (:func:`grpo_guard.config.paths.spec_problem`), else None."""
     path = prompt_file_path(spec)
     return None if path is None else paths.spec_problem("prompts", path)
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 import random
 from functools import lru_cache
 
-from grpo_guard.prompt_sets.ocr_words import MODIFIERS, NOUNS, TEMPLATES, WORDS
-from grpo_guard.prompts import Prompt, register
+from grpo_guard.prompts.catalog import register
+from grpo_guard.prompts.ocr_words import MODIFIERS, NOUNS, TEMPLATES, WORDS
+from grpo_guard.prompts.prompt import Prompt
 
 SEED = 20251026
 N_TRAIN, N_TEST = 20_000, 1_000

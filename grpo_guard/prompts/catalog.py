@@ -6,7 +6,7 @@ A spec (``RunConfig.prompts`` / ``eval_prompts``) is one of
   exclude: [...]}`` (GenEval metadata inline);
 - a registered set: ``toy:train``, ``toy:heldout``, ``toy:all`` (the toy world registers them),
   ``ocr:train`` / ``ocr:test`` and ``geneval:train`` / ``geneval:test`` (generated in code,
-  ``grpo_guard.prompt_sets``);
+  ``grpo_guard.prompts``);
 - ``file:PATH``: a UTF-8 text file, one prompt a line;
 - ``geneval:file:PATH``: GenEval's ``evaluation_metadata.jsonl`` (one JSON row a line);
 - ``hf:DATASET[:SPLIT][#COLUMN]``: a Hugging Face dataset from the local cache or a local
@@ -28,13 +28,15 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from grpo_guard.prompts.prompt import Prompt
+
 GENEVAL_TAGS: tuple[str, ...] = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 GENEVAL_KEYS: tuple[str, ...] = ("tag", "include", "exclude")
 _OBJECT_KEYS = ("class", "count", "color", "position")
 
 # Modules that register built-in sets when imported; loaded on the first registry lookup so that
 # importing this module stays cheap (and the toy world can import it without a cycle).
-_BUILTIN_MODULES = ("grpo_guard.toyworld.prompts", "grpo_guard.prompt_sets.ocr", "grpo_guard.prompt_sets.geneval")
+_BUILTIN_MODULES = ("grpo_guard.toyworld.prompts", "grpo_guard.prompts.ocr", "grpo_guard.prompts.geneval")
 
 # Spec forms with an argument; listed with the registered sets.
 SPEC_FORMS: dict[str, str] = {
@@ -42,21 +44,6 @@ SPEC_FORMS: dict[str, str] = {
     "geneval:file:PATH": "GenEval's evaluation_metadata.jsonl: one JSON row {prompt, tag, include, exclude} a line",
     "hf:DATASET[:SPLIT][#COLUMN]": "a Hugging Face dataset (hub id from the local cache, or a local directory)",
 }
-
-
-class Prompt(str):
-    """A prompt with per-prompt metadata (GenEval: tag, include, exclude)."""
-
-    meta: Mapping[str, Any]
-
-    def __new__(cls, text: str, meta: Mapping[str, Any] | None = None) -> Prompt:
-        self = super().__new__(cls, text)
-        self.meta = dict(meta) if meta else {}
-        return self
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # str's own pickling would rebuild from the text alone and drop the metadata
-        return (Prompt, (str(self), dict(self.meta)))
 
 
 @dataclass(frozen=True)
@@ -103,11 +90,11 @@ def read_prompt_file(path: str, *, field: str = "prompts", confined: bool = Fals
                      config_dir: str | None = None) -> str:
     """The text of the prompt file at ``path``. Every spec that reads a local file goes
     through here. With ``confined`` (or a ``config_dir``) the file must lie inside the allowed
-    roots (:func:`grpo_guard.paths.confine`: the config's directory, GG_PROMPTS_DIR, the built-in
+    roots (:func:`grpo_guard.config.paths.confine`: the config's directory, GG_PROMPTS_DIR, the built-in
     sets; never /proc, a FIFO or a symlink out of its root), as for every queued run; without
     (``grpo-guard train`` on one's own files) any readable file, ``~`` expanded. Size, line and
     UTF-8 limits hold either way. Raises ValueError with one sentence."""
-    from grpo_guard import paths
+    from grpo_guard.config import paths  # lazily: config imports this package lazily too
 
     try:
         real = (paths.confine(field, path, config_dir=config_dir) if confined or config_dir
@@ -327,7 +314,7 @@ def resolve_prompts(spec: str | Sequence[str | Mapping[str, Any]], *, field: str
         if s.startswith("file:"):
             return _text_file(s[len("file:"):].strip(), **where)
         if s.startswith("hf:"):
-            from grpo_guard.prompt_sets.hf import hf_prompts
+            from grpo_guard.prompts.hf import hf_prompts
 
             return list(hf_prompts(*parse_hf_spec(s)))
         return list(registry()[s].build())

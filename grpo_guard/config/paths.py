@@ -21,16 +21,16 @@ from __future__ import annotations
 import os
 import stat
 
+from grpo_guard.config.errors import ConfigError
+
 MAX_FILE_BYTES = 4 * 1024 * 1024
 MAX_FILE_LINES = 100_000
 FORBIDDEN = ("/proc", "/sys", "/dev")
 # Directories of prompt files shipped with the package; the prompt-set registry adds its own.
-BUILTIN_ROOTS: list[str] = [os.path.join(os.path.dirname(os.path.abspath(__file__)), "prompt_sets")]
+BUILTIN_ROOTS: list[str] = [os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "prompts")]
 
 
 def _error(field: str, message: str) -> Exception:
-    from grpo_guard.config import ConfigError  # config imports this module
-
     return ConfigError([(field, message)])
 
 

@@ -14,14 +14,14 @@ from dataclasses import dataclass
 import torch
 
 from grpo_guard import metrics as M
-from grpo_guard.alarm import hacking_onset
-from grpo_guard.checkpoint import Checkpoint, checkpoint_path, prune_checkpoints, save_checkpoint
 from grpo_guard.config import RunConfig
-from grpo_guard.ema import EMA
-from grpo_guard.evaluation import EvalSet, evaluate
+from grpo_guard.experiments.alarm import hacking_onset
 from grpo_guard.models.base import Backbone
-from grpo_guard.recording import Recorder
-from grpo_guard.train_state import TrainerState
+from grpo_guard.training.checkpoint import Checkpoint, checkpoint_path, prune_checkpoints, save_checkpoint
+from grpo_guard.training.ema import EMA
+from grpo_guard.training.evaluation import EvalSet, evaluate
+from grpo_guard.training.recording import Recorder
+from grpo_guard.training.train_state import TrainerState
 
 
 @dataclass

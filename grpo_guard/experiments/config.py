@@ -21,9 +21,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
-from grpo_guard import paths, safe_yaml
-from grpo_guard.config import ConfigError, RunConfig, parse_overrides
-from grpo_guard.validation import validate_run_config
+from grpo_guard.config import ConfigError, RunConfig, parse_overrides, paths, safe_yaml
+from grpo_guard.config.validation import validate_run_config
 
 CONTROL_SUFFIX = "/control"
 CONTROL_REWARD = "null_noise"
@@ -34,7 +33,7 @@ _ARM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,59}$")
 
 def validate_run(data: Mapping[str, Any], *, config_dir: str | None = None) -> RunConfig:
     """Every expanded run config goes through the one validation of run configs
-    (:func:`grpo_guard.validation.validate_run_config`: schema, cross-field rules, registered
+    (:func:`grpo_guard.config.validation.validate_run_config`: schema, cross-field rules, registered
     reward and gold names, prompt files confined to the allowed roots). A prompt file found beside
     the experiment file is read now, so the stored run holds its prompts."""
     cfg = validate_run_config(dict(data), config_dir=config_dir, check_paths=False)
@@ -52,7 +51,7 @@ def _load_mapping(text: str, what: str, field: str = "") -> dict[str, Any]:
 
 def _confined_base(raw: str, config_dir: str | None) -> str:
     """The run config file ``base`` names, held to the rules of prompt files
-    (:func:`grpo_guard.paths.confine`: inside the experiment file's directory, GG_PROMPTS_DIR or
+    (:func:`grpo_guard.config.paths.confine`: inside the experiment file's directory, GG_PROMPTS_DIR or
     the built-in roots; no '..', hidden parts or '~'; a regular file)."""
     if config_dir is None and not os.path.isabs(raw.strip()):
         raise ConfigError([("base", f"{raw!r} names a file, but this experiment has no directory to find it in; "

@@ -107,7 +107,7 @@ def train_cmd(config_path: str, overrides: tuple[str, ...], epochs: int | None, 
     With num_gpus > 1 it starts itself under ``accelerate launch`` (one process per GPU, data
     parallel over prompt groups); inside a launched group it is one rank and only rank 0 writes."""
     from grpo_guard.config import RunConfig
-    from grpo_guard.distributed import in_launched_group
+    from grpo_guard.training.distributed import in_launched_group
 
     items = list(overrides) + ([f"epochs={epochs}"] if epochs is not None else [])
     config = RunConfig.from_file(config_path, items)
@@ -117,14 +117,14 @@ def train_cmd(config_path: str, overrides: tuple[str, ...], epochs: int | None, 
         _launch_ranks(config_path, config.num_gpus, items, out_dir, resume, gpu_ids)
         return
     rank = int(os.environ.get("RANK", "0") or 0) if in_launched_group() else 0
-    from grpo_guard.checkpoint import CheckpointError
     from grpo_guard.models.base import ModelNotFoundError
-    from grpo_guard.recording import FolderRecorder
-    from grpo_guard.trainer import train
+    from grpo_guard.training.checkpoint import CheckpointError
+    from grpo_guard.training.recording import FolderRecorder
+    from grpo_guard.training.trainer import train
 
     control = _SignalControl()
     if rank != 0:  # another rank of a multi-GPU run: rank 0 alone writes the run directory
-        from grpo_guard.recording import NullRecorder
+        from grpo_guard.training.recording import NullRecorder
 
         recorder: Any = NullRecorder()
         recorder.close = lambda: None
@@ -146,7 +146,7 @@ def train_cmd(config_path: str, overrides: tuple[str, ...], epochs: int | None, 
         control.restore()
     recorder.close()
     if in_launched_group():
-        from grpo_guard.distributed import shutdown
+        from grpo_guard.training.distributed import shutdown
 
         shutdown()
     if rank == 0:
@@ -162,7 +162,7 @@ def _launch_ranks(config_path: str, num_gpus: int, items: list[str], out_dir: st
     together), the second terminates the ranks."""
     import subprocess
 
-    from grpo_guard.distributed import build_launch_command, free_port, parse_gpu_ids
+    from grpo_guard.training.distributed import build_launch_command, free_port, parse_gpu_ids
 
     spec = gpu_ids or os.environ.get("CUDA_VISIBLE_DEVICES", "")
     ids: list[int | str] = list(parse_gpu_ids(spec)[:num_gpus]) if spec else list(range(num_gpus))
@@ -225,9 +225,9 @@ def _launch_ranks(config_path: str, num_gpus: int, items: list[str], out_dir: st
 def sample_cmd(config_path: str | None, backbone: str | None, checkpoint: str | None, prompt: str, seed: int,
                steps: int | None, out_path: str, device: str | None) -> None:
     """Write one image (deterministic ODE sampling, as in evaluation) for PROMPT and SEED."""
-    from grpo_guard.checkpoint import CheckpointError, load_checkpoint
     from grpo_guard.config import RunConfig
     from grpo_guard.models.base import ModelNotFoundError
+    from grpo_guard.training.checkpoint import CheckpointError, load_checkpoint
 
     try:
         ckpt = load_checkpoint(checkpoint) if checkpoint else None
@@ -243,9 +243,9 @@ def sample_cmd(config_path: str | None, backbone: str | None, checkpoint: str | 
         raise click.UsageError("give --config, --backbone or --checkpoint")
     import torch
 
-    from grpo_guard.evaluation import png_bytes
     from grpo_guard.models import build_backbone
-    from grpo_guard.rollout import sample_ode, seed_noise
+    from grpo_guard.training.evaluation import png_bytes
+    from grpo_guard.training.rollout import sample_ode, seed_noise
 
     try:
         bb = build_backbone(config, device=device)

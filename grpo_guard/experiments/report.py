@@ -1,5 +1,5 @@
 """An experiment's report: its runs' curves read from the store, the statistics of
-:mod:`grpo_guard.experiment_stats`, and the two files ``grpo-guard experiment report`` writes —
+:mod:`grpo_guard.experiments.stats`, and the two files ``grpo-guard experiment report`` writes —
 ``table.md`` (markdown) and ``figure.png`` (matplotlib). ``benchmarks/overoptimization/report.py``
 calls the same table and figure code, so the study and the product print the same numbers.
 
@@ -14,9 +14,9 @@ import os
 from collections.abc import Collection, Mapping, Sequence
 
 from grpo_guard import metrics as M
-from grpo_guard.alarm import AlarmVerdict
-from grpo_guard.experiment import arm_of_control, control_arm
-from grpo_guard.experiment_stats import (
+from grpo_guard.experiments.alarm import AlarmVerdict
+from grpo_guard.experiments.config import arm_of_control, control_arm
+from grpo_guard.experiments.stats import (
     Estimate,
     ExperimentStats,
     RunCurves,

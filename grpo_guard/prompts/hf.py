@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 
-from grpo_guard.prompts import Prompt
+from grpo_guard.prompts.prompt import Prompt
 
 TEXT_COLUMNS = ("prompt", "caption", "text")
 

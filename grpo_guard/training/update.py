@@ -23,12 +23,12 @@ import torch
 
 from grpo_guard import metrics as M
 from grpo_guard.config import RunConfig
-from grpo_guard.ema import EMA
 from grpo_guard.models.base import Backbone, select_embeds
 from grpo_guard.policy import policy_loss
-from grpo_guard.rollout import Rollout
 from grpo_guard.sde import sde_step
-from grpo_guard.train_state import TrainerState
+from grpo_guard.training.ema import EMA
+from grpo_guard.training.rollout import Rollout
+from grpo_guard.training.train_state import TrainerState
 
 
 @dataclass

@@ -30,6 +30,8 @@ import yaml
 from yaml.constructor import SafeConstructor
 from yaml.resolver import BaseResolver
 
+from grpo_guard.config.errors import ConfigError, preview  # noqa: F401  (preview re-exported)
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -127,8 +129,6 @@ CoreLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 
 
 def _error(field: str, message: str, *, syntax: bool = False) -> Exception:
-    from grpo_guard.config import ConfigError  # config imports this module
-
     err = ConfigError([(field, message)])
     err.syntax = syntax  # type: ignore[attr-defined]  # not YAML at all (a --set value may then be text)
     return err
@@ -293,37 +293,6 @@ def read_config_file(path: str, *, limits: Limits = LIMITS) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         raise _error("", f"config file {path} is not UTF-8 text") from None
-
-
-def preview(value: Any, limit: int = 60, _depth: int = 0) -> str:
-    """A short text of ``value`` for an error message, built from pieces of at most ``limit``
-    characters: never the full repr of a huge string, number or expanded alias tree (a
-    5,000-digit int cannot even be turned into text)."""
-    if isinstance(value, str):
-        return repr(value[:limit]) + ("…" if len(value) > limit else "")
-    if isinstance(value, bool) or value is None or isinstance(value, float):
-        return repr(value)
-    if isinstance(value, int):
-        if value.bit_length() > 128:
-            return f"an integer of about {int(value.bit_length() * 0.30103) + 1} digits"
-        return repr(value)
-    if isinstance(value, (list, tuple, dict)):
-        if _depth >= 2:
-            return "[…]" if not isinstance(value, dict) else "{…}"
-        items = list(value.items()) if isinstance(value, dict) else list(value)
-        parts: list[str] = []
-        used = 0
-        for item in items[:10]:
-            text = (f"{preview(item[0], 20, _depth + 1)}: {preview(item[1], 20, _depth + 1)}"
-                    if isinstance(value, dict) else preview(item, 20, _depth + 1))
-            parts.append(text)
-            used += len(text)
-            if used > limit:
-                break
-        more = ", …" if len(parts) < len(items) else ""
-        open_, close = ("{", "}") if isinstance(value, dict) else ("[", "]")
-        return f"{open_}{', '.join(parts)}{more}{close}"
-    return f"a {type(value).__name__}"
 
 
 def strict_kind_errors(loc: str, annotation: Any, value: Any) -> list[tuple[str, str]]:
