@@ -56,7 +56,9 @@ def embedded_plan(cores: int | None = None, *, workers: int | None = None, gpu: 
     the runs do not oversubscribe them (default threading made toy epochs several times
     slower on a busy 2-core machine); with a GPU, or one core, one worker. ``workers``
     overrides the count."""
-    cores = max(1, cores or os.cpu_count() or 1)
+    from grpo_guard.training.cpu import owned_cores  # torch-free
+
+    cores = max(1, cores or owned_cores())  # the cores this process may use (affinity, cgroup quota)
     gpu = has_gpu() if gpu is None else gpu
     n = workers if workers is not None else (1 if gpu or cores < 2 else 2)
     n = max(1, n)

@@ -80,7 +80,9 @@ def worker_command(gpu: str | None, *, queue: str | None = None, loglevel: str =
 def spawn_worker(gpu: str | None = None, *, queue: str | None = None, loglevel: str = "info",
                  name: str | None = None, env: dict[str, str] | None = None, **popen: Any) -> subprocess.Popen:
     """Start one worker process (also used by ``grpo-guard serve`` and the tests)."""
-    child_env = dict(os.environ if env is None else env)
+    from grpo_guard.training.cpu import training_env
+
+    child_env = training_env(os.environ if env is None else env)  # OpenMP/malloc defaults before its torch
     if gpu is not None:  # "0+1": this worker owns GPUs 0 and 1 (multi-GPU runs launch on both)
         child_env["CUDA_VISIBLE_DEVICES"] = str(gpu).replace("+", ",")
         child_env["GG_WORKER_GPU"] = str(gpu).replace("+", ",")

@@ -213,7 +213,9 @@ def _run_data_parallel(run_id: int, claim: Any, config: Any, resume_from: str | 
         result = os.path.join(tmp, "result")
         cmd = data_parallel_command(run_id, claim.lease, claim.attempt, config.num_gpus, result, resume_from)
         log.info("run %s: launching %d ranks: %s", run_id, config.num_gpus, " ".join(cmd))
-        env = dict(os.environ)
+        from grpo_guard.training.cpu import training_env
+
+        env = training_env()  # the ranks' OpenMP/malloc defaults (the user's own settings kept)
         rc = (LAUNCH_FN or _launch)(cmd, env)
         results = {}
         for rank in range(config.num_gpus):

@@ -26,6 +26,10 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+from grpo_guard.training import cpu  # noqa: E402  (torch-free)
+
+cpu.apply()  # as `grpo-guard train` does, before torch: passive OpenMP waits, malloc settings
+
 PHASES = ("time/sample", "time/reward", "time/update", "time/record", "time/epoch")
 
 

@@ -45,6 +45,14 @@ class ConfigErrorAware(click.Group):
     """Turns a ConfigError anywhere below into a clean message and exit code 2, and loads the
     commands of LAZY_COMMANDS on demand."""
 
+    def main(self, *args, **kwargs):  # type: ignore[override]
+        # Before any command imports torch: OpenMP and malloc settings for sharing the CPU, in this
+        # process's environment so that every child (workers, ranks) inherits them.
+        from grpo_guard.training import cpu
+
+        cpu.apply()
+        return super().main(*args, **kwargs)
+
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted([*super().list_commands(ctx), *LAZY_COMMANDS])
 

@@ -1,0 +1,180 @@
+"""A toy epoch on a quiet and on a shared CPU, before and after the CPU settings, plus peak RSS.
+
+Each measurement is a real ``grpo-guard train`` process (``python -m grpo_guard.cli train``) on the
+settings of bench_epoch.py (8 prompts × 8 images, 10 steps, full CFG gradient, micro-batches of 8
+with accumulation 2, float32, no KL), run for ``--epochs`` epochs; the figure is the trainer's own
+``time/epoch`` of the epochs after the first (a warm-up), and the process's peak RSS (``wait4``'s
+``ru_maxrss``) with its context switches.
+
+Arms (``--arms``):
+- ``before``: ``GG_CPU_TUNING=0`` — the behaviour of git main before grpo_guard/training/cpu.py
+  (default libgomp spinning, glibc's dynamic mmap threshold).
+- ``after``: the shipped defaults (OMP_WAIT_POLICY=PASSIVE, MALLOC_MMAP_THRESHOLD_).
+- ``after-1t``: ``after`` with one torch thread (OMP_NUM_THREADS=1), to see whether fewer threads
+  would serve a shared machine better.
+
+Conditions: ``quiet`` (nothing of ours beside it; other users' load is recorded with every figure)
+and ``busy`` (one competitor process beside it: ``python -c "while True: pass"``, a single pure-
+Python busy loop, unpinned, started 1 s before the run in the same session and killed after it).
+
+Rounds alternate the order of the arms (A B, then B A, ...) so that load drift hits every arm alike.
+Variables the user set (OMP_WAIT_POLICY, MALLOC_*, OMP_NUM_THREADS) are removed from every arm's
+environment, so each arm measures what it names.
+
+    python benchmarks/trainer/bench_shared.py [--rounds 2] [--epochs 2] [--arms before,after] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+
+from bench_epoch import bench_config  # noqa: E402
+
+from grpo_guard.training import cpu  # noqa: E402  (torch-free)
+
+ARMS = ("before", "after", "after-1t")
+CONDITIONS = ("quiet", "busy")
+COMPETITOR = [sys.executable, "-c", "while True: pass"]
+SCRUB = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+         cpu.SWITCH, *(k for k in cpu.DEFAULTS if k.startswith("MALLOC_")))
+
+
+def arm_env(arm: str) -> dict[str, str]:
+    """The environment of one arm's training process."""
+    env = {k: v for k, v in os.environ.items() if k not in SCRUB}
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONPATH=os.pathsep.join(
+        p for p in (ROOT, os.environ.get("PYTHONPATH", "")) if p))
+    if arm == "before":
+        env[cpu.SWITCH] = "0"
+    elif arm == "after-1t":
+        env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def load_now() -> float:
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+
+
+def run_once(config_path: str, arm: str, condition: str, epochs: int) -> dict:
+    """One ``grpo-guard train`` process; its epoch times, peak RSS and context switches."""
+    competitor = None
+    if condition == "busy":
+        competitor = subprocess.Popen(COMPETITOR)
+        time.sleep(1.0)
+    load = load_now()
+    with tempfile.TemporaryDirectory(prefix="gg-bench-shared-") as out:
+        t = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-m", "grpo_guard.cli", "train", config_path, "--epochs", str(epochs),
+                                 "--out", out], env=arm_env(arm), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        finally:
+            if competitor is not None:
+                competitor.kill()
+                competitor.wait()
+        wall = time.perf_counter() - t
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+        if proc.returncode != 0:
+            raise SystemExit(f"{arm}/{condition}: grpo-guard train exited {proc.returncode}:\n{err[-2000:]}")
+        epochs_s: dict[int, float] = {}
+        metrics: dict[str, float] = {}  # every logged value but the timings: must not depend on the arm
+        with open(os.path.join(out, "scalars.jsonl"), encoding="utf-8") as fh:
+            for line in fh:
+                row = json.loads(line)
+                if "time/epoch" in row:
+                    epochs_s[int(row["step"])] = float(row["time/epoch"])
+                metrics.update({f"{row['step']}:{k}": v for k, v in row.items()
+                                if k not in ("step", "wall_time", "timestamp") and not k.startswith("time/")})
+    measured = [v for s, v in sorted(epochs_s.items()) if s > 1] or list(epochs_s.values())
+    return {"arm": arm, "condition": condition, "epoch_s": measured, "all_epochs_s": epochs_s, "wall_s": wall,
+            "metrics": metrics,
+            "peak_rss_mb": usage.ru_maxrss / 1024, "ctx_switches": usage.ru_nvcsw + usage.ru_nivcsw,
+            "voluntary_ctx": usage.ru_nvcsw, "load_at_start": load, "load_at_end": load_now()}
+
+
+def summarize(runs: list[dict], arms: list[str]) -> tuple[str, dict]:
+    def med(arm: str, cond: str, key: str) -> float:
+        vals = [v for r in runs if r["arm"] == arm and r["condition"] == cond
+                for v in (r[key] if isinstance(r[key], list) else [r[key]])]
+        return statistics.median(vals) if vals else float("nan")
+
+    table = {a: {c: {k: med(a, c, k) for k in ("epoch_s", "peak_rss_mb", "ctx_switches", "load_at_start")}
+                 for c in CONDITIONS} for a in arms}
+    lines = ["| arm | quiet s/epoch | busy s/epoch | busy / quiet | peak RSS quiet (MB) | peak RSS busy (MB) "
+             "| context switches quiet / busy | load (1 min) quiet / busy |", "|---|---|---|---|---|---|---|---|"]
+    for a in arms:
+        q, b = table[a]["quiet"], table[a]["busy"]
+        lines.append(f"| {a} | {q['epoch_s']:.2f} | {b['epoch_s']:.2f} | {b['epoch_s'] / q['epoch_s']:.2f}× "
+                     f"| {q['peak_rss_mb']:.0f} | {b['peak_rss_mb']:.0f} | {q['ctx_switches']:.0f} / "
+                     f"{b['ctx_switches']:.0f} | {q['load_at_start']:.1f} / {b['load_at_start']:.1f} |")
+    same = [r for r in runs if r["arm"] in ("before", "after")]  # one thread count: bit-identical math
+    if same:
+        diff = sorted({k for r in same for k in set(r["metrics"]) ^ set(same[0]["metrics"])}
+                      | {k for r in same for k in r["metrics"] if r["metrics"].get(k) != same[0]["metrics"].get(k)
+                         and r["metrics"][k] == r["metrics"][k]})  # NaN (e.g. no gold) equals itself here
+        lines.append(f"\nmetrics of the {len(same)} before/after runs ({len(same[0]['metrics'])} logged values): "
+                     + ("identical" if not diff else f"DIFFER in {diff[:5]}"))
+    if "before" in table and "after" in table:
+        quiet = table["after"]["quiet"]["epoch_s"] / table["before"]["quiet"]["epoch_s"]
+        busy = table["after"]["busy"]["epoch_s"] / table["before"]["busy"]["epoch_s"]
+        lines.append(f"\nafter / before, quiet: {quiet:.3f} ({(quiet - 1) * 100:+.1f} %); busy: {busy:.3f}")
+    return "\n".join(lines), table
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=2, help="alternating rounds (each runs every arm × condition once)")
+    ap.add_argument("--epochs", type=int, default=2, help="epochs per run (the first is a warm-up)")
+    ap.add_argument("--arms", default="before,after", help=f"comma-separated, of {', '.join(ARMS)}")
+    ap.add_argument("--conditions", default="quiet,busy", help="comma-separated, of quiet, busy")
+    ap.add_argument("--model", default=None, help="toy pipeline directory (default: the shipped base model)")
+    ap.add_argument("--json", default=None, help="also write every run here")
+    args = ap.parse_args()
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    conds = [c.strip() for c in args.conditions.split(",") if c.strip()]
+    bad = [a for a in arms if a not in ARMS] + [c for c in conds if c not in CONDITIONS]
+    if bad or not arms or not conds or args.rounds < 1 or args.epochs < 1:
+        ap.error(f"unknown arm or condition {bad}, or nothing to run")
+    uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    print(f"start: {uptime}; {cpu.owned_cores()} owned cores", file=sys.stderr)
+    runs: list[dict] = []
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="gg-bench-shared-cfg-") as tmp:
+        config_path = os.path.join(tmp, "toy.yaml")
+        with open(config_path, "w", encoding="utf-8") as fh:
+            fh.write(bench_config("grpo_guard", args.model, args.epochs).to_yaml())
+        for rnd in range(args.rounds):
+            order = arms if rnd % 2 == 0 else arms[::-1]
+            for cond in (conds if rnd % 2 == 0 else conds[::-1]):
+                for arm in order:
+                    r = run_once(config_path, arm, cond, args.epochs)
+                    r["round"] = rnd
+                    runs.append(r)
+                    print(f"round {rnd} {arm:8s} {cond:5s}: {statistics.median(r['epoch_s']):6.2f} s/epoch, "
+                          f"peak RSS {r['peak_rss_mb']:5.0f} MB, {r['ctx_switches']} ctx switches, "
+                          f"load {r['load_at_start']:.1f}", file=sys.stderr)
+    end = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    text, table = summarize(runs, arms)
+    print(f"\n{args.rounds} alternating rounds, {args.epochs} epochs per run (first dropped), medians; "
+          f"{time.perf_counter() - t0:.0f} s in all; start: {uptime}; end: {end}\n")
+    print(text)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump({"runs": runs, "median": table, "uptime_start": uptime, "uptime_end": end,
+                       "rounds": args.rounds, "epochs": args.epochs}, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""How a training process shares the CPU: OpenMP threads that sleep while they wait, a malloc that
+does not hoard freed activations, and torch threads no more than the cores this process owns.
+
+Measured (benchmarks/trainer/README.md, "CPU shared"): torch 2.13's CPU wheel runs its intra-op
+threads on GNU libgomp (``torch/lib/libgomp.so.1``; MKL on its GNU threading layer), whose idle
+threads spin for up to ~300,000 iterations before sleeping. On a quiet machine that is free; beside
+one busy process the spinning threads take the CPU from the thread that has work, and a toy epoch
+became 3× slower. ``OMP_WAIT_POLICY=PASSIVE`` makes them sleep at once (libgomp's variables
+matter: ``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT``; Intel OpenMP's ``KMP_BLOCKTIME`` does not).
+libgomp reads them once, when torch loads it, so they must be in the environment *before* torch
+is imported: the ``grpo-guard`` entry point sets them in its own environment (inherited by its
+children: workers, serve's embedded workers, ``accelerate launch`` ranks), and
+``worker.cli.spawn_worker`` in every worker's.
+
+glibc's malloc raises its mmap threshold each time a large block is freed (up to 32 MiB), after
+which the update's activations come from the heap, where freed holes stay resident: a toy epoch
+peaked at 1.6 GB with 1.2 GB live. A fixed threshold keeps large blocks in mmap (given back on
+free). glibc reads ``MALLOC_*`` at process start, so this process gets ``mallopt`` and its
+children the environment variables.
+
+A value the user set is never overridden. ``GG_CPU_TUNING=0`` turns all of it off (the
+benchmark's "before" arm: the behaviour before this module existed).
+
+Imports no torch (it runs before torch).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import math
+import os
+from collections.abc import Mapping
+
+SWITCH = "GG_CPU_TUNING"
+
+# name -> value. Setting MALLOC_MMAP_THRESHOLD_ (bytes) also turns off its dynamic raising. Measured
+# on the toy epoch's peak RSS: 128 KiB and 1 MiB alike (1.25 GB), 4 MiB 1.50 GB, glibc's default
+# 1.6 GB; MALLOC_ARENA_MAX=2 changed nothing, so it is not set.
+DEFAULTS: dict[str, str] = {
+    "OMP_WAIT_POLICY": "PASSIVE",
+    "MALLOC_MMAP_THRESHOLD_": "1048576",
+}
+# The same malloc settings for this process (glibc's mallopt parameter numbers).
+_MALLOPT = {"MALLOC_MMAP_THRESHOLD_": -3}
+# Variables that, when the user set any of them, mean they chose the OpenMP waiting themselves.
+_WAIT_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+
+
+def enabled(env: Mapping[str, str] | None = None) -> bool:
+    """False when ``GG_CPU_TUNING`` is 0/false/off/no (the settings are left out)."""
+    env = os.environ if env is None else env
+    return env.get(SWITCH, "").strip().lower() not in ("0", "false", "off", "no")
+
+
+def owned_cores() -> int:
+    """CPUs this process may run on: its affinity mask, capped by a cgroup v2 CPU quota
+    (``cpu.max``, e.g. ``docker run --cpus 2`` on a 64-core host, where the mask shows 64)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    quota = _cgroup_quota()
+    if quota is not None:
+        cores = min(cores, max(1, math.ceil(quota)))
+    return max(1, cores)
+
+
+def _cgroup_quota(path: str = "/sys/fs/cgroup/cpu.max") -> float | None:
+    try:
+        with open(path, encoding="ascii") as fh:
+            limit, period = fh.read().split()[:2]
+    except (OSError, ValueError):
+        return None
+    if limit == "max":
+        return None
+    try:
+        return int(limit) / int(period)
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def training_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """A copy of ``env`` (default: this process's environment) with the defaults added wherever
+    the user set nothing, for a training process about to be started. With a CPU quota below the
+    affinity mask, ``OMP_NUM_THREADS`` (unless set) becomes the quota: torch would otherwise start
+    a thread per visible core."""
+    out = dict(os.environ if env is None else env)
+    if not enabled(out):
+        return out
+    for name, value in DEFAULTS.items():
+        if name in _WAIT_VARS and any(out.get(v, "").strip() for v in _WAIT_VARS):
+            continue
+        if not out.get(name, "").strip():
+            out[name] = value
+    if not out.get("OMP_NUM_THREADS", "").strip():
+        cores = owned_cores()
+        try:
+            visible = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            visible = os.cpu_count() or 1
+        if cores < visible:
+            out["OMP_NUM_THREADS"] = str(cores)
+    return out
+
+
+def apply() -> dict[str, str]:
+    """Put the defaults into this process's environment (so every child inherits them, and libgomp
+    reads them when torch is imported later) and apply the malloc ones to this process, which read
+    its environment before they were set. Returns what was added. Call it before importing torch:
+    afterwards the OpenMP settings no longer reach this process (only its children)."""
+    if not enabled():
+        return {}
+    added = {k: v for k, v in training_env().items() if os.environ.get(k) != v}
+    os.environ.update(added)
+    for name, param in _MALLOPT.items():
+        if name in added:
+            _mallopt(param, int(added[name]))
+    return added
+
+
+def _mallopt(param: int, value: int) -> bool:
+    """glibc's ``mallopt`` (a no-op where the C library is not glibc)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(ctypes.c_int(param), ctypes.c_int(value)))
+    except (OSError, AttributeError):
+        return False
