@@ -8,8 +8,9 @@ with accumulation 2, float32, no KL), run for ``--epochs`` epochs; the figure is
 
 Arms (``--arms``):
 - ``before``: ``GG_CPU_TUNING=0`` — the behaviour of git main before grpo_guard/training/cpu.py
-  (default libgomp spinning, glibc's dynamic mmap threshold).
-- ``after``: the shipped defaults (OMP_WAIT_POLICY=PASSIVE, MALLOC_MMAP_THRESHOLD_).
+  (libgomp's default spinning waits).
+- ``after``: the shipped defaults (OMP_WAIT_POLICY=PASSIVE).
+- ``after-malloc``: ``after`` plus ``MALLOC_MMAP_THRESHOLD_=1048576`` (lower peak RSS, not a default).
 - ``after-1t``: ``after`` with one torch thread (OMP_NUM_THREADS=1), to see whether fewer threads
   would serve a shared machine better.
 
@@ -43,11 +44,11 @@ from bench_epoch import bench_config  # noqa: E402
 
 from grpo_guard.training import cpu  # noqa: E402  (torch-free)
 
-ARMS = ("before", "after", "after-1t")
+ARMS = ("before", "after", "after-1t", "after-malloc")
 CONDITIONS = ("quiet", "busy")
 COMPETITOR = [sys.executable, "-c", "while True: pass"]
 SCRUB = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
-         cpu.SWITCH, *(k for k in cpu.DEFAULTS if k.startswith("MALLOC_")))
+         "MALLOC_MMAP_THRESHOLD_", "MALLOC_ARENA_MAX", cpu.SWITCH)
 
 
 def arm_env(arm: str) -> dict[str, str]:
@@ -59,6 +60,8 @@ def arm_env(arm: str) -> dict[str, str]:
         env[cpu.SWITCH] = "0"
     elif arm == "after-1t":
         env["OMP_NUM_THREADS"] = "1"
+    elif arm == "after-malloc":
+        env["MALLOC_MMAP_THRESHOLD_"] = "1048576"
     return env
 
 
@@ -119,7 +122,7 @@ def summarize(runs: list[dict], arms: list[str]) -> tuple[str, dict]:
         lines.append(f"| {a} | {q['epoch_s']:.2f} | {b['epoch_s']:.2f} | {b['epoch_s'] / q['epoch_s']:.2f}× "
                      f"| {q['peak_rss_mb']:.0f} | {b['peak_rss_mb']:.0f} | {q['ctx_switches']:.0f} / "
                      f"{b['ctx_switches']:.0f} | {q['load_at_start']:.1f} / {b['load_at_start']:.1f} |")
-    same = [r for r in runs if r["arm"] in ("before", "after")]  # one thread count: bit-identical math
+    same = [r for r in runs if r["arm"] in ("before", "after", "after-malloc")]  # one thread count: bit-identical math
     if same:
         diff = sorted({k for r in same for k in set(r["metrics"]) ^ set(same[0]["metrics"])}
                       | {k for r in same for k in r["metrics"] if r["metrics"].get(k) != same[0]["metrics"].get(k)

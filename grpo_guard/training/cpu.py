@@ -1,5 +1,5 @@
-"""How a training process shares the CPU: OpenMP threads that sleep while they wait, a malloc that
-does not hoard freed activations, and torch threads no more than the cores this process owns.
+"""How a training process shares the CPU: OpenMP threads that sleep while they wait, and torch
+threads no more than the cores this process owns.
 
 Measured (benchmarks/trainer/README.md, "CPU shared"): torch 2.13's CPU wheel runs its intra-op
 threads on GNU libgomp (``torch/lib/libgomp.so.1``; MKL on its GNU threading layer), whose idle
@@ -12,37 +12,27 @@ is imported: the ``grpo-guard`` entry point sets them in its own environment (in
 children: workers, serve's embedded workers, ``accelerate launch`` ranks), and
 ``worker.cli.spawn_worker`` in every worker's.
 
-glibc's malloc raises its mmap threshold each time a large block is freed (up to 32 MiB), after
-which the update's activations come from the heap, where freed holes stay resident: a toy epoch
-peaked at 1.6 GB with 1.2 GB live. A fixed threshold keeps large blocks in mmap (given back on
-free). glibc reads ``MALLOC_*`` at process start, so this process gets ``mallopt`` and its
-children the environment variables.
+Not set by default, measured: a fixed glibc mmap threshold (``MALLOC_MMAP_THRESHOLD_=1048576``)
+cuts a toy epoch's peak RSS from 1.6 to 1.2 GB (no dynamic raising, so freed activations go back to
+the system), but every large tensor is then mapped and faulted in afresh: the quiet epoch took
+~2x as long (benchmarks/trainer/README.md). A user who needs the memory can set it.
 
-A value the user set is never overridden. ``GG_CPU_TUNING=0`` turns all of it off (the
-benchmark's "before" arm: the behaviour before this module existed).
+A value the user set is never overridden. ``GG_CPU_TUNING=0`` turns it off (the benchmark's
+"before" arm: the behaviour before this module existed).
 
 Imports no torch (it runs before torch).
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import math
 import os
 from collections.abc import Mapping
 
 SWITCH = "GG_CPU_TUNING"
 
-# name -> value. Setting MALLOC_MMAP_THRESHOLD_ (bytes) also turns off its dynamic raising. Measured
-# on the toy epoch's peak RSS: 128 KiB and 1 MiB alike (1.25 GB), 4 MiB 1.50 GB, glibc's default
-# 1.6 GB; MALLOC_ARENA_MAX=2 changed nothing, so it is not set.
-DEFAULTS: dict[str, str] = {
-    "OMP_WAIT_POLICY": "PASSIVE",
-    "MALLOC_MMAP_THRESHOLD_": "1048576",
-}
-# The same malloc settings for this process (glibc's mallopt parameter numbers).
-_MALLOPT = {"MALLOC_MMAP_THRESHOLD_": -3}
+# name -> value, set where the user set nothing.
+DEFAULTS: dict[str, str] = {"OMP_WAIT_POLICY": "PASSIVE"}
 # Variables that, when the user set any of them, mean they chose the OpenMP waiting themselves.
 _WAIT_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 
@@ -105,24 +95,11 @@ def training_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
 
 
 def apply() -> dict[str, str]:
-    """Put the defaults into this process's environment (so every child inherits them, and libgomp
-    reads them when torch is imported later) and apply the malloc ones to this process, which read
-    its environment before they were set. Returns what was added. Call it before importing torch:
-    afterwards the OpenMP settings no longer reach this process (only its children)."""
+    """Put the defaults into this process's environment, so that libgomp reads them when torch is
+    imported later and every child inherits them. Returns what was added. Call it before importing
+    torch: afterwards they no longer reach this process (only its children)."""
     if not enabled():
         return {}
     added = {k: v for k, v in training_env().items() if os.environ.get(k) != v}
     os.environ.update(added)
-    for name, param in _MALLOPT.items():
-        if name in added:
-            _mallopt(param, int(added[name]))
     return added
-
-
-def _mallopt(param: int, value: int) -> bool:
-    """glibc's ``mallopt`` (a no-op where the C library is not glibc)."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.mallopt(ctypes.c_int(param), ctypes.c_int(value)))
-    except (OSError, AttributeError):
-        return False

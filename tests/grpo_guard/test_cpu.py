@@ -27,11 +27,10 @@ def clean_env(monkeypatch):
 def test_training_env_adds_the_defaults_and_keeps_the_users_choices(clean_env, monkeypatch):
     monkeypatch.setattr(cpu, "owned_cores", lambda: len(os.sched_getaffinity(0)))
     env = cpu.training_env({"PATH": "/bin"})
-    assert env["OMP_WAIT_POLICY"] == "PASSIVE" and env["MALLOC_MMAP_THRESHOLD_"] == "1048576"
+    assert env["OMP_WAIT_POLICY"] == "PASSIVE" and "MALLOC_MMAP_THRESHOLD_" not in env
     assert env["PATH"] == "/bin" and "OMP_NUM_THREADS" not in env, "torch's own default thread count stays"
     assert cpu.training_env({"OMP_WAIT_POLICY": "ACTIVE"})["OMP_WAIT_POLICY"] == "ACTIVE"
     assert "OMP_WAIT_POLICY" not in cpu.training_env({"GOMP_SPINCOUNT": "10000"}), "a spin count is a choice too"
-    assert cpu.training_env({"MALLOC_MMAP_THRESHOLD_": "65536"})["MALLOC_MMAP_THRESHOLD_"] == "65536"
     for off in ("0", "off", "false"):
         assert cpu.training_env({cpu.SWITCH: off}) == {cpu.SWITCH: off}
 
@@ -52,7 +51,6 @@ def test_apply_sets_this_process_and_reports_what_it_added(clean_env):
     added = cpu.apply()
     assert added["OMP_WAIT_POLICY"] == "PASSIVE" and os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
     assert cpu.apply() == {}, "a second call adds nothing"
-    assert cpu._mallopt(-3, 1048576), "glibc's mallopt is reachable (Linux)"
 
 
 def test_the_grpo_guard_entry_sets_them_before_torch_loads(clean_env, tmp_path):
@@ -72,13 +70,13 @@ def test_the_grpo_guard_entry_sets_them_before_torch_loads(clean_env, tmp_path):
         "@main.command('envdump')\n"
         "def envdump():\n"
         "    import torch  # noqa: F401  (a training command imports torch here)\n"
-        "    print(json.dumps({**seen, **{k: os.environ.get(k) for k in ('OMP_WAIT_POLICY', 'MALLOC_MMAP_THRESHOLD_')}}))\n"
+        "    print(json.dumps({**seen, **{k: os.environ.get(k) for k in ('OMP_WAIT_POLICY',)}}))\n"
         "main(['envdump'])\n")
     env = {k: v for k, v in os.environ.items() if k not in OURS}
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
-    assert got == {"torch_loaded": False, "OMP_WAIT_POLICY": "PASSIVE", "MALLOC_MMAP_THRESHOLD_": "1048576"}
+    assert got == {"torch_loaded": False, "OMP_WAIT_POLICY": "PASSIVE"}
 
 
 def test_a_train_launched_under_accelerate_passes_them_to_its_ranks(clean_env, tmp_path, monkeypatch):
@@ -107,4 +105,4 @@ def test_a_train_launched_under_accelerate_passes_them_to_its_ranks(clean_env, t
     res = CliRunner().invoke(main, ["train", str(cfg), "--out", str(tmp_path / "run")])
     assert res.exit_code == 0, res.output
     assert "accelerate.commands.launch" in seen["argv"]
-    assert seen["env"]["OMP_WAIT_POLICY"] == "PASSIVE" and seen["env"]["MALLOC_MMAP_THRESHOLD_"] == "1048576"
+    assert seen["env"]["OMP_WAIT_POLICY"] == "PASSIVE"

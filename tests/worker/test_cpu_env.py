@@ -35,7 +35,7 @@ def test_worker_children_and_serves_embedded_workers_get_them(clean_env, monkeyp
     _start_embedded_workers([1, 1])
     monkeypatch.setenv(cpu.SWITCH, "0")
     spawn_worker(None)
-    assert envs[0]["OMP_WAIT_POLICY"] == "PASSIVE" and envs[0]["MALLOC_MMAP_THRESHOLD_"] == "1048576"
+    assert envs[0]["OMP_WAIT_POLICY"] == "PASSIVE"
     assert envs[1]["OMP_WAIT_POLICY"] == "ACTIVE", "the user's explicit policy is kept"
     assert [(e["OMP_WAIT_POLICY"], e["OMP_NUM_THREADS"]) for e in envs[2:4]] == [("PASSIVE", "1")] * 2
     assert "OMP_WAIT_POLICY" not in envs[4], "GG_CPU_TUNING=0 leaves the environment alone"
@@ -57,4 +57,4 @@ def test_the_ranks_of_a_multi_gpu_run_get_them(clean_env, sqlite_store, monkeypa
     monkeypatch.setattr("worker.tasks.LAUNCH_FN", launch)
     rid = queries.create_run(RunConfig.from_dict({"backbone": "toy", "num_gpus": 2, "epochs": 1}))
     assert execute_run(rid) == "succeeded"
-    assert envs[0]["OMP_WAIT_POLICY"] == "PASSIVE" and envs[0]["MALLOC_MMAP_THRESHOLD_"] == "1048576"
+    assert envs[0]["OMP_WAIT_POLICY"] == "PASSIVE"
