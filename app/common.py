@@ -17,9 +17,10 @@ STATUS_COLORS = {
     "succeeded": ("#047857", "#d1fae5"),
     "failed": ("#b91c1c", "#fee2e2"),
     "cancelled": ("#6b7280", "#f3f4f6"),
+    "interrupted": ("#7c3aed", "#ede9fe"),  # a worker shut down; resumes with the next one
     "lost": ("#b91c1c", "#fee2e2"),
 }
-STATUS_CHOICES = ("queued", "running", "stopping", "succeeded", "failed", "cancelled")
+STATUS_CHOICES = ("queued", "running", "stopping", "succeeded", "failed", "cancelled", "interrupted")
 
 
 def queries():
@@ -118,7 +119,7 @@ def split_tags(text: str | Iterable[str] | None) -> list[str]:
 
 
 # ---- actions shared by pages --------------------------------------------------------------
-STOP_OUTCOMES = {"cancelled": "was queued and is now cancelled",
+STOP_OUTCOMES = {"cancelled": "was queued or interrupted and is now cancelled (it will not resume by itself)",
                  "stopping": "will checkpoint and stop within a step"}
 
 

@@ -27,7 +27,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 # The single Alembic head this code expects (tests check it against the migrations folder).
-SCHEMA_REVISION = "0004"
+SCHEMA_REVISION = "0005"
 DEFAULT_DATA_DIR = ".grpo-guard"
 UPGRADE_COMMAND = "grpo-guard db upgrade"
 
@@ -217,6 +217,16 @@ def verify_schema(url: str | None = None) -> None:
 def upgrade(url: str | None = None, revision: str = "head") -> None:
     """Run the Alembic migrations up to ``revision`` on ``url`` (default ``database_url()``).
     Serialised by a file lock on SQLite, so two processes starting at once are safe."""
+    _migrate(url, revision, "upgrade")
+
+
+def downgrade(url: str | None, revision: str) -> None:
+    """Run the Alembic migrations down to ``revision`` (tests, and an operator rolling back), with
+    the same guard as :func:`upgrade` against cascades on SQLite."""
+    _migrate(url, revision, "downgrade")
+
+
+def _migrate(url: str | None, revision: str, direction: str) -> None:
     from alembic import command
     from alembic.config import Config
 
@@ -236,12 +246,12 @@ def upgrade(url: str | None = None, revision: str = "head") -> None:
         try:
             with conn.begin():
                 cfg.attributes["connection"] = conn
-                command.upgrade(cfg, revision)
+                getattr(command, direction)(cfg, revision)
                 if sqlite:  # what the recreated tables point at must still exist, or nothing is kept
                     broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
                     if broken:
-                        raise StoreError(f"the upgrade to {revision} would leave {len(broken)} rows pointing at "
-                                         f"missing rows (first: {broken[0]}); the database was not changed")
+                        raise StoreError(f"the {direction} to {revision} would leave {len(broken)} rows pointing "
+                                         f"at missing rows (first: {broken[0]}); the database was not changed")
         finally:
             if sqlite:
                 conn.connection.dbapi_connection.execute("PRAGMA foreign_keys=ON")
