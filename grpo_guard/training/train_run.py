@@ -117,3 +117,12 @@ def stop_on_alarm(run: TrainRun, state: TrainerState, step: int) -> str | None:
         recorder.log_line(f"best-gold checkpoint kept: epoch {state.best_step} (gold {state.best_gold:.4f}): {best}")
     recorder.flush()
     return path or (checkpoint_path(recorder.checkpoint_dir(), step))
+
+
+def stop_for_interrupt(run: TrainRun, state: TrainerState, step: int) -> str | None:
+    """The process is shutting down (``grpo_guard.training.interrupt``): checkpoint ``step`` unless
+    it is the last checkpoint already; returns the new path, or None."""
+    path = checkpoint_at(run, state, step, "interrupt") if state.last_ckpt_step != step else None
+    run.recorder.log_line(f"shutting down: stopped with the state of epoch {step} checkpointed", "warning")
+    run.recorder.flush()
+    return path

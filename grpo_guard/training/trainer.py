@@ -51,6 +51,7 @@ from grpo_guard.training import distributed as ddp
 from grpo_guard.training.checkpoint import ARCHITECTURE_KEYS, Checkpoint, load_checkpoint
 from grpo_guard.training.ema import EMA
 from grpo_guard.training.evaluation import EvalSet, score_images
+from grpo_guard.training.interrupt import PreUpdateSnapshot, UpdateInterrupted, interrupt_requested
 from grpo_guard.training.recording import Control, NullRecorder, Recorder, StepStat
 from grpo_guard.training.rollout import (
     INIT_NOISE,
@@ -63,7 +64,13 @@ from grpo_guard.training.rollout import (
     sample_rollouts,
     trained_steps,
 )
-from grpo_guard.training.train_run import TrainRun, checkpoint_at, evaluate_at, stop_on_alarm
+from grpo_guard.training.train_run import (
+    TrainRun,
+    checkpoint_at,
+    evaluate_at,
+    stop_for_interrupt,
+    stop_on_alarm,
+)
 from grpo_guard.training.train_state import TrainerState
 from grpo_guard.training.update import UpdateResult, micro_batches, policy_update
 
@@ -126,12 +133,16 @@ def train(config: RunConfig, recorder: Recorder, control: Control, *, resume_fro
     # 2. Rewards, model, optimizer, EMA, prompts, sigma tables, the fixed eval set.
     run = _build_run(c, recorder, rank, world, device, backbone, rewards)
 
-    # 3. Trainer state (all of it goes into checkpoints): fresh with the base model's eval, or resumed.
+    # 3. Trainer state (all of it goes into checkpoints): fresh with the base model's eval, or resumed
+    #    (a run interrupted before the eval its last epoch owed does that eval first).
     state, start, last_path = _start_state(run, ckpt)
     if ckpt is None and run.is_main:
         evaluate_at(run, state, 0)
         if c.on_overoptimization == "stop_keep_best":  # the base model may stay the best: keep it too
             last_path = checkpoint_at(run, state, 0, "best-gold")
+        recorder.flush()
+    elif run.is_main and start > state.last_eval and (start % c.eval_every == 0 or start == c.epochs):
+        evaluate_at(run, state, start)
         recorder.flush()
 
     # 4. The loop: one epoch = one step.
@@ -160,8 +171,19 @@ def train(config: RunConfig, recorder: Recorder, control: Control, *, resume_fro
         adv = _advantages(run, samples, scored, epoch)
 
         # 4e. Policy update, per denoising step, with accumulation (gradients averaged over ranks).
-        upd = policy_update(run.backbone, run.optimizer, run.params, samples.rollout, adv.mine.to(run.backbone.device),
-                            adv.batches, c, run.ema, state, grad_sync=ddp.all_reduce_grads if world > 1 else None)
+        #     A shutdown before or during it stops at the previous epoch, whose state is intact.
+        if _interrupted(run, control):
+            return TrainResult("cancelled", epoch - 1, stop_for_interrupt(run, state, epoch - 1) or last_path)
+        snapshot = PreUpdateSnapshot.take(run.params, run.optimizer, run.ema, state) \
+            if world == 1 and hasattr(control, "interrupted") else None
+        try:
+            upd = policy_update(run.backbone, run.optimizer, run.params, samples.rollout,
+                                adv.mine.to(run.backbone.device), adv.batches, c, run.ema, state,
+                                grad_sync=ddp.all_reduce_grads if world > 1 else None,
+                                should_abort=(lambda: _interrupted(run, control)) if snapshot else None)
+        except UpdateInterrupted:
+            snapshot.restore(run.params, run.optimizer, run.ema, state)
+            return TrainResult("cancelled", epoch - 1, stop_for_interrupt(run, state, epoch - 1) or last_path)
         if world > 1:
             upd.scalars, upd.step_stats, upd.sigma = ddp.merge_update_stats(upd.scalars, upd.step_stats, upd.sigma)
         t_update = time.perf_counter()
@@ -169,9 +191,12 @@ def train(config: RunConfig, recorder: Recorder, control: Control, *, resume_fro
         # 4f. Record.
         _record(run, epoch, upd, scored, adv, (t0, t_sample, t_reward, t_update))
 
-        # 4g. Evaluate, checkpoint, and obey the sample-now / save-now flags (rank 0 alone).
+        # 4g. Evaluate, checkpoint, and obey the sample-now / save-now flags (rank 0 alone). A
+        #     shutdown now keeps the epoch; the eval it owes runs when the run resumes (step 3).
         if not run.is_main:
             continue
+        if _interrupted(run, control):
+            return TrainResult("cancelled", epoch, stop_for_interrupt(run, state, epoch) or last_path)
         sample_now, save_now = control.take_sample_now(), control.take_save_now()
         if epoch % c.eval_every == 0 or epoch == c.epochs or sample_now:
             evaluate_at(run, state, epoch)
@@ -310,6 +335,12 @@ def _stop_requested(run: TrainRun, control: Control) -> bool:
     """Rank 0's answer, broadcast so that every rank stops after the same epoch."""
     stop = control.stop_requested() if run.is_main else False
     return ddp.broadcast_flag(stop) if run.world > 1 else stop
+
+
+def _interrupted(run: TrainRun, control: Control) -> bool:
+    """A shutdown of this single process, checked between an epoch's stages (no database read; a
+    data-parallel group stops at the next epoch's broadcast poll instead)."""
+    return run.world == 1 and interrupt_requested(control)
 
 
 def _alarm_stop(run: TrainRun, state: TrainerState) -> bool:

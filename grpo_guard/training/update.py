@@ -27,6 +27,7 @@ from grpo_guard.models.base import Backbone, select_embeds
 from grpo_guard.policy import policy_loss
 from grpo_guard.sde import sde_step
 from grpo_guard.training.ema import EMA
+from grpo_guard.training.interrupt import UpdateInterrupted
 from grpo_guard.training.rollout import Rollout
 from grpo_guard.training.train_state import TrainerState
 
@@ -65,13 +66,15 @@ def micro_batches(keep: torch.Tensor, dropped: torch.Tensor, num_batches: int, i
 def policy_update(backbone: Backbone, optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter],
                   ro: Rollout, advantages: torch.Tensor, batches: list[torch.Tensor], config: RunConfig,
                   ema: EMA | None, state: TrainerState, *, grad_norm_v: bool = True,
-                  grad_sync: Callable[[list[torch.nn.Parameter]], None] | None = None) -> UpdateResult:
+                  grad_sync: Callable[[list[torch.nn.Parameter]], None] | None = None,
+                  should_abort: Callable[[], bool] | None = None) -> UpdateResult:
     """Run the update over ``batches`` (index tensors into the rollout). ``state.optimizer_steps``
     (the run's count, which sets the EMA cadence) is advanced in place. ``grad_norm_v=False``
     skips the per-step velocity-gradient norms (only the benchmark uses it, to measure their cost).
     ``grad_sync`` (data parallel) averages the accumulated gradients over the ranks before each
     clip + optimizer step; every rank must then pass the same number of ``batches`` (pad with
-    empty index tensors)."""
+    empty index tensors). ``should_abort`` is asked before each micro-batch; when it says yes the
+    update raises ``UpdateInterrupted`` (the caller puts its pre-update snapshot back)."""
     c = config
     accum = c.gradient_accumulation_steps
     use_train_mode = not has_active_dropout(backbone.transformer)  # I3: identical forward values
@@ -85,6 +88,8 @@ def policy_update(backbone: Backbone, optimizer: torch.optim.Optimizer, params: 
     n_opt = 0
     optimizer.zero_grad(set_to_none=True)
     for k, mb in enumerate(batches):
+        if should_abort is not None and should_abort():
+            raise UpdateInterrupted(f"interrupted before micro-batch {k + 1} of {len(batches)}")
         # a. Gather the micro-batch: B trajectories × S trained steps -> B·S rows.
         group_start = k - k % accum
         in_group = min(accum, len(batches) - group_start)
