@@ -488,3 +488,12 @@ def test_the_image_build_sees_the_examples_the_presets_link_to(kind):
     copy_at = next(i for i, (ins, args) in enumerate(steps) if ins == "COPY" and args.split()[:1] == ["examples"])
     wheel_at = next(i for i, (ins, args) in enumerate(steps) if ins == "RUN" and "pip wheel" in args)
     assert copy_at < wheel_at, f"{kind}: examples/ is copied after the wheel is built"
+
+
+def test_prompt_folders_reach_the_app_as_well_as_the_worker(compose_bin, tmp_path):
+    """The app validates `prompts: file:/models/prompts/p.txt` (New-run form, `submit` in its
+    container) against GG_PROMPTS_DIR as the worker does: both get it from .env, and /models."""
+    services = _model(compose_bin, [COMPOSE], _env_file(tmp_path, GG_PROMPTS_DIR="/models/prompts"))["services"]
+    for name in ("app", "worker"):
+        assert services[name]["environment"]["GG_PROMPTS_DIR"] == "/models/prompts", name
+        assert any(v["target"] == "/models" and v.get("read_only") for v in services[name]["volumes"]), name

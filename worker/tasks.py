@@ -363,7 +363,7 @@ def _launch(cmd: list[str], env: dict[str, str]) -> int:
 
 def _describe(e: BaseException) -> str:
     text = str(e).strip()
-    if isinstance(e, RunSetupError) or not text:
+    if isinstance(e, RunSetupError) or getattr(e, "plain_message", False) or not text:
         return text or type(e).__name__
     return f"{type(e).__name__}: {text}"
 

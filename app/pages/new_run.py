@@ -28,6 +28,7 @@ from app.run_form import (
     validate,
 )
 from grpo_guard.config import RunConfig
+from grpo_guard.store.db import StoreError
 from worker.experiment import submit_pair
 from worker.submit import submit_runs
 
@@ -221,7 +222,7 @@ with gr.Blocks(title="New run") as page:
         try:
             send = submit_pair if pair else submit_runs  # an A/B pair is a 2-arm, 1-seed experiment
             done = send(configs, name=name or "", tags=split_tags(tags), notes=notes or "", parent_id=parent)
-        except (ValueError, LookupError) as e:
+        except (ValueError, LookupError, StoreError) as e:  # StoreError: e.g. the database's disk is full
             return _errors_html({"": str(e)}), "", *_error_updates({})
         # a warning (broker down: queued, not sent) is worth reading here before leaving the page
         url = "" if done.warnings else after_submit_url(list(done.ids))

@@ -23,6 +23,7 @@ from app.common import (
 )
 from app.run_form import ab_form_configs, after_submit_url, load_preset
 from grpo_guard.config import ConfigError
+from grpo_guard.store.db import StoreError
 from worker.submit import resume, submit_runs
 
 HEADERS = ["id", "name", "algorithm", "backbone", "status", "progress", "proxy", "gold", "tags", "created"]
@@ -90,7 +91,7 @@ def start_toy_pair() -> tuple[str, str]:
         return f'<div class="gg-error">The toy preset is not valid here: {esc("; ".join(errors.values()))}</div>', ""
     try:
         done = submit_runs(configs, name="toy A/B", tags=["toy"])
-    except (ConfigError, ValueError, LookupError) as e:
+    except (ConfigError, ValueError, LookupError, StoreError) as e:  # StoreError: e.g. the database's disk is full
         return f'<div class="gg-error">Nothing was enqueued: {esc(e)}</div>', ""
     ids = list(done.ids)
     msg = f'<div class="gg-ok">Queued the toy A/B pair: runs {" and ".join(f"#{i}" for i in ids)}.</div>'

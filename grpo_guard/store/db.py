@@ -40,6 +40,10 @@ class StoreUnavailableError(StoreError):
     """The database could not be reached or was busy; retrying later may succeed."""
 
 
+class StoreFullError(StoreUnavailableError):
+    """The disk holding the database is full: writes fail until space is freed; reads still work."""
+
+
 class StaleSchemaError(StoreError):
     """The database schema is not the revision this code needs; the message names the fix."""
 
@@ -312,6 +316,9 @@ def session_scope(write: bool = False, *, url: str | None = None) -> Iterator[Se
             session.rollback()
     except (exc.OperationalError, exc.InterfaceError, exc.DisconnectionError) as e:
         session.rollback()
+        if _is_disk_full(e):
+            raise StoreFullError(f"no space left for the database ({redact(url)}): {_first_line(e)}. Nothing "
+                                 "can be saved until space is freed; everything stored can still be read") from e
         raise StoreUnavailableError(f"database unavailable ({redact(url)}): {_first_line(e)}") from e
     except (exc.IntegrityError, exc.DataError) as e:
         session.rollback()
@@ -321,6 +328,11 @@ def session_scope(write: bool = False, *, url: str | None = None) -> Iterator[Se
         raise
     finally:
         session.close()
+
+
+def _is_disk_full(e: BaseException) -> bool:
+    text = _first_line(e).lower()
+    return "disk is full" in text or "no space left" in text or "diskfull" in text or "disk full" in text
 
 
 class _FlushState:

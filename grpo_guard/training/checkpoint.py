@@ -14,9 +14,11 @@ behind a valid name. A file that cannot be read raises ``CheckpointError`` with 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
+import shutil
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +35,13 @@ ARCHITECTURE_KEYS = ("backbone", "model", "resolution", "lora_rank", "lora_alpha
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, truncated or not a GRPO-Guard checkpoint."""
+
+
+class DiskFullError(CheckpointError, OSError):
+    """A checkpoint could not be written for lack of space; the message says where, how much
+    was free and about how much was needed. The previous checkpoint is untouched."""
+
+    plain_message = True  # the worker stores the message as is, without the class name
 
 
 @dataclass
@@ -56,20 +65,67 @@ def sidecar_path(path: str) -> str:
 
 
 def save_checkpoint(directory: str, ckpt: Checkpoint, meta: dict[str, Any] | None = None) -> str:
-    """Write ``ckpt`` as ``ckpt_<step>.pt`` + ``.json`` (atomically); returns the ``.pt`` path."""
+    """Write ``ckpt`` as ``ckpt_<step>.pt`` + ``.json`` (atomically); returns the ``.pt`` path.
+
+    Both files are written under temporary names and renamed only once both are complete, so a
+    failed write (a full disk) leaves every earlier checkpoint as it was and no partial file
+    behind; a full disk raises :class:`DiskFullError` naming the free and the needed space."""
     os.makedirs(directory, exist_ok=True)
     path = checkpoint_path(directory, ckpt.step)
     blob = {"format": FORMAT, "step": ckpt.step, "config": ckpt.config.to_json(),
             "trainable": ckpt.trainable, "ema": ckpt.ema, "optimizer": ckpt.optimizer,
             "trainer": ckpt.trainer}
-    tmp = path + ".tmp"
-    torch.save(blob, tmp)
-    os.replace(tmp, path)
     side = {"format": FORMAT, "step": ckpt.step, "config": ckpt.config.to_dict(), "meta": meta or {}}
-    with open(sidecar_path(path) + ".tmp", "w", encoding="utf-8") as fh:
-        json.dump(side, fh, indent=1, sort_keys=True)
-    os.replace(sidecar_path(path) + ".tmp", sidecar_path(path))
+    tmp, side_tmp = path + ".tmp", sidecar_path(path) + ".tmp"
+    try:
+        torch.save(blob, tmp)
+        with open(side_tmp, "w", encoding="utf-8") as fh:
+            json.dump(side, fh, indent=1, sort_keys=True)
+    except (OSError, RuntimeError) as e:  # torch reports a short write as a RuntimeError of its zip writer
+        for p in (tmp, side_tmp):
+            with contextlib.suppress(OSError):
+                os.remove(p)
+        needed = _nbytes(blob)
+        free = _free_bytes(directory)
+        if getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or (free is not None and free < needed * 1.1):
+            free_text = f"{free / 1e6:.1f} MB free" if free is not None else "free space unknown"
+            raise DiskFullError(
+                f"no space left on {_mount_point(directory)} writing the checkpoint of step {ckpt.step}: "
+                f"{free_text}, about {needed / 1e6:.1f} MB needed. The previous checkpoint is intact: free "
+                "some space and resume the run") from None
+        raise
+    os.replace(tmp, path)
+    os.replace(side_tmp, sidecar_path(path))
     ckpt.path = path
+    return path
+
+
+def _nbytes(obj: Any) -> int:
+    """Bytes of the tensors in ``obj`` (dicts, lists), what a checkpoint of it takes on disk."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_nbytes(v) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(_nbytes(v) for v in obj)
+    return 64
+
+
+def _free_bytes(directory: str) -> int | None:
+    try:
+        return shutil.disk_usage(directory).free
+    except OSError:
+        return None
+
+
+def _mount_point(directory: str) -> str:
+    """The mount point holding ``directory`` (what a user frees space on)."""
+    path = os.path.realpath(directory)
+    while not os.path.ismount(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
     return path
 
 

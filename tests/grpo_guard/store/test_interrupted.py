@@ -102,3 +102,32 @@ def test_migration_0005_adds_interrupted_keeps_every_row_and_downgrades(backend,
         assert status == "cancelled", "an interrupted run becomes cancelled (resumable by hand) on downgrade"
         db.upgrade(url)
         assert db.current_revision(url) == db.SCHEMA_REVISION
+
+
+def test_a_full_sqlite_disk_refuses_writes_with_the_reason_and_keeps_serving_reads(tmp_path, monkeypatch):
+    """SQLITE_FULL, simulated without a mount: the page count is capped at what the store holds.
+    A write (a new run) fails with one sentence saying the disk is full; reads go on."""
+    from sqlalchemy import event
+
+    url = f"sqlite:///{tmp_path}/full.db"
+    monkeypatch.setenv("GG_DATABASE_URL", url)
+    monkeypatch.setenv("GG_ARTIFACTS", str(tmp_path / "artifacts"))
+    rid = queries.create_run(RunConfig.from_dict({"epochs": 4}))
+    engine = db.get_engine(url)
+    with engine.connect() as conn:
+        pages = conn.exec_driver_sql("PRAGMA page_count").scalar()
+
+    @event.listens_for(engine, "connect")
+    def _cap(dbapi_conn, _record):
+        dbapi_conn.execute(f"PRAGMA max_page_count = {pages}")
+
+    engine.dispose()  # new connections get the cap
+    try:
+        with pytest.raises(db.StoreFullError, match="no space left for the database.*everything stored can still be read"):
+            for _ in range(50):
+                queries.create_run(RunConfig.from_dict({"epochs": 4}),
+                                   name="x" * 200)
+        assert queries.get_run(rid).status == "queued" and queries.list_runs()[-1].id == rid
+    finally:
+        event.remove(engine, "connect", _cap)
+        db.dispose_engines()
