@@ -20,9 +20,13 @@ def test_runs_page_empty_state_toy_pair_and_read_only_table(server, page):  # no
     assert "No runs yet" in page.locator("#runs-empty-note").inner_text()
     assert page.locator("#runs-table").is_hidden(), "no bare header row on an empty store"
     assert page.locator("#act-open").is_hidden(), "no actions while nothing is selected"
+    assert page.locator("#selected-run").is_hidden(), "no 'Selected run / click a row' box without a row"
 
     page.locator("#start-toy-pair").click()
     page.wait_for_url(re.compile(r".*/compare\?runs=\d+,\d+"), timeout=60_000)
+    # the Compare page fills in by itself as the pair's first eval images and points arrive (no Refresh)
+    page.locator("#compare-side-cards img").first.wait_for(state="visible", timeout=90_000)
+    page.locator("#compare-proxy .scatterlayer .trace").first.wait_for(state="attached", timeout=60_000)
 
     page.goto(url + "/", wait_until="domcontentloaded")
     page.locator("#runs-table").wait_for(state="visible")
