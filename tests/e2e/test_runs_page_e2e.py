@@ -5,18 +5,29 @@ buttons, shown only once a run is selected. Same served app as test_ui_e2e.py (t
 
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
 
-from tests.e2e.test_ui_e2e import page, server  # noqa: F401  (fixtures: a fresh served store per module)
+from tests.e2e.test_ui_e2e import ARTIFACTS, page, server  # noqa: F401  (fixtures: a fresh served store per module)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 def test_runs_page_empty_state_toy_pair_and_read_only_table(server, page):  # noqa: F811
     url = server["url"]
+    # Experiments on a fresh store: what an experiment is and the one-click example, no blank plot frames
+    page.goto(url + "/experiments", wait_until="domcontentloaded")
+    page.locator("#experiments-empty-note").wait_for(state="visible")
+    assert "An experiment is arms × seeds" in page.locator("#experiments-empty-note").inner_text()
+    assert page.locator("#start-example-study").is_visible()
+    page.locator("#exp-plot-proxy").wait_for(state="hidden")
+    assert page.locator("#experiments-table").is_hidden() and page.locator("#exp-plot-ratio").is_hidden()
+    page.screenshot(path=os.path.join(ARTIFACTS, "experiments_empty.png"), full_page=True)
+
     page.goto(url + "/", wait_until="domcontentloaded")
     page.locator("#runs-empty-note").wait_for()
+    page.screenshot(path=os.path.join(ARTIFACTS, "runs_empty.png"), full_page=True)
     assert "No runs yet" in page.locator("#runs-empty-note").inner_text()
     assert page.locator("#runs-table").is_hidden(), "no bare header row on an empty store"
     assert page.locator("#act-open").is_hidden(), "no actions while nothing is selected"
