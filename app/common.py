@@ -149,3 +149,19 @@ def run_onset(run_id: int, latest_eval_step: int | None) -> int | None:
             _ONSET_CACHE.clear()
         _ONSET_CACHE[key] = onset_of_run(series)
     return _ONSET_CACHE[key]
+
+
+# ---- the EMA: when eval still samples the base model ------------------------------------------
+def ema_notice(config: dict[str, Any], evaluated_step: int | None = None) -> str | None:
+    """RunConfig.ema_notice for a stored config dict (None when it cannot be read)."""
+    from grpo_guard.config import ConfigError, RunConfig
+
+    try:
+        return RunConfig.from_dict(config).ema_notice(evaluated_step)
+    except (ConfigError, ValueError, TypeError):
+        return None
+
+
+def ema_notice_html(config: dict[str, Any], evaluated_step: int | None = None, *, prefix: str = "") -> str:
+    note = ema_notice(config, evaluated_step)
+    return f'<div class="gg-warn gg-ema-note">{esc(prefix)}{esc(note)}</div>' if note else ""

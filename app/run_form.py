@@ -246,6 +246,28 @@ def ab_info(values: list[Any]) -> str:
             f"field{'s' if len(diffs) != 1 else ''}, each algorithm's own defaults: {listed}.")
 
 
+EMA_FIELDS = ("ema", "ema_every", "epochs", "group_size", "prompts_per_epoch", "train_batch_size",
+              "gradient_accumulation_steps", "inner_epochs", "num_gpus")
+
+
+def ema_info(values: list[Any]) -> str:
+    """The ema_every field's hint for these form values: after which epoch the EMA, which every
+    eval samples, first moves (RunConfig.first_ema_epoch), and a warning when it never does."""
+    base = "Update the EMA every N optimizer steps."
+    data, _ = collect(values)
+    try:
+        cfg = RunConfig.from_dict({k: v for k, v in data.items() if k in EMA_FIELDS})
+    except (ConfigError, ValueError, TypeError):
+        return base
+    first = cfg.first_ema_epoch()
+    if first is None:
+        return base + " The EMA is off: eval samples the trained weights."
+    hint = (f"{base} Here: {cfg.optimizer_steps_per_epoch()} optimizer step(s) per epoch, so the EMA (what every "
+            f"eval samples) first moves after epoch {first}.")
+    return hint + (f" ⚠ That is beyond epochs={cfg.epochs}: every eval would sample the base model."
+                   if first > cfg.epochs else "")
+
+
 def _brief(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value).lower() if isinstance(value, bool) else str(value)
 

@@ -312,9 +312,20 @@ def runs_show(run_id: int, as_json: bool) -> None:
         d["checkpoints"] = [c.to_dict() for c in queries.checkpoints(run_id)]
         _dump(d)
         return
-    click.echo(f"run {row.id}: {row.name}\n  status     {row.status} (attempt {row.attempt})")
+    click.echo(f"run {row.id}: {row.name}\n  status     {row.status} (attempt {row.attempt})"
+               + (": a worker shut down; it resumes from its checkpoint when a worker starts"
+                  if row.status == "interrupted" else ""))
     click.echo(f"  progress   step {row.step}/{row.total}; last stored step {row.last_step}")
     click.echo(f"  eval       proxy {_fmt(row.last_proxy)}, gold {_fmt(row.last_gold)} at step {row.last_eval_step}")
+    if not row.config_error:
+        from grpo_guard.config import ConfigError, RunConfig
+
+        try:
+            note = RunConfig.from_dict(row.config).ema_notice(row.last_eval_step)
+        except (ConfigError, ValueError, TypeError):
+            note = None
+        if note:
+            click.echo(f"  note       {note}")
     if row.worker_host:
         click.echo(f"  worker     {row.worker_host}" + (f" GPU {row.worker_gpu}" if row.worker_gpu else "")
                    + f"; heartbeat {row.heartbeat_at}")

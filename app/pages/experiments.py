@@ -15,7 +15,16 @@ from typing import Any
 
 import gradio as gr
 
-from app.common import esc, fmt_float, fmt_time, parse_int, progress_html, queries, status_badge
+from app.common import (
+    ema_notice_html,
+    esc,
+    fmt_float,
+    fmt_time,
+    parse_int,
+    progress_html,
+    queries,
+    status_badge,
+)
 from app.figures import experiment as FE
 
 LIST_HEADERS = ["id", "name", "status", "runs", "progress", "arms", "seeds", "created"]
@@ -105,7 +114,24 @@ def header_html(exp: Any, members: Sequence[Any]) -> str:
             f'{esc(exp.name)}</b> {status_badge(exp.status if exp.status != "empty" else "queued")} '
             f'{progress_html(exp.step, exp.total, exp.status, None)}'
             f'<div class="gg-muted">arms {esc(", ".join(cfg.get("arms", {})))}{esc(controls)}; '
-            f'{esc(seeds_text(cfg.get("seeds", [])))}</div><div>{compare}</div></div>')
+            f'{esc(seeds_text(cfg.get("seeds", [])))}</div><div>{compare}</div>{ema_notes_html(members)}</div>')
+
+
+def ema_notes_html(members: Sequence[Any]) -> str:
+    """Per arm, whether its evals still sample the base model (an EMA that has not moved yet)."""
+    out, seen = [], set()
+    for m in members:
+        if m.arm in seen:
+            continue
+        seen.add(m.arm)
+        try:
+            config = queries().get_run(m.run.id).config
+        except LookupError:
+            continue
+        steps = [x.run.latest_eval_step for x in members if x.arm == m.arm]
+        latest = min((s for s in steps if s is not None), default=None)
+        out.append(ema_notice_html(config, latest, prefix=f"{m.arm}: "))
+    return "".join(out)
 
 
 def runs_html(members: Sequence[Any], stats: Any) -> str:

@@ -13,6 +13,7 @@ import gradio as gr
 from app.common import esc, parse_int, split_tags
 from app.run_form import (
     AUTO,
+    EMA_FIELDS,
     FIELDS,
     PRESETS,
     FormField,
@@ -21,6 +22,7 @@ from app.run_form import (
     after_submit_url,
     config_yaml,
     derived_hints,
+    ema_info,
     form_values,
     load_preset,
     read_uploaded_yaml,
@@ -258,6 +260,14 @@ with gr.Blocks(title="New run") as page:
     def on_ab_info(*values):
         return gr.Checkbox(info=ab_info(list(values)))
 
+    def on_ema_info(*values):  # after which epoch the EMA (what eval samples) first moves
+        return gr.Number(info=ema_info(list(values)))
+
+    page.load(on_ema_info, widgets, by_name["ema_every"], api_visibility="private", show_progress="hidden")
+    for name in EMA_FIELDS:
+        by_name[name].change(on_ema_info, widgets, by_name["ema_every"], api_visibility="private",
+                             show_progress="hidden", trigger_mode="always_last")
+
     auto_widgets = [by_name[f.name] for f in FIELDS if f.auto]
     for src in (by_name["algorithm"], by_name["backbone"]):
         src.change(on_hints, [by_name["algorithm"], by_name["backbone"]], auto_widgets, api_visibility="private",
@@ -266,7 +276,8 @@ with gr.Blocks(title="New run") as page:
                    trigger_mode="always_last")
     # a preset may set a field the arms would otherwise differ in (learning_rate, kl_beta) without
     # changing the algorithm, so the list is redrawn after it too
-    preset_filled.then(on_ab_info, widgets, ab, api_visibility="private", show_progress="hidden")
+    preset_filled.then(on_ab_info, widgets, ab, api_visibility="private", show_progress="hidden").then(
+        on_ema_info, widgets, by_name["ema_every"], api_visibility="private", show_progress="hidden")
 
     def on_load(request: gr.Request):
         params = dict(request.query_params) if request else {}

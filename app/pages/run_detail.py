@@ -22,6 +22,7 @@ from app import figures as F
 from app import run_cache
 from app.common import (
     alarm_badge,
+    ema_notice_html,
     esc,
     fmt_duration,
     fmt_float,
@@ -141,7 +142,7 @@ def header_html(run: Any, summary: Any | None, onset: int | None,
             f"{progress_html(run.step, run.total, run.status, eta)}"
             f"<div class=\"gg-run-sub\">latest eval (step {run.last_eval_step if run.last_eval_step is not None else '—'}): "
             f"proxy <b>{fmt_float(run.last_proxy)}</b> · gold <b>{fmt_float(run.last_gold)}</b></div>"
-            f"{_verdict_html(verdict)}{err}</div>")
+            f"{_verdict_html(verdict)}{ema_notice_html(run.config, run.last_eval_step)}{err}</div>")
 
 
 def _verdict_html(verdict: Any | None) -> str:

@@ -366,6 +366,36 @@ class RunConfig(BaseModel):
     def samples_per_epoch(self) -> int:
         return self.group_size * self.prompts_per_epoch
 
+    def optimizer_steps_per_epoch(self) -> int:
+        """AdamW steps per epoch: the micro-batches of the largest rank's prompt groups, times
+        ``inner_epochs``, one step per ``gradient_accumulation_steps`` (and one at the epoch's end)."""
+        groups = math.ceil(self.prompts_per_epoch / self.num_gpus)
+        batches = self.inner_epochs * math.ceil(self.group_size * groups / self.train_batch_size)
+        return math.ceil(batches / self.gradient_accumulation_steps)
+
+    def first_ema_epoch(self) -> int | None:
+        """The first epoch after which the EMA weights, which every eval samples, differ from the
+        base model's (the EMA updates every ``ema_every`` optimizer steps); None without an EMA
+        (eval then samples the trained weights, which move from epoch 1)."""
+        return math.ceil(self.ema_every / self.optimizer_steps_per_epoch()) if self.ema else None
+
+    def ema_notice(self, evaluated_step: int | None = None) -> str | None:
+        """One sentence when eval still samples the base model's weights at ``evaluated_step``
+        (None: at any step of the run), else None."""
+        first = self.first_ema_epoch()
+        if first is None or first <= 1:
+            return None
+        why = (f"the EMA updates every ema_every={self.ema_every} optimizer steps and an epoch takes "
+               f"{self.optimizer_steps_per_epoch()}")
+        if first > self.epochs:
+            return (f"The eval weights never leave the base model's: {why}, so the EMA first moves after epoch "
+                    f"{first}, beyond epochs={self.epochs}; every eval samples the base model. Lower ema_every "
+                    "(e.g. 1) or turn ema off.")
+        if evaluated_step is None or evaluated_step < first:
+            return (f"The eval weights are still the base model's: {why}, so the EMA first moves after epoch "
+                    f"{first}; evals before then sample the base model.")
+        return None
+
     def fields_set(self) -> set[str]:
         """Fields the user gave explicitly (the rest are defaults or algorithm-derived)."""
         return set(self.model_fields_set)

@@ -56,3 +56,17 @@ def test_an_interrupt_checkpoints_at_once_and_the_resume_loses_and_repeats_nothi
     assert set(a) == set(b), f"{where}: missing {sorted(set(a) - set(b))[:5]}, extra {sorted(set(b) - set(a))[:5]}"
     diff = {k: (a[k], b[k]) for k in a if a[k] != b[k] and not (math.isnan(a[k]) and math.isnan(b[k]))}
     assert not diff, f"{where}: the resumed run diverged: {sorted(diff.items())[:5]}"
+
+
+def test_eval_samples_the_base_model_until_the_epoch_the_config_says_the_ema_first_moves(pipe_dir, loaded, tmp_path):  # noqa: F811
+    """RunConfig.first_ema_epoch is what the trainer does: with 2 optimizer steps an epoch and
+    ema_every=4, the evals of epochs 0 and 1 are identical (the base model) and epoch 2's is not."""
+    cfg = make_config(pipe_dir, algorithm="flow_grpo", epochs=2, ema_every=4, learning_rate=1e-2)
+    assert (cfg.optimizer_steps_per_epoch(), cfg.first_ema_epoch()) == (2, 2)
+    assert "first moves after epoch 2" in cfg.ema_notice(1) and cfg.ema_notice(2) is None
+    _, rec = run(loaded, cfg, tmp_path)
+    proxy = {step: v for (step, key), v in rec.scalars.items() if key == "eval/proxy"}
+    assert proxy[0] == proxy[1] != proxy[2], proxy
+    late = make_config(pipe_dir, epochs=6, ema_every=8, train_batch_size=8)  # the issue's case: 1 step an epoch
+    assert late.first_ema_epoch() == 8 and "never leave the base model's" in late.ema_notice()
+    assert make_config(pipe_dir, ema=False).ema_notice() is None
