@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,12 +67,13 @@ def score_images(images: np.ndarray, prompts: list[str], rewards: Mapping[str, o
 @torch.no_grad()
 def evaluate(backbone: Backbone, eval_set: EvalSet, sigmas: torch.Tensor, *, cfg_scale: float,
              proxies: Mapping[str, tuple[object, float]], golds: Mapping[str, object], step: int,
-             recorder: Recorder, chunk: int = 64) -> dict[str, float]:
+             recorder: Recorder, chunk: int = 64, should_stop: Callable[[], bool] | None = None) -> dict[str, float]:
     """Sample the eval set (the caller swaps in the EMA weights), score it, log one PNG per image
     and return ``eval/*`` scalars: each reward and evaluator, their breakdowns ``eval/<name>/<key>``
     (:func:`score_images`: ``eval/geneval/strict``, ``eval/geneval/<family>``), ``eval/proxy`` (the
     weighted total of the proxies) and ``eval/gold`` (the mean of the gold evaluators)."""
-    latents = sample_ode(backbone, eval_set.prompts, eval_set.noise, sigmas, cfg_scale=cfg_scale, chunk=chunk)
+    latents = sample_ode(backbone, eval_set.prompts, eval_set.noise, sigmas, cfg_scale=cfg_scale, chunk=chunk,
+                         should_stop=should_stop)
     images = backbone.decode(latents)
     details: dict[str, float] = {}
     p_scores = score_images(images, eval_set.prompts, {k: fn for k, (fn, _) in proxies.items()}, details)

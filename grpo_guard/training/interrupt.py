@@ -5,12 +5,14 @@ A ``Control`` may offer ``interrupted() -> bool``: a cheap, local check (no data
 the process is being shut down. The trainer asks it at every point where a checkpoint is exact:
 
 - at the start of an epoch (with the stop-request poll);
-- after sampling and scoring, before the update: the weights are still the previous epoch's;
+- between the denoising steps of the epoch's sampling, and after scoring, before the update: the
+  weights are still the previous epoch's;
 - between the update's micro-batches, when the pre-update state was snapshotted
   (:class:`PreUpdateSnapshot`; only for trainable sets small enough to copy each epoch): the
   snapshot is put back, so the checkpoint is again the previous epoch's;
-- after the epoch is recorded, before its evaluation: the epoch is checkpointed and the evaluation
-  it owes runs first when the run resumes (``TrainerState.last_eval`` says it is missing).
+- after the epoch is recorded, before or during its evaluation (between denoising steps): the
+  epoch is checkpointed and the evaluation it owes runs first when the run resumes
+  (``TrainerState.last_eval`` says it is missing; eval images already stored are overwritten).
 
 In each case the trainer ends ``cancelled`` at the checkpointed epoch; the worker, which knows it
 was a shutdown and not the user's stop, marks the run ``interrupted``.
@@ -19,6 +21,7 @@ was a shutdown and not the user's stop, marks the run ``interrupted``.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import fields
 from typing import Any
 
@@ -31,8 +34,18 @@ from grpo_guard.training.train_state import TrainerState
 SNAPSHOT_MAX_NUMEL = 50_000_000
 
 
-class UpdateInterrupted(Exception):
-    """Raised inside the policy update when a shutdown asks to stop between micro-batches."""
+class Interrupted(Exception):
+    """Raised between the denoising steps of sampling or eval, or between the update's
+    micro-batches, when a shutdown asks to stop; the trainer catches it and checkpoints."""
+
+
+UpdateInterrupted = Interrupted  # the update's name for it
+
+
+def check(should_stop: Callable[[], bool] | None, where: str) -> None:
+    """Raise :class:`Interrupted` when ``should_stop`` says so (None: never)."""
+    if should_stop is not None and should_stop():
+        raise Interrupted(f"interrupted {where}")
 
 
 def interrupt_requested(control: Any) -> bool:

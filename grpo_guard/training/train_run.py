@@ -8,7 +8,7 @@ import contextlib
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -45,6 +45,7 @@ class TrainRun:
     eval_set: EvalSet
     my_rows: torch.Tensor               # (N_r,) this rank's rows of the epoch (all rows in one process)
     num_batches: int                    # micro-batches per inner epoch, the same on every rank
+    should_stop: Callable[[], bool] | None = None  # a shutdown of this single process (interrupt.py)
 
     @property
     def is_main(self) -> bool:
@@ -60,7 +61,8 @@ def evaluate_at(run: TrainRun, state: TrainerState, step: int) -> None:
     t = time.perf_counter()
     with run.ema.swapped() if run.ema is not None else contextlib.nullcontext():
         vals = evaluate(run.backbone, run.eval_set, run.eval_sigmas, cfg_scale=c.cfg_scale, proxies=run.proxies,
-                        golds=run.golds, step=step, recorder=recorder, chunk=c.sample_batch_size)
+                        golds=run.golds, step=step, recorder=recorder, chunk=c.sample_batch_size,
+                        should_stop=run.should_stop)
     proxy, gold = vals[M.EVAL_PROXY], vals[M.EVAL_GOLD]
     h = state.history
     h.add(step, proxy, gold)

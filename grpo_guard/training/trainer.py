@@ -51,7 +51,7 @@ from grpo_guard.training import distributed as ddp
 from grpo_guard.training.checkpoint import ARCHITECTURE_KEYS, Checkpoint, load_checkpoint
 from grpo_guard.training.ema import EMA
 from grpo_guard.training.evaluation import EvalSet, score_images
-from grpo_guard.training.interrupt import PreUpdateSnapshot, UpdateInterrupted, interrupt_requested
+from grpo_guard.training.interrupt import Interrupted, PreUpdateSnapshot, interrupt_requested
 from grpo_guard.training.recording import Control, NullRecorder, Recorder, StepStat
 from grpo_guard.training.rollout import (
     INIT_NOISE,
@@ -132,18 +132,22 @@ def train(config: RunConfig, recorder: Recorder, control: Control, *, resume_fro
 
     # 2. Rewards, model, optimizer, EMA, prompts, sigma tables, the fixed eval set.
     run = _build_run(c, recorder, rank, world, device, backbone, rewards)
+    run.should_stop = (lambda: interrupt_requested(control)) if world == 1 else None
 
     # 3. Trainer state (all of it goes into checkpoints): fresh with the base model's eval, or resumed
     #    (a run interrupted before the eval its last epoch owed does that eval first).
     state, start, last_path = _start_state(run, ckpt)
-    if ckpt is None and run.is_main:
-        evaluate_at(run, state, 0)
-        if c.on_overoptimization == "stop_keep_best":  # the base model may stay the best: keep it too
-            last_path = checkpoint_at(run, state, 0, "best-gold")
-        recorder.flush()
-    elif run.is_main and start > state.last_eval and (start % c.eval_every == 0 or start == c.epochs):
-        evaluate_at(run, state, start)
-        recorder.flush()
+    try:
+        if ckpt is None and run.is_main:
+            evaluate_at(run, state, 0)
+            if c.on_overoptimization == "stop_keep_best":  # the base model may stay the best: keep it too
+                last_path = checkpoint_at(run, state, 0, "best-gold")
+            recorder.flush()
+        elif run.is_main and start > state.last_eval and (start % c.eval_every == 0 or start == c.epochs):
+            evaluate_at(run, state, start)
+            recorder.flush()
+    except Interrupted:
+        return TrainResult("cancelled", start, stop_for_interrupt(run, state, start) or last_path)
 
     # 4. The loop: one epoch = one step.
     for epoch in range(start + 1, c.epochs + 1):
@@ -160,7 +164,10 @@ def train(config: RunConfig, recorder: Recorder, control: Control, *, resume_fro
         t0 = time.perf_counter()
 
         # 4b. Sample a group per prompt with the SDE sampler.
-        samples = _sample(run, epoch)
+        try:
+            samples = _sample(run, epoch)
+        except Interrupted:  # nothing of this epoch is applied or recorded yet
+            return TrainResult("cancelled", epoch - 1, stop_for_interrupt(run, state, epoch - 1) or last_path)
         t_sample = time.perf_counter()
 
         # 4c. Score with the proxy rewards, gathered over the ranks.
@@ -181,7 +188,7 @@ def train(config: RunConfig, recorder: Recorder, control: Control, *, resume_fro
                                 adv.mine.to(run.backbone.device), adv.batches, c, run.ema, state,
                                 grad_sync=ddp.all_reduce_grads if world > 1 else None,
                                 should_abort=(lambda: _interrupted(run, control)) if snapshot else None)
-        except UpdateInterrupted:
+        except Interrupted:
             snapshot.restore(run.params, run.optimizer, run.ema, state)
             return TrainResult("cancelled", epoch - 1, stop_for_interrupt(run, state, epoch - 1) or last_path)
         if world > 1:
@@ -198,8 +205,11 @@ def train(config: RunConfig, recorder: Recorder, control: Control, *, resume_fro
         if _interrupted(run, control):
             return TrainResult("cancelled", epoch, stop_for_interrupt(run, state, epoch) or last_path)
         sample_now, save_now = control.take_sample_now(), control.take_save_now()
-        if epoch % c.eval_every == 0 or epoch == c.epochs or sample_now:
-            evaluate_at(run, state, epoch)
+        try:
+            if epoch % c.eval_every == 0 or epoch == c.epochs or sample_now:
+                evaluate_at(run, state, epoch)
+        except Interrupted:  # the epoch is recorded; its eval runs first on resume
+            return TrainResult("cancelled", epoch, stop_for_interrupt(run, state, epoch) or last_path)
         new_best = state.best_step == epoch
         if epoch % c.checkpoint_every == 0 or epoch == c.epochs or new_best or save_now:
             reason = "best-gold" if new_best else "periodic" if epoch < c.epochs else "final"
@@ -379,7 +389,8 @@ def _sample(run: TrainRun, epoch: int) -> EpochSamples:
     ro = sample_rollouts(run.backbone, prompts, my_index, run.sigmas, steps[my_rows], noise,
                          seed_keys=(c.seed, epoch, STEP_NOISE), cfg_scale=c.cfg_scale, noise_level=c.noise_level,
                          dynamics=c.dynamics, sde_steps=window, cps_logprob=c.cps_logprob,
-                         chunk=c.sample_batch_size, row_ids=my_rows if run.world > 1 else None)
+                         chunk=c.sample_batch_size, row_ids=my_rows if run.world > 1 else None,
+                         should_stop=run.should_stop)
     images = run.backbone.decode(ro.final)                                               # (N_r, H, W, 3) uint8
     return EpochSamples(prompts, prompt_index, my_index, ro, images)
 

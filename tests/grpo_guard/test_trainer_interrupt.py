@@ -14,8 +14,9 @@ from tests.grpo_guard.test_trainer import loaded, make_config, no_timing, one_th
 
 
 class InterruptIn2(MemoryControl):
-    """Reports a shutdown at the ``n``-th ``interrupted()`` call of epoch 2 (calls in an epoch:
-    1 before the update, 1 before each micro-batch, 1 after the epoch is recorded)."""
+    """Reports a shutdown at the ``n``-th ``interrupted()`` call of epoch 2 (calls in an epoch of the
+    tiny config: 4 in sampling (one per denoising step), 1 before the update, 1 before each of its 2
+    micro-batches, 1 after the epoch is recorded, 3 in the eval)."""
 
     def __init__(self, n: int) -> None:
         super().__init__()
@@ -39,9 +40,10 @@ def full(pipe_dir, loaded, tmp_path_factory):  # noqa: F811
 
 
 @pytest.mark.parametrize(("n", "stopped_at", "where"), [
-    (1, 1, "after sampling, before the update"),
-    (3, 1, "between two micro-batches: the pre-update snapshot is put back"),
-    (4, 2, "after the epoch is recorded, before its eval (which the resume runs first)"),
+    (2, 1, "between the denoising steps of the epoch's sampling"),
+    (7, 1, "between two micro-batches: the pre-update snapshot is put back"),
+    (8, 2, "after the epoch is recorded, before its eval (which the resume runs first)"),
+    (10, 2, "during the epoch's eval (which the resume runs again)"),
 ])
 def test_an_interrupt_checkpoints_at_once_and_the_resume_loses_and_repeats_nothing(
         pipe_dir, loaded, tmp_path, full, n, stopped_at, where):  # noqa: F811
