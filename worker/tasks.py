@@ -107,6 +107,8 @@ def preload_trainer(**_: Any) -> None:
     global _preload
     if os.environ.get("GG_WORKER_PRELOAD") != "1" or os.environ.get("GG_TRAINER", "").strip():
         return
+    if _main_shutting_down:  # a replacement child forked during shutdown: it will never run a run
+        return
     _preload = threading.Thread(target=_import_preload, name="gg-preload", daemon=True)
     _preload.start()
 
@@ -115,6 +117,7 @@ def preload_trainer(**_: Any) -> None:
 _interrupt = threading.Event()  # this process is being shut down
 _running = threading.Event()    # a run is in progress in this process
 _launched: subprocess.Popen | None = None  # the accelerate launcher of a multi-GPU run, if any
+_main_shutting_down = False  # set in the main process at shutdown; children forked after inherit it
 
 
 def _on_shutdown_signal(signum: int, _frame: Any) -> None:
@@ -158,6 +161,8 @@ def interrupt_children(**_: Any) -> None:
     only learn of the shutdown when it is killed."""
     from billiard.process import active_children
 
+    global _main_shutting_down
+    _main_shutting_down = True
     for child in active_children():
         with contextlib.suppress(OSError, AttributeError, TypeError):
             os.kill(child.pid, signal.SIGINT)
