@@ -163,9 +163,10 @@ def worker_text(run: Any) -> str:
 
 
 def controls(status: str) -> tuple[Any, Any, Any]:
-    """Stop, Sample now and Save now: usable only while the run can still act on them."""
+    """Stop, Sample now and Save now: usable only while the run can still act on them (Stop also on an
+    interrupted run: it is then cancelled and does not resume by itself)."""
     on = status in ACTIVE_STATUSES
-    return gr.Button(interactive=on), gr.Button(interactive=on), gr.Button(interactive=on)
+    return gr.Button(interactive=on or status == "interrupted"), gr.Button(interactive=on), gr.Button(interactive=on)
 
 
 def status_markdown(run: Any) -> str:

@@ -49,3 +49,4 @@ def test_the_run_page_and_runs_show_say_when_eval_still_samples_the_base_model(s
     assert "gg-ema-note" not in header_html(queries.get_run(fine), None, None)
     out = CliRunner().invoke(main, ["runs", "show", str(late)]).output
     assert "note       The eval weights never leave the base model's" in out, out
+    assert [b.interactive for b in R.controls("interrupted")] == [True, False, False], "Stop cancels an interrupted run"
