@@ -42,8 +42,7 @@ def full(pipe_dir, loaded, tmp_path_factory):  # noqa: F811
 @pytest.mark.parametrize(("n", "stopped_at", "where"), [
     (2, 1, "between the denoising steps of the epoch's sampling"),
     (7, 1, "between two micro-batches: the pre-update snapshot is put back"),
-    (8, 2, "after the epoch is recorded, before its eval (which the resume runs first)"),
-    (10, 2, "during the epoch's eval (which the resume runs again)"),
+    (10, 2, "during the epoch's eval, after the epoch was recorded (the resume runs the eval first)"),
 ])
 def test_an_interrupt_checkpoints_at_once_and_the_resume_loses_and_repeats_nothing(
         pipe_dir, loaded, tmp_path, full, n, stopped_at, where):  # noqa: F811
