@@ -374,7 +374,7 @@ def runs_stop(run_id: int, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @_store_errors
 def runs_resume(run_id: int, wait: bool, timeout: float | None, as_json: bool) -> None:
-    """Queue a failed or cancelled run again; it continues from its last checkpoint."""
+    """Queue a failed, cancelled or interrupted run again; it continues from its last checkpoint."""
     from grpo_guard.store import queries
     from worker.submit import resume
 

@@ -97,7 +97,7 @@ def submit_runs(runs: Sequence[tuple[str, RunConfig]], *, name: str = "", tags: 
 
 
 def resume(run_id: int) -> Submitted:
-    """Queue a failed or cancelled run again (it continues from its last checkpoint) and send
+    """Queue a failed, cancelled or interrupted run again (it continues from its last checkpoint) and send
     its task. StoreError when the run cannot be resumed, RunNotFoundError when there is none."""
     from grpo_guard.store import queries
 
