@@ -52,3 +52,19 @@ def test_runs_page_empty_state_toy_pair_and_read_only_table(server, page):  # no
     right = page.locator("#act-stop").bounding_box()
     assert right["x"] - (left["x"] + left["width"]) >= 4, "actions are separate buttons, not abutting cells"
     assert page.locator("#selected-run textarea, #selected-run input").first.input_value().isdigit()
+
+
+def test_serve_terminal_shows_our_lines_only(server):  # noqa: F811
+    """Celery's banner and warnings go to <data-dir>/logs/workers.log, not serve's terminal."""
+    import time
+
+    with open(os.path.join(server["data"], "serve.log"), errors="replace") as fh:
+        terminal = fh.read()
+    assert "GRPO-Guard Studio on http://" in terminal and "their log:" in terminal, terminal[-2000:]
+    for noise in ("[queues]", "[config]", "SecurityWarning", "embedded1@"):
+        assert noise not in terminal, f"{noise!r} reached serve's terminal:\n{terminal[-2000:]}"
+    log = os.path.join(server["data"], "logs", "workers.log")
+    deadline = time.monotonic() + 30
+    while not (os.path.exists(log) and "[queues]" in open(log, errors="replace").read()):  # noqa: SIM115
+        assert time.monotonic() < deadline, "the workers' Celery output is not in logs/workers.log"
+        time.sleep(0.5)
