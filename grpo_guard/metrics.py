@@ -44,6 +44,8 @@ REWARD_TOTAL_STD = "reward/total/std"
 REWARD_GROUP_STD = "reward/group_std/mean"
 REWARD_MEAN_SHORT = "reward/mean"
 REWARD_STD_SHORT = "reward/std"
+REWARD_LATENCY = "reward/{name}/latency"     # reward servers only (grpo_guard.rewards.remote)
+REWARD_FAILURES = "reward/{name}/failures"
 ZERO_STD_RATIO = "zero_std_ratio"
 ACTUAL_BATCH_SIZE = "actual_batch_size"
 ADV_ABS_MEAN = "adv_abs_mean"
@@ -128,6 +130,10 @@ CATALOGUE: tuple[Metric, ...] = (
     Metric(REWARD_MEAN_SHORT, "short name of reward/total/mean some recorders write; read when that is absent",
            "reward", (REWARDS_CHART,)),
     Metric(REWARD_STD_SHORT, "short name of reward/total/std, read with reward/mean", "reward", (REWARDS_CHART,)),
+    Metric(REWARD_LATENCY, "a reward server's mean round-trip time per request since the last step (the epoch's "
+           "scoring and its eval); remote rewards only", "s"),
+    Metric(REWARD_FAILURES, "a reward server's failed attempts since the last step (timeouts, 5xx, bad answers, "
+           "retried); remote rewards only", "attempts"),
     Metric(ZERO_STD_RATIO, "share of groups whose rewards are all equal (zero advantage)", _FRAC, (REWARDS_CHART,)),
     Metric(ACTUAL_BATCH_SIZE, "samples with a non-zero advantage (kept for the update)", "samples"),
     Metric(ADV_ABS_MEAN, "mean |advantage| over the epoch's samples", "advantage", (REWARDS_CHART,)),

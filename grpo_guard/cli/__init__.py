@@ -29,6 +29,10 @@ LAZY_COMMANDS: dict[str, LazyCommand] = {
     "train": LazyCommand("grpo_guard.cli.train:train_cmd",
                          "Train CONFIG.yaml in the foreground (progress bar, Ctrl-C stops cleanly)."),
     "sample": LazyCommand("grpo_guard.cli.train:sample_cmd", "Write one image from a base model or a checkpoint."),
+    "rewards": LazyCommand("grpo_guard.rewards.cli:rewards_group",
+                           "List the rewards a run can name (built in, plugins, reward servers)."),
+    "reward-server": LazyCommand("grpo_guard.rewards.server:reward_server_cmd",
+                                 "Serve one registered reward over HTTP (the reward-server protocol)."),
     "db": LazyCommand("grpo_guard.store.cli:db_group", "Create or upgrade the store's database schema."),
     # the web app (app/)
     "serve": LazyCommand("app.cli:serve_cmd", "Start the web UI (and, by default, an embedded worker)."),

@@ -9,47 +9,73 @@ that one call and logs each key's mean over its non-NaN images as ``eval/<name>/
 that builds it, so this registry (and config validation, and the app) loads no torch or model
 weights until a reward is actually built. Rewards are chosen from this registry by name only:
 a run config can never make a worker import arbitrary code.
+
+Two more sources join the built-in entries below, the first time the registry is read
+(:func:`load_extras`), in every process the same way (the app's form, config validation, the CLI,
+the worker):
+
+- plugins: installed packages that declare entry points in the group ``grpo_guard.rewards``
+  (:mod:`grpo_guard.rewards.plugins`); a broken one is one warning naming it, never a crash;
+- reward servers an operator declared in ``GG_REWARD_SERVERS`` or ``rewards.yaml`` in the data
+  directory (:mod:`grpo_guard.rewards.servers`): a name bound to a URL, scored over HTTP
+  (:mod:`grpo_guard.rewards.remote`). A run config names the reward, never the URL.
 """
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
-import numpy as np
-
-
-class Reward(Protocol):
-    name: str
-
-    def __call__(self, images: np.ndarray, prompts: list[str]) -> np.ndarray: ...
-
-
-# The types a run config may give a reward option (``reward_options: {name: {option: value}}``).
-OPTION_TYPES = ("str", "int", "float", "fp32|fp16", "partial|strict")
-
-
-@dataclass(frozen=True)
-class RewardSpec:
-    """One registry entry (its name is the REGISTRY key; what it measures is the comment above
-    its ``register`` call)."""
-
-    target: str  # "package.module:factory"; factory(**options) -> Reward
-    kind: Literal["proxy", "gold", "any"]
-    backbones: tuple[str, ...]  # backbones it makes sense for ("toy", "sd3", "flux")
-    # options a run config may pass to the factory: (name, type in OPTION_TYPES). Options that
-    # only code can pass (a replacement GenEval detector callable) are deliberately not listed.
-    options: tuple[tuple[str, str], ...] = ()
+from grpo_guard.rewards.registry import (  # noqa: F401  (the registry's public names live here)
+    _EXTRAS,
+    BACKBONES,
+    BUILTIN,
+    KINDS,
+    OPTION_TYPES,
+    PROBLEMS,
+    REGISTRY,
+    Reward,
+    RewardSpec,
+    register,
+)
 
 
-REGISTRY: dict[str, RewardSpec] = {}
+def load_extras(*, reload: bool = False) -> list[str]:
+    """Join the plugins' and the declared servers' rewards to the registry (once per process;
+    ``reload`` forgets the earlier ones and reads again, for tests and after installing a
+    plugin). Never raises: each problem is logged as one warning and kept in ``PROBLEMS``;
+    returns them."""
+    with _EXTRAS["lock"]:  # other threads wait for the whole list; this one may re-enter (a plugin reading it)
+        if _EXTRAS["loading"] or (_EXTRAS["loaded"] and not reload):
+            return list(PROBLEMS)
+        _EXTRAS["loading"] = True
+        try:
+            for name in _EXTRAS.get("names", ()):
+                dict.pop(REGISTRY, name, None)
+            PROBLEMS.clear()
+            from grpo_guard.rewards import plugins, servers
+
+            before = set(dict.keys(REGISTRY))
+            PROBLEMS.extend(plugins.register_plugins())
+            PROBLEMS.extend(servers.register_servers())
+            _EXTRAS["names"] = set(dict.keys(REGISTRY)) - before
+        finally:
+            _EXTRAS["loading"], _EXTRAS["loaded"] = False, True
+        return list(PROBLEMS)
 
 
-def register(name: str, target: str, kind: Literal["proxy", "gold", "any"], *,
-             backbones: tuple[str, ...] = ("toy", "sd3", "flux"), options: tuple[tuple[str, str], ...] = ()) -> None:
-    REGISTRY[name] = RewardSpec(target, kind, backbones, options)
+def reward_plugin(*, kind: Literal["proxy", "gold", "any"] = "any", backbones: tuple[str, ...] = BACKBONES,
+                  options: tuple[tuple[str, str], ...] = (), description: str = "") -> Callable[[Callable], Callable]:
+    """Decorate a plugin's reward factory with its registry fields (the same as :func:`register`'s):
+    ``@reward_plugin(kind="proxy", backbones=("toy",), options=(("scale", "float"),))``. The entry
+    point ``name = "module:factory"`` in the group ``grpo_guard.rewards`` then registers it."""
+    def mark(factory: Callable) -> Callable:
+        factory.grpo_guard_reward = {"kind": kind, "backbones": tuple(backbones), "options": tuple(options),
+                                     "description": description}
+        return factory
+
+    return mark
 
 
 def check_option(name: str, option: str, value: Any) -> str | None:
@@ -90,6 +116,10 @@ def build_reward(name: str, **options: Any) -> Reward:
     spec = REGISTRY.get(name)
     if spec is None:
         raise KeyError(f"unknown reward {name!r}; registered: {', '.join(available())}")
+    if spec.server is not None:  # an operator-declared reward server: scored over HTTP
+        from grpo_guard.rewards.remote import RemoteReward
+
+        return RemoteReward(name, spec.server, **options)
     module, _, attr = spec.target.partition(":")
     factory: Callable[..., Reward] = getattr(importlib.import_module(module), attr)
     return factory(**options)
@@ -166,3 +196,6 @@ register("null_noise", "grpo_guard.rewards.null:null_noise", "any", options=(("s
 # +kB of the image as JPEG at quality 95 (DDPO); favours detail and noise.
 register("jpeg_incompressibility", "grpo_guard.rewards.jpeg:incompressibility", "any",
          options=(("quality", "int"),))
+
+BUILTIN.update(dict.keys(REGISTRY))
+_EXTRAS["loader"] = load_extras

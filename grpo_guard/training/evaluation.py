@@ -64,6 +64,25 @@ def score_images(images: np.ndarray, prompts: list[str], rewards: Mapping[str, o
     return out
 
 
+def reward_health(*reward_maps: Mapping[str, object]) -> dict[str, float]:
+    """``reward/<name>/latency`` and ``reward/<name>/failures`` of every reward that counts them
+    (reward servers: ``take_stats()``), since the last call; proxies map names to (fn, weight).
+    A name that is both a proxy and a gold evaluator (two clients) is counted once, summed."""
+    lat: dict[str, list[float]] = {}
+    fails: dict[str, float] = {}
+    for rewards in reward_maps:
+        for name, fn in rewards.items():
+            take = getattr(fn[0] if isinstance(fn, tuple) else fn, "take_stats", None)
+            if callable(take):
+                stats = take()
+                fails[name] = fails.get(name, 0.0) + float(stats.get("failures", 0.0))
+                if "latency" in stats:
+                    lat.setdefault(name, []).append(float(stats["latency"]))
+    out = {M.REWARD_FAILURES.format(name=k): v for k, v in fails.items()}
+    out.update({M.REWARD_LATENCY.format(name=k): float(np.mean(v)) for k, v in lat.items()})
+    return out
+
+
 @torch.no_grad()
 def evaluate(backbone: Backbone, eval_set: EvalSet, sigmas: torch.Tensor, *, cfg_scale: float,
              proxies: Mapping[str, tuple[object, float]], golds: Mapping[str, object], step: int,
