@@ -66,6 +66,7 @@ def test_a_config_names_the_plugin_by_name_and_its_options_are_checked(with_plug
         RunConfig.from_dict({"rewards": {"gg_reward_example:brightness": 1.0}})
 
 
+@pytest.mark.slow
 def test_a_toy_epoch_trains_with_the_plugin_reward(with_plugin, tmp_path):
     cfg = toy_config(rewards={"example_brightness": 1.0}, reward_options={"example_brightness": {"target": 0.9}})
     result, rec = toy_run(cfg, str(tmp_path / "ckpt"))
