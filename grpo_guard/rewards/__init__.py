@@ -98,11 +98,12 @@ def check_option(name: str, option: str, value: Any) -> str | None:
           "int": isinstance(value, int) and not isinstance(value, bool) and value >= 1,
           "float": isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
           and abs(value) != float("inf"),
-          "fp32|fp16": value in ("fp32", "fp16"), "partial|strict": value in ("partial", "strict")}[kind]
+          "fp32|fp16": value in ("fp32", "fp16"), "partial|strict": value in ("partial", "strict"),
+          "generate|logits": value in ("generate", "logits")}[kind]
     if not ok:
         want = {"str": "a non-empty string", "int": "an integer >= 1", "float": "a finite number",
                 "fp32|fp16": "'fp32' or 'fp16'",
-                "partial|strict": "'partial' or 'strict'"}[kind]
+                "partial|strict": "'partial' or 'strict'", "generate|logits": "'generate' or 'logits'"}[kind]
         return f"must be {want}, got {value!r}"
     return None
 
@@ -163,6 +164,12 @@ register("geneval", "grpo_guard.rewards.geneval:geneval", "proxy",
                                    ("score", "partial|strict"), ("threshold", "float"),
                                    ("counting_threshold", "float"), ("max_objects", "int"),
                                    ("position_threshold", "float"), *_RUN))
+# UnifiedReward (1–5), a Qwen2.5-VL judge of caption alignment and quality: UnifiedReward-qwen-7b from
+# option path, GG_REWARD_UNIFIEDREWARD_PATH or the HF cache. score: generate (parse "Final Score: x" of
+# its answer; none = NaN) or logits (expected value of the digit after "Final Score:"); eval also logs
+# eval/unifiedreward/parsed.
+register("unifiedreward", "grpo_guard.rewards.unifiedreward:unifiedreward", "any",
+         backbones=_REAL, options=(("path", "str"), *_RUN, ("score", "generate|logits"), ("max_new_tokens", "int")))
 
 # Toy world (grpo_guard/rewards/toy.py) and model-free JPEG size (grpo_guard/rewards/jpeg.py).
 _TOY = ("toy",)
