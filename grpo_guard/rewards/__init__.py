@@ -112,6 +112,14 @@ def available() -> list[str]:
     return sorted(REGISTRY)
 
 
+def reward_rows() -> list[dict[str, Any]]:
+    """One plain dict per registered reward, sorted by name: what ``grpo-guard rewards list``
+    prints and the New-run form shows (torch-free)."""
+    return [{"name": name, "kind": spec.kind, "backbones": list(spec.backbones),
+             "options": {k: t for k, t in spec.options}, "source": spec.source,
+             "description": spec.description} for name, spec in sorted(REGISTRY.items())]
+
+
 def build_reward(name: str, **options: Any) -> Reward:
     """Instantiate a registered reward. Raises KeyError with the list of known names."""
     spec = REGISTRY.get(name)

@@ -8,15 +8,6 @@ import json
 import click
 
 
-def reward_rows() -> list[dict]:
-    """One plain dict per registered reward, sorted by name (the New-run form shows the same)."""
-    from grpo_guard.rewards import REGISTRY
-
-    return [{"name": name, "kind": spec.kind, "backbones": list(spec.backbones),
-             "options": {k: t for k, t in spec.options}, "source": spec.source,
-             "description": spec.description} for name, spec in sorted(REGISTRY.items())]
-
-
 @click.group("rewards")
 def rewards_group() -> None:
     """Rewards and gold evaluators a run config can name."""
@@ -26,7 +17,7 @@ def rewards_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object: rewards and problems.")
 def list_cmd(as_json: bool) -> None:
     """Every reward with kind, backbones, options and the package (or server) it comes from."""
-    from grpo_guard.rewards import PROBLEMS
+    from grpo_guard.rewards import PROBLEMS, reward_rows
 
     rows = reward_rows()
     if as_json:
