@@ -30,6 +30,17 @@ from grpo_guard.rewards.servers import ServerSpec
 MAX_ANSWER_BYTES = 16 << 20  # an answer is B numbers (and a few detail lists): never megabytes
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """The declared URL is the only address a worker talks to: a redirect is an error, not a hop."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[override]
+        return None
+
+
+# http(s) only (servers.parse_entry checks the scheme); no redirects
+_OPENER = urllib.request.build_opener(_NoRedirect)
+
+
 class RewardServerError(RuntimeError):
     """A reward server failed for good (after its retries); the message names it and the reason."""
 
@@ -46,6 +57,7 @@ class RemoteReward:
             raise ValueError(f"reward {name!r} is served by {server.url}; it takes no options here "
                              f"(got {', '.join(options)}): set them where the server runs")
         self.name, self.server = name, server
+        server.token()  # a missing token fails now, before any model loads, not at the first batch
         self._latency: list[float] = []
         self._failures = 0
 
@@ -111,10 +123,10 @@ class RemoteReward:
         req = urllib.request.Request(f"{s.url}/v1/score", data=body, headers=headers, method="POST")
         deadline = time.monotonic() + s.timeout
         try:
-            resp = urllib.request.urlopen(req, timeout=s.timeout)  # noqa: S310 (http(s) only: servers.parse_entry)
+            resp = _OPENER.open(req, timeout=s.timeout)
         except urllib.error.HTTPError as e:
             detail = _error_text(e)
-            if 400 <= e.code < 500 and e.code != 429:
+            if e.code < 500 and e.code != 429:  # 3xx (no redirects followed), 4xx: retrying cannot help
                 raise _Permanent(f"HTTP {e.code}{detail}") from None
             raise ProtocolError(f"HTTP {e.code}{detail}") from None
         with resp:

@@ -69,6 +69,7 @@ class RewardServer(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     server: RewardServer
     protocol_version = "HTTP/1.1"
+    timeout = 300  # seconds a connection may stall mid-request before its thread lets go
 
     def log_message(self, fmt: str, *args: Any) -> None:  # the access log goes to logging, not stderr
         log.debug("%s " + fmt, self.address_string(), *args)
