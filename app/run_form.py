@@ -197,7 +197,7 @@ def rewards_markdown() -> str:
     lines = ["| reward | kind | backbones | options | from |", "|---|---|---|---|---|"]
     for r in reward_rows():
         opts = ", ".join(f"{k}: {t}" for k, t in r["options"].items()) or "—"
-        lines.append(f"| `{r['name']}` | {r['kind']} | {', '.join(r['backbones'])} | {cell(opts)} | {cell(r['source'])} |")
+        lines.append(f"| `{r['name']}` | `{r['kind']}` | {',&nbsp;'.join(r['backbones'])} | {cell(opts)} | {cell(r['source'])} |")
     lines += [f"\n⚠ {cell(p)}" for p in PROBLEMS]
     return "\n".join(lines)
 

@@ -19,8 +19,8 @@ def test_the_form_lists_declared_reward_servers_without_torch(tmp_path):
     env["PYTHONPATH"] = os.environ.get("PYTHONPATH", "")
     md, torch_loaded = json.loads(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                                                  text=True, check=True, timeout=120).stdout)
-    assert "| `judge_remote` | gold |" in md and "server http://10.0.0.7:8700" in md, md
-    assert "| `toy_fg_share` | proxy | toy |" in md
+    assert "| `judge_remote` | `gold` |" in md and "server http://10.0.0.7:8700" in md, md
+    assert "| `toy_fg_share` | `proxy` | toy |" in md and "sd3,&nbsp;flux" in md
     assert not torch_loaded, "listing rewards in the app must not import torch"
 
 
