@@ -87,7 +87,7 @@ def register_plugins() -> list[str]:
             if not callable(factory):
                 raise ValueError(f"{ep.value} is not callable")
             fields = _fields(factory)
-        except Exception as e:  # a broken plugin must not take the app or the worker down
+        except (Exception, SystemExit) as e:  # a broken plugin must not take the app or the worker down
             problems.append(f"{who} skipped: {type(e).__name__}: {str(e).strip()[:300]}")
             continue
         if not had_torch and "torch" in sys.modules:

@@ -86,12 +86,15 @@ def _fake_dist(site, name: str, entry_points: str) -> None:
 def test_a_broken_plugin_is_one_warning_naming_it(tmp_path, monkeypatch, caplog):
     site = tmp_path / "site"
     _fake_dist(site, "broken-plugin", "broken_reward = no_such_module_gg:factory\n"
-                                      "toy_fg_share = also_missing:factory\nnot_callable = json:__name__")
+                                      "toy_fg_share = also_missing:factory\nnot_callable = json:__name__\n"
+                                      "exits = exits_at_import_gg:factory")
+    (site / "exits_at_import_gg.py").write_text("raise SystemExit(3)\n")
     monkeypatch.syspath_prepend(str(site))
     try:
         problems = load_extras(reload=True)
         mine = [p for p in problems if "broken-plugin" in p]
-        assert len(mine) == 3, problems
+        assert len(mine) == 4, problems
+        assert any("'exits'" in p and "SystemExit" in p for p in mine), mine
         assert any("'broken_reward'" in p and "ModuleNotFoundError" in p for p in mine), mine
         assert any("'toy_fg_share'" in p and "taken by grpo-guard" in p for p in mine), mine
         assert any("not_callable" in p and "not callable" in p for p in mine), mine
