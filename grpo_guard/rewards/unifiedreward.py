@@ -22,6 +22,10 @@ the judge's answer into a number (option ``score``):
   value Σ k·p(k)/Σ p(k) over the next token's probabilities of ``1`` … ``5``: one forward pass,
   no parsing, always in [1, 5] (smoother, and cheaper, than generation).
 
+Options: ``path``, ``device`` (default CUDA when available), ``dtype`` (``fp16`` runs the judge in
+bfloat16 on CUDA, as Qwen2.5-VL is meant to run; fp32 otherwise), ``batch_size`` (images per
+forward/generate, default 8), ``score`` and ``max_new_tokens`` (default 64).
+
 Use it as gold (``gold: [unifiedreward]``) or as a proxy; on a separate GPU box, serve it with
 ``grpo-guard reward-server --reward unifiedreward --option device=cuda`` and declare that server.
 """
