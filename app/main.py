@@ -152,11 +152,11 @@ def check_bind(host: str, creds: list[tuple[str, str]]) -> None:
 
 # ---- the Blocks ----------------------------------------------------------------------------
 def build_demo() -> gr.Blocks:
-    """The five pages as routes of one Blocks: Runs (/), New run, Run, Compare, Experiments."""
-    from app.pages import compare, experiments, new_run, run_detail, runs
+    """The pages as routes of one Blocks: Runs (/), New run, Run, Compare, Experiments, Judge (/judgments)."""
+    from app.pages import compare, experiments, judge, new_run, run_detail, runs
 
     routes = (("New run", "/new", new_run.page), ("Run", "/run", run_detail.page), ("Compare", "/compare", compare.page),
-              ("Experiments", "/experiments", experiments.page))
+              ("Experiments", "/experiments", experiments.page), ("Judge", "/judgments", judge.page))
     # One Navbar per page: it names the main page "Runs" on every route.
     with gr.Blocks(title="GRPO-Guard Studio", fill_width=True) as demo:
         gr.Navbar(main_page_name="Runs")
@@ -205,6 +205,9 @@ def create_app(*, host: str = "127.0.0.1", port: int = 7860, env: Mapping[str, s
                                 status_code=503)
         return JSONResponse({"status": "ok", "version": __version__})
 
+    from app import judge_routes
+
+    judge_routes.install(app)  # /judge: plain HTML beside Gradio (blinding), before the mount at '/'
     demo = build_demo()
     with warnings.catch_warnings():  # Gradio warns that multipage apps have no SSR; we never use SSR
         warnings.filterwarnings("ignore", message="SSR mode is not supported")

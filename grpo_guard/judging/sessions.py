@@ -155,15 +155,34 @@ def agreement(rows: Sequence[J.JudgmentRow]) -> Agreement | None:
     return Agreement("fleiss", fleiss_kappa([list(v.values()) for v in shared.values()]), len(shared), len(judges))
 
 
+def _connected(edges: Sequence[tuple[Checkpoint, Checkpoint]]) -> int:
+    """The number of checkpoints when the judged pairs connect them all, else 0: Bradley–Terry
+    scores compare checkpoints only through chains of judged pairs (matched steps of two runs
+    are separate islands, each already summarised by its win rate)."""
+    nodes = {c for e in edges for c in e}
+    if not nodes:
+        return 0
+    adj: dict[Checkpoint, set[Checkpoint]] = defaultdict(set)
+    for a, b in edges:
+        adj[a].add(b)
+        adj[b].add(a)
+    start = next(iter(nodes))
+    seen, todo = {start}, [start]
+    while todo:
+        for nxt in adj[todo.pop()] - seen:
+            seen.add(nxt)
+            todo.append(nxt)
+    return len(nodes) if seen == nodes else 0
+
+
 def summarize(rows: Sequence[J.JudgmentRow], session_id: int = 0) -> Summary:
     """Every statistic of a set of judgments (pure: tests feed it rows)."""
     pair_counts = _count(rows, lambda j: ((j.a_run_id, j.a_step), (j.b_run_id, j.b_step)))
     fam_counts = _count([j for j in rows if j.family], lambda j: (j.family, (j.a_run_id, j.a_step), (j.b_run_id, j.b_step)))
     pairs = tuple(PairStat(a, b, "", win_rate(*c)) for (a, b), c in sorted(pair_counts.items()))
     fams = tuple(PairStat(a, b, f, win_rate(*c)) for (f, a, b), c in sorted(fam_counts.items()))
-    checkpoints = {c for k in pair_counts for c in k}
     bt = None
-    if len(checkpoints) >= 3:
+    if _connected(list(pair_counts)) >= 3:
         bt = bradley_terry([((j.a_run_id, j.a_step), (j.b_run_id, j.b_step), j.outcome) for j in rows])
     reasons: dict[str, int] = defaultdict(int)
     for j in rows:

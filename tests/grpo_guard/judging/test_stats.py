@@ -130,3 +130,37 @@ def test_step_modes_best_last_and_base():
         P.comparisons("steps", [1, 2], ["0", "10"], samples)
     with pytest.raises(ValueError, match="run 3 has no eval samples"):
         P.comparisons("matched", [1, 3], None, samples)
+
+
+def _row(judge, a, b, outcome, pair=(1, 2), family=""):
+    from grpo_guard.store.judgments import JudgmentRow
+
+    left = pair[0] if outcome != "b" else pair[1]  # pressed "left" always: the outcome follows the side
+    return JudgmentRow(0, 1, judge, pair[0], pair[1], a[0], a[1], b[0], b[1], "p", 0, family, left,
+                       "tie" if outcome == "tie" else "left", (), 100, None)
+
+
+def test_summary_scores_checkpoints_only_when_the_judged_pairs_connect_them():
+    from grpo_guard.judging.sessions import summarize
+
+    islands = [_row("ann", (1, 0), (2, 0), "a"), _row("ann", (1, 10), (2, 10), "b")]
+    assert summarize(islands).bradley_terry is None, "matched steps are separate islands"
+    chain = [_row("ann", (1, 0), (1, 10), "a", (1, 2)), _row("ann", (1, 10), (1, 20), "a", (2, 3)),
+             _row("ann", (1, 0), (1, 20), "b", (1, 3))]
+    s = summarize(chain)
+    assert s.bradley_terry is not None and set(s.bradley_terry.scores) == {(1, 0), (1, 10), (1, 20)}
+    assert [r.outcome for r in chain] == ["a", "a", "b"]
+
+
+def test_two_judges_give_cohen_and_three_give_fleiss():
+    from grpo_guard.judging.sessions import agreement
+
+    a, b = (1, 0), (2, 0)
+    two = [_row("ann", a, b, "a", (1, 2)), _row("bob", a, b, "a", (1, 2)),
+           _row("ann", a, b, "b", (3, 4)), _row("bob", a, b, "tie", (3, 4))]
+    ag = agreement(two)
+    # p_o = 1/2; ann a,b  bob a,tie: p_e = (1·1)/4 = 1/4 -> (1/2 − 1/4) / (3/4) = 1/3
+    assert ag.method == "cohen" and ag.items == 2 and ag.kappa == pytest.approx(1 / 3)
+    three = two + [_row("cy", a, b, "a", (1, 2))]
+    assert agreement(three).method == "fleiss" and agreement(three).judges == 3
+    assert agreement(two[:1]) is None
