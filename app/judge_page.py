@@ -165,7 +165,7 @@ def judge_html(session_id: int, *, ask_name: bool) -> str:
                       for i, r in enumerate(REASONS))
     head = f"const SESSION = {int(session_id)}; const ASK_NAME = {json.dumps(bool(ask_name))};"
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Judge · session {int(session_id)} · GRPO-Guard Studio</title>
+<html lang="en"><head><meta charset="utf-8"><title>Judge · session {int(session_id)}</title>
 <meta name="referrer" content="no-referrer"><style>{CSS}</style><script>{head}{JS}</script></head>
 <body><header><b>Human gold · session {int(session_id)}</b><span id="judge-progress"></span>
 <a href="judgments">All sessions</a></header>
@@ -191,7 +191,7 @@ def login_html() -> str:
     """Sign-in form for /judge on a server with a login: posts to Gradio's own /login (which
     sets the session cookie the whole UI shares), then reloads."""
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Sign in · GRPO-Guard Studio</title><style>{CSS}</style></head>
+<html lang="en"><head><meta charset="utf-8"><title>Sign in to judge</title><style>{CSS}</style></head>
 <body><main><div id="judge-name-box"><h2>Sign in to judge</h2>
 <form id="judge-login"><p><input id="judge-user" placeholder="user" autocomplete="username"></p>
 <p><input id="judge-pass" type="password" placeholder="password" autocomplete="current-password"></p>
