@@ -122,3 +122,37 @@ def test_results_tables_carry_the_summary(session):
         assert f'data-a="{p.a[0]}:{p.a[1]}" data-b="{p.b[0]}:{p.b[1]}"' in html
     assert "no judgments yet" in results_html(type(s)(**{**s.__dict__, "judgments": 0}), {})
     assert "No judging session #4242" in show_session(4242)[0]
+
+
+def test_experiments_human_series_pools_each_arms_seeds(store):
+    """The Experiments hook: the Judge link names the first seed's arms (no controls) and the
+    human series of an arm pools the judgments of all its seeds' runs at each step."""
+    from app.pages.judge import experiment_hook
+    from grpo_guard.judging.stats import win_rate
+    from grpo_guard.store import judgments as J
+    from grpo_guard.store import queries
+    from tests.experiment_data import stored_experiment
+
+    eid = stored_experiment()
+    members = queries.experiment_runs(eid)
+    run = {(m.arm, m.seed): m.run.id for m in members}
+    sid = J.create_session({"mode": "matched"}, [(1, 2)])
+    outcomes = {0: ["left", "left", "tie"], 1: ["right", "left"]}  # flow shown left throughout
+    n = 0
+    for seed, choices in outcomes.items():
+        for c in choices:
+            n += 1
+            fa = J.JudgeSample(10_000 + n, run[("flow", seed)], 4, f"p{n}", 0, "x", None)
+            ga = J.JudgeSample(20_000 + n, run[("guard", seed)], 4, f"p{n}", 0, "x", None)
+            J.add_judgment(sid, "ann", fa, ga, left_sample_id=fa.id, choice=c)
+    button, fig = experiment_hook(eid)
+    assert button.link == f"judgments?runs={run[('flow', 0)]},{run[('guard', 0)]}"
+    traces = {t["name"]: t for t in fig.data}
+    flow = win_rate(3, 1, 1)  # seed 0: 2 wins 1 tie; seed 1: 1 loss 1 win
+    assert list(traces) == ["flow", "guard"] and list(traces["flow"]["y"]) == [pytest.approx(flow.rate)]
+    assert list(traces["guard"]["y"]) == [pytest.approx(1 - flow.rate)] and traces["flow"]["text"] == ["n=5"]
+    assert list(traces["flow"]["error_y"]["array"]) == [pytest.approx(flow.hi - flow.rate)]
+    fig.to_plotly()  # valid against Plotly's schema
+    from app.figures import human, is_empty
+
+    assert is_empty(human.human_figure({})) and is_empty(experiment_hook(None)[1])
