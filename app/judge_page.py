@@ -90,6 +90,7 @@ async function choose(choice) {
   const t = state.current;
   if (!t || !t.trial || state.busy) return;
   state.busy = true;
+  if (document.activeElement && document.activeElement.blur) document.activeElement.blur();  // no Enter re-click
   const t0 = performance.now();
   const reasons = [...document.querySelectorAll('.reason[aria-pressed="true"]')].map((b) => b.dataset.reason);
   const posted = api("judge/api/choose", { trial: t.trial, choice, reasons, decide_ms: Math.round(t0 - state.shownAt) })

@@ -1,5 +1,6 @@
-"""The app: mounts the five pages on one Gradio Blocks, puts it on FastAPI with ``/health``,
-sets up auth, and serves the artifact root for images and checkpoints.
+"""The app: mounts the pages on one Gradio Blocks, puts it on FastAPI with ``/health`` and the
+blind judging page ``/judge`` (``app.judge_routes``, behind the same login), sets up auth, and
+serves the artifact root for images and checkpoints.
 
 Imports ``grpo_guard.config``, ``grpo_guard.store`` and ``worker.celery_app`` only (never
 torch, diffusers, ``grpo_guard.models``, the trainer or the worker's tasks), so it starts in
