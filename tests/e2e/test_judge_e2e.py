@@ -175,3 +175,25 @@ def test_judge_20_pairs_by_keyboard_blind_fast_and_the_results_equal_the_store(s
             assert t["minus"] == pytest.approx([r.rate - r.lo for _, r in points], abs=1e-9)
         href = page.locator("#compare-judge").get_attribute("href") or page.locator("#compare-judge a").get_attribute("href")
         assert href and href.endswith("judgments?runs=" + ",".join(map(str, server["runs"])))
+
+        # 6. Compare's Judge button opens the Judge page with the runs filled in; a session is made there
+        page.locator("#compare-judge").click()
+        page.wait_for_url(re.compile(r".*/judgments\?runs="))
+        box = page.locator("#judge-runs textarea, #judge-runs input").first
+        _wait_for(lambda: box.input_value() == ",".join(map(str, server["runs"])), 60, "the runs filled in")
+        steps = page.locator("#judge-steps textarea, #judge-steps input").first
+        steps.fill("15")
+        steps.press("Tab")
+        before = len(J.list_sessions())
+        page.locator("#judge-create").click()
+        page.locator("#judge-create-error").wait_for()
+        assert "no eval samples at step 15" in page.locator("#judge-create-error").inner_text()
+        assert len(J.list_sessions()) == before, "a refused session writes nothing"
+        steps.fill("10")
+        steps.press("Tab")
+        page.locator("#judge-create").click()
+        page.locator("#judge-created").wait_for()
+        new = int(page.locator("#judge-created").get_attribute("data-session"))
+        made = J.get_session(new)
+        assert made.spec["mode"] == "matched" and made.spec["steps"] == [10] and len(made.pairs) == 8
+        assert page.locator("#judge-start-link").get_attribute("href") == f"judge?session={new}"
