@@ -195,6 +195,7 @@ with gr.Blocks(title="Judge") as page:
     gr.Markdown("### Sessions and results")
     with gr.Row(equal_height=True):
         pick = gr.Dropdown(choices=[], value=None, label="Session", scale=4, elem_id="judge-session")
+        b_refresh = gr.Button("Refresh", size="sm", scale=0, min_width=100, elem_id="judge-refresh")
         b_csv = gr.Button("Export CSV", size="sm", scale=0, min_width=120, elem_id="judge-export-csv")
         b_jsonl = gr.Button("Export JSONL", size="sm", scale=0, min_width=120, elem_id="judge-export-jsonl")
     export_file = gr.File(label="Export", interactive=False, visible=False, elem_id="judge-export-file")
@@ -214,6 +215,12 @@ with gr.Blocks(title="Judge") as page:
 
     page.load(on_load, None, [runs_box, steps_box, pick, results, human], api_visibility="private")
     pick.input(show_session, pick, [results, human], api_visibility="private")
+
+    def on_refresh(sid):
+        """New sessions in the list, and the chosen one's results with the judgments made since."""
+        return gr.Dropdown(choices=session_choices(), value=parse_int(sid)), *show_session(sid)
+
+    b_refresh.click(on_refresh, pick, [pick, results, human], api_visibility="private")
 
     b_create.click(create, [runs_box, steps_box, pairs_box, base_box, name_box], [created, pick, results, human],
                    api_name="judge_new")
