@@ -113,8 +113,11 @@ def test_trial_book_keeps_few_pending_trials_per_judge():
 
 def test_results_tables_carry_the_summary(session):
     from app.pages.judge import results_html, show_session
-    from grpo_guard.judging.sessions import session_summary
+    from grpo_guard.judging.sessions import next_pair, session_summary
+    from grpo_guard.store import judgments as J
 
+    x, y = next_pair(J.get_session(session), "dee")
+    J.add_judgment(session, "dee", x, y, left_sample_id=y.id, choice="left")
     html, fig = show_session(session)
     s = session_summary(session)
     assert f'data-judgments="{s.judgments}"' in html and "judge?session=" in html
