@@ -40,7 +40,7 @@ def new_session(runs: Sequence[int], steps: Sequence[str | int] | None = None, *
     if not pool:
         raise ValueError("the compared checkpoints share no prompt and seed, so there is nothing to judge")
     seed = random.SystemRandom().randrange(2**31) if seed is None else int(seed)
-    drawn = P.draw(pool, pairs, random.Random(seed))
+    drawn = P.draw(pool, MAX_PAIRS if pairs is None else int(pairs), random.Random(seed))  # None: all, up to the cap
     spec = {"mode": mode, "runs": runs, "steps": sorted({st for c in comps for _, st in c}),
             "requested_steps": [str(s) for s in steps] if steps else [], "pairs": len(drawn), "seed": seed,
             "comparisons": [[list(a), list(b)] for a, b in comps]}
