@@ -13,6 +13,7 @@ import gradio as gr
 
 from app import figures as F
 from app.common import esc, fmt_float, parse_ids, parse_int, queries
+from app.pages.judge import compare_hook  # human gold (issue #22): Judge link and human series
 
 MAX_GRID_ROWS = 12
 OVERLAY_DEFAULTS = ("eval/proxy", "eval/gold")
@@ -180,6 +181,7 @@ with gr.Blocks(title="Compare") as page:
     with gr.Row(equal_height=True):
         runs_pick = gr.Dropdown(choices=[], value=[], multiselect=True, label="Runs", scale=4, elem_id="compare-runs")
         refresh = gr.Button("Refresh", scale=0, min_width=110, elem_id="compare-refresh")
+        judge_btn = gr.Button("Judge", link="judgments", scale=0, min_width=100, elem_id="compare-judge")  # issue #22
     step = gr.Slider(0, 1, value=0, step=1, label="Step (shared by every image panel; snaps to each run's eval steps)",
                      elem_id="compare-step")
     with gr.Row(equal_height=True):
@@ -207,6 +209,7 @@ with gr.Blocks(title="Compare") as page:
     with gr.Row():
         fig_proxy = gr.Plot(show_label=False, elem_id="compare-proxy")
         fig_gold = gr.Plot(show_label=False, elem_id="compare-gold")
+        fig_human = gr.Plot(show_label=False, elem_id="compare-human")  # human gold (app/pages/judge.py)
     with gr.Row():
         fig_metric = gr.Plot(show_label=False, elem_id="compare-metric-plot")
         fig_gp = gr.Plot(show_label=False, elem_id="compare-gold-vs-proxy")
@@ -342,6 +345,8 @@ with gr.Blocks(title="Compare") as page:
 
     def on_metric(ids, key, norm):
         return metric_panel([int(i) for i in ids or []], key, norm)
+
+    runs_pick.change(compare_hook, runs_pick, [judge_btn, fig_human], api_visibility="private")
 
     metric.input(on_metric, [runs_pick, metric, normalize], [fig_proxy, fig_gold, fig_metric, fig_gp],
                  api_visibility="private")

@@ -42,6 +42,8 @@ LAZY_COMMANDS: dict[str, LazyCommand] = {
     "runs": LazyCommand("worker.cli:runs_group", "List, show, stop, resume, clone and recover runs."),
     "experiment": LazyCommand("worker.experiment_cli:experiment_group",
                               "Arms x seeds (+ no-signal controls) as one object: submit, list, show, stop, resume, report."),
+    "judge": LazyCommand("grpo_guard.judging.cli:judge_group", "Blind A/B judging by people: `judge new` prints the session's URL."),
+    "judgments": LazyCommand("grpo_guard.judging.cli:judgments_group", "Summarise or export a judging session's judgments."),
 }
 
 
