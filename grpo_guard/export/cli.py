@@ -27,11 +27,13 @@ from grpo_guard.store.cli import data_dir_option
 @click.option("--push-to-hub", "repo_id", default=None, metavar="REPO_ID",
               help="Then upload the folder to this hub model repo (token: HF_TOKEN or `hf auth login`).")
 @click.option("--private", is_flag=True, help="With --push-to-hub: create the repo private.")
+@click.option("--zip", "zip_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write the finished folder as one zip file here (linked components included).")
 @data_dir_option()
 def export_cmd(run_id: int | None, checkpoint: str | None, step: str, weights: str, fmt: str | None, out: str,
-               force: bool, copy: bool, device: str, repo_id: str | None, private: bool) -> None:
+               force: bool, copy: bool, device: str, repo_id: str | None, private: bool, zip_path: str | None) -> None:
     """Export RUN_ID's checkpoint (or --checkpoint PATH) with a model card; prints the folder."""
-    from grpo_guard.export.exporter import export, push_to_hub
+    from grpo_guard.export.exporter import export, push_to_hub, zip_folder
     from grpo_guard.export.facts import ExportError, from_checkpoint, from_store, parse_step
     from grpo_guard.store.db import StoreError
 
@@ -55,6 +57,9 @@ def export_cmd(run_id: int | None, checkpoint: str | None, step: str, weights: s
             chosen = from_store(run_id, parse_step(step))
         result = export(chosen, out, fmt=fmt, weights=weights, force=force, copy=copy, device=device,
                         load_from=repo_id, progress=say)
+        if zip_path:
+            say(f"writing {zip_path}")
+            zip_folder(result.out, zip_path)
         if repo_id:
             say(f"uploading to the hub repo {repo_id}")
             click.echo(push_to_hub(result.out, repo_id, private=private))

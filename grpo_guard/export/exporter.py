@@ -241,6 +241,37 @@ def _first_eval_prompt(config) -> str:
         return "a photo"
 
 
+def zip_folder(folder: str, path: str) -> str:
+    """``folder`` as one zip file at ``path`` (written beside it and renamed): the files of linked
+    components are stored as files, under the folder's name."""
+    import zipfile
+
+    path = os.path.abspath(path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".zip-", dir=os.path.dirname(path))
+    os.close(fd)
+    top = os.path.basename(os.path.normpath(folder))
+    try:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as zf:
+            for here, dirs, files in os.walk(folder, followlinks=True):
+                dirs.sort()
+                for name in sorted(files):
+                    full = os.path.join(here, name)
+                    zf.write(full, os.path.join(top, os.path.relpath(full, folder)))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise ExportError(f"cannot write the zip file {path} ({e.strerror or type(e).__name__}); the export "
+                          f"itself is complete at {folder}.") from None
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
 def push_to_hub(folder: str, repo_id: str, *, private: bool = False, token: str | None = None) -> str:
     """Upload ``folder`` to the hub model repo ``repo_id`` (created if needed); the token comes
     from the environment (``HF_TOKEN``) or the local login unless given. Returns the repo URL.

@@ -4,10 +4,14 @@ from the raw weights, saved with ``save_checkpoint`` as training would."""
 
 from __future__ import annotations
 
+import io
 import os
 
+import numpy as np
 import torch
+from PIL import Image
 
+from grpo_guard import metrics as M
 from grpo_guard.config import RunConfig
 from grpo_guard.training.checkpoint import Checkpoint, save_checkpoint
 
@@ -47,3 +51,43 @@ def make_checkpoint(config: RunConfig, directory: str, step: int = 5, *, ema: bo
            if ema else None)
     ck = Checkpoint(step=step, config=config, trainable=bb.trainable_state_dict(), ema=avg, optimizer=None)
     return save_checkpoint(directory, ck, meta or {"reason": "final"})
+
+
+EVALS = {0: (0.1, 0.5), 5: (0.3, 0.625), 10: (0.5, 0.375)}  # step: (proxy, gold)
+
+
+def _png(seed: int) -> bytes:
+    arr = np.random.default_rng(seed).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def fill_run(root: str, config: RunConfig, real: bool = True) -> int:
+    """A finished run: eval values at 0/5/10, the alarm at 10, two eval images at 5, checkpoints
+    at 2 (pruned from disk), 5 (best gold) and 10 (``real``: loadable ones, else placeholders)."""
+    from grpo_guard.store import queries
+    from grpo_guard.store.recorder import StoreRecorder
+    from grpo_guard.training.recording import Sample
+
+    run_id = queries.create_run(config, name="export-me")
+    rec = StoreRecorder(run_id, background=False)
+    for step, (proxy, gold) in EVALS.items():
+        rec.log_scalars(step, {M.EVAL_PROXY: proxy, M.EVAL_GOLD: gold})
+    rec.log_scalars(10, {M.ALARM_ONSET: 10.0})
+    for seed in (0, 1):
+        rec.log_sample(Sample(step=5, prompt="a red circle", seed=seed, image=_png(seed), proxy=0.3, gold=0.6))
+    d = rec.checkpoint_dir()
+    for step in (2, 5, 10):
+        path = make_checkpoint(config, d, step=step, seed=step) if real and step != 2 else _copy_as(d, step)
+        rec.log_checkpoint(step, path, {"reason": "periodic", "best_step": 5})
+    os.remove(os.path.join(d, "ckpt_000002.pt"))  # keep_checkpoints pruned it
+    rec.close()
+    return run_id
+
+
+def _copy_as(directory: str, step: int) -> str:
+    path = os.path.join(directory, f"ckpt_{step:06d}.pt")
+    with open(path, "wb") as fh:
+        fh.write(b"pruned soon")
+    return path

@@ -4,9 +4,9 @@ the store, bad input as one sentence with nothing left behind, and the hub uploa
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
+import zipfile
 
 import numpy as np
 import pytest
@@ -16,47 +16,8 @@ from PIL import Image
 
 from grpo_guard import metrics as M
 from grpo_guard.config import RunConfig
-from tests.grpo_guard.export.helpers import base_model, make_checkpoint, make_config
+from tests.grpo_guard.export.helpers import base_model, fill_run, make_checkpoint, make_config
 from tests.storehelpers import backend_env
-
-EVALS = {0: (0.1, 0.5), 5: (0.3, 0.625), 10: (0.5, 0.375)}  # step: (proxy, gold)
-
-
-def _png(seed: int) -> bytes:
-    arr = np.random.default_rng(seed).integers(0, 255, (32, 32, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _fill_run(root: str, config: RunConfig, real: bool = True) -> int:
-    """A finished run: eval values at 0/5/10, the alarm at 10, two eval images at 5, checkpoints
-    at 2 (pruned from disk), 5 (best gold) and 10 (``real``: loadable ones, else placeholders)."""
-    from grpo_guard.store import queries
-    from grpo_guard.store.recorder import StoreRecorder
-    from grpo_guard.training.recording import Sample
-
-    run_id = queries.create_run(config, name="export-me")
-    rec = StoreRecorder(run_id, background=False)
-    for step, (proxy, gold) in EVALS.items():
-        rec.log_scalars(step, {M.EVAL_PROXY: proxy, M.EVAL_GOLD: gold})
-    rec.log_scalars(10, {M.ALARM_ONSET: 10.0})
-    for seed in (0, 1):
-        rec.log_sample(Sample(step=5, prompt="a red circle", seed=seed, image=_png(seed), proxy=0.3, gold=0.6))
-    d = rec.checkpoint_dir()
-    for step in (2, 5, 10):
-        path = make_checkpoint(config, d, step=step, seed=step) if real and step != 2 else _copy_as(d, step)
-        rec.log_checkpoint(step, path, {"reason": "periodic", "best_step": 5})
-    os.remove(os.path.join(d, "ckpt_000002.pt"))  # keep_checkpoints pruned it
-    rec.close()
-    return run_id
-
-
-def _copy_as(directory: str, step: int) -> str:
-    path = os.path.join(directory, f"ckpt_{step:06d}.pt")
-    with open(path, "wb") as fh:
-        fh.write(b"pruned soon")
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +25,7 @@ def lora_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("export-store")
     with backend_env("sqlite", root) as url:
         config = make_config("sd3", 4, base_model("sd3", str(root)))
-        run_id = _fill_run(str(root), config)
+        run_id = fill_run(str(root), config)
         yield {"root": root, "url": url, "run_id": run_id, "config": config}
 
 
@@ -90,7 +51,7 @@ def test_from_store_reads_step_eval_alarm_and_samples(backend, tmp_path):
     from grpo_guard.export.facts import ExportError, from_store
 
     with backend_env(backend, tmp_path):
-        run_id = _fill_run(str(tmp_path), make_config("toy", 4, ""), real=False)
+        run_id = fill_run(str(tmp_path), make_config("toy", 4, ""), real=False)
         best = from_store(run_id, "best")
         assert (best.step, best.reason) == (5, "best gold")
         assert best.eval_at_step == {M.EVAL_PROXY: 0.3, M.EVAL_GOLD: 0.625}
@@ -112,8 +73,11 @@ def test_card_fields_equal_the_store(lora_run, tmp_path):
     from grpo_guard.store import queries
 
     out = tmp_path / "best"
-    res = _cli(str(lora_run["run_id"]), "--out", str(out))
+    res = _cli(str(lora_run["run_id"]), "--out", str(out), "--zip", str(tmp_path / "best.zip"))
     assert res.exit_code == 0, res.output
+    with zipfile.ZipFile(tmp_path / "best.zip") as zf:
+        assert zf.read("best/README.md") == (out / "README.md").read_bytes()
+        assert sorted(zf.namelist()) == [f"best/{n}" for n in sorted(os.listdir(out))]
     assert sorted(os.listdir(out)) == ["README.md", "eval_samples.png", "pytorch_lora_weights.safetensors"]
     text = (out / "README.md").read_text()
     front = yaml.safe_load(text.split("---")[1])
