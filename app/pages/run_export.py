@@ -37,8 +37,9 @@ def jobs_html(jobs: list[Any]) -> str:
     rows = []
     for j in jobs:
         fg, bg = _STATUS.get(j.status, ("#374151", "#f3f4f6"))
-        detail = j.error if j.status in ("failed", "interrupted") and j.error else (
-            "the export process is gone (the app restarted?); start it again" if j.status == "interrupted" else j.progress)
+        detail = (j.error if j.status in ("failed", "interrupted") and j.error else
+                  "the export process is gone (the app restarted?); start it again" if j.status == "interrupted" else
+                  "ready: download the zip below" if j.status == "done" else j.progress)
         rows.append(f"<tr><td>{esc(time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(j.started_at)))}</td>"
                     f"<td>{esc(j.step)}</td><td>{esc(j.format)}</td><td>{esc(j.weights)}</td>"
                     f'<td><span class="gg-badge" style="color:{fg};background:{bg}">{esc(j.status)}</span></td>'

@@ -61,6 +61,10 @@ class CardFacts:
         return m if re.match(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$", m) and not m.startswith(".") else None
 
 
+_REASONS = {"best gold": "the checkpoint with the highest gold score on the eval set",
+            "last": "the run's latest checkpoint", "chosen": "picked by its step number"}
+
+
 def _fmt(v: float | None) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "n/a"
@@ -76,7 +80,7 @@ def front_matter(f: CardFacts) -> dict[str, Any]:
             "sd3" if f.config.backbone in ("sd3", "toy") else "flux"]
     if f.format == "lora":
         tags.append("lora")
-    meta["tags"] = tags
+    meta["tags"] = list(dict.fromkeys(tags))
     if f.license:
         meta["license"] = f.license
     return meta
@@ -156,7 +160,7 @@ def render(f: CardFacts) -> str:
            f"- Gold evaluators (never optimised): {', '.join(c.gold) or 'none'}.", "",
            _rewards(c), "",
            "## This export", "",
-           f"- Step (epoch) {f.step}, chosen as: **{f.step_reason}**; {weights}.",
+           f"- Step (epoch) {f.step}, chosen as: **{f.step_reason}** ({_REASONS.get(f.step_reason, '')}); {weights}.",
            "",
            "| eval set | proxy | gold |", "|---|---|---|",
            f"| base model (step 0) | {_fmt(proxy_0)} | {_fmt(gold_0)} |",
@@ -167,6 +171,8 @@ def render(f: CardFacts) -> str:
                 + ". Linked ones are symlinks to the base model's folders.", ""]
     if f.grid:
         out += [f"![eval samples at step {f.step}]({f.grid})", "", f.grid_caption, ""]
+    else:
+        out += [f"No eval samples are stored for step {f.step} (evaluation ran every {c.eval_every} epochs).", ""]
     out += ["## Use it with diffusers", "",
             "These lines give the same image as `grpo-guard sample --checkpoint` for this checkpoint "
             f"(prompt {f.prompt!r}, seed {f.seed}: deterministic Euler sampling as in evaluation):", "",

@@ -29,9 +29,13 @@ from grpo_guard.store.cli import data_dir_option
 @click.option("--private", is_flag=True, help="With --push-to-hub: create the repo private.")
 @click.option("--zip", "zip_path", type=click.Path(dir_okay=False), default=None,
               help="Also write the finished folder as one zip file here (linked components included).")
+@click.option("--card-path", "card_path", default=None, metavar="PATH",
+              help="How the card's diffusers lines name the export (default: --out's absolute path, or the "
+                   "--push-to-hub repo id); the web app uses the zip's folder name.")
 @data_dir_option()
 def export_cmd(run_id: int | None, checkpoint: str | None, step: str, weights: str, fmt: str | None, out: str,
-               force: bool, copy: bool, device: str, repo_id: str | None, private: bool, zip_path: str | None) -> None:
+               force: bool, copy: bool, device: str, repo_id: str | None, private: bool, zip_path: str | None,
+               card_path: str | None) -> None:
     """Export RUN_ID's checkpoint (or --checkpoint PATH) with a model card; prints the folder."""
     from grpo_guard.export.exporter import export, push_to_hub, zip_folder
     from grpo_guard.export.facts import ExportError, from_checkpoint, from_store, parse_step
@@ -56,7 +60,7 @@ def export_cmd(run_id: int | None, checkpoint: str | None, step: str, weights: s
                 raise ExportError(missing)
             chosen = from_store(run_id, parse_step(step))
         result = export(chosen, out, fmt=fmt, weights=weights, force=force, copy=copy, device=device,
-                        load_from=repo_id, progress=say)
+                        load_from=repo_id or card_path, progress=say)
         if zip_path:
             say(f"writing {zip_path}")
             zip_folder(result.out, zip_path)

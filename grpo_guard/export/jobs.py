@@ -141,7 +141,7 @@ def start_export(run_id: int, *, step: str = "best", weights: str = "auto", fmt:
                             "finished_at": None, "host": socket.gethostname(), "pid": None}
     _write(job_path, data)
     cmd = [sys.executable, "-m", "grpo_guard.cli", "export", str(int(run_id)), "--step", str(parsed),
-           "--weights", weights, "--out", out, "--zip", zip_path] + (["--format", fmt] if fmt else [])
+           "--weights", weights, "--out", out, "--zip", zip_path, "--card-path", name] + (["--format", fmt] if fmt else [])
     try:
         proc = popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
     except OSError as e:

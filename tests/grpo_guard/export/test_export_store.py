@@ -88,7 +88,8 @@ def test_card_fields_equal_the_store(lora_run, tmp_path):
     stored = RunConfig.from_dict(run.config)
     assert "```yaml\n" + stored.to_yaml().rstrip("\n") + "\n```" in text
     assert f"run #{run.id}" in text and run.name in text
-    assert "Step (epoch) 5, chosen as: **best gold**; the EMA weights" in text
+    assert "Step (epoch) 5, chosen as: **best gold** (the checkpoint with the highest gold" in text
+    assert "; the EMA weights (what evaluation sampled)" in text
     assert "| base model (step 0) | 0.1000 | 0.5000 |" in text
     assert "| this export (step 5) | 0.3000 | 0.6250 |" in text
     assert "fired at epoch 10" in text and "this step is before it" in text
@@ -143,7 +144,8 @@ def test_a_failure_midway_leaves_nothing_and_force_replaces_only_when_done(lora_
     assert res.exit_code == 0, res.output
     assert sorted(os.listdir(tmp_path)) == ["out"] and "old.txt" not in os.listdir(out)
     text = (out / "README.md").read_text()
-    assert "chosen as: **last**; the raw weights (the run kept an EMA; raw was asked for)" in text
+    assert "chosen as: **last** (the run's latest checkpoint); the raw weights (the run kept an EMA; raw was asked for)" in text
+    assert "No eval samples are stored for step 10" in text
     assert "| this export (step 10) | 0.5000 | 0.3750 |" in text and "at this step" in text
 
 

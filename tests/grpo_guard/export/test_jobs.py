@@ -64,7 +64,10 @@ def test_job_runs_in_the_background_and_offers_the_zip(store):
     job = jobs.start_export(run_id, step="best", weights="ema", fmt="lora", popen=popen)
     assert job.status == "running"
     assert seen["cmd"][:5] == [sys.executable, "-m", "grpo_guard.cli", "export", str(run_id)]
-    assert seen["cmd"][seen["cmd"].index("--out") + 1].startswith(os.path.join(os.environ["GG_ARTIFACTS"], "runs"))
+    out = seen["cmd"][seen["cmd"].index("--out") + 1]
+    assert out.startswith(os.path.join(os.environ["GG_ARTIFACTS"], "runs"))
+    # the card names the folder as it unzips, not the server's path
+    assert seen["cmd"][seen["cmd"].index("--card-path") + 1] == os.path.basename(out)
     assert _wait(lambda: jobs.list_exports(run_id)[0].progress == "writing the LoRA weights")
     with pytest.raises(jobs.ExportError, match="already exporting"):
         jobs.start_export(run_id, popen=popen)
