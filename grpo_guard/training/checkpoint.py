@@ -60,8 +60,8 @@ def save_checkpoint(directory: str, ckpt: Checkpoint, meta: dict[str, Any] | Non
     os.makedirs(directory, exist_ok=True)
     path = checkpoint_path(directory, ckpt.step)
     blob = {"format": FORMAT, "step": ckpt.step, "config": ckpt.config.to_json(),
-            "trainable": ckpt.trainable, "ema": ckpt.ema, "optimizer": ckpt.optimizer,
-            "trainer": ckpt.trainer}
+            "config_fields_set": sorted(ckpt.config.fields_set()), "trainable": ckpt.trainable, "ema": ckpt.ema,
+            "optimizer": ckpt.optimizer, "trainer": ckpt.trainer}
     tmp = path + ".tmp"
     torch.save(blob, tmp)
     os.replace(tmp, path)
@@ -103,6 +103,12 @@ def load_checkpoint(path: str) -> Checkpoint:
         config = RunConfig.from_dict(raw)
     except (ConfigError, ValueError, TypeError) as e:
         raise CheckpointError(f"checkpoint {path} holds a config this version cannot read: {e}".replace("\n", "; ")) from None
+    fields_set = blob.get("config_fields_set")
+    if isinstance(fields_set, list):
+        # The JSON holds every field; without this, all would count as set by the user, and
+        # FLUX would switch from the pipeline's resolution-dependent shift to a static one.
+        config = RunConfig.model_construct(_fields_set={str(k) for k in fields_set} & set(RunConfig.model_fields),
+                                           **{k: getattr(config, k) for k in RunConfig.model_fields})
     return Checkpoint(step=int(blob.get("step", 0)), config=config, trainable=blob["trainable"],
                       ema=blob.get("ema"), optimizer=blob.get("optimizer"),
                       trainer=dict(blob.get("trainer") or {}), path=path,

@@ -24,10 +24,12 @@ from PIL import Image
 from grpo_guard.export.card import python_blocks
 from tests.grpo_guard.export.helpers import base_model, make_checkpoint, make_config
 
-CASES = [  # (backbone, lora rank, export formats)
-    ("toy", 4, ("lora", "pipeline")), ("toy", 0, ("pipeline",)),
-    ("sd3", 4, ("lora", "pipeline")), ("sd3", 0, ("pipeline",)),
-    ("flux", 4, ("lora", "pipeline")), ("flux", 0, ("pipeline",)),
+CASES = [  # (backbone, lora rank, export formats, config extras)
+    ("toy", 4, ("lora", "pipeline"), {}), ("toy", 0, ("pipeline",), {}),
+    ("sd3", 4, ("lora", "pipeline"), {}), ("sd3", 0, ("pipeline",), {}),
+    ("flux", 4, ("lora", "pipeline"), {}), ("flux", 0, ("pipeline",), {}),
+    # an explicit shift: FLUX then steps a static-shift table, not the pipeline's resolution-dependent one
+    ("flux", 2, ("lora",), {"shift": 2.0}),
 ]
 
 FRESH = r"""
@@ -58,8 +60,8 @@ def test_diffusers_images_equal_grpo_guard_sample(tmp_path):
     from grpo_guard.export.facts import from_checkpoint
 
     cases, expected = [], {}
-    for kind, rank, formats in CASES:
-        config = make_config(kind, rank, base_model(kind, str(tmp_path)))
+    for kind, rank, formats, extra in CASES:
+        config = make_config(kind, rank, base_model(kind, str(tmp_path)), **extra)
         ckpt = make_checkpoint(config, str(tmp_path / f"{kind}{rank}" / "checkpoints"))
         for fmt in formats:
             out = str(tmp_path / "exports" / f"{kind}-r{rank}-{fmt}")
