@@ -41,6 +41,7 @@ def make_checkpoint(config: RunConfig, directory: str, step: int = 5, *, ema: bo
     from grpo_guard.models import build_backbone
 
     bb = build_backbone(config, device="cpu")
+    torch.manual_seed(seed)  # peft draws LoRA A from the global generator
     bb.add_lora(config.lora_rank, config.lora_alpha, config.lora_targets)
     g = torch.Generator().manual_seed(seed)
     scale = 0.05 if config.lora_rank else 0.01
