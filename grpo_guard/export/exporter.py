@@ -272,17 +272,29 @@ def zip_folder(folder: str, path: str) -> str:
     return path
 
 
+def folder_files(folder: str) -> list[tuple[str, str]]:
+    """(path in the repo, file on disk) for every file of ``folder``, linked components followed
+    (``upload_folder`` would skip them: its ``glob("**/*")`` does not enter symlinked folders)."""
+    out = []
+    for here, dirs, files in os.walk(folder, followlinks=True):
+        dirs.sort()
+        for name in sorted(files):
+            full = os.path.join(here, name)
+            out.append((os.path.relpath(full, folder).replace(os.sep, "/"), full))
+    return out
+
+
 def push_to_hub(folder: str, repo_id: str, *, private: bool = False, token: str | None = None) -> str:
-    """Upload ``folder`` to the hub model repo ``repo_id`` (created if needed); the token comes
-    from the environment (``HF_TOKEN``) or the local login unless given. Returns the repo URL.
-    Symlinked components are uploaded as the files they point to."""
-    from huggingface_hub import HfApi
+    """Upload ``folder`` to the hub model repo ``repo_id`` (created if needed) in one commit; the
+    token comes from the environment (``HF_TOKEN``) or the local login unless given. Returns the
+    repo URL. Linked components are uploaded as the files they point to."""
+    from huggingface_hub import CommitOperationAdd, HfApi
 
     api = HfApi(token=token or os.environ.get("HF_TOKEN") or None)
     try:
         url = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-        api.upload_folder(folder_path=folder, repo_id=repo_id, repo_type="model",
-                          commit_message="Upload GRPO-Guard export")
+        ops = [CommitOperationAdd(path_in_repo=rel, path_or_fileobj=full) for rel, full in folder_files(folder)]
+        api.create_commit(repo_id, operations=ops, commit_message="Upload GRPO-Guard export", repo_type="model")
     except Exception as e:  # noqa: BLE001 - network, auth and naming errors: one sentence
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise ExportError(f"the upload to the hub repo {repo_id} failed ({type(e).__name__}: {first}); the export "

@@ -173,8 +173,10 @@ class _FakeApi:
             raise ConnectionError("hub unreachable\nmore details")
         return f"https://huggingface.co/{repo_id}"
 
-    def upload_folder(self, folder_path, repo_id, repo_type=None, commit_message=None):
-        _FakeApi.calls.append(("upload_folder", sorted(os.listdir(folder_path)), repo_id, repo_type))
+    def create_commit(self, repo_id, operations, commit_message=None, repo_type=None):
+        for op in operations:
+            assert os.path.isfile(op.path_or_fileobj), op
+        _FakeApi.calls.append(("create_commit", sorted(op.path_in_repo for op in operations), repo_id, repo_type))
 
 
 def test_push_to_hub_at_the_huggingface_hub_boundary(lora_run, tmp_path, monkeypatch):
@@ -188,7 +190,7 @@ def test_push_to_hub_at_the_huggingface_hub_boundary(lora_run, tmp_path, monkeyp
     assert res.exit_code == 0, res.output
     assert _FakeApi.calls == [
         ("create_repo", "me/grpo-lora", "model", True, True, "hf_test_token"),
-        ("upload_folder", ["README.md", "eval_samples.png", "pytorch_lora_weights.safetensors"], "me/grpo-lora", "model")]
+        ("create_commit", ["README.md", "eval_samples.png", "pytorch_lora_weights.safetensors"], "me/grpo-lora", "model")]
     assert "pipe.load_lora_weights('me/grpo-lora')" in (out / "README.md").read_text()
     _FakeApi.fail = True
     try:
@@ -213,3 +215,20 @@ def test_sample_weights_raw_and_ema_are_different_models(lora_run, tmp_path):
         assert res.exit_code == 0, res.output
         images[w] = np.asarray(Image.open(tmp_path / f"{w}.png"))
     assert (images["auto"] == images["ema"]).all() and not (images["ema"] == images["raw"]).all()
+
+
+def test_push_to_hub_uploads_linked_components_as_files(tmp_path, monkeypatch):
+    """A pipeline export links the base's folders; the upload must carry their files."""
+    import huggingface_hub
+
+    from grpo_guard.export.exporter import push_to_hub
+
+    (tmp_path / "base" / "vae").mkdir(parents=True)
+    (tmp_path / "base" / "vae" / "config.json").write_text("{}")
+    (tmp_path / "out" / "transformer").mkdir(parents=True)
+    (tmp_path / "out" / "transformer" / "w.safetensors").write_bytes(b"w")
+    os.symlink(tmp_path / "base" / "vae", tmp_path / "out" / "vae", target_is_directory=True)
+    monkeypatch.setattr(huggingface_hub, "HfApi", _FakeApi)
+    _FakeApi.calls = []
+    push_to_hub(str(tmp_path / "out"), "me/pipe")
+    assert _FakeApi.calls[-1] == ("create_commit", ["transformer/w.safetensors", "vae/config.json"], "me/pipe", "model")
