@@ -33,6 +33,7 @@ from app.common import (
     status_badge,
     stop_run,
 )
+from app.pages import run_export
 from grpo_guard import metrics as M
 from grpo_guard.experiments.report import run_verdict
 from grpo_guard.store.entities import ACTIVE_STATUSES
@@ -344,6 +345,7 @@ with gr.Blocks(title="Run") as page:
                                       elem_id="run-checkpoints")
             ckpt_files = gr.File(label="Download (weights + JSON sidecar)", file_count="multiple", interactive=False,
                                  elem_id="run-checkpoint-files")
+            run_export.export_panel(rid_state)  # Export… (app/pages/run_export.py)
         with gr.Tab("Status", elem_id="tab-status"):
             status_md = gr.Markdown("", elem_id="run-status")
             traceback_code = gr.Code(value="", language="python", interactive=False, label="Error traceback",

@@ -26,6 +26,8 @@ LAZY_COMMANDS: dict[str, LazyCommand] = {
     "toy": LazyCommand("grpo_guard.toyworld.cli:toy", "Toy world: pretrain the base model, measure it."),
     "prompts": LazyCommand("grpo_guard.cli.prompts:prompts_group",
                            "List, show and export prompt sets (ocr:, geneval:, hf:, toy:, files)."),
+    "export": LazyCommand("grpo_guard.export.cli:export_cmd",
+                          "Export a run's checkpoint as a diffusers LoRA or pipeline with a model card."),
     "train": LazyCommand("grpo_guard.cli.train:train_cmd",
                          "Train CONFIG.yaml in the foreground (progress bar, Ctrl-C stops cleanly)."),
     "sample": LazyCommand("grpo_guard.cli.train:sample_cmd", "Write one image from a base model or a checkpoint."),
