@@ -93,6 +93,7 @@ def submit_runs(runs: Sequence[tuple[str, RunConfig]], *, name: str = "", tags: 
         ids.append(rid)
     # Enqueue only once every row exists: a worker may start the first run at once.
     warnings = [w for rid, (_, config) in zip(ids, runs, strict=True) if (w := enqueue(rid, config.num_gpus))]
+    warnings += list(dict.fromkeys(w for _, config in runs if (w := config.prompt_overlap_warning())))
     return Submitted(tuple(ids), tuple(warnings), link)
 
 

@@ -105,6 +105,8 @@ def config_validate(path: str, overrides: tuple[str, ...], no_model_check: bool)
     from grpo_guard.config.validation import validate_run_config
 
     cfg = validate_run_config(path, overrides, check_paths=not no_model_check)
+    if warning := cfg.prompt_overlap_warning():
+        click.echo(f"Warning: {warning}", err=True)
     click.echo(cfg.to_yaml(), nl=False)
 
 
