@@ -35,6 +35,8 @@ LAZY_COMMANDS: dict[str, LazyCommand] = {
     # the job layer (worker/)
     "worker": LazyCommand("worker.cli:worker_cmd", "Run training workers (one process per GPU)."),
     "submit": LazyCommand("worker.cli:submit_cmd", "Queue a run from CONFIG.yaml (--ab: an A/B pair); print its id(s)."),
+    "eval": LazyCommand("worker.eval_cli:eval_cmd", "Evaluate a model or checkpoint on a benchmark (geneval, ocr, "
+                        "preference, toy); print and store the paper-style table."),
     "runs": LazyCommand("worker.cli:runs_group", "List, show, stop, resume, clone and recover runs."),
     "experiment": LazyCommand("worker.experiment_cli:experiment_group",
                               "Arms x seeds (+ no-signal controls) as one object: submit, list, show, stop, resume, report."),

@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from grpo_guard.rewards.geneval_rules import THRESHOLD, Detection, geneval_class
+from grpo_guard.rewards.geneval_rules import DETECTOR_SCALE, THRESHOLD, Detection, geneval_class
 from grpo_guard.rewards.weights import default_device
 
-TEST_SCALE = (1333, 800)   # mmdet img_scale: (longest side, shortest side)
+TEST_SCALE = DETECTOR_SCALE  # mmdet img_scale: (longest side, shortest side)
 SIZE_DIVISOR = 32
 MAX_PER_IMAGE = 100        # mmdet test_cfg.max_per_image
 

@@ -47,6 +47,7 @@ THRESHOLD = 0.3           # detection score kept (GenEval --options threshold)
 COUNTING_THRESHOLD = 0.9  # ... for the counting family (counting_threshold)
 MAX_OBJECTS = 16          # per class, most confident first (max_objects)
 NMS_THRESHOLD = 1.0       # box IoU at which a less confident same-class box is dropped; 1 = never (max_overlap)
+DETECTOR_SCALE = (1333, 800)  # mmdet's test scale (longest, shortest side): the detector's input size
 POSITION_THRESHOLD = 0.1  # share of the summed object sizes an offset must exceed (position_threshold)
 
 # Names checkpoints use for the same COCO classes (detectron2 / transformers id2label spellings).

@@ -61,8 +61,10 @@ class EvaluationRow:
 
 
 def protocol_hash(protocol: Mapping[str, Any]) -> str:
-    """SHA-256 of the protocol's canonical JSON (sorted keys)."""
-    return hashlib.sha256(json.dumps(dict(protocol), sort_keys=True, default=str).encode()).hexdigest()
+    """SHA-256 of the protocol's canonical JSON (sorted keys; keys starting with ``_``, such as the
+    stored ``_request``, are bookkeeping and not part of it)."""
+    kept = {k: v for k, v in protocol.items() if not str(k).startswith("_")}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _loads(text: str | None, default: Any) -> Any:
