@@ -58,8 +58,13 @@ class EvalRequest:
                    data.get("checkpoint_file"))
 
 
+def base_key(config: dict[str, Any]) -> str:
+    """The store's key of a config's base model (a ``RunConfig.to_dict()``)."""
+    return f"base:{config.get('backbone', '')}:{config.get('model') or ''}"
+
+
 def base_ref(config: RunConfig) -> ModelRef:
-    return ModelRef("base", f"base:{config.backbone}:{config.model or ''}")
+    return ModelRef("base", base_key(config.to_dict()))
 
 
 def _step_checkpoint(run_id: int, step: str) -> tuple[int, str]:
