@@ -13,6 +13,7 @@ import gradio as gr
 
 from app import figures as F
 from app.common import esc, fmt_float, parse_ids, parse_int, queries
+from app.pages import evaluation_tables
 
 MAX_GRID_ROWS = 12
 OVERLAY_DEFAULTS = ("eval/proxy", "eval/gold")
@@ -210,6 +211,7 @@ with gr.Blocks(title="Compare") as page:
     with gr.Row():
         fig_metric = gr.Plot(show_label=False, elem_id="compare-metric-plot")
         fig_gp = gr.Plot(show_label=False, elem_id="compare-gold-vs-proxy")
+    evaluation_tables.compare_box(runs_pick)
     gr.Markdown("### Config")
     only_diff = gr.Checkbox(value=True, label="Differences only")
     cfg_table = gr.Dataframe(value=[], interactive=False, elem_id="compare-config", wrap=True)
