@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -119,13 +120,25 @@ def run_stored(evaluation_id: int, request: EvalRequest, *, device: str | None =
         scorers = scorers if scorers is not None else build_scorers(request)
         backbone = load_backbone(request, device)
         files: dict[int, list[str]] = {}
+        # PNG encoding and writing overlap the next batch's sampling and scoring (zlib drops the
+        # GIL): the store costs the evaluation almost nothing on top of the bare scorer loop
+        writer = ThreadPoolExecutor(max_workers=2, thread_name_prefix="gg-eval-png")
+        pending = []
+
+        def write(name: str, image: np.ndarray) -> None:
+            artifacts.put_bytes(name, png_bytes(image), what="an evaluation image")
 
         def keep(index: int, prompt_index: int, seed: int, image: np.ndarray) -> None:
             name = f"{loc}/{prompt_index:05d}_{seed}.png"
-            artifacts.put_bytes(name, png_bytes(image), what="an evaluation image")
+            pending.append(writer.submit(write, name, np.array(image, copy=True)))
             files.setdefault(prompt_index, []).append(name)
 
-        per_image, pairs = sample_and_score(request, backbone, scorers, on_image=keep, progress=progress)
+        try:
+            per_image, pairs = sample_and_score(request, backbone, scorers, on_image=keep, progress=progress)
+            for f in pending:
+                f.result()  # an image that could not be written fails the evaluation
+        finally:
+            writer.shutdown(wait=True, cancel_futures=True)
         tags = [(getattr(request.prompts[i], "meta", None) or {}).get("tag") for i, _ in pairs]
         metrics = request.benchmark.summarize(per_image, tags)
         per_prompt = []
