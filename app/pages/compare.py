@@ -14,6 +14,7 @@ import gradio as gr
 from app import figures as F
 from app.common import esc, fmt_float, parse_ids, parse_int, queries
 from app.pages import evaluation_tables
+from grpo_guard import metrics as M
 
 MAX_GRID_ROWS = 12
 OVERLAY_DEFAULTS = ("eval/proxy", "eval/gold")
@@ -244,7 +245,8 @@ with gr.Blocks(title="Compare") as page:
         run_choices = [(labels[i], i) for i in labels]
         first = next(iter(labels), None)
         second = list(labels)[1] if len(labels) > 1 else first
-        key = next((k for k in F.REWARD_MEAN_KEYS if k in keys), keys[0] if keys else None)
+        # a GenEval run is compared on GenEval's Overall (the paper's figure) first
+        key = next((k for k in (M.GENEVAL_OVERALL, *F.REWARD_MEAN_KEYS) if k in keys), keys[0] if keys else None)
         figs = metric_panel(list(labels), key, norm)
         return (gr.Slider(minimum=all_steps[0] if all_steps else 0, maximum=max(hi, 1), value=chosen or 0),
                 gr.Dropdown(choices=[(display_prompt(p), p) for p in prompts], value=prompts[0] if prompts else None),

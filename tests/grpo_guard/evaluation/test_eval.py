@@ -164,3 +164,26 @@ def test_submit_queues_a_row_and_the_worker_task_fills_it(store, toy_config):
     assert execute_queued(eid) == "succeeded" and execute_queued(eid) == "skipped"
     row = ev.get_evaluation(eid)
     assert row.status == "succeeded" and set(row.metrics) == {"toy_alignment", "toy_fidelity", "toy_palette_purity"}
+
+
+def _cached(repo):
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(repo, local_files_only=True)
+    except Exception:  # noqa: BLE001 - any miss means "not cached"
+        return None
+
+
+@pytest.mark.skipif(not (_cached("facebook/mask2former-swin-small-coco-instance")
+                         and _cached("openai/clip-vit-large-patch14")),
+                    reason="the real GenEval detector and CLIP are not both in the local HF cache")
+def test_geneval_benchmark_with_the_real_weights(store, toy_config, tmp_path):
+    meta = tmp_path / "evaluation_metadata.jsonl"
+    meta.write_text(json.dumps({"tag": "single_object", "include": [{"class": "dog", "count": 1}],
+                                "prompt": "a photo of a dog"}) + "\n")
+    res = _eval("--benchmark", "geneval", "--config", toy_config[0], "--prompts", f"geneval:file:{meta}",
+                "--images-per-prompt", "1", "--device", "cpu")
+    assert res.exit_code == 0, res.output
+    row = ev.get_evaluation(ev.list_evaluations()[0].id)
+    assert row.metrics["overall"] == row.metrics["single_object"] in (0.0, 1.0)
