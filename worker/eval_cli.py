@@ -14,8 +14,9 @@ from grpo_guard.store.cli import data_dir_option
 from worker.cli import _store_errors
 
 
-def write_outputs(out_dir: str, request, model, base) -> list[str]:
-    """table.md, table.json and per_prompt.jsonl in ``out_dir``; returns their paths."""
+def write_outputs(out_dir: str, request, model, base, partners: list | None = None) -> list[str]:
+    """table.md, table.json and per_prompt.jsonl in ``out_dir`` (with the tables at equal proxy
+    against the run's A/B partner or fellow arms, when given); returns their paths."""
     import json
 
     from grpo_guard.evaluation.table import markdown, table_rows, to_json
@@ -29,11 +30,15 @@ def write_outputs(out_dir: str, request, model, base) -> list[str]:
     paths = [os.path.join(out_dir, n) for n in ("table.md", "table.json", "per_prompt.jsonl")]
     with open(paths[0], "w", encoding="utf-8") as fh:
         fh.write(markdown(title, rows))
+        for p in partners or []:
+            fh.write("\n" + markdown(f"at equal proxy: run #{p['run']} @ step {p['step']} (eval/proxy "
+                                     f"{p['proxy']:.4f}) against this model (eval/proxy {p['this_proxy']:.4f})",
+                                     p["rows"], base_label="this model", model_label=f"run #{p['run']}"))
     with open(paths[1], "w", encoding="utf-8") as fh:
         fh.write(to_json({"benchmark": bench.name, "model": request.model.label(), "headline": bench.headline,
                           "evaluation_id": model.evaluation_id,
                           "base_evaluation_id": base.evaluation_id if base else model.evaluation_id,
-                          "protocol": request.protocol(), "rows": rows}))
+                          "protocol": request.protocol(), "rows": rows, "equal_proxy": partners or []}))
     with open(paths[2], "w", encoding="utf-8") as fh:
         for p in model.per_prompt:
             fh.write(json.dumps(p) + "\n")
@@ -101,6 +106,20 @@ def eval_cmd(benchmark: str | None, list_: bool, run_id: int | None, step: str, 
     click.echo(markdown(f"{request.benchmark.name} — {request.model.label()}", rows), nl=False)
     click.echo(f"evaluation {model.evaluation_id}" + (f", base {base.evaluation_id}"
                                                       + (" (reused)" if base.reused else "") if base else ""), err=True)
+    partners = []
+    if request.model.kind == "run":
+        from grpo_guard.evaluation.request import equal_proxy_partners
+        from grpo_guard.evaluation.runner import evaluate_one
+
+        for other, level, value in equal_proxy_partners(request):
+            got = evaluate_one(other, device=device, keep_failed=False)
+            rows = table_rows(request.benchmark.metric_names(present), model.metrics, got.metrics)
+            title = (f"at equal proxy: {other.model.label()} (eval/proxy {value:.4f}) against "
+                     f"{request.model.label()} (eval/proxy {level:.4f})")
+            click.echo("\n" + markdown(title, rows, base_label=f"run #{request.model.run_id}",
+                                       model_label=f"run #{other.model.run_id}"), nl=False)
+            partners.append({"run": other.model.run_id, "step": other.model.step, "proxy": value,
+                             "this_proxy": level, "evaluation_id": got.evaluation_id, "rows": rows})
     if out_dir:
-        for path in write_outputs(out_dir, request, model, base):
+        for path in write_outputs(out_dir, request, model, base, partners):
             click.echo(path, err=True)

@@ -79,8 +79,8 @@ def main() -> None:
     torch.set_num_threads(max(1, int(os.environ.get("GG_BENCH_THREADS", "1"))))
     from grpo_guard.config import RunConfig
     from grpo_guard.evaluation import runner
-    from grpo_guard.evaluation.request import EvalRequest, base_ref
     from grpo_guard.evaluation.benchmarks import get_benchmark
+    from grpo_guard.evaluation.request import EvalRequest, base_ref
     from grpo_guard.prompts.prompt import Prompt
     from grpo_guard.rewards import build_reward
     from grpo_guard.store import db

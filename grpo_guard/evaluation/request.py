@@ -163,3 +163,54 @@ def build_request(benchmark: str, *, run_id: int | None = None, step: str = "bes
                              "none (use geneval:test or geneval:file:evaluation_metadata.jsonl).")
     return EvalRequest(bench, model, config, spec, resolved, ipp, ckpt_file)
 
+
+
+def _value_at(steps: list[int], values: list[float], step: int) -> float | None:
+    """The value logged at the latest step at or before ``step`` (finite), else None."""
+    import math
+
+    best = None
+    for s, v in zip(steps, values, strict=True):
+        if s <= step and math.isfinite(v):
+            best = v
+    return best
+
+
+def equal_proxy_partners(request: EvalRequest) -> list[tuple[EvalRequest, float, float]]:
+    """For a run's checkpoint: each A/B partner's (or fellow experiment arm's run with the same
+    seed) on-disk checkpoint whose ``eval/proxy`` is nearest this run's ``eval/proxy`` at the
+    evaluated step, as (request, this run's proxy, the partner's proxy). Empty when the run has
+    no partner or no proxy series."""
+    from grpo_guard import metrics as M
+    from grpo_guard.store import artifacts, queries
+
+    if request.model.kind != "run" or request.model.run_id is None:
+        return []
+    rid, step = int(request.model.run_id), int(request.model.step or 0)
+    mine = queries.metric_series(rid, [M.EVAL_PROXY]).get(M.EVAL_PROXY)
+    level = _value_at(*mine, step) if mine else None
+    if level is None:
+        return []
+    partners = [p for p in queries.pair_of(rid) if p != rid]
+    exp = queries.experiment_of(rid)
+    if exp is not None:
+        partners += [m.run.id for m in queries.experiment_runs(exp[0])
+                     if m.run.id != rid and m.seed == exp[2] and m.arm != exp[1] and m.run.id not in partners]
+    out = []
+    for other in partners:
+        series = queries.metric_series(other, [M.EVAL_PROXY]).get(M.EVAL_PROXY)
+        if not series:
+            continue
+        near = []
+        for c in queries.checkpoints(other):
+            v = _value_at(*series, c.step) if c.on_disk else None
+            if v is not None:
+                near.append((abs(v - level), c, v))
+        if not near:
+            continue
+        _, ckpt, value = min(near, key=lambda t: (t[0], t[1].step))
+        path = artifacts.resolve(ckpt.location)
+        out.append((EvalRequest(request.benchmark, ModelRef("run", f"run:{other}:{ckpt.step}", other, ckpt.step, path),
+                                checkpoint_config(path), request.prompts_spec, request.prompts,
+                                request.images_per_prompt, path), level, value))
+    return out

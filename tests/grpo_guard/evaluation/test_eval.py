@@ -187,3 +187,44 @@ def test_geneval_benchmark_with_the_real_weights(store, toy_config, tmp_path):
     assert res.exit_code == 0, res.output
     row = ev.get_evaluation(ev.list_evaluations()[0].id)
     assert row.metrics["overall"] == row.metrics["single_object"] in (0.0, 1.0)
+
+
+def _run_with_checkpoints(config, proxies: dict[int, float], ckpt_steps, pair_id=None) -> int:
+    import torch
+
+    from grpo_guard import metrics as M
+    from grpo_guard.models import build_backbone
+    from grpo_guard.store.recorder import StoreRecorder
+    from grpo_guard.training.checkpoint import Checkpoint, save_checkpoint
+
+    rid = queries.create_run(config, pair_id=pair_id)
+    bb = build_backbone(config, device="cpu")
+    bb.add_lora(config.lora_rank, config.lora_alpha, config.lora_targets)
+    rec = StoreRecorder(rid)
+    for step, v in proxies.items():
+        rec.log_scalars(step, {M.EVAL_PROXY: v})
+    for step in ckpt_steps:
+        state = {k: v + 0.01 * step * torch.randn_like(v) for k, v in bb.trainable_state_dict().items()}
+        path = save_checkpoint(rec.checkpoint_dir(), Checkpoint(step=step, config=config, trainable=state, ema=None,
+                                                                 optimizer=None))
+        rec.log_checkpoint(step, path, {"best_step": step})
+    rec.close()
+    return rid
+
+
+def test_a_paired_run_also_gets_its_partner_at_equal_proxy(store, toy_config, tmp_path):
+    cfg_path, prompts = toy_config
+    config = RunConfig.from_file(cfg_path)
+    mine = _run_with_checkpoints(config, {0: 0.1, 4: 0.5, 8: 0.9}, [4], pair_id="pair-eq")
+    # the partner reaches proxy 0.5 around step 6: its checkpoint there is the one compared
+    other = _run_with_checkpoints(config, {0: 0.1, 2: 0.2, 6: 0.52, 10: 0.8}, [2, 6, 10], pair_id="pair-eq")
+    out = tmp_path / "eq"
+    res = _eval("--benchmark", "toy", "--run", str(mine), "--step", "4", "--prompts", prompts,
+                "--images-per-prompt", "1", "--out", str(out))
+    assert res.exit_code == 0, res.output
+    (eq,) = json.loads((out / "table.json").read_text())["equal_proxy"]
+    assert (eq["run"], eq["step"], eq["proxy"], eq["this_proxy"]) == (other, 6, 0.52, 0.5)
+    partner = ev.get_evaluation(eq["evaluation_id"])
+    assert partner.model.run_id == other and partner.model.step == 6
+    assert eq["rows"][0]["model"] == pytest.approx(partner.metrics["toy_alignment"])
+    assert "at equal proxy: run #" in (out / "table.md").read_text()
