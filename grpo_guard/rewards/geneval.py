@@ -134,7 +134,8 @@ class GenEvalReward:
     name = "geneval"
 
     def __init__(self, *, detector_path: str | None = None, clip_path: str | None = None,
-                 metadata: str | Mapping | None = None, score: str = "partial", detector_scale: Sequence[int] = TEST_SCALE, threshold: float = THRESHOLD,
+                 metadata: str | Mapping | None = None, score: str = "partial",
+                 detector_scale: Sequence[int] = TEST_SCALE, threshold: float = THRESHOLD,
                  counting_threshold: float = 0.9, max_objects: int = 16, position_threshold: float = POSITION_THRESHOLD,
                  device: str | None = None, dtype: str = "fp32", batch_size: int = 16, detector=None, colour_of=None):
         if score not in SCORES:

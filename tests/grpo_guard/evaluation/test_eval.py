@@ -228,3 +228,13 @@ def test_a_paired_run_also_gets_its_partner_at_equal_proxy(store, toy_config, tm
     assert partner.model.run_id == other and partner.model.step == 6
     assert eq["rows"][0]["model"] == pytest.approx(partner.metrics["toy_alignment"])
     assert "at equal proxy: run #" in (out / "table.md").read_text()
+
+
+def test_missing_scorer_weights_are_one_sentence_before_any_model_loads(store, toy_config, tmp_path, monkeypatch):
+    empty = tmp_path / "no-detector"
+    empty.mkdir()
+    monkeypatch.setenv("GG_REWARD_GENEVAL_DETECTOR_PATH", str(empty))
+    before = len(ev.list_evaluations())
+    res = CliRunner().invoke(main, ["eval", "--benchmark", "geneval", "--config", toy_config[0]])
+    assert res.exit_code == 1 and "Mask2Former detector" in res.output and "Traceback" not in res.output
+    assert len(ev.list_evaluations()) == before
