@@ -15,6 +15,10 @@ are reproduced here rather than taken from the transformers image processor (whi
   (query, class) pairs × the mean sigmoid inside the binary mask; boxes from the masks with
   exclusive right/bottom edges (``mask2bbox``).
 
+Not checked against GenEval's config file itself (not in the stored sources): whether its test
+pipeline pads before or after normalising; it matters only where a resized side is not a
+multiple of 32 (a square image resizes to 800 × 800 and needs no padding).
+
 What still differs from GenEval: the weights are the transformers port of the same checkpoint
 (``facebook/mask2former-swin-small-coco-instance``), so its floating-point path is not mmdet's.
 """
