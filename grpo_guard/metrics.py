@@ -32,7 +32,9 @@ EVAL_PROXY = "eval/proxy"
 EVAL_GOLD = "eval/gold"
 EVAL_GOLD_REL = "eval/gold_rel"
 EVAL_REWARD = "eval/{name}"
-EVAL_DETAIL = "eval/{name}/{detail}"  # a reward's breakdown (rewards.details): GenEval strict, per family
+EVAL_DETAIL = "eval/{name}/{detail}"  # a reward's breakdown (rewards.details): GenEval overall, per family
+GENEVAL_OVERALL = "eval/geneval/overall"      # GenEval's Overall: mean of the six family accuracies
+GENEVAL_IMAGE_MEAN = "eval/geneval/image_mean"  # share of images GenEval judges correct
 ALARM_ONSET = "alarm/hacking_onset"
 TIME_EVAL = "time/eval"
 
@@ -116,8 +118,12 @@ CATALOGUE: tuple[Metric, ...] = (
            (PROXY_GOLD_CHART,)),
     Metric(EVAL_GOLD_REL, "eval/gold divided by its step-0 (base model) value", "ratio"),
     Metric(EVAL_REWARD, "one proxy reward or gold evaluator, mean over the eval set", "score", (PROXY_GOLD_CHART,)),
-    Metric(EVAL_DETAIL, "a breakdown a reward reports at eval (GenEval: strict accuracy, accuracy per task "
-           "family), mean over the eval images it applies to", "score", (PROXY_GOLD_CHART,)),
+    Metric(GENEVAL_OVERALL, "GenEval's Overall (the paper's figure): the mean of the task families' strict "
+           "accuracies on the eval set", "fraction", (PROXY_GOLD_CHART,)),
+    Metric(GENEVAL_IMAGE_MEAN, "share of the eval images GenEval judges correct (a mean over images, not "
+           "GenEval's Overall)", "fraction", (PROXY_GOLD_CHART,)),
+    Metric(EVAL_DETAIL, "a breakdown a reward reports at eval (GenEval: accuracy per task family), mean over "
+           "the eval images it applies to", "score", (PROXY_GOLD_CHART,)),
     Metric(ALARM_ONSET, "first eval step where gold falls while the proxy rises (§10), logged once", "step",
            (PROXY_GOLD_CHART,)),
     Metric(TIME_EVAL, "wall-clock time of one evaluation", "s"),

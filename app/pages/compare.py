@@ -13,7 +13,9 @@ import gradio as gr
 
 from app import figures as F
 from app.common import esc, fmt_float, parse_ids, parse_int, queries
+from app.pages import evaluation_tables
 from app.pages.judge import compare_hook  # human gold (issue #22): Judge link and human series
+from grpo_guard import metrics as M
 
 MAX_GRID_ROWS = 12
 OVERLAY_DEFAULTS = ("eval/proxy", "eval/gold")
@@ -213,6 +215,7 @@ with gr.Blocks(title="Compare") as page:
     with gr.Row():
         fig_metric = gr.Plot(show_label=False, elem_id="compare-metric-plot")
         fig_gp = gr.Plot(show_label=False, elem_id="compare-gold-vs-proxy")
+    evaluation_tables.compare_box(runs_pick)
     gr.Markdown("### Config")
     only_diff = gr.Checkbox(value=True, label="Differences only")
     cfg_table = gr.Dataframe(value=[], interactive=False, elem_id="compare-config", wrap=True)
@@ -245,7 +248,8 @@ with gr.Blocks(title="Compare") as page:
         run_choices = [(labels[i], i) for i in labels]
         first = next(iter(labels), None)
         second = list(labels)[1] if len(labels) > 1 else first
-        key = next((k for k in F.REWARD_MEAN_KEYS if k in keys), keys[0] if keys else None)
+        # a GenEval run is compared on GenEval's Overall (the paper's figure) first
+        key = next((k for k in (M.GENEVAL_OVERALL, *F.REWARD_MEAN_KEYS) if k in keys), keys[0] if keys else None)
         figs = metric_panel(list(labels), key, norm)
         return (gr.Slider(minimum=all_steps[0] if all_steps else 0, maximum=max(hi, 1), value=chosen or 0),
                 gr.Dropdown(choices=[(display_prompt(p), p) for p in prompts], value=prompts[0] if prompts else None),

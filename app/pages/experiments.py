@@ -16,6 +16,7 @@ import gradio as gr
 
 from app.common import esc, fmt_float, fmt_time, parse_int, progress_html, queries, status_badge
 from app.figures import experiment as FE
+from app.pages import evaluation_tables
 from app.pages.judge import experiment_hook  # human gold (issue #22): Judge link and per-arm human series
 
 LIST_HEADERS = ["id", "name", "status", "runs", "progress", "arms", "seeds", "created"]
@@ -149,6 +150,7 @@ with gr.Blocks(title="Experiments") as page:
     tables = gr.HTML("", elem_id="exp-tables")
     p_ratio = gr.Plot(elem_id="exp-plot-ratio", show_label=False)
     runs = gr.HTML("", elem_id="exp-runs")
+    evaluation_tables.experiment_box(exp_state)
     timer = gr.Timer(3.0)
     view = [header, p_proxy, p_gold, p_gp, p_beyond, p_ratio, tables, runs]
 

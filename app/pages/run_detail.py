@@ -33,7 +33,7 @@ from app.common import (
     status_badge,
     stop_run,
 )
-from app.pages import run_export
+from app.pages import run_evaluations, run_export
 from grpo_guard import metrics as M
 from grpo_guard.experiments.report import run_verdict
 from grpo_guard.store.entities import ACTIVE_STATUSES
@@ -314,6 +314,7 @@ with gr.Blocks(title="Run") as page:
         b_save = gr.Button("Save now", scale=0, min_width=110, elem_id="run-save-now")
     header = gr.HTML('<div class="gg-muted">Pick a run.</div>', elem_id="run-header-box")
     message = gr.HTML("", elem_id="run-message")
+    run_evaluations.overlap_banner(rid_state)
     plots: dict[str, gr.Plot] = {}
     plots[M.PROXY_GOLD_CHART] = gr.Plot(label="Proxy vs gold", show_label=False, elem_id="plot-proxy-gold")
     with gr.Row():
@@ -346,6 +347,9 @@ with gr.Blocks(title="Run") as page:
             ckpt_files = gr.File(label="Download (weights + JSON sidecar)", file_count="multiple", interactive=False,
                                  elem_id="run-checkpoint-files")
             run_export.export_panel(rid_state)  # Export… (app/pages/run_export.py)
+            run_evaluations.evaluate_box(rid_state)
+        with gr.Tab("Evaluations", elem_id="tab-evaluations"):
+            run_evaluations.evaluations_tab(rid_state)
         with gr.Tab("Status", elem_id="tab-status"):
             status_md = gr.Markdown("", elem_id="run-status")
             traceback_code = gr.Code(value="", language="python", interactive=False, label="Error traceback",

@@ -41,6 +41,8 @@ LAZY_COMMANDS: dict[str, LazyCommand] = {
     # the job layer (worker/)
     "worker": LazyCommand("worker.cli:worker_cmd", "Run training workers (one process per GPU)."),
     "submit": LazyCommand("worker.cli:submit_cmd", "Queue a run from CONFIG.yaml (--ab: an A/B pair); print its id(s)."),
+    "eval": LazyCommand("worker.eval_cli:eval_cmd", "Evaluate a model or checkpoint on a benchmark (geneval, ocr, "
+                        "preference, toy); print and store the paper-style table."),
     "runs": LazyCommand("worker.cli:runs_group", "List, show, stop, resume, clone and recover runs."),
     "experiment": LazyCommand("worker.experiment_cli:experiment_group",
                               "Arms x seeds (+ no-signal controls) as one object: submit, list, show, stop, resume, report."),
@@ -113,6 +115,8 @@ def config_validate(path: str, overrides: tuple[str, ...], no_model_check: bool)
     from grpo_guard.config.validation import validate_run_config
 
     cfg = validate_run_config(path, overrides, check_paths=not no_model_check)
+    if warning := cfg.prompt_overlap_warning():
+        click.echo(f"Warning: {warning}", err=True)
     click.echo(cfg.to_yaml(), nl=False)
 
 

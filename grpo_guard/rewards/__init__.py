@@ -98,12 +98,14 @@ def check_option(name: str, option: str, value: Any) -> str | None:
           "int": isinstance(value, int) and not isinstance(value, bool) and value >= 1,
           "float": isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
           and abs(value) != float("inf"),
-          "fp32|fp16": value in ("fp32", "fp16"), "partial|strict": value in ("partial", "strict"),
+          "fp32|fp16": value in ("fp32", "fp16"),
+          "flow_grpo|partial|strict": value in ("flow_grpo", "partial", "strict"),
           "generate|logits": value in ("generate", "logits")}[kind]
     if not ok:
         want = {"str": "a non-empty string", "int": "an integer >= 1", "float": "a finite number",
                 "fp32|fp16": "'fp32' or 'fp16'",
-                "partial|strict": "'partial' or 'strict'", "generate|logits": "'generate' or 'logits'"}[kind]
+                "flow_grpo|partial|strict": "'flow_grpo', 'partial' or 'strict'",
+                "generate|logits": "'generate' or 'logits'"}[kind]
         return f"must be {want}, got {value!r}"
     return None
 
@@ -165,11 +167,11 @@ register("aesthetic", "grpo_guard.rewards.aesthetic:aesthetic", "any",
 # GenEval composition (objects, counts, colours, positions) in-process: Mask2Former (detector_path,
 # GG_REWARD_GENEVAL_DETECTOR_PATH or facebook/mask2former-swin-small-coco-instance from the HF cache)
 # + CLIP ViT-L/14 colours (clip_path, GG_REWARD_GENEVAL_CLIP_PATH); prompts need GenEval metadata
-# (geneval:* prompt sets, or option metadata). score: partial (Flow-GRPO's partial credit, default) or
-# strict (GenEval's 0/1); eval also logs eval/geneval/strict and per task family.
+# (geneval:* prompt sets, or option metadata). score: flow_grpo (Flow-GRPO's reward server, exactly),
+# partial (ours, default) or strict (GenEval's 0/1); eval logs eval/geneval/overall, image_mean, per family.
 register("geneval", "grpo_guard.rewards.geneval:geneval", "proxy",
          backbones=_REAL, options=(("detector_path", "str"), ("clip_path", "str"), ("metadata", "str"),
-                                   ("score", "partial|strict"), ("threshold", "float"),
+                                   ("score", "flow_grpo|partial|strict"), ("threshold", "float"),
                                    ("counting_threshold", "float"), ("max_objects", "int"),
                                    ("position_threshold", "float"), *_RUN))
 # UnifiedReward (1–5), a Qwen2.5-VL judge of caption alignment and quality: UnifiedReward-qwen-7b from

@@ -19,7 +19,7 @@ class Reward(Protocol):
 
 
 # The types a run config may give a reward option (``reward_options: {name: {option: value}}``).
-OPTION_TYPES = ("str", "int", "float", "fp32|fp16", "partial|strict", "generate|logits")
+OPTION_TYPES = ("str", "int", "float", "fp32|fp16", "flow_grpo|partial|strict", "generate|logits")
 
 
 @dataclass(frozen=True)

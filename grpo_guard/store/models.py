@@ -18,6 +18,7 @@ Tables (natural keys in brackets; writes are upserts on them):
   log_lines    append-only, ordered by id
   experiments  one row per experiment (arms x seeds over a base config); its runs point at it
   judging_sessions, judgments  human gold: blind A/B choices on pairs of eval samples (0007)
+  evaluations  one benchmark evaluation of a model (base, run + step, checkpoint file) under a protocol
 """
 
 from __future__ import annotations
@@ -279,4 +280,36 @@ class Judgment(Base):
         Index(None, "a_run_id"),
         Index(None, "b_run_id"),
         Index(None, "judge"),
+    )
+
+
+EVALUATION_STATUSES = ("queued", "running", "succeeded", "failed")
+MODEL_KINDS = ("base", "run", "checkpoint")
+
+
+class Evaluation(Base):
+    __tablename__ = "evaluations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    benchmark: Mapped[str] = mapped_column(String(40))
+    model_kind: Mapped[str] = mapped_column(String(12))  # base | run | checkpoint
+    model_key: Mapped[str] = mapped_column(String(300))  # what "the same model" means for reuse
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    step: Mapped[int | None] = mapped_column(Integer)
+    checkpoint_path: Mapped[str | None] = mapped_column(String(1000))
+    protocol_json: Mapped[str] = mapped_column(Text)
+    protocol_hash: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(12))
+    metrics_json: Mapped[str] = mapped_column(Text, default="{}", server_default="{}")
+    per_prompt_json: Mapped[str] = mapped_column(Text, default="[]", server_default="[]")
+    images_location: Mapped[str | None] = mapped_column(String(1000))
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+    __table_args__ = (
+        CheckConstraint("model_kind IN ('base', 'run', 'checkpoint')", name="model_kind"),
+        CheckConstraint("status IN ('queued', 'running', 'succeeded', 'failed')", name="status"),
+        Index(None, "run_id"),
+        Index(None, "model_key", "benchmark", "protocol_hash"),
     )

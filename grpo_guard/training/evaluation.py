@@ -45,16 +45,23 @@ def score_images(images: np.ndarray, prompts: list[str], rewards: Mapping[str, o
     """name -> (B,) float64 scores. A reward with ``details(images, prompts) -> (scores, extras)``
     (e.g. GenEval's strict and per-family accuracy) is scored through it, once; with ``details``
     given, each extra's mean over the images it applies to (non-NaN) is stored there as
-    ``<name>/<extra>`` (an extra that applies to no image is left out, not logged as 0)."""
+    ``<name>/<extra>`` (an extra that applies to no image is left out, not logged as 0), with what
+    the reward's ``summary(means)`` derives from them (GenEval's ``overall``)."""
     out = {}
     for name, fn in rewards.items():
         detail = getattr(fn, "details", None)
         if callable(detail):
             vals, extras = detail(images, prompts)
+            means = {}
             for key, v in extras.items():
                 v = np.asarray(v, dtype=np.float64).reshape(-1)
-                if details is not None and np.isfinite(v).any():
-                    details[f"{name}/{key}"] = float(np.nanmean(v))
+                if np.isfinite(v).any():
+                    means[key] = float(np.nanmean(v))
+            summary = getattr(fn, "summary", None)
+            if callable(summary):
+                means.update(summary(means))
+            if details is not None:
+                details.update({f"{name}/{k}": v for k, v in means.items()})
         else:
             vals = fn(images, prompts)  # type: ignore[operator]
         vals = np.asarray(vals, dtype=np.float64).reshape(-1)
@@ -89,7 +96,7 @@ def evaluate(backbone: Backbone, eval_set: EvalSet, sigmas: torch.Tensor, *, cfg
              recorder: Recorder, chunk: int = 64) -> dict[str, float]:
     """Sample the eval set (the caller swaps in the EMA weights), score it, log one PNG per image
     and return ``eval/*`` scalars: each reward and evaluator, their breakdowns ``eval/<name>/<key>``
-    (:func:`score_images`: ``eval/geneval/strict``, ``eval/geneval/<family>``), ``eval/proxy`` (the
+    (:func:`score_images`: ``eval/geneval/overall``, ``image_mean``, ``<family>``), ``eval/proxy`` (the
     weighted total of the proxies) and ``eval/gold`` (the mean of the gold evaluators)."""
     latents = sample_ode(backbone, eval_set.prompts, eval_set.noise, sigmas, cfg_scale=cfg_scale, chunk=chunk)
     images = backbone.decode(latents)

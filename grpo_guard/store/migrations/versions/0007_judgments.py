@@ -5,7 +5,7 @@ A judgment keeps the run, step, prompt and seed of both samples beside their ids
 record survives the deletion of a run (samples carry no foreign key from here).
 
 Revision ID: 0007
-Revises: 0004
+Revises: 0006
 Create Date: 2026-12-06
 """
 
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0007"
-down_revision = "0004"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
