@@ -186,6 +186,22 @@ def collect(values: list[Any]) -> tuple[dict[str, Any], dict[str, str]]:
     return data, errors
 
 
+def rewards_markdown() -> str:
+    """The registered rewards as a Markdown table (the list ``grpo-guard rewards list`` prints:
+    built in, plugins, declared reward servers) and any plugin or server that was skipped."""
+    from grpo_guard.rewards import PROBLEMS, reward_rows
+
+    def cell(text: str) -> str:
+        return str(text).replace("|", "/").replace("\n", " ")
+
+    lines = ["| reward | kind | backbones | options | from |", "|---|---|---|---|---|"]
+    for r in reward_rows():
+        opts = ", ".join(f"{k}: {t}" for k, t in r["options"].items()) or "—"
+        lines.append(f"| `{r['name']}` | `{r['kind']}` | {',&nbsp;'.join(r['backbones'])} | {cell(opts)} | {cell(r['source'])} |")
+    lines += [f"\n⚠ {cell(p)}" for p in PROBLEMS]
+    return "\n".join(lines)
+
+
 def field_of(error_key: str) -> str:
     """'rewards.toy_fg_share' -> 'rewards', 'eval_seeds.0' -> 'eval_seeds'; '' stays general."""
     head = error_key.split(".", 1)[0]

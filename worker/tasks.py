@@ -55,7 +55,7 @@ from grpo_guard.store.db import StoreUnavailableError
 from grpo_guard.store.lifecycle import LeaseLostError
 from grpo_guard.store.recorder import StoreControl, StoreRecorder
 from worker import recovery  # noqa: F401  (connects the worker_ready sweep)
-from worker.celery_app import TASK_NAME
+from worker.celery_app import EVAL_TASK_NAME, TASK_NAME
 
 silence_library_noise()  # this process is started by celery, not by the grpo-guard CLI
 
@@ -224,6 +224,15 @@ def train_run(self: Any, run_id: int) -> str:
     interrupted (the worker is shutting down) | skipped (not queued) | lease-lost."""
     with _shutdown_handlers():
         return execute_run(int(run_id), task_id=getattr(self.request, "id", None))
+
+
+@shared_task(name=EVAL_TASK_NAME, bind=True, ignore_result=True, acks_late=True)
+def evaluate_model(self: Any, evaluation_id: int) -> str:
+    """Run a queued benchmark evaluation (``grpo-guard eval --submit``, the Run page's Evaluate…).
+    Returns succeeded | failed | skipped (not queued); a failure's reason is on its row."""
+    from grpo_guard.evaluation.runner import execute_queued
+
+    return execute_queued(int(evaluation_id), device=os.environ.get("GG_EVAL_DEVICE") or None)
 
 
 def execute_run(run_id: int, *, task_id: str | None = None) -> str:

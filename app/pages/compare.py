@@ -13,6 +13,9 @@ import gradio as gr
 
 from app import figures as F
 from app.common import esc, fmt_float, parse_ids, parse_int, queries
+from app.pages import evaluation_tables
+from app.pages.judge import compare_hook  # human gold (issue #22): Judge link and human series
+from grpo_guard import metrics as M
 
 MAX_GRID_ROWS = 12
 OVERLAY_DEFAULTS = ("eval/proxy", "eval/gold")
@@ -180,6 +183,7 @@ with gr.Blocks(title="Compare") as page:
     with gr.Row(equal_height=True):
         runs_pick = gr.Dropdown(choices=[], value=[], multiselect=True, label="Runs", scale=4, elem_id="compare-runs")
         refresh = gr.Button("Refresh", scale=0, min_width=110, elem_id="compare-refresh")
+        judge_btn = gr.Button("Judge", link="judgments", scale=0, min_width=100, elem_id="compare-judge")  # issue #22
         live = gr.Checkbox(value=True, label="Live", scale=0, min_width=90, elem_id="compare-live")
     timer = gr.Timer(2.0)
     step = gr.Slider(0, 1, value=0, step=1, label="Step (shared by every image panel; snaps to each run's eval steps)",
@@ -209,9 +213,11 @@ with gr.Blocks(title="Compare") as page:
     with gr.Row():
         fig_proxy = gr.Plot(show_label=False, elem_id="compare-proxy")
         fig_gold = gr.Plot(show_label=False, elem_id="compare-gold")
+        fig_human = gr.Plot(show_label=False, elem_id="compare-human")  # human gold (app/pages/judge.py)
     with gr.Row():
         fig_metric = gr.Plot(show_label=False, elem_id="compare-metric-plot")
         fig_gp = gr.Plot(show_label=False, elem_id="compare-gold-vs-proxy")
+    evaluation_tables.compare_box(runs_pick)
     gr.Markdown("### Config")
     only_diff = gr.Checkbox(value=True, label="Differences only")
     cfg_table = gr.Dataframe(value=[], interactive=False, elem_id="compare-config", wrap=True)
@@ -246,7 +252,8 @@ with gr.Blocks(title="Compare") as page:
         run_choices = [(labels[i], i) for i in labels]
         first = next(iter(labels), None)
         second = list(labels)[1] if len(labels) > 1 else first
-        key = next((k for k in F.REWARD_MEAN_KEYS if k in keys), keys[0] if keys else None)
+        # a GenEval run is compared on GenEval's Overall (the paper's figure) first
+        key = next((k for k in (M.GENEVAL_OVERALL, *F.REWARD_MEAN_KEYS) if k in keys), keys[0] if keys else None)
         picks = [prompts[0] if prompts else None, seeds[0] if seeds else None, first, first, second, key]
         offered = [prompts, seeds, list(labels), list(labels), list(labels), keys]
         for n, (current, allowed) in enumerate(zip(keep or [None] * 6, offered, strict=True)):
@@ -378,6 +385,8 @@ with gr.Blocks(title="Compare") as page:
 
     def on_metric(ids, key, norm):
         return metric_panel([int(i) for i in ids or []], key, norm)
+
+    runs_pick.change(compare_hook, runs_pick, [judge_btn, fig_human], api_visibility="private")
 
     metric.input(on_metric, [runs_pick, metric, normalize], [fig_proxy, fig_gold, fig_metric, fig_gp],
                  api_visibility="private")

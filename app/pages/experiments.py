@@ -26,6 +26,8 @@ from app.common import (
     status_badge,
 )
 from app.figures import experiment as FE
+from app.pages import evaluation_tables
+from app.pages.judge import experiment_hook  # human gold (issue #22): Judge link and per-arm human series
 
 LIST_HEADERS = ["id", "name", "status", "runs", "progress", "arms", "seeds", "created"]
 LIST_TYPES = ["number", "html", "html", "number", "html", "str", "str", "str"]
@@ -208,6 +210,7 @@ with gr.Blocks(title="Experiments") as page:
         b_stop = gr.Button("Stop all runs", variant="stop", size="sm", scale=0, min_width=140, elem_id="exp-stop")
         b_resume = gr.Button("Resume failed / cancelled", size="sm", scale=0, min_width=200, elem_id="exp-resume")
         b_report = gr.Button("Report", size="sm", scale=0, min_width=100, elem_id="exp-report")
+        judge_btn = gr.Button("Judge", link="judgments", size="sm", scale=0, min_width=100, elem_id="exp-judge")  # issue #22
     report_files = gr.File(label="Report (table.md, figure.png, stats.json)", file_count="multiple", interactive=False,
                            visible=False, elem_id="exp-report-files")
     message = gr.HTML("", elem_id="exp-message")
@@ -215,12 +218,14 @@ with gr.Blocks(title="Experiments") as page:
     with gr.Row() as plots_1:
         p_proxy = gr.Plot(elem_id="exp-plot-proxy", show_label=False)
         p_gold = gr.Plot(elem_id="exp-plot-gold", show_label=False)
+        p_human = gr.Plot(elem_id="exp-plot-human", show_label=False)  # human gold per arm (app/pages/judge.py)
     with gr.Row() as plots_2:
         p_gp = gr.Plot(elem_id="exp-plot-gold-proxy", show_label=False)
         p_beyond = gr.Plot(elem_id="exp-plot-beyond", show_label=False)
     tables = gr.HTML("", elem_id="exp-tables")
     p_ratio = gr.Plot(elem_id="exp-plot-ratio", show_label=False)
     runs = gr.HTML("", elem_id="exp-runs")
+    evaluation_tables.experiment_box(exp_state)
     timer = gr.Timer(3.0)
     view = [header, p_proxy, p_gold, p_gp, p_beyond, p_ratio, tables, runs]
 
@@ -261,6 +266,9 @@ with gr.Blocks(title="Experiments") as page:
     b_example.click(on_example, None, [example_msg, *shown], api_name="experiment_example", concurrency_limit=1)
     pick.input(lambda e: (parse_int(e), cursor_of(parse_int(e))), pick, [exp_state, cursor], api_visibility="private")
     cursor.change(draw, [exp_state, cursor], view, api_visibility="private", show_progress="hidden",
+                  trigger_mode="always_last")
+
+    cursor.change(experiment_hook, exp_state, [judge_btn, p_human], api_visibility="private", show_progress="hidden",
                   trigger_mode="always_last")
 
     def poll(eid, cur, shown):

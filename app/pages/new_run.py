@@ -26,6 +26,7 @@ from app.run_form import (
     form_values,
     load_preset,
     read_uploaded_yaml,
+    rewards_markdown,
     to_form_value,
     validate,
 )
@@ -160,6 +161,10 @@ with gr.Blocks(title="New run") as page:
                                                          elem_classes=["gg-field-error"]))
                             widgets.append(w)
                             by_name[f.name] = w
+            if group == "rewards":  # what `rewards`, `gold` and `reward_options` may name
+                with gr.Accordion("Registered rewards (built in, plugins, reward servers)", open=False,
+                                  elem_id="reward-list"):
+                    gr.Markdown(rewards_markdown(), elem_id="reward-list-table")
     assert [w.elem_id for w in widgets] == [f"f-{f.name}" for f in FIELDS], "widgets must follow FIELDS order"
 
     banner = gr.HTML("", elem_id="submit-result")

@@ -357,6 +357,24 @@ class RunConfig(BaseModel):
         if errors:
             raise ConfigError(errors)
 
+    def prompt_overlap_warning(self) -> str | None:
+        """One sentence when the training and eval prompts share prompt texts (the eval then
+        measures memorisation, not generalisation), else None; also None when a set cannot be
+        read here (that is an error for validation, not a warning)."""
+        if isinstance(self.prompts, str) and self.prompts.strip().startswith("hf:") \
+                or isinstance(self.eval_prompts, str) and self.eval_prompts.strip().startswith("hf:"):
+            return None  # a hub dataset is read by the worker; no network here
+        try:
+            train, held = self.resolved_prompts()
+        except ConfigError:
+            return None
+        shared = set(map(str, held)) & set(map(str, train))
+        if not shared:
+            return None
+        example = min(shared)
+        return (f"{len(shared)} of the {len(set(map(str, held)))} eval prompts are also training prompts "
+                f"(e.g. {example!r}): the eval figures measure memorisation, not held-out quality.")
+
     def num_trained_steps(self) -> int:
         """|S|, the number of denoising steps trained per sample."""
         if self.train_timesteps == "window":

@@ -73,8 +73,8 @@ def save_checkpoint(directory: str, ckpt: Checkpoint, meta: dict[str, Any] | Non
     os.makedirs(directory, exist_ok=True)
     path = checkpoint_path(directory, ckpt.step)
     blob = {"format": FORMAT, "step": ckpt.step, "config": ckpt.config.to_json(),
-            "trainable": ckpt.trainable, "ema": ckpt.ema, "optimizer": ckpt.optimizer,
-            "trainer": ckpt.trainer}
+            "config_fields_set": sorted(ckpt.config.fields_set()), "trainable": ckpt.trainable, "ema": ckpt.ema,
+            "optimizer": ckpt.optimizer, "trainer": ckpt.trainer}
     side = {"format": FORMAT, "step": ckpt.step, "config": ckpt.config.to_dict(), "meta": meta or {}}
     tmp, side_tmp = path + ".tmp", sidecar_path(path) + ".tmp"
     try:
@@ -159,6 +159,12 @@ def load_checkpoint(path: str) -> Checkpoint:
         config = RunConfig.from_dict(raw)
     except (ConfigError, ValueError, TypeError) as e:
         raise CheckpointError(f"checkpoint {path} holds a config this version cannot read: {e}".replace("\n", "; ")) from None
+    fields_set = blob.get("config_fields_set")
+    if isinstance(fields_set, list):
+        # The JSON holds every field; without this, all would count as set by the user, and
+        # FLUX would switch from the pipeline's resolution-dependent shift to a static one.
+        config = RunConfig.model_construct(_fields_set={str(k) for k in fields_set} & set(RunConfig.model_fields),
+                                           **{k: getattr(config, k) for k in RunConfig.model_fields})
     return Checkpoint(step=int(blob.get("step", 0)), config=config, trainable=blob["trainable"],
                       ema=blob.get("ema"), optimizer=blob.get("optimizer"),
                       trainer=dict(blob.get("trainer") or {}), path=path,
@@ -191,3 +197,40 @@ def prune_checkpoints(directory: str, keep: int, protect: set[int] = frozenset()
                 os.remove(p)
         removed.append(step)
     return removed
+
+
+WEIGHTS = ("auto", "ema", "raw")
+
+
+def chosen_weights(ckpt: Checkpoint, weights: str = "auto") -> str:
+    """``"ema"`` or ``"raw"``: which weights of ``ckpt`` to use. ``auto`` takes the EMA when the
+    run kept one (what evaluation sampled), else the raw weights; asking for an EMA the
+    checkpoint lacks raises ``CheckpointError``."""
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
+    if weights == "auto":
+        return "ema" if ckpt.ema is not None else "raw"
+    if weights == "ema" and ckpt.ema is None:
+        raise CheckpointError(f"checkpoint {ckpt.path} keeps no EMA weights (the run had ema: false); "
+                              "use the raw weights instead.")
+    return weights
+
+
+def apply_checkpoint(backbone: Any, ckpt: Checkpoint, weights: str = "auto") -> str:
+    """Give ``backbone`` (a freshly built base model) the trained weights of ``ckpt``: the same
+    LoRA adapter (or full fine-tuning) as the run, then its raw or EMA weights. Returns which
+    weights were used (``"ema"`` / ``"raw"``). A checkpoint that does not fit raises
+    ``ValueError``."""
+    which = chosen_weights(ckpt, weights)
+    arch = ckpt.config
+    backbone.add_lora(arch.lora_rank, arch.lora_alpha, arch.lora_targets)
+    backbone.load_trainable_state_dict(ckpt.trainable)
+    if which == "ema":
+        params = backbone.trainable_parameters()
+        if len(params) != len(ckpt.ema):
+            raise ValueError(f"the checkpoint's EMA holds {len(ckpt.ema)} tensors, the model has {len(params)} "
+                             "trainable parameters")
+        with torch.no_grad():
+            for p, s in zip(params, ckpt.ema, strict=True):
+                p.copy_(s)
+    return which

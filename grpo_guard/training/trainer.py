@@ -50,7 +50,7 @@ from grpo_guard.policy import group_advantages, zero_variance_mask
 from grpo_guard.training import distributed as ddp
 from grpo_guard.training.checkpoint import ARCHITECTURE_KEYS, Checkpoint, load_checkpoint
 from grpo_guard.training.ema import EMA
-from grpo_guard.training.evaluation import EvalSet, score_images
+from grpo_guard.training.evaluation import EvalSet, reward_health, score_images
 from grpo_guard.training.interrupt import Interrupted, PreUpdateSnapshot, interrupt_requested
 from grpo_guard.training.recording import Control, NullRecorder, Recorder, StepStat
 from grpo_guard.training.rollout import (
@@ -142,6 +142,7 @@ def train(config: RunConfig, recorder: Recorder, control: Control, *, resume_fro
             evaluate_at(run, state, 0)
             if c.on_overoptimization == "stop_keep_best":  # the base model may stay the best: keep it too
                 last_path = checkpoint_at(run, state, 0, "best-gold")
+            recorder.log_scalars(0, reward_health(run.golds, run.proxies))
             recorder.flush()
         elif run.is_main and start > state.last_eval and (start % c.eval_every == 0 or start == c.epochs):
             evaluate_at(run, state, start)
@@ -214,6 +215,7 @@ def train(config: RunConfig, recorder: Recorder, control: Control, *, resume_fro
         if epoch % c.checkpoint_every == 0 or epoch == c.epochs or new_best or save_now:
             reason = "best-gold" if new_best else "periodic" if epoch < c.epochs else "final"
             last_path = checkpoint_at(run, state, epoch, reason)
+        recorder.log_scalars(epoch, reward_health(run.proxies, run.golds))  # reward servers: latency, failures
         recorder.flush()
 
     # 5. Done (a resumed, already finished run lands here directly).

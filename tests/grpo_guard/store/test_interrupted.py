@@ -1,5 +1,5 @@
 """The ``interrupted`` status (SQLite and PostgreSQL): a worker shutdown hands the run back with a
-checkpoint, the next sweep requeues it at once, a user can cancel or resume it; migration 0005
+checkpoint, the next sweep requeues it at once, a user can cancel or resume it; migration 0008
 adds it to the runs.status CHECK and keeps every row of every kind, both ways."""
 
 from __future__ import annotations
@@ -57,20 +57,24 @@ CHILD_ROWS = (
     "INSERT INTO checkpoints (run_id, step, location, meta, created_at) VALUES (:rid, 0, 'c.pt', '{}', CURRENT_TIMESTAMP)",
     "INSERT INTO log_lines (run_id, attempt, created_at, level, message) VALUES (:rid, 1, CURRENT_TIMESTAMP, 'info', 'hi')",
 )
-TABLES = ("runs", "experiments", "run_tags", "run_keys", "scalars", "step_stats", "samples", "checkpoints", "log_lines")
+PREVIOUS = "0007"  # the revision before 0008 (the interrupted status)
 
 
 def _counts(url: str) -> dict[str, int]:
+    """Rows per table, every table of the schema (those this test fills, and any later ones)."""
+    from sqlalchemy import inspect
+
+    tables = [t for t in inspect(db.get_engine(url)).get_table_names() if t != "alembic_version"]
     with db.get_engine(url).connect() as conn:
-        return {t: conn.execute(text(f"SELECT count(*) FROM {t}")).scalar_one() for t in TABLES}
+        return {t: conn.execute(text(f"SELECT count(*) FROM {t}")).scalar_one() for t in tables}
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_migration_0005_adds_interrupted_keeps_every_row_and_downgrades(backend, tmp_path):
+def test_migration_0008_adds_interrupted_keeps_every_row_and_downgrades(backend, tmp_path):
     from tests.storehelpers import backend_env
 
     with backend_env(backend, tmp_path, upgrade=False) as url:
-        db.upgrade(url, "0004")
+        db.upgrade(url, PREVIOUS)
         with db.get_engine(url).execution_options(gg_write=True).begin() as conn:
             conn.execute(text("INSERT INTO experiments (name, config_json, tags_json, notes, created_at, updated_at) "
                               "VALUES ('e', '{}', '[]', '', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))
@@ -95,7 +99,7 @@ def test_migration_0005_adds_interrupted_keeps_every_row_and_downgrades(backend,
                 conn.execute(text("UPDATE runs SET status = 'paused' WHERE name = 'queued'"))
         assert [r.name for r in queries.list_runs(status="interrupted")] == ["running"]
         assert {m.run.id for m in queries.experiment_runs(eid)} == set(rids)
-        db.downgrade(url, "0004")
+        db.downgrade(url, PREVIOUS)
         assert _counts(url) == before, "the downgrade lost rows"
         with db.get_engine(url).connect() as conn:
             status = conn.execute(text("SELECT status FROM runs WHERE name = 'running'")).scalar_one()

@@ -5,8 +5,8 @@ On SQLite the batch mode recreates ``runs``: ``grpo_guard.store.db`` runs every 
 foreign keys off, so the recreate cannot cascade into the rows the runs own. The downgrade turns
 interrupted runs into cancelled ones (resumable by hand, as before this revision).
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: 0008
+Revises: 0007
 Create Date: 2026-12-06
 """
 
@@ -15,8 +15,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0005"
-down_revision = "0004"
+revision = "0008"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
