@@ -28,6 +28,8 @@ LAZY_COMMANDS: dict[str, LazyCommand] = {
                            "List, show and export prompt sets (ocr:, geneval:, hf:, toy:, files)."),
     "train": LazyCommand("grpo_guard.cli.train:train_cmd",
                          "Train CONFIG.yaml in the foreground (progress bar, Ctrl-C stops cleanly)."),
+    "plan": LazyCommand("grpo_guard.cli.plan:plan_cmd",
+                        "Plan GPU memory per phase, fit, FLOPs and GPU-hours of CONFIG.yaml before launch."),
     "sample": LazyCommand("grpo_guard.cli.train:sample_cmd", "Write one image from a base model or a checkpoint."),
     "db": LazyCommand("grpo_guard.store.cli:db_group", "Create or upgrade the store's database schema."),
     # the web app (app/)
