@@ -225,6 +225,16 @@ def measure_update_chunk(spec: PipelineSpec, config: Any, latent_rows: int, *, d
             tracker.add(t, "inputs")
         n = latent_rows
         x = torch.zeros(n, *shape)
+        if config.gradient_checkpointing:
+            # Non-reentrant checkpointing keeps every block's intermediates alive on fake tensors
+            # (measured: 2.4x the real CPU peak on the toy); the reentrant form frees them as on real
+            # tensors. It needs a block input that takes a gradient: the latents (one latent's grad).
+            import functools
+
+            from torch.utils.checkpoint import checkpoint
+
+            model._gradient_checkpointing_func = functools.partial(checkpoint, use_reentrant=True)
+            x.requires_grad_(True)
         x_next, old_mean = torch.zeros_like(x), torch.zeros_like(x)
         sig, sig_next = torch.full((n,), 0.9), torch.full((n,), 0.8)
         old_lp, adv = torch.zeros(n), torch.ones(n)

@@ -32,7 +32,7 @@ MARGIN_FRACTION = 0.05
 MARGIN_BYTES = 1 * GIB
 DEFAULT_MFU = 0.30
 DECODE_BATCH = 32  # SD3Backbone.decode's batch
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 def gib(n: float) -> float:
@@ -62,6 +62,7 @@ class Plan:
     epochs: int
     num_gpus: int
     notes: list[str] = field(default_factory=list)
+    phase_bytes: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -252,7 +253,6 @@ def _plan_at(config: Any, spec: PipelineSpec, gpu: GpuSpec, device: str, latent_
     if resident > gpu.memory_gib * GIB:
         notes.append("the resident weights alone exceed this GPU; put reward models on the CPU "
                      "(reward_options NAME.device: cpu), use fp16 rewards, or use a larger GPU")
-    _ = resident
     return Plan(architecture=spec.name if os.sep not in spec.name else os.path.basename(spec.name.rstrip(os.sep)),
                 backbone=config.backbone, gpu=gpu.label, gpu_memory_gib=gpu.memory_gib,
                 rows_per_forward=latent_rows * branches, rows_per_micro_batch=per_mb * branches,
@@ -260,7 +260,7 @@ def _plan_at(config: Any, spec: PipelineSpec, gpu: GpuSpec, device: str, latent_
                 dominant=dominant, fits=fits, needed_gib=round(gib(needed), 2), flops_per_epoch=float(flops),
                 mfu=mfu, peak_tflops=gpu.bf16_tflops, epoch_seconds=epoch_s,
                 gpu_hours=epoch_s * config.epochs * config.num_gpus / 3600, epochs=config.epochs,
-                num_gpus=config.num_gpus, notes=notes)
+                num_gpus=config.num_gpus, notes=notes, phase_bytes=phases_b)
 
 
 def auto_rows(config: Any, gpu: GpuSpec, *, device: str = "cuda", spec: PipelineSpec | None = None) -> int:

@@ -46,6 +46,7 @@ import torch
 
 from grpo_guard import metrics as M
 from grpo_guard.config import RunConfig
+from grpo_guard.planning.runtime import GpuOutOfMemory, out_of_memory_message, resolve_rows_per_forward
 from grpo_guard.policy import group_advantages, zero_variance_mask
 from grpo_guard.training import distributed as ddp
 from grpo_guard.training.checkpoint import ARCHITECTURE_KEYS, Checkpoint, load_checkpoint
@@ -126,6 +127,11 @@ def train(config: RunConfig, recorder: Recorder, control: Control, *, resume_fro
     # 2. Rewards, model, optimizer, EMA, prompts, sigma tables, the fixed eval set.
     run = _build_run(c, recorder, rank, world, device, backbone, rewards)
 
+    # 2b. Rows per forward of the update: the config's number, or `auto`'s pick for this GPU.
+    rows_per_forward, how = resolve_rows_per_forward(c, run.backbone.device)
+    if run.is_main:
+        recorder.log_line(how)
+
     # 3. Trainer state (all of it goes into checkpoints): fresh with the base model's eval, or resumed.
     state, start, last_path = _start_state(run, ckpt)
     if ckpt is None and run.is_main:
@@ -149,7 +155,10 @@ def train(config: RunConfig, recorder: Recorder, control: Control, *, resume_fro
         t0 = time.perf_counter()
 
         # 4b. Sample a group per prompt with the SDE sampler.
-        samples = _sample(run, epoch)
+        try:
+            samples = _sample(run, epoch)
+        except torch.OutOfMemoryError as e:
+            raise _out_of_memory(run, "sampling", epoch) from e
         t_sample = time.perf_counter()
 
         # 4c. Score with the proxy rewards, gathered over the ranks.
@@ -160,8 +169,12 @@ def train(config: RunConfig, recorder: Recorder, control: Control, *, resume_fro
         adv = _advantages(run, samples, scored, epoch)
 
         # 4e. Policy update, per denoising step, with accumulation (gradients averaged over ranks).
-        upd = policy_update(run.backbone, run.optimizer, run.params, samples.rollout, adv.mine.to(run.backbone.device),
-                            adv.batches, c, run.ema, state, grad_sync=ddp.all_reduce_grads if world > 1 else None)
+        try:
+            upd = policy_update(run.backbone, run.optimizer, run.params, samples.rollout,
+                                adv.mine.to(run.backbone.device), adv.batches, c, run.ema, state,
+                                grad_sync=ddp.all_reduce_grads if world > 1 else None, rows_per_forward=rows_per_forward)
+        except torch.OutOfMemoryError as e:
+            raise _out_of_memory(run, "policy update", epoch) from e
         if world > 1:
             upd.scalars, upd.step_stats, upd.sigma = ddp.merge_update_stats(upd.scalars, upd.step_stats, upd.sigma)
         t_update = time.perf_counter()
@@ -192,6 +205,14 @@ def train(config: RunConfig, recorder: Recorder, control: Control, *, resume_fro
     recorder.log_line(f"finished {c.epochs} epochs")
     recorder.flush()
     return TrainResult("succeeded", c.epochs, last_path)
+
+
+def _out_of_memory(run: TrainRun, phase: str, epoch: int) -> GpuOutOfMemory:
+    """The OOM as one message with the plan's figures and a setting that fits (the run ends failed and
+    resumes from its last checkpoint)."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return GpuOutOfMemory(out_of_memory_message(run.config, phase, epoch, run.backbone.device))
 
 
 # ---- set-up ----------------------------------------------------------------------------------------
