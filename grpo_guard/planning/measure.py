@@ -213,10 +213,7 @@ def measure_update_chunk(spec: PipelineSpec, config: Any, latent_rows: int, *, d
         model.to_empty(device="cpu")
         tracker = LiveBytes()
         trainable = [p for p in model.parameters() if p.requires_grad]
-        for p in model.parameters():
-            tracker.add(p, "weights")
-        for b in model.buffers():
-            tracker.add(b, "weights")
+        _add_module(tracker, model)
         for p in trainable:
             p.grad = torch.zeros_like(p)
             tracker.add(p.grad, "gradients")
@@ -286,16 +283,20 @@ def measure_sampling_forward(spec: PipelineSpec, config: Any, latent_rows: int, 
     with FakeTensorMode(allow_non_fake_inputs=True):
         model.to_empty(device="cpu")
         tracker = LiveBytes()
+        _add_module(tracker, model)  # views of a weight share its storage: counted once, as weights
         bb = fake_backbone(spec, config, model, text_len)
         x = torch.zeros(latent_rows, *shape)
         sig = torch.full((latent_rows,), 0.9)
         pe, pooled = bb._cache[""]
         cond = {"prompt_embeds": pe.expand(latent_rows, *pe.shape[1:]).clone(),
                 "pooled_prompt_embeds": pooled.expand(latent_rows, *pooled.shape[1:]).clone()}
+        before = tracker.total
+        tracker.reset_peak()
         with tracker, FlopCounterMode(display=False) as flops, torch.no_grad():
             model.eval()
             bb.velocity(x, sig, cond, cfg_scale=config.cfg_scale)
-        return PassMeasure(transient=tracker.peak, flops=int(flops.get_total_flops()), by_label=dict(tracker.at_peak))
+        return PassMeasure(transient=tracker.peak - before, flops=int(flops.get_total_flops()),
+                           by_label=dict(tracker.at_peak))
 
 
 def measure_vae_decode(spec: PipelineSpec, config: Any, images: int, *, device: str = "cuda") -> int:
@@ -315,8 +316,16 @@ def measure_vae_decode(spec: PipelineSpec, config: Any, images: int, *, device: 
     with FakeTensorMode(allow_non_fake_inputs=True):
         vae.to_empty(device="cpu")
         tracker = LiveBytes()
+        _add_module(tracker, vae)
+        before = tracker.total
+        tracker.reset_peak()
         z = torch.zeros(images, int(cfg["latent_channels"]), side, side, dtype=wdt)
         with tracker, torch.no_grad():
             img = vae.decode(z, return_dict=False)[0].float()
             (img / 2 + 0.5).clamp(0, 1)
-        return tracker.peak
+        return tracker.peak - before
+
+
+def _add_module(tracker: LiveBytes, module: torch.nn.Module) -> None:
+    for t in [*module.parameters(), *module.buffers()]:
+        tracker.add(t, "weights")
