@@ -150,7 +150,9 @@ def sampling_pass(spec: PipelineSpec, config: Any, latent_rows: int, device: str
         return {"transient": m.transient, "flops": m.flops,
                 "decode": measure_vae_decode(spec, config, min(DECODE_BATCH, latent_rows), device=device)}
 
-    return _cached("sampling", {**_model_key(spec, config, device), "rows": latent_rows}, compute)
+    key = {k: v for k, v in _model_key(spec, config, device).items()  # what a no-grad pass depends on
+           if k not in ("gradient_checkpointing", "kl_beta", "dynamics", "ratio_norm", "grad_reweight", "delta")}
+    return _cached("sampling", {**key, "rows": latent_rows}, compute)
 
 
 def frozen_parameters(spec: PipelineSpec) -> dict[str, int]:

@@ -43,7 +43,8 @@ class MemTracker(_mt.MemTracker):
 
 def measured_update_peak(config: Any, backbone: Any) -> int:
     """Peak live tensor bytes (MemTracker, real CPU tensors) of one micro-batch of ``policy_update``
-    — a rollout of the config's ``group_size × prompts_per_epoch`` trajectories, one optimizer step.
+    — a rollout of the config's ``group_size × prompts_per_epoch`` trajectories, one optimizer step
+    of an AdamW whose moments already exist (as after a run's first step).
     The backbone must already carry its LoRA (``add_lora``)."""
     from grpo_guard.training.rollout import Rollout
     from grpo_guard.training.train_state import TrainerState
@@ -63,9 +64,13 @@ def measured_update_peak(config: Any, backbone: Any) -> int:
                  step_index=torch.arange(s).expand(n, s).clone(), final=torch.zeros(n, *shape))
     params = backbone.trainable_parameters()
     opt = torch.optim.AdamW(params, lr=1e-6, foreach=False)
+    for p in params:  # the steady state of a run: AdamW's moments exist from its first step on
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
     adv = torch.linspace(-1, 1, n)
     mt = MemTracker()
-    mt.track_external(backbone.transformer, x, ro.x_next, ro.mean, ro.final, *embeds.values())
+    mt.track_external(backbone.transformer, opt, x, ro.x_next, ro.mean, ro.final, *embeds.values())
     with mt:
         policy_update(backbone, opt, params, ro, adv, [torch.arange(min(n, c.train_batch_size))], c, None,
                       TrainerState(), grad_norm_v=True)

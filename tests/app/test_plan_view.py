@@ -9,13 +9,13 @@ from grpo_guard.config import RunConfig
 
 
 @pytest.mark.slow
-def test_the_form_plans_a_toy_run_in_a_subprocess(tmp_path, monkeypatch):
-    monkeypatch.setenv("GG_PLAN_CACHE", str(tmp_path / "cache"))
+def test_the_form_plans_a_toy_run_in_a_subprocess(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("GG_PLAN_CACHE", str(tmp_path_factory.getbasetemp() / "plan-cache"))  # shared by the session
     cfg = RunConfig.from_dict({"group_size": 4, "prompts_per_epoch": 2, "train_batch_size": 4, "num_steps": 4,
-                               "update_rows_per_forward": 12, "sample_batch_size": 8})
+                               "update_rows_per_forward": 6, "sample_batch_size": 8})
     plan, why = run_plan(cfg, "4090")
     assert why == "" and plan is not None
-    assert plan["fits"] is True and plan["gpu"] == "RTX 4090 24GB" and plan["rows_per_forward"] == 12
+    assert plan["fits"] is True and plan["gpu"] == "RTX 4090 24GB" and plan["rows_per_forward"] == 6
     html = plan_html(plan)
     assert 'data-fits="true"' in html and "Fits</b> the RTX 4090 24GB" in html and "GPU-hours" in html
     assert run_plan(cfg, "tpu")[0] is None

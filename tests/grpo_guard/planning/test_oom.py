@@ -14,14 +14,14 @@ from grpo_guard.training.recording import MemoryRecorder, NullControl
 
 
 @pytest.mark.slow
-def test_oom_in_the_update_ends_with_the_plan_and_the_run_resumes(tmp_path, monkeypatch):
-    monkeypatch.setenv("GG_PLAN_CACHE", str(tmp_path / "plans"))
+def test_oom_in_the_update_ends_with_the_plan_and_the_run_resumes(tmp_path, tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("GG_PLAN_CACHE", str(tmp_path_factory.getbasetemp() / "plan-cache"))  # shared by the session
     monkeypatch.setenv("GG_GPU_MEMORY_GIB", "1.5")
     torch.set_num_threads(1)
     cfg = RunConfig.from_dict({"group_size": 4, "prompts_per_epoch": 2, "train_batch_size": 4, "num_steps": 4,
                                "eval_num_steps": 2, "epochs": 2, "eval_every": 10, "checkpoint_every": 1,
                                "eval_seeds": [0], "eval_prompts": ["a red circle on a blue background"],
-                               "update_rows_per_forward": 24, "sample_batch_size": 8})
+                               "update_rows_per_forward": 6, "sample_batch_size": 8})
     real = trainer.policy_update
     calls: list[int] = []
 

@@ -15,12 +15,12 @@ from grpo_guard.planning.runtime import refusal, resolve_rows_per_forward
 from grpo_guard.planning.spec import PlanError, spec_for
 
 SMALL = {"group_size": 4, "prompts_per_epoch": 2, "train_batch_size": 4, "num_steps": 4, "eval_num_steps": 2,
-         "timestep_fraction": 0.99, "epochs": 2, "sample_batch_size": 8}
+         "timestep_fraction": 0.99, "epochs": 2, "sample_batch_size": 8, "update_rows_per_forward": 6}
 
 
 @pytest.fixture(autouse=True)
 def plan_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("GG_PLAN_CACHE", str(tmp_path_factory.getbasetemp() / "plan-cache"))
+    monkeypatch.setenv("GG_PLAN_CACHE", str(tmp_path_factory.getbasetemp() / "plan-cache"))  # shared by the session
     monkeypatch.delenv("GG_GPU_MEMORY_GIB", raising=False)
 
 
@@ -49,7 +49,7 @@ def test_estimate_is_within_10_percent_of_the_measured_cpu_peak(kind, tmp_path, 
     from grpo_guard.models import testing
 
     if kind == "toy":
-        cfg = RunConfig.from_dict({**SMALL, "backbone": "toy", "lora_rank": 0})
+        cfg = RunConfig.from_dict({**SMALL, "backbone": "toy", "lora_rank": 0, "update_rows_per_forward": "auto"})
     else:
         path = (testing.tiny_sd3_pipeline_dir if kind == "sd3" else testing.tiny_flux_pipeline_dir)(tmp_path)
         cfg = RunConfig.from_dict({**SMALL, "backbone": kind, "model": path, "lora_rank": 4, "resolution": 32,
@@ -71,28 +71,28 @@ def test_cli_plans_the_toy_and_refuses_a_tiny_gpu(tmp_path):
     from grpo_guard.cli import main
 
     path = tmp_path / "toy.yaml"
-    path.write_text("backbone: toy\nupdate_rows_per_forward: 16\n" + "".join(f"{k}: {v}\n" for k, v in SMALL.items()))
+    path.write_text("backbone: toy\n" + "".join(f"{k}: {v}\n" for k, v in SMALL.items()))
     r = CliRunner().invoke(main, ["plan", str(path), "--gpu", "4090"])
     assert r.exit_code == 0, r.output
-    assert "FITS" in r.output and "update rows per forward: 16" in r.output and "GPU-hours" in r.output
+    assert "FITS" in r.output and "update rows per forward: 6" in r.output and "GPU-hours" in r.output
     r = CliRunner().invoke(main, ["plan", str(path), "--gpu-memory", "0.5", "--json"])
     assert r.exit_code == 1, r.output
     data = json.loads(r.output)
-    assert data["fits"] is False and data["gpu_memory_gib"] == 0.5 and data["rows_per_forward"] == 16
+    assert data["fits"] is False and data["gpu_memory_gib"] == 0.5 and data["rows_per_forward"] == 6
     assert set(data["phases"]) == {"sampling", "rewards", "update"} and data["peak_gib"] > 0
     r = CliRunner().invoke(main, ["plan", str(path), "--set", "update_rows_per_forward=0"])
     assert r.exit_code == 2 and "update_rows_per_forward" in r.output
 
 
 def test_auto_takes_all_rows_without_a_gpu_and_fewer_on_a_small_one(monkeypatch):
-    cfg = RunConfig.from_dict(SMALL)
+    cfg = RunConfig.from_dict({**SMALL, "update_rows_per_forward": "auto"})
     assert resolve_rows_per_forward(cfg, "cpu")[0] is None
     assert refusal(cfg, "cpu") is None                                    # no GPU: nothing to refuse
     assert resolve_rows_per_forward(cfg.with_overrides({"update_rows_per_forward": 6}), "cpu")[0] == 6
     monkeypatch.setenv("GG_GPU_MEMORY_GIB", "1.03")                       # just above the 1 GiB margin
     rows, how = resolve_rows_per_forward(cfg, "cpu")
     assert rows is not None and 2 <= rows < 2 * 4 * 3 and "fit the 1.03 GiB GPU" in how
-    why = refusal(cfg.with_overrides({"update_rows_per_forward": 24}), "cpu")
+    why = refusal(cfg.with_overrides({"update_rows_per_forward": 6}), "cpu")
     assert why and "does not fit" in why and "1.03 GiB" in why and "update_rows_per_forward" in why
     assert gpus.env_gpu_memory() == 1.03
 
