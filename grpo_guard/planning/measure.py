@@ -149,7 +149,7 @@ def component_parameters(spec: PipelineSpec) -> dict[str, int]:
     return out
 
 
-def fake_backbone(spec: PipelineSpec, config: Any, transformer: torch.nn.Module, text_len: int):
+def fake_backbone(spec: PipelineSpec, config: Any, transformer: torch.nn.Module, text_len: int, device: str):
     """The real adapter class around ``transformer``, with only what ``velocity`` reads set: the
     unconditional embedding in its prompt cache, the autocast setting, FLUX's image ids."""
     from grpo_guard.models.flux import FluxBackbone
@@ -161,8 +161,7 @@ def fake_backbone(spec: PipelineSpec, config: Any, transformer: torch.nn.Module,
     bb.mixed_precision = config.mixed_precision
     bb.transformer = transformer
     tc = spec.transformer
-    edt = next(transformer.parameters()).dtype if config.lora_rank else weight_dtype(config.mixed_precision, "cuda")
-    edt = edt if config.mixed_precision != "no" else torch.float32
+    edt = weight_dtype(config.mixed_precision, device)  # the text encoders' dtype: their outputs'
     pe = torch.zeros(1, text_len, int(tc["joint_attention_dim"]), dtype=edt)
     pooled = torch.zeros(1, int(tc["pooled_projection_dim"]), dtype=edt)
     bb._cache = OrderedDict({"": (pe, pooled)})
@@ -217,7 +216,7 @@ def measure_update_chunk(spec: PipelineSpec, config: Any, latent_rows: int, *, d
         for p in trainable:
             p.grad = torch.zeros_like(p)
             tracker.add(p.grad, "gradients")
-        bb = fake_backbone(spec, config, model, text_len)
+        bb = fake_backbone(spec, config, model, text_len, device)
         for t in bb._cache[""]:
             tracker.add(t, "inputs")
         n = latent_rows
@@ -284,7 +283,7 @@ def measure_sampling_forward(spec: PipelineSpec, config: Any, latent_rows: int, 
         model.to_empty(device="cpu")
         tracker = LiveBytes()
         _add_module(tracker, model)  # views of a weight share its storage: counted once, as weights
-        bb = fake_backbone(spec, config, model, text_len)
+        bb = fake_backbone(spec, config, model, text_len, device)
         x = torch.zeros(latent_rows, *shape)
         sig = torch.full((latent_rows,), 0.9)
         pe, pooled = bb._cache[""]

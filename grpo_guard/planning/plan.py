@@ -32,7 +32,7 @@ MARGIN_FRACTION = 0.05
 MARGIN_BYTES = 1 * GIB
 DEFAULT_MFU = 0.30
 DECODE_BATCH = 32  # SD3Backbone.decode's batch
-CACHE_VERSION = 3
+CACHE_VERSION = 4
 
 
 def gib(n: float) -> float:
