@@ -60,8 +60,10 @@ def plan_html(plan: dict[str, Any] | None, error: str = "") -> str:
         f"<tr><td>{esc(ph)}</td><td>{parts['total']:.1f}</td><td>"
         + esc(", ".join(f"{k} {v:.1f}" for k, v in parts.items() if k != "total" and v >= 0.05)) + "</td></tr>"
         for ph, parts in plan["phases"].items())
-    time = (f'{plan["epoch_seconds"] / 60:.1f} min per epoch, {plan["gpu_hours"]:.1f} GPU-hours for '
-            f'{plan["epochs"]} epochs at MFU {plan["mfu"]:.0%}.')
+    sec = float(plan["epoch_seconds"])
+    per_epoch = f"{sec:.2g} s" if sec < 60 else f"{sec / 60:.1f} min"
+    time = (f'{per_epoch} per epoch, {plan["gpu_hours"]:.3g} GPU-hours for {plan["epochs"]} epochs at MFU '
+            f'{plan["mfu"]:.0%} (sampling and update).')
     return (f'<div class="{"gg-ok" if fits else "gg-error"}" id="gg-plan" data-fits="{str(fits).lower()}" '
             f'data-peak-gib="{plan["peak_gib"]}">{head}<table><tr><th>phase</th><th>GiB</th><th>parts (GiB)</th></tr>'
             f"{rows}</table>{time}</div>")

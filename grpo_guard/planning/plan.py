@@ -41,7 +41,7 @@ def gib(n: float) -> float:
 
 @dataclass
 class Plan:
-    architecture: str
+    architecture: str                # the shipped architecture's name, or the local directory's
     backbone: str
     gpu: str
     gpu_memory_gib: float
@@ -86,9 +86,10 @@ class Plan:
         lines += ["", f"peak {self.peak_gib:.1f} GiB in {self.peak_phase}, dominated by {self.dominant}; "
                       f"needs {self.needed_gib:.1f} GiB with the margin (5 % + 1 GiB): "
                       + ("FITS" if self.fits else "DOES NOT FIT"),
-                  f"FLOPs per epoch {self.flops_per_epoch:.3g} -> {self.epoch_seconds / 60:.1f} min per epoch at "
-                  f"MFU {self.mfu:.0%} of {self.peak_tflops:g} TFLOP/s; {self.epochs} epochs = "
-                  f"{self.gpu_hours:.1f} GPU-hours ({self.num_gpus} GPU{'s' if self.num_gpus > 1 else ''})"]
+                  f"FLOPs per epoch {self.flops_per_epoch:.3g} -> "
+                  + (f"{self.epoch_seconds:.2g} s" if self.epoch_seconds < 60 else f"{self.epoch_seconds / 60:.1f} min")
+                  + f" per epoch at MFU {self.mfu:.0%} of {self.peak_tflops:g} TFLOP/s; {self.epochs} epochs = "
+                  f"{self.gpu_hours:.3g} GPU-hours ({self.num_gpus} GPU{'s' if self.num_gpus > 1 else ''})"]
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -255,7 +256,7 @@ def _plan_at(config: Any, spec: PipelineSpec, gpu: GpuSpec, device: str, latent_
     if resident > gpu.memory_gib * GIB:
         notes.append("the resident weights alone exceed this GPU; put reward models on the CPU "
                      "(reward_options NAME.device: cpu), use fp16 rewards, or use a larger GPU")
-    return Plan(architecture=spec.name if os.sep not in spec.name else os.path.basename(spec.name.rstrip(os.sep)),
+    return Plan(architecture=_arch_label(spec.name),
                 backbone=config.backbone, gpu=gpu.label, gpu_memory_gib=gpu.memory_gib,
                 rows_per_forward=latent_rows * branches, rows_per_micro_batch=per_mb * branches,
                 rows_requested=requested, phases=phases, peak_gib=round(gib(peak), 2), peak_phase=peak_phase,
@@ -263,6 +264,15 @@ def _plan_at(config: Any, spec: PipelineSpec, gpu: GpuSpec, device: str, latent_
                 mfu=mfu, peak_tflops=gpu.bf16_tflops, epoch_seconds=epoch_s,
                 gpu_hours=epoch_s * config.epochs * config.num_gpus / 3600, epochs=config.epochs,
                 num_gpus=config.num_gpus, notes=notes, phase_bytes=phases_b)
+
+
+def _arch_label(name: str) -> str:
+    if os.sep not in name:
+        return name
+    from grpo_guard.toyworld import BASE_MODEL_DIR
+
+    same = os.path.realpath(name) == os.path.realpath(str(BASE_MODEL_DIR))
+    return "the toy base model" if same else os.path.basename(name.rstrip(os.sep))
 
 
 def auto_rows(config: Any, gpu: GpuSpec, *, device: str = "cuda", spec: PipelineSpec | None = None) -> int:

@@ -28,5 +28,5 @@ def test_plan_html_says_what_does_not_fit():
             "epoch_seconds": 600.0, "gpu_hours": 80.0, "epochs": 480, "mfu": 0.3}
     html = plan_html(plan)
     assert 'data-fits="false"' in html and "Does not fit</b> the A100 40GB" in html and "52.0 GiB" in html
-    assert "activations 30.0" in html and "80.0 GPU-hours" in html
+    assert "activations 30.0" in html and "80 GPU-hours" in html and "10.0 min per epoch" in html
     assert "No plan" in plan_html(None, "no architecture is known for model 'x'")
