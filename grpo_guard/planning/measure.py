@@ -266,7 +266,7 @@ def measure_update_chunk(spec: PipelineSpec, config: Any, latent_rows: int, *, d
                     "trainable": sum(p.numel() * p.element_size() for p in trainable),
                     "trainable_numel": sum(p.numel() for p in trainable)}
         measure = PassMeasure(transient=tracker.peak - before, flops=int(flops.get_total_flops()),
-                              by_label={k: v - (0 if k != "activations" else 0) for k, v in tracker.at_peak.items()})
+                              by_label=dict(tracker.at_peak))
     return measure, resident
 
 
