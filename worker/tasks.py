@@ -256,6 +256,7 @@ def execute_run(run_id: int, *, task_id: str | None = None) -> str:
         config = _load_config(run_id)
         resume_from = _resume_point(run_id, claim.attempt, recorder)
         result = None
+        _refuse_if_it_cannot_fit(config, gpu)  # before any weights load
         if config.num_gpus > 1:
             status = _run_data_parallel(run_id, claim, config, resume_from)
             if status == "lease-lost":
@@ -299,6 +300,16 @@ def execute_run(run_id: int, *, task_id: str | None = None) -> str:
         raise
     finally:
         _running.clear()
+
+
+def _refuse_if_it_cannot_fit(config: Any, gpu: str | None) -> None:
+    """RunSetupError, one sentence with the figures, when the run's memory plan does not fit this
+    worker's GPU (``GG_GPU_MEMORY_GIB``, else the detected device; a CPU worker has none to fit)."""
+    from grpo_guard.planning.runtime import refusal
+
+    why = refusal(config, "cuda" if gpu else None)
+    if why:
+        raise RunSetupError(why)
 
 
 def owned_gpus() -> list[str]:

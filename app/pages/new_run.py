@@ -11,6 +11,7 @@ from typing import Any
 import gradio as gr
 
 from app.common import esc, parse_int, split_tags
+from app.plan_view import GPU_CHOICES, plan_html, run_plan
 from app.run_form import (
     AUTO,
     EMA_FIELDS,
@@ -172,6 +173,11 @@ with gr.Blocks(title="New run") as page:
     with gr.Row():
         submit = gr.Button("Validate & enqueue", variant="primary", elem_id="submit-run", scale=3)
         check = gr.Button("Validate only", elem_id="validate-run", scale=1)
+    with gr.Row(equal_height=True):
+        plan_gpu = gr.Dropdown(choices=GPU_CHOICES, value="h100", label="Plan GPU memory for", scale=2,
+                               elem_id="plan-gpu")
+        plan_btn = gr.Button("Plan memory", elem_id="plan-run", scale=1)
+    plan_out = gr.HTML("", elem_id="plan-result")
 
     # -- handlers --
     def _fill(data: dict[str, Any], explicit: set[str] | None = None) -> list[Any]:
@@ -217,6 +223,15 @@ with gr.Blocks(title="New run") as page:
                 *_error_updates({}))
 
     check.click(on_validate, widgets, [banner, *errors_md, *sections], api_visibility="private")
+
+    def on_plan(gpu: str, *values):
+        cfg, _, errors = validate(list(values))
+        if cfg is None:
+            return plan_html(None, "the form has errors: validate it first"), *_error_updates(errors)
+        plan, why = run_plan(cfg, gpu or "h100")
+        return plan_html(plan, why), *_error_updates({})
+
+    plan_btn.click(on_plan, [plan_gpu, *widgets], [plan_out, *errors_md, *sections], api_visibility="private")
 
     def on_submit(name: str, tags: str, notes: str, pair: bool, parent: int | None, *values):
         cfg, data, errors = validate(list(values))

@@ -30,6 +30,8 @@ LAZY_COMMANDS: dict[str, LazyCommand] = {
                           "Export a run's checkpoint as a diffusers LoRA or pipeline with a model card."),
     "train": LazyCommand("grpo_guard.cli.train:train_cmd",
                          "Train CONFIG.yaml in the foreground (progress bar, Ctrl-C stops cleanly)."),
+    "plan": LazyCommand("grpo_guard.cli.plan:plan_cmd",
+                        "Plan GPU memory per phase, fit, FLOPs and GPU-hours of CONFIG.yaml before launch."),
     "sample": LazyCommand("grpo_guard.cli.train:sample_cmd", "Write one image from a base model or a checkpoint."),
     "rewards": LazyCommand("grpo_guard.rewards.cli:rewards_group",
                            "List the rewards a run can name (built in, plugins, reward servers)."),

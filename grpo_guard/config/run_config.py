@@ -20,7 +20,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from grpo_guard.config import paths, safe_yaml
 from grpo_guard.config.errors import ConfigError, ErrorBundle, format_errors
@@ -116,6 +116,10 @@ class RunConfig(BaseModel):
     inner_epochs: int = _f(1, "Passes over each epoch's samples.", "policy", ge=1, le=100)
     train_batch_size: int = _f(16, "Samples per micro-batch in the policy update.", "policy", ge=1, le=100000)
     gradient_accumulation_steps: int = _f(1, "Micro-batches per optimizer step (each covers all trained denoising steps).", "policy", ge=1, le=100000)
+    update_rows_per_forward: int | Literal["auto"] = _f(
+        "auto", "Rows — (trajectory, trained step, CFG branch) — per forward and backward of the policy update; "
+                "gradients accumulate over the chunks, so the update is the same (a memory knob). 'auto': the largest "
+                "number whose planned peak fits the worker's GPU (`grpo-guard plan`); all rows on a CPU.", "policy")
     learning_rate: float | None = _f(None, "AdamW learning rate (Flow-GRPO 3e-4, Guard 1e-4, FLUX Guard 2e-4).", "policy", gt=0, le=1.0)
     adam_beta1: float = _f(0.9, "AdamW β1.", "policy", ge=0, lt=1)
     adam_beta2: float = _f(0.999, "AdamW β2.", "policy", ge=0, lt=1)
@@ -171,6 +175,13 @@ class RunConfig(BaseModel):
         if errors:
             raise ValueError(ErrorBundle(errors))
         return data
+
+    @field_validator("update_rows_per_forward", mode="before")
+    @classmethod
+    def _rows_per_forward(cls, v: Any) -> Any:
+        if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 1_000_000):
+            return v
+        raise ValueError(f"must be 'auto' or a whole number from 1 to 1000000, got {safe_yaml.preview(v)}")
 
     @model_validator(mode="after")
     def _fill_and_check(self) -> RunConfig:

@@ -46,6 +46,7 @@ import torch
 
 from grpo_guard import metrics as M
 from grpo_guard.config import RunConfig
+from grpo_guard.planning.runtime import GpuOutOfMemory, out_of_memory_message, resolve_rows_per_forward
 from grpo_guard.policy import group_advantages, zero_variance_mask
 from grpo_guard.training import distributed as ddp
 from grpo_guard.training.checkpoint import ARCHITECTURE_KEYS, Checkpoint, load_checkpoint
@@ -134,6 +135,11 @@ def train(config: RunConfig, recorder: Recorder, control: Control, *, resume_fro
     run = _build_run(c, recorder, rank, world, device, backbone, rewards)
     run.should_stop = (lambda: interrupt_requested(control)) if world == 1 else None
 
+    # 2b. Rows per forward of the update: the config's number, or `auto`'s pick for this GPU.
+    rows_per_forward, how = resolve_rows_per_forward(c, run.backbone.device)
+    if run.is_main:
+        recorder.log_line(how)
+
     # 3. Trainer state (all of it goes into checkpoints): fresh with the base model's eval, or resumed
     #    (a run interrupted before the eval its last epoch owed does that eval first).
     state, start, last_path = _start_state(run, ckpt)
@@ -169,6 +175,8 @@ def train(config: RunConfig, recorder: Recorder, control: Control, *, resume_fro
             samples = _sample(run, epoch)
         except Interrupted:  # nothing of this epoch is applied or recorded yet
             return TrainResult("cancelled", epoch - 1, stop_for_interrupt(run, state, epoch - 1) or last_path)
+        except torch.OutOfMemoryError as e:
+            raise _out_of_memory(run, "sampling", epoch) from e
         t_sample = time.perf_counter()
 
         # 4c. Score with the proxy rewards, gathered over the ranks.
@@ -187,8 +195,10 @@ def train(config: RunConfig, recorder: Recorder, control: Control, *, resume_fro
         try:
             upd = policy_update(run.backbone, run.optimizer, run.params, samples.rollout,
                                 adv.mine.to(run.backbone.device), adv.batches, c, run.ema, state,
-                                grad_sync=ddp.all_reduce_grads if world > 1 else None,
+                                grad_sync=ddp.all_reduce_grads if world > 1 else None, rows_per_forward=rows_per_forward,
                                 should_abort=(lambda: _interrupted(run, control)) if snapshot else None)
+        except torch.OutOfMemoryError as e:
+            raise _out_of_memory(run, "policy update", epoch) from e
         except Interrupted:
             snapshot.restore(run.params, run.optimizer, run.ema, state)
             return TrainResult("cancelled", epoch - 1, stop_for_interrupt(run, state, epoch - 1) or last_path)
@@ -229,6 +239,14 @@ def train(config: RunConfig, recorder: Recorder, control: Control, *, resume_fro
     recorder.log_line(f"finished {c.epochs} epochs")
     recorder.flush()
     return TrainResult("succeeded", c.epochs, last_path)
+
+
+def _out_of_memory(run: TrainRun, phase: str, epoch: int) -> GpuOutOfMemory:
+    """The OOM as one message with the plan's figures and a setting that fits (the run ends failed and
+    resumes from its last checkpoint)."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return GpuOutOfMemory(out_of_memory_message(run.config, phase, epoch, run.backbone.device))
 
 
 # ---- set-up ----------------------------------------------------------------------------------------
