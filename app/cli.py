@@ -5,7 +5,6 @@ Registered lazily in ``grpo_guard.cli.LAZY_COMMANDS`` so ``grpo-guard --help`` s
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import signal
@@ -66,33 +65,41 @@ def embedded_plan(cores: int | None = None, *, workers: int | None = None, gpu: 
     return [max(1, base + (1 if i < extra else 0)) for i in range(n)]
 
 
-def _start_embedded_workers(threads: list[int]) -> list[subprocess.Popen]:
+def _start_embedded_workers(threads: list[int], log_file: Any = None) -> list[subprocess.Popen]:
     """One worker process per entry of ``threads`` on the default device, sharing this
     process's environment (data dir, database, the embedded filesystem broker); each one's
     torch (and BLAS) uses its own share of the cores, and each imports the trainer before the
-    first run arrives (``worker.tasks.preload_trainer``)."""
-    from worker.cli import spawn_worker
+    first run arrives (``worker.tasks.preload_trainer``). Celery's own output (banner, warnings)
+    goes to ``log_file`` (None: this terminal)."""
+    from worker.cli import spawn_worker, supervised_popen
 
+    out = {} if log_file is None else {"stdout": log_file, "stderr": subprocess.STDOUT}
     procs = []
     for i, n in enumerate(threads):
         env = {**os.environ, **dict.fromkeys(THREAD_VARS, str(n)), "GG_WORKER_PRELOAD": "1"}
-        procs.append(spawn_worker(None, loglevel="warning", name=f"embedded{i + 1}@%h", env=env))
+        procs.append(spawn_worker(None, loglevel="warning", name=f"embedded{i + 1}@%h", env=env,
+                                  **supervised_popen(), **out))
     return procs
 
 
-def _stop(procs: list[subprocess.Popen], timeout: float = 20.0) -> None:
-    """Warm-stop every worker at once (each trainer checkpoints in parallel), then wait."""
-    live = [p for p in procs if p.poll() is None]
-    for p in live:
-        with contextlib.suppress(OSError):
-            p.send_signal(signal.SIGTERM)  # Celery warm shutdown: the trainer checkpoints first
-    for p in live:
-        try:
-            p.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                p.wait(timeout=5)
+def _stop(procs: list[subprocess.Popen], timeout: float = 60.0) -> None:
+    """Wait for the workers' warm stop (each trainer checkpoints in parallel), then force it."""
+    from worker.cli import stop_workers
+
+    stop_workers(procs, timeout)
+
+
+def _interrupted_summary() -> str | None:
+    """The runs a shutdown left interrupted, as "#3 at step 12/30, ...", or None."""
+    from grpo_guard.store import queries
+
+    try:
+        rows = queries.list_runs(status="interrupted", limit=50)
+    except Exception:  # the store itself may be what is failing; the shutdown goes on
+        return None
+    if not rows:
+        return None
+    return ", ".join(f"#{r.id} at step {r.step}/{r.total}" for r in rows)
 
 
 @click.command("serve")
@@ -125,21 +132,49 @@ def serve_cmd(host: str, port: int, with_worker: bool | None, n_workers: int | N
     except AuthConfigError as e:
         raise click.ClickException(str(e)) from None
 
-    from grpo_guard.store.db import StoreError
+    from grpo_guard.store.db import StoreError, data_dir
 
     if with_worker is None:
         with_worker = not os.environ.get("GG_BROKER_URL", "").strip()
     procs: list[subprocess.Popen] = []
+    log_file = None
+    stopping: list[int] = []
+
+    def stop_now(sig: int) -> None:
+        """On the first Ctrl-C / SIGTERM, at once (not after the web server has wound down): every
+        worker checkpoints its run; on the next, they stop cold."""
+        from worker.cli import signal_workers
+
+        stopping.append(sig)
+        if procs and len(stopping) == 1:
+            click.echo("stopping: running runs checkpoint and end interrupted (Ctrl-C again to stop at once)",
+                       err=True)
+        signal_workers(procs, signal.SIGTERM if len(stopping) == 1 else signal.SIGQUIT)
+
     try:
+        import uvicorn
+
         from app.main import create_app
 
         app = create_app(host=host, port=port)
         if with_worker:
             threads = embedded_plan(workers=n_workers)
-            procs = _start_embedded_workers(threads)
+            if log_level != "debug":  # Celery's banners and warnings: the log, not this terminal
+                log_dir = os.path.join(data_dir(), "logs")
+                os.makedirs(log_dir, exist_ok=True)
+                log_file = open(os.path.join(log_dir, "workers.log"), "ab")  # noqa: SIM115 (closed below)
+            waiting = _interrupted_summary()
+            procs = _start_embedded_workers(threads, log_file)
             click.echo(f"{len(procs)} embedded worker(s), torch threads {'+'.join(map(str, threads))} "
-                       f"(stop with Ctrl-C; --no-worker to skip)", err=True)
-        import uvicorn
+                       f"(stop with Ctrl-C; --no-worker to skip)"
+                       + (f"; their log: {log_file.name}" if log_file else ""), err=True)
+            if waiting:
+                click.echo(f"resuming the runs a shutdown interrupted: {waiting}", err=True)
+
+        class Server(uvicorn.Server):
+            def handle_exit(self, sig: int, frame: Any) -> None:
+                stop_now(sig)
+                super().handle_exit(sig, frame)
 
         click.echo(f"GRPO-Guard Studio on http://{host}:{port}/", err=True)
 
@@ -147,11 +182,23 @@ def serve_cmd(host: str, port: int, with_worker: bool | None, n_workers: int | N
             raise KeyboardInterrupt
 
         signal.signal(signal.SIGTERM, _term)
-        uvicorn.run(app, host=host, port=port, log_level=log_level)
+        # open browser tabs hold streaming connections: wait for them briefly, not forever
+        Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=2)).run()
     except (AuthConfigError, StoreError) as e:
         raise click.ClickException(str(e)) from None
     except KeyboardInterrupt:
         pass
     finally:
-        _stop(procs)
+        if procs:
+            for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C escalates, never aborts the wait
+                signal.signal(sig, lambda signum, _frame: stop_now(signum))
+            if not stopping:
+                stop_now(signal.SIGTERM)
+            _stop(procs)
+            summary = _interrupted_summary()
+            if summary:
+                click.echo(f"interrupted, with a checkpoint: {summary}; they resume when `grpo-guard serve` "
+                           "or a worker starts again", err=True)
+        if log_file is not None:
+            log_file.close()
     sys.exit(0)

@@ -17,9 +17,10 @@ STATUS_COLORS = {
     "succeeded": ("#047857", "#d1fae5"),
     "failed": ("#b91c1c", "#fee2e2"),
     "cancelled": ("#6b7280", "#f3f4f6"),
+    "interrupted": ("#7c3aed", "#ede9fe"),  # a worker shut down; resumes with the next one
     "lost": ("#b91c1c", "#fee2e2"),
 }
-STATUS_CHOICES = ("queued", "running", "stopping", "succeeded", "failed", "cancelled")
+STATUS_CHOICES = ("queued", "running", "stopping", "succeeded", "failed", "cancelled", "interrupted")
 
 
 def queries():
@@ -118,7 +119,7 @@ def split_tags(text: str | Iterable[str] | None) -> list[str]:
 
 
 # ---- actions shared by pages --------------------------------------------------------------
-STOP_OUTCOMES = {"cancelled": "was queued and is now cancelled",
+STOP_OUTCOMES = {"cancelled": "was queued or interrupted and is now cancelled (it will not resume by itself)",
                  "stopping": "will checkpoint and stop within a step"}
 
 
@@ -148,3 +149,19 @@ def run_onset(run_id: int, latest_eval_step: int | None) -> int | None:
             _ONSET_CACHE.clear()
         _ONSET_CACHE[key] = onset_of_run(series)
     return _ONSET_CACHE[key]
+
+
+# ---- the EMA: when eval still samples the base model ------------------------------------------
+def ema_notice(config: dict[str, Any], evaluated_step: int | None = None) -> str | None:
+    """RunConfig.ema_notice for a stored config dict (None when it cannot be read)."""
+    from grpo_guard.config import ConfigError, RunConfig
+
+    try:
+        return RunConfig.from_dict(config).ema_notice(evaluated_step)
+    except (ConfigError, ValueError, TypeError):
+        return None
+
+
+def ema_notice_html(config: dict[str, Any], evaluated_step: int | None = None, *, prefix: str = "") -> str:
+    note = ema_notice(config, evaluated_step)
+    return f'<div class="gg-warn gg-ema-note">{esc(prefix)}{esc(note)}</div>' if note else ""

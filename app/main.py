@@ -1,5 +1,6 @@
-"""The app: mounts the five pages on one Gradio Blocks, puts it on FastAPI with ``/health``,
-sets up auth, and serves the artifact root for images and checkpoints.
+"""The app: mounts the pages on one Gradio Blocks, puts it on FastAPI with ``/health`` and the
+blind judging page ``/judge`` (``app.judge_routes``, behind the same login), sets up auth, and
+serves the artifact root for images and checkpoints.
 
 Imports ``grpo_guard.config``, ``grpo_guard.store`` and ``worker.celery_app`` only (never
 torch, diffusers, ``grpo_guard.models``, the trainer or the worker's tasks), so it starts in
@@ -152,11 +153,11 @@ def check_bind(host: str, creds: list[tuple[str, str]]) -> None:
 
 # ---- the Blocks ----------------------------------------------------------------------------
 def build_demo() -> gr.Blocks:
-    """The five pages as routes of one Blocks: Runs (/), New run, Run, Compare, Experiments."""
-    from app.pages import compare, experiments, new_run, run_detail, runs
+    """The pages as routes of one Blocks: Runs (/), New run, Run, Compare, Experiments, Judge (/judgments)."""
+    from app.pages import compare, experiments, judge, new_run, run_detail, runs
 
     routes = (("New run", "/new", new_run.page), ("Run", "/run", run_detail.page), ("Compare", "/compare", compare.page),
-              ("Experiments", "/experiments", experiments.page))
+              ("Experiments", "/experiments", experiments.page), ("Judge", "/judgments", judge.page))
     # One Navbar per page: it names the main page "Runs" on every route.
     with gr.Blocks(title="GRPO-Guard Studio", fill_width=True) as demo:
         gr.Navbar(main_page_name="Runs")
@@ -205,6 +206,9 @@ def create_app(*, host: str = "127.0.0.1", port: int = 7860, env: Mapping[str, s
                                 status_code=503)
         return JSONResponse({"status": "ok", "version": __version__})
 
+    from app import judge_routes
+
+    judge_routes.install(app)  # /judge: plain HTML beside Gradio (blinding), before the mount at '/'
     demo = build_demo()
     with warnings.catch_warnings():  # Gradio warns that multipage apps have no SSR; we never use SSR
         warnings.filterwarnings("ignore", message="SSR mode is not supported")

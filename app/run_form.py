@@ -186,6 +186,22 @@ def collect(values: list[Any]) -> tuple[dict[str, Any], dict[str, str]]:
     return data, errors
 
 
+def rewards_markdown() -> str:
+    """The registered rewards as a Markdown table (the list ``grpo-guard rewards list`` prints:
+    built in, plugins, declared reward servers) and any plugin or server that was skipped."""
+    from grpo_guard.rewards import PROBLEMS, reward_rows
+
+    def cell(text: str) -> str:
+        return str(text).replace("|", "/").replace("\n", " ")
+
+    lines = ["| reward | kind | backbones | options | from |", "|---|---|---|---|---|"]
+    for r in reward_rows():
+        opts = ", ".join(f"{k}: {t}" for k, t in r["options"].items()) or "—"
+        lines.append(f"| `{r['name']}` | `{r['kind']}` | {',&nbsp;'.join(r['backbones'])} | {cell(opts)} | {cell(r['source'])} |")
+    lines += [f"\n⚠ {cell(p)}" for p in PROBLEMS]
+    return "\n".join(lines)
+
+
 def field_of(error_key: str) -> str:
     """'rewards.toy_fg_share' -> 'rewards', 'eval_seeds.0' -> 'eval_seeds'; '' stays general."""
     head = error_key.split(".", 1)[0]
@@ -244,6 +260,28 @@ def ab_info(values: list[Any]) -> str:
     listed = "; ".join(f"{k} {_brief(va)} vs {_brief(vb)}" for k, (va, vb) in diffs.items())
     return (f"{name_a} vs {name_b}, same seeds and every field you set; they differ in {len(diffs)} "
             f"field{'s' if len(diffs) != 1 else ''}, each algorithm's own defaults: {listed}.")
+
+
+EMA_FIELDS = ("ema", "ema_every", "epochs", "group_size", "prompts_per_epoch", "train_batch_size",
+              "gradient_accumulation_steps", "inner_epochs", "num_gpus")
+
+
+def ema_info(values: list[Any]) -> str:
+    """The ema_every field's hint for these form values: after which epoch the EMA, which every
+    eval samples, first moves (RunConfig.first_ema_epoch), and a warning when it never does."""
+    base = "Update the EMA every N optimizer steps."
+    data, _ = collect(values)
+    try:
+        cfg = RunConfig.from_dict({k: v for k, v in data.items() if k in EMA_FIELDS})
+    except (ConfigError, ValueError, TypeError):
+        return base
+    first = cfg.first_ema_epoch()
+    if first is None:
+        return base + " The EMA is off: eval samples the trained weights."
+    hint = (f"{base} Here: {cfg.optimizer_steps_per_epoch()} optimizer step(s) per epoch, so the EMA (what every "
+            f"eval samples) first moves after epoch {first}.")
+    return hint + (f" ⚠ That is beyond epochs={cfg.epochs}: every eval would sample the base model."
+                   if first > cfg.epochs else "")
 
 
 def _brief(value: Any) -> str:

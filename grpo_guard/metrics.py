@@ -32,7 +32,9 @@ EVAL_PROXY = "eval/proxy"
 EVAL_GOLD = "eval/gold"
 EVAL_GOLD_REL = "eval/gold_rel"
 EVAL_REWARD = "eval/{name}"
-EVAL_DETAIL = "eval/{name}/{detail}"  # a reward's breakdown (rewards.details): GenEval strict, per family
+EVAL_DETAIL = "eval/{name}/{detail}"  # a reward's breakdown (rewards.details): GenEval overall, per family
+GENEVAL_OVERALL = "eval/geneval/overall"      # GenEval's Overall: mean of the six family accuracies
+GENEVAL_IMAGE_MEAN = "eval/geneval/image_mean"  # share of images GenEval judges correct
 ALARM_ONSET = "alarm/hacking_onset"
 TIME_EVAL = "time/eval"
 
@@ -44,6 +46,8 @@ REWARD_TOTAL_STD = "reward/total/std"
 REWARD_GROUP_STD = "reward/group_std/mean"
 REWARD_MEAN_SHORT = "reward/mean"
 REWARD_STD_SHORT = "reward/std"
+REWARD_LATENCY = "reward/{name}/latency"     # reward servers only (grpo_guard.rewards.remote)
+REWARD_FAILURES = "reward/{name}/failures"
 ZERO_STD_RATIO = "zero_std_ratio"
 ACTUAL_BATCH_SIZE = "actual_batch_size"
 ADV_ABS_MEAN = "adv_abs_mean"
@@ -114,8 +118,12 @@ CATALOGUE: tuple[Metric, ...] = (
            (PROXY_GOLD_CHART,)),
     Metric(EVAL_GOLD_REL, "eval/gold divided by its step-0 (base model) value", "ratio"),
     Metric(EVAL_REWARD, "one proxy reward or gold evaluator, mean over the eval set", "score", (PROXY_GOLD_CHART,)),
-    Metric(EVAL_DETAIL, "a breakdown a reward reports at eval (GenEval: strict accuracy, accuracy per task "
-           "family), mean over the eval images it applies to", "score", (PROXY_GOLD_CHART,)),
+    Metric(GENEVAL_OVERALL, "GenEval's Overall (the paper's figure): the mean of the task families' strict "
+           "accuracies on the eval set", "fraction", (PROXY_GOLD_CHART,)),
+    Metric(GENEVAL_IMAGE_MEAN, "share of the eval images GenEval judges correct (a mean over images, not "
+           "GenEval's Overall)", "fraction", (PROXY_GOLD_CHART,)),
+    Metric(EVAL_DETAIL, "a breakdown a reward reports at eval (GenEval: accuracy per task family), mean over "
+           "the eval images it applies to", "score", (PROXY_GOLD_CHART,)),
     Metric(ALARM_ONSET, "first eval step where gold falls while the proxy rises (§10), logged once", "step",
            (PROXY_GOLD_CHART,)),
     Metric(TIME_EVAL, "wall-clock time of one evaluation", "s"),
@@ -128,6 +136,10 @@ CATALOGUE: tuple[Metric, ...] = (
     Metric(REWARD_MEAN_SHORT, "short name of reward/total/mean some recorders write; read when that is absent",
            "reward", (REWARDS_CHART,)),
     Metric(REWARD_STD_SHORT, "short name of reward/total/std, read with reward/mean", "reward", (REWARDS_CHART,)),
+    Metric(REWARD_LATENCY, "a reward server's mean round-trip time per request since the last step (the epoch's "
+           "scoring and its eval); remote rewards only", "s"),
+    Metric(REWARD_FAILURES, "a reward server's failed attempts since the last step (timeouts, 5xx, bad answers, "
+           "retried); remote rewards only", "attempts"),
     Metric(ZERO_STD_RATIO, "share of groups whose rewards are all equal (zero advantage)", _FRAC, (REWARDS_CHART,)),
     Metric(ACTUAL_BATCH_SIZE, "samples with a non-zero advantage (kept for the update)", "samples"),
     Metric(ADV_ABS_MEAN, "mean |advantage| over the epoch's samples", "advantage", (REWARDS_CHART,)),

@@ -275,7 +275,8 @@ def test_tuning_knobs_pass_through_alike_on_every_machine(compose_bin, tmp_path,
     """Knobs listed without a value reach the containers only when .env sets them, so the code's
     defaults hold otherwise; app and workers (central and remote) must agree on them."""
     def passthrough(svc: dict) -> set[str]:  # reward weights: test_documented_reward_weights_...
-        return {k for k, v in svc["environment"].items() if v is None and not k.startswith("GG_REWARD_")}
+        return {k for k, v in svc["environment"].items()
+                if v is None and (not k.startswith("GG_REWARD_") or k.startswith("GG_REWARD_SERVER"))}
 
     knobs = passthrough(stack["worker"])
     assert "GG_QUEUE" in knobs and knobs == passthrough(stack["app"])
@@ -329,7 +330,8 @@ def test_env_example_documents_every_variable_the_code_reads():
 
 
 def test_documented_reward_weights_reach_the_workers(stack, remote_worker):
-    documented = {n for n in _documented() if n.startswith("GG_REWARD_")}
+    # weights only: GG_REWARD_SERVERS is read by the app too, GG_REWARD_SERVER_TOKEN by `reward-server`
+    documented = {n for n in _documented() if n.startswith("GG_REWARD_") and not n.startswith("GG_REWARD_SERVER")}
     assert documented, "no GG_REWARD_* variables documented in .env.example"
     for name, svc in (("worker", stack["worker"]), ("remote worker", remote_worker)):
         assert documented <= set(svc["environment"]), f"{name}: {sorted(documented - set(svc['environment']))}"
@@ -488,3 +490,12 @@ def test_the_image_build_sees_the_examples_the_presets_link_to(kind):
     copy_at = next(i for i, (ins, args) in enumerate(steps) if ins == "COPY" and args.split()[:1] == ["examples"])
     wheel_at = next(i for i, (ins, args) in enumerate(steps) if ins == "RUN" and "pip wheel" in args)
     assert copy_at < wheel_at, f"{kind}: examples/ is copied after the wheel is built"
+
+
+def test_prompt_folders_reach_the_app_as_well_as_the_worker(compose_bin, tmp_path):
+    """The app validates `prompts: file:/models/prompts/p.txt` (New-run form, `submit` in its
+    container) against GG_PROMPTS_DIR as the worker does: both get it from .env, and /models."""
+    services = _model(compose_bin, [COMPOSE], _env_file(tmp_path, GG_PROMPTS_DIR="/models/prompts"))["services"]
+    for name in ("app", "worker"):
+        assert services[name]["environment"]["GG_PROMPTS_DIR"] == "/models/prompts", name
+        assert any(v["target"] == "/models" and v.get("read_only") for v in services[name]["volumes"]), name

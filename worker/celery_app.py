@@ -33,6 +33,7 @@ from celery import Celery
 from grpo_guard.store.db import data_dir
 
 TASK_NAME = "worker.tasks.train_run"
+EVAL_TASK_NAME = "worker.tasks.evaluate_model"
 DEFAULT_QUEUE = "runs"
 DEFAULT_VISIBILITY_TIMEOUT = 7 * 24 * 3600
 
@@ -133,6 +134,12 @@ def enqueue_run(run_id: int, *, num_gpus: int | None = None) -> str:
     result = get_app().send_task(TASK_NAME, args=[int(run_id)], queue=run_queue(gpus))
     mark_enqueued(int(run_id), result.id)
     return result.id
+
+
+def enqueue_evaluation(evaluation_id: int) -> str:
+    """Send ``worker.tasks.evaluate_model(evaluation_id)`` by name to the one-GPU runs queue (the
+    evaluation's row is committed, ``queued``); returns the task id."""
+    return get_app().send_task(EVAL_TASK_NAME, args=[int(evaluation_id)], queue=run_queue(1)).id
 
 
 def _num_gpus(run_id: int) -> int:

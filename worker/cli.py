@@ -8,6 +8,7 @@ sweeps and deletes runs. Nothing here imports torch.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -82,11 +83,57 @@ def spawn_worker(gpu: str | None = None, *, queue: str | None = None, loglevel: 
     """Start one worker process (also used by ``grpo-guard serve`` and the tests)."""
     from grpo_guard.training.cpu import training_env
 
-    child_env = training_env(os.environ if env is None else env)  # OpenMP/malloc defaults before its torch
+    child_env = training_env(os.environ if env is None else env)  # OpenMP defaults before its torch
+    child_env["GG_SUPERVISED"] = "1"  # worker.tasks.exit_without_pool_finalizers
     if gpu is not None:  # "0+1": this worker owns GPUs 0 and 1 (multi-GPU runs launch on both)
         child_env["CUDA_VISIBLE_DEVICES"] = str(gpu).replace("+", ",")
         child_env["GG_WORKER_GPU"] = str(gpu).replace("+", ",")
     return subprocess.Popen(worker_command(gpu, queue=queue, loglevel=loglevel, name=name), env=child_env, **popen)
+
+
+def supervised_popen() -> dict[str, Any]:
+    """Popen options for workers that a ``grpo-guard`` process supervises: their own session, so
+    a Ctrl-C in the terminal reaches only the supervisor, which then sends each worker exactly one
+    SIGTERM (Celery's warm shutdown; the terminal's SIGINT plus a forwarded one made a second,
+    cold shutdown that killed the run after Celery's soft-shutdown wait); and, on Linux, a
+    SIGTERM of their own should the supervisor die without stopping them."""
+    opts: dict[str, Any] = {"start_new_session": True}
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved before the fork
+        opts["preexec_fn"] = lambda: prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    return opts
+
+
+def signal_workers(procs: Sequence[subprocess.Popen], sig: int) -> None:
+    for p in procs:
+        if p.poll() is None:
+            with contextlib.suppress(OSError):
+                p.send_signal(sig)
+
+
+def stop_workers(procs: Sequence[subprocess.Popen], timeout: float = 60.0) -> list[int]:
+    """Warm-stop every worker at once (each running trainer checkpoints and ends its run
+    ``interrupted``), wait up to ``timeout`` s, then cold-stop (SIGQUIT) and finally kill what is
+    left, whole process groups. Returns the exit codes."""
+    signal_workers(procs, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for sig, wait in ((None, None), (signal.SIGQUIT, 10.0), (signal.SIGKILL, 5.0)):
+        if sig is not None:
+            for p in procs:
+                if p.poll() is None:
+                    with contextlib.suppress(OSError):
+                        os.killpg(p.pid, sig) if sig == signal.SIGKILL else p.send_signal(sig)
+            deadline = time.monotonic() + wait
+        for p in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(timeout=max(0.0, deadline - time.monotonic()))
+        if all(p.poll() is not None for p in procs):
+            break
+    return [p.returncode if p.returncode is not None else -9 for p in procs]
 
 
 @click.command("worker")
@@ -109,12 +156,16 @@ def worker_cmd(gpus: str | None, queue: str | None, loglevel: str, name: str | N
         raise click.BadParameter("--name works with a single worker", param_hint="--name")
     click.echo(f"store {db.redact(db.database_url())}; broker {db.redact(broker_url())}; "
                f"{len(targets)} worker(s): " + ", ".join(f"GPU {g}" if g else "default device" for g in targets), err=True)
-    procs = [spawn_worker(g, queue=queue, loglevel=loglevel, name=name) for g in targets]
+    procs = [spawn_worker(g, queue=queue, loglevel=loglevel, name=name, **supervised_popen()) for g in targets]
+    signals = []
 
     def forward(signum: int, _frame: Any) -> None:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signum)
+        # the first Ctrl-C / SIGTERM: a warm stop (runs checkpoint, end `interrupted`); the next: cold
+        signals.append(signum)
+        if len(signals) == 1:
+            click.echo("stopping: running runs checkpoint and end interrupted (they resume when a worker "
+                       "starts); Ctrl-C again to stop at once", err=True)
+        signal_workers(procs, signal.SIGTERM if len(signals) == 1 else signal.SIGQUIT)
 
     signal.signal(signal.SIGINT, forward)
     signal.signal(signal.SIGTERM, forward)
@@ -263,9 +314,20 @@ def runs_show(run_id: int, as_json: bool) -> None:
         d["checkpoints"] = [c.to_dict() for c in queries.checkpoints(run_id)]
         _dump(d)
         return
-    click.echo(f"run {row.id}: {row.name}\n  status     {row.status} (attempt {row.attempt})")
+    click.echo(f"run {row.id}: {row.name}\n  status     {row.status} (attempt {row.attempt})"
+               + (": a worker shut down; it resumes from its checkpoint when a worker starts"
+                  if row.status == "interrupted" else ""))
     click.echo(f"  progress   step {row.step}/{row.total}; last stored step {row.last_step}")
     click.echo(f"  eval       proxy {_fmt(row.last_proxy)}, gold {_fmt(row.last_gold)} at step {row.last_eval_step}")
+    if not row.config_error:
+        from grpo_guard.config import ConfigError, RunConfig
+
+        try:
+            note = RunConfig.from_dict(row.config).ema_notice(row.last_eval_step)
+        except (ConfigError, ValueError, TypeError):
+            note = None
+        if note:
+            click.echo(f"  note       {note}")
     if row.worker_host:
         click.echo(f"  worker     {row.worker_host}" + (f" GPU {row.worker_gpu}" if row.worker_gpu else "")
                    + f"; heartbeat {row.heartbeat_at}")
@@ -314,7 +376,7 @@ def runs_stop(run_id: int, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @_store_errors
 def runs_resume(run_id: int, wait: bool, timeout: float | None, as_json: bool) -> None:
-    """Queue a failed or cancelled run again; it continues from its last checkpoint."""
+    """Queue a failed, cancelled or interrupted run again; it continues from its last checkpoint."""
     from grpo_guard.store import queries
     from worker.submit import resume
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from grpo_guard.config import RunConfig
 from grpo_guard.experiments.config import ExperimentConfig
+from grpo_guard.store.entities import RESUMABLE_STATUSES
 from worker.submit import Submitted, enqueue, run_names, submit_runs
 
 
@@ -75,13 +76,13 @@ def stop_experiment(experiment_id: int) -> dict[int, str]:
 
 
 def resume_experiment(experiment_id: int) -> Submitted:
-    """Queue every failed or cancelled run of the experiment again (each continues from its last
-    checkpoint) and send their tasks; runs that are active or succeeded are left alone."""
+    """Queue every failed, cancelled or interrupted run of the experiment again (each continues from
+    its last checkpoint) and send their tasks; runs that are active or succeeded are left alone."""
     from grpo_guard.store import queries
 
     ids, warnings = [], []
     for m in queries.experiment_runs(experiment_id):
-        if m.run.status in ("failed", "cancelled"):
+        if m.run.status in RESUMABLE_STATUSES:
             ids.append(queries.resume_run(m.run.id))
     for rid in ids:  # enqueue once every row is queued again
         if (w := enqueue(rid)) is not None:

@@ -8,6 +8,10 @@ history stays continuous) or fails them with a message saying how to resume. A r
 heartbeat, so of several sweepers exactly one acts, and the old worker, should it still be alive,
 is fenced off (its next write raises ``LeaseLostError`` and it stops).
 
+Runs left ``interrupted`` by a worker that was shut down (Ctrl-C, SIGTERM: it checkpointed them on
+the way out) are requeued by the first sweep that sees them, with no stale wait: at the next
+worker's start, or by any worker still running.
+
 The sweep also re-sends queued runs whose message may have been lost (a broker restarted without
 persistence) once they have waited GG_RESEND_QUEUED_AFTER seconds; a duplicate is harmless
 because a task only starts a run it can claim.
@@ -39,7 +43,7 @@ log = logging.getLogger("worker.recovery")
 @dataclass(frozen=True)
 class SweepAction:
     run_id: int
-    action: str  # requeued | failed | cancelled | resent
+    action: str  # resumed | requeued | failed | cancelled | resent
     message: str
 
 
@@ -63,6 +67,14 @@ def sweep(*, stale_after: float | None = None, on_lost: str | None = None, max_a
         from worker.celery_app import enqueue_run as enqueue
 
     done: list[SweepAction] = []
+    for run_id in lifecycle.interrupted_runs():
+        if lifecycle.requeue_interrupted(run_id):  # of several sweepers, one wins
+            ckpt = lifecycle.latest_checkpoint(run_id)
+            where = f"the checkpoint of step {ckpt[0]}" if ckpt else "the start"
+            msg = f"interrupted by a worker shutdown; requeued, resuming from {where}"
+            log.warning("run %s: %s", run_id, msg)
+            done.append(SweepAction(run_id, "resumed", msg))
+            _send(enqueue, run_id)
     for lost in lifecycle.find_stale(stale):
         seen = lost.heartbeat_at.isoformat(timespec="seconds") if lost.heartbeat_at else "never"
         who = f"worker {lost.worker_host or '?'} stopped heartbeating (last heartbeat {seen}, over {stale:g}s ago)"

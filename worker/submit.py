@@ -93,11 +93,12 @@ def submit_runs(runs: Sequence[tuple[str, RunConfig]], *, name: str = "", tags: 
         ids.append(rid)
     # Enqueue only once every row exists: a worker may start the first run at once.
     warnings = [w for rid, (_, config) in zip(ids, runs, strict=True) if (w := enqueue(rid, config.num_gpus))]
+    warnings += list(dict.fromkeys(w for _, config in runs if (w := config.prompt_overlap_warning())))
     return Submitted(tuple(ids), tuple(warnings), link)
 
 
 def resume(run_id: int) -> Submitted:
-    """Queue a failed or cancelled run again (it continues from its last checkpoint) and send
+    """Queue a failed, cancelled or interrupted run again (it continues from its last checkpoint) and send
     its task. StoreError when the run cannot be resumed, RunNotFoundError when there is none."""
     from grpo_guard.store import queries
 
@@ -114,3 +115,21 @@ def clone(run_id: int, overrides: Mapping[str, Any] | None = None) -> Submitted:
     new_id = queries.clone_run(run_id, overrides)
     warning = enqueue(new_id)
     return Submitted((new_id,), (warning,) if warning else ())
+
+
+def submit_evaluation(request: Any) -> Submitted:
+    """Store a queued evaluation of ``request`` (a checked
+    :class:`grpo_guard.evaluation.request.EvalRequest`) and send it to a worker; the Run page's
+    Evaluate… button and ``grpo-guard eval --submit`` both come here. A broker that cannot be
+    reached leaves the row queued and returns a warning."""
+    from grpo_guard.store import evaluations as store
+    from worker.celery_app import enqueue_evaluation
+
+    eid = store.create_evaluation(request.benchmark.name, request.model,
+                                  {**request.protocol(), "_request": request.to_json()})
+    try:
+        enqueue_evaluation(eid)
+    except Exception as e:  # noqa: BLE001 - kombu raises many kinds; the row stays queued
+        return Submitted((eid,), (f"evaluation {eid} is queued but could not be sent to a worker "
+                                  f"({type(e).__name__}: {e})",))
+    return Submitted((eid,))

@@ -10,6 +10,13 @@ runs the trainer with the store-backed Recorder and Control, and ends the attemp
 ``succeeded``, ``cancelled`` or ``failed`` (message and traceback stored). A worker that lost
 its lease (a sweep declared it dead) stops without touching the row.
 
+Shutdown (Ctrl-C or SIGTERM on ``grpo-guard serve`` / ``worker``, or on the Celery worker itself):
+the worker's main process starts Celery's warm shutdown and sends SIGINT to its pool children
+(``worker_shutting_down`` below). In the child running a run, SIGINT or SIGTERM only set a flag
+that the trainer checks between the stages of an epoch (``grpo_guard.training.interrupt``): it
+checkpoints at once and the run ends ``interrupted``, which the next worker's sweep requeues at
+once. A second SIGTERM, or either signal in an idle child, acts as before (exit).
+
 Which trainer runs: ``TRAIN_FN`` if a test set it, else ``GG_TRAINER=module:function`` if an
 operator set it, else ``grpo_guard.training.trainer.train``.
 
@@ -22,6 +29,7 @@ files. A worker with too few GPUs fails the run with a message saying how to sta
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import logging
@@ -29,6 +37,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -37,7 +46,7 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import shared_task
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_shutdown, worker_shutting_down
 
 from grpo_guard.quiet import silence_library_noise
 from grpo_guard.store import lifecycle
@@ -46,7 +55,7 @@ from grpo_guard.store.db import StoreUnavailableError
 from grpo_guard.store.lifecycle import LeaseLostError
 from grpo_guard.store.recorder import StoreControl, StoreRecorder
 from worker import recovery  # noqa: F401  (connects the worker_ready sweep)
-from worker.celery_app import TASK_NAME
+from worker.celery_app import EVAL_TASK_NAME, TASK_NAME
 
 silence_library_noise()  # this process is started by celery, not by the grpo-guard CLI
 
@@ -98,8 +107,101 @@ def preload_trainer(**_: Any) -> None:
     global _preload
     if os.environ.get("GG_WORKER_PRELOAD") != "1" or os.environ.get("GG_TRAINER", "").strip():
         return
+    if _main_shutting_down:  # a replacement child forked during shutdown: it will never run a run
+        return
     _preload = threading.Thread(target=_import_preload, name="gg-preload", daemon=True)
     _preload.start()
+
+
+# ---- shutdown: checkpoint and hand the run back ------------------------------------------------
+_interrupt = threading.Event()  # this process is being shut down
+_running = threading.Event()    # a run is in progress in this process
+_launched: subprocess.Popen | None = None  # the accelerate launcher of a multi-GPU run, if any
+_main_shutting_down = False  # set in the main process at shutdown; children forked after inherit it
+
+
+def _on_shutdown_signal(signum: int, _frame: Any) -> None:
+    """In a pool child: the first SIGINT/SIGTERM during a run asks the trainer to checkpoint and
+    stop; a second SIGTERM, or one while idle, ends the process as the default would."""
+    if not _running.is_set() or (signum == signal.SIGTERM and _interrupt.is_set()):
+        if signum == signal.SIGINT:
+            return  # Celery's children ignore SIGINT; an idle child has nothing to save
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
+    if not _interrupt.is_set():
+        log.warning("shutdown requested: the run checkpoints and stops as soon as its state allows")
+    _interrupt.set()
+    if _launched is not None:  # the ranks stop together on their own SIGTERM path
+        with contextlib.suppress(OSError):
+            os.killpg(_launched.pid, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def _shutdown_handlers() -> Any:
+    """SIGINT/SIGTERM handlers for the duration of a run (installed here, in the task, because
+    billiard resets both after ``worker_process_init``); only in a main thread (not in the test
+    thread-pool worker)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, _on_shutdown_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@worker_shutting_down.connect
+def interrupt_children(**_: Any) -> None:
+    """In the worker's main process, on a warm or cold shutdown: tell every pool child (the one
+    running a run checkpoints and stops; idle ones ignore it). Celery's prefork children ignore
+    SIGINT by default and do not get the main process's SIGTERM, so without this a run would
+    only learn of the shutdown when it is killed."""
+    from billiard.process import active_children
+
+    global _main_shutting_down
+    _main_shutting_down = True
+    for child in active_children():
+        with contextlib.suppress(OSError, AttributeError, TypeError):
+            os.kill(child.pid, signal.SIGINT)
+
+
+@worker_shutdown.connect
+def exit_without_pool_finalizers(**_: Any) -> None:
+    """A worker process started by ``grpo-guard`` (GG_SUPERVISED=1) leaves at once when Celery has
+    finished its shutdown: billiard's exit-time pool finalizer was seen to block forever on the
+    queue lock of a child that had ended after a run (the trainer had long recorded the run)."""
+    if os.environ.get("GG_SUPERVISED") != "1":
+        return
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(0)
+
+
+class ShutdownAwareControl:
+    """The run's ``StoreControl`` plus ``interrupted()``: this process is being shut down (a local
+    flag, no database read). ``user_stop`` remembers whether the user asked for the stop too."""
+
+    def __init__(self, inner: StoreControl) -> None:
+        self.inner = inner
+        self.user_stop = False
+
+    def stop_requested(self) -> bool:
+        self.user_stop = self.inner.stop_requested()
+        return self.user_stop or _interrupt.is_set()
+
+    def interrupted(self) -> bool:
+        return _interrupt.is_set()
+
+    def take_sample_now(self) -> bool:
+        return self.inner.take_sample_now()
+
+    def take_save_now(self) -> bool:
+        return self.inner.take_save_now()
 
 
 def resolve_train_fn() -> Callable[..., Any]:
@@ -119,8 +221,18 @@ def resolve_train_fn() -> Callable[..., Any]:
 @shared_task(name=TASK_NAME, bind=True, ignore_result=True, acks_late=True)
 def train_run(self: Any, run_id: int) -> str:
     """Run ``run_id`` to its end. Returns what happened: succeeded | cancelled | failed |
-    skipped (not queued) | lease-lost."""
-    return execute_run(int(run_id), task_id=getattr(self.request, "id", None))
+    interrupted (the worker is shutting down) | skipped (not queued) | lease-lost."""
+    with _shutdown_handlers():
+        return execute_run(int(run_id), task_id=getattr(self.request, "id", None))
+
+
+@shared_task(name=EVAL_TASK_NAME, bind=True, ignore_result=True, acks_late=True)
+def evaluate_model(self: Any, evaluation_id: int) -> str:
+    """Run a queued benchmark evaluation (``grpo-guard eval --submit``, the Run page's Evaluate…).
+    Returns succeeded | failed | skipped (not queued); a failure's reason is on its row."""
+    from grpo_guard.evaluation.runner import execute_queued
+
+    return execute_queued(int(evaluation_id), device=os.environ.get("GG_EVAL_DEVICE") or None)
 
 
 def execute_run(run_id: int, *, task_id: str | None = None) -> str:
@@ -137,11 +249,14 @@ def execute_run(run_id: int, *, task_id: str | None = None) -> str:
     recorder = StoreRecorder(run_id, lease=claim.lease, attempt=claim.attempt,
                              flush_interval=_env_float("GG_FLUSH_SECONDS", 0.5),
                              heartbeat_interval=_env_float("GG_HEARTBEAT_SECONDS", 5.0))
-    control = StoreControl(run_id, lease=claim.lease)
+    control = ShutdownAwareControl(StoreControl(run_id, lease=claim.lease))
+    _running.set()
     try:
         # 2. The stored config, 3. the resume point, 4. the trainer.
         config = _load_config(run_id)
         resume_from = _resume_point(run_id, claim.attempt, recorder)
+        result = None
+        _refuse_if_it_cannot_fit(config, gpu)  # before any weights load
         if config.num_gpus > 1:
             status = _run_data_parallel(run_id, claim, config, resume_from)
             if status == "lease-lost":
@@ -153,6 +268,12 @@ def execute_run(run_id: int, *, task_id: str | None = None) -> str:
         if status not in ("succeeded", "cancelled"):
             raise RuntimeError(f"the trainer returned status {status!r}; expected 'succeeded' or 'cancelled'")
         recorder.close()
+        if status == "cancelled" and _interrupt.is_set() and not control.user_stop:
+            # a shutdown, not the user's stop: hand the run back for the next worker
+            if not lifecycle.interrupt_run(run_id, claim.lease, step=getattr(result, "step", None)):
+                log.warning("run %s: lease lost before the interrupt could be recorded", run_id)
+            log.warning("run %s: interrupted (checkpointed); it resumes when a worker starts", run_id)
+            return "interrupted"
         _finish(run_id, claim.lease, status)
         return status
     except LeaseLostError as e:
@@ -177,6 +298,18 @@ def execute_run(run_id: int, *, task_id: str | None = None) -> str:
         except BaseException:
             pass  # the stale-heartbeat sweep will recover it
         raise
+    finally:
+        _running.clear()
+
+
+def _refuse_if_it_cannot_fit(config: Any, gpu: str | None) -> None:
+    """RunSetupError, one sentence with the figures, when the run's memory plan does not fit this
+    worker's GPU (``GG_GPU_MEMORY_GIB``, else the detected device; a CPU worker has none to fit)."""
+    from grpo_guard.planning.runtime import refusal
+
+    why = refusal(config, "cuda" if gpu else None)
+    if why:
+        raise RunSetupError(why)
 
 
 def owned_gpus() -> list[str]:
@@ -215,7 +348,7 @@ def _run_data_parallel(run_id: int, claim: Any, config: Any, resume_from: str | 
         log.info("run %s: launching %d ranks: %s", run_id, config.num_gpus, " ".join(cmd))
         from grpo_guard.training.cpu import training_env
 
-        env = training_env()  # the ranks' OpenMP/malloc defaults (the user's own settings kept)
+        env = training_env()  # the ranks' OpenMP defaults (the user's own settings kept)
         rc = (LAUNCH_FN or _launch)(cmd, env)
         results = {}
         for rank in range(config.num_gpus):
@@ -239,7 +372,9 @@ def _run_data_parallel(run_id: int, claim: Any, config: Any, resume_from: str | 
 def _launch(cmd: list[str], env: dict[str, str]) -> int:
     """Run the launcher in its own process group; if this worker is being shut down, pass the
     signal on to the whole group (launcher and ranks) and wait for it."""
+    global _launched
     proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    _launched = proc
     try:
         return proc.wait()
     except BaseException:
@@ -249,11 +384,13 @@ def _launch(cmd: list[str], env: dict[str, str]) -> int:
         except Exception:
             proc.kill()
         raise
+    finally:
+        _launched = None
 
 
 def _describe(e: BaseException) -> str:
     text = str(e).strip()
-    if isinstance(e, RunSetupError) or not text:
+    if isinstance(e, RunSetupError) or getattr(e, "plain_message", False) or not text:
         return text or type(e).__name__
     return f"{type(e).__name__}: {text}"
 

@@ -85,14 +85,16 @@ def gold_keys(keys: Sequence[str], gold_names: Sequence[str] | None = None, *, p
     """The individual gold evaluator keys (``eval/<name>``) among ``keys``. With ``gold_names``
     (the run config's ``gold``) exactly those; otherwise every ``eval/<name>`` except the proxy
     total, the gold mean and its relative form (proxy components then count as gold too). Then,
-    either way, the evaluators' breakdowns ``eval/<name>/<key>`` (GenEval's ``eval/geneval/strict``
-    and per-family accuracies), which are held-out accuracies whether or not ``name`` is a proxy."""
+    either way, the evaluators' breakdowns ``eval/<name>/<key>`` (GenEval's ``eval/geneval/overall``
+    first, then its image mean and per-family accuracies), which are held-out accuracies whether or not ``name`` is a proxy."""
     if gold_names is not None:
         out = [M.EVAL_REWARD.format(name=g) for g in gold_names if M.EVAL_REWARD.format(name=g) in keys]
     else:
         out = sorted(k for k in keys if (rest := M.name_in(M.EVAL_REWARD, k)) is not None
                      and k not in (proxy_key, gold_key) and not _is_total(rest))
-    return out + sorted(k for k in keys if (rest := M.name_in(M.EVAL_DETAIL, k)) is not None and not _is_total(rest))
+    details = sorted(k for k in keys if (rest := M.name_in(M.EVAL_DETAIL, k)) is not None and not _is_total(rest))
+    # GenEval's Overall (the paper's figure) leads its breakdown
+    return out + sorted(details, key=lambda k: k != M.GENEVAL_OVERALL)
 
 
 def _is_total(name: str) -> bool:

@@ -13,6 +13,9 @@ import gradio as gr
 
 from app import figures as F
 from app.common import esc, fmt_float, parse_ids, parse_int, queries
+from app.pages import evaluation_tables
+from app.pages.judge import compare_hook  # human gold (issue #22): Judge link and human series
+from grpo_guard import metrics as M
 
 MAX_GRID_ROWS = 12
 OVERLAY_DEFAULTS = ("eval/proxy", "eval/gold")
@@ -180,6 +183,9 @@ with gr.Blocks(title="Compare") as page:
     with gr.Row(equal_height=True):
         runs_pick = gr.Dropdown(choices=[], value=[], multiselect=True, label="Runs", scale=4, elem_id="compare-runs")
         refresh = gr.Button("Refresh", scale=0, min_width=110, elem_id="compare-refresh")
+        judge_btn = gr.Button("Judge", link="judgments", scale=0, min_width=100, elem_id="compare-judge")  # issue #22
+        live = gr.Checkbox(value=True, label="Live", scale=0, min_width=90, elem_id="compare-live")
+    timer = gr.Timer(2.0)
     step = gr.Slider(0, 1, value=0, step=1, label="Step (shared by every image panel; snaps to each run's eval steps)",
                      elem_id="compare-step")
     with gr.Row(equal_height=True):
@@ -207,9 +213,11 @@ with gr.Blocks(title="Compare") as page:
     with gr.Row():
         fig_proxy = gr.Plot(show_label=False, elem_id="compare-proxy")
         fig_gold = gr.Plot(show_label=False, elem_id="compare-gold")
+        fig_human = gr.Plot(show_label=False, elem_id="compare-human")  # human gold (app/pages/judge.py)
     with gr.Row():
         fig_metric = gr.Plot(show_label=False, elem_id="compare-metric-plot")
         fig_gp = gr.Plot(show_label=False, elem_id="compare-gold-vs-proxy")
+    evaluation_tables.compare_box(runs_pick)
     gr.Markdown("### Config")
     only_diff = gr.Checkbox(value=True, label="Differences only")
     cfg_table = gr.Dataframe(value=[], interactive=False, elem_id="compare-config", wrap=True)
@@ -228,7 +236,9 @@ with gr.Blocks(title="Compare") as page:
     want_step = gr.State(None)
 
     # -- selection changed: ranges, choices, metrics, config --
-    def on_runs(ids, wanted, norm, diff):
+    def on_runs(ids, wanted, norm, diff, keep=None):
+        """``keep``: the current prompt, seed, grid run, A, B and metric, kept where still offered (a
+        live redraw must not undo the user's choices)."""
         ids = [int(i) for i in ids or []]
         q = queries()
         labels = _labels(q, ids)
@@ -242,16 +252,32 @@ with gr.Blocks(title="Compare") as page:
         run_choices = [(labels[i], i) for i in labels]
         first = next(iter(labels), None)
         second = list(labels)[1] if len(labels) > 1 else first
-        key = next((k for k in F.REWARD_MEAN_KEYS if k in keys), keys[0] if keys else None)
-        figs = metric_panel(list(labels), key, norm)
+        # a GenEval run is compared on GenEval's Overall (the paper's figure) first
+        key = next((k for k in (M.GENEVAL_OVERALL, *F.REWARD_MEAN_KEYS) if k in keys), keys[0] if keys else None)
+        picks = [prompts[0] if prompts else None, seeds[0] if seeds else None, first, first, second, key]
+        offered = [prompts, seeds, list(labels), list(labels), list(labels), keys]
+        for n, (current, allowed) in enumerate(zip(keep or [None] * 6, offered, strict=True)):
+            value = parse_int(current) if n in (1, 2, 3, 4) else current
+            if value is not None and value in allowed:
+                picks[n] = value
+        figs = metric_panel(list(labels), picks[5], norm)
         return (gr.Slider(minimum=all_steps[0] if all_steps else 0, maximum=max(hi, 1), value=chosen or 0),
-                gr.Dropdown(choices=[(display_prompt(p), p) for p in prompts], value=prompts[0] if prompts else None),
-                gr.Dropdown(choices=seeds, value=seeds[0] if seeds else None),
-                gr.Dropdown(choices=run_choices, value=first), gr.Dropdown(choices=run_choices, value=first),
-                gr.Dropdown(choices=run_choices, value=second), gr.Dropdown(choices=keys, value=key),
-                *figs, config_table(list(labels), diff))
+                gr.Dropdown(choices=[(display_prompt(p), p) for p in prompts], value=picks[0]),
+                gr.Dropdown(choices=seeds, value=picks[1]),
+                gr.Dropdown(choices=run_choices, value=picks[2]), gr.Dropdown(choices=run_choices, value=picks[3]),
+                gr.Dropdown(choices=run_choices, value=picks[4]), gr.Dropdown(choices=keys, value=picks[5]),
+                *figs, config_table(list(labels), diff), all_steps[-1] if all_steps else None)
 
-    runs_outputs = [step, prompt, seed, grid_run, a_run, b_run, metric, fig_proxy, fig_gold, fig_metric, fig_gp, cfg_table]
+    latest = gr.State(None)  # the newest eval step of the selection at the last redraw
+
+    def on_live(ids, st, last, norm, diff, *keep):
+        """New rows arrived: redraw, following the newest eval step unless the slider was moved back."""
+        st = parse_int(st)
+        wanted = None if last is None or st is None or st >= last else st
+        return on_runs(ids, wanted, norm, diff, keep=keep)
+
+    runs_outputs = [step, prompt, seed, grid_run, a_run, b_run, metric, fig_proxy, fig_gold, fig_metric, fig_gp, cfg_table,
+                    latest]
 
     # -- image panels, all driven by the shared step --
     def images(ids, st, p, sd, g_run, a_r, b_r):
@@ -325,6 +351,23 @@ with gr.Blocks(title="Compare") as page:
     refresh.click(on_runs, [runs_pick, step, normalize, only_diff], runs_outputs, api_visibility="private").then(
         images, image_inputs, image_outputs, api_visibility="private").then(
         wipe_images, wipe_inputs, [wipe, wipe_info], api_visibility="private")
+    # -- live: a 2 s check of the selection's newest stored step (one primary-key read per run); the
+    #    page redraws only when it moved, so it fills in by itself as a run's first points arrive --
+    seen = gr.State(None)
+
+    def poll(ids, prev):
+        ids = [int(i) for i in ids or []]
+        cur = sorted(queries().max_steps(ids).items()) if ids else None
+        return gr.skip() if cur == prev else cur
+
+    timer.tick(poll, [runs_pick, seen], seen, api_visibility="private", show_progress="hidden",
+               concurrency_limit=None, trigger_mode="always_last")
+    seen.change(on_live, [runs_pick, step, latest, normalize, only_diff, prompt, seed, grid_run, a_run, b_run, metric],
+                runs_outputs, api_visibility="private", show_progress="hidden", trigger_mode="always_last").then(
+        images, image_inputs, image_outputs, api_visibility="private", show_progress="hidden").then(
+        wipe_images, wipe_inputs, [wipe, wipe_info], api_visibility="private", show_progress="hidden")
+    live.change(lambda on: gr.Timer(active=bool(on)), live, timer, api_visibility="private")
+
     for comp in (step, prompt, seed, grid_run):
         comp.input(images, image_inputs, image_outputs, api_visibility="private",
                    trigger_mode="always_last", show_progress="hidden").then(
@@ -342,6 +385,8 @@ with gr.Blocks(title="Compare") as page:
 
     def on_metric(ids, key, norm):
         return metric_panel([int(i) for i in ids or []], key, norm)
+
+    runs_pick.change(compare_hook, runs_pick, [judge_btn, fig_human], api_visibility="private")
 
     metric.input(on_metric, [runs_pick, metric, normalize], [fig_proxy, fig_gold, fig_metric, fig_gp],
                  api_visibility="private")

@@ -11,8 +11,10 @@ from typing import Any
 import gradio as gr
 
 from app.common import esc, parse_int, split_tags
+from app.plan_view import GPU_CHOICES, plan_html, run_plan
 from app.run_form import (
     AUTO,
+    EMA_FIELDS,
     FIELDS,
     PRESETS,
     FormField,
@@ -21,13 +23,16 @@ from app.run_form import (
     after_submit_url,
     config_yaml,
     derived_hints,
+    ema_info,
     form_values,
     load_preset,
     read_uploaded_yaml,
+    rewards_markdown,
     to_form_value,
     validate,
 )
 from grpo_guard.config import RunConfig
+from grpo_guard.store.db import StoreError
 from worker.experiment import submit_pair
 from worker.submit import submit_runs
 
@@ -157,6 +162,10 @@ with gr.Blocks(title="New run") as page:
                                                          elem_classes=["gg-field-error"]))
                             widgets.append(w)
                             by_name[f.name] = w
+            if group == "rewards":  # what `rewards`, `gold` and `reward_options` may name
+                with gr.Accordion("Registered rewards (built in, plugins, reward servers)", open=False,
+                                  elem_id="reward-list"):
+                    gr.Markdown(rewards_markdown(), elem_id="reward-list-table")
     assert [w.elem_id for w in widgets] == [f"f-{f.name}" for f in FIELDS], "widgets must follow FIELDS order"
 
     banner = gr.HTML("", elem_id="submit-result")
@@ -164,6 +173,11 @@ with gr.Blocks(title="New run") as page:
     with gr.Row():
         submit = gr.Button("Validate & enqueue", variant="primary", elem_id="submit-run", scale=3)
         check = gr.Button("Validate only", elem_id="validate-run", scale=1)
+    with gr.Row(equal_height=True):
+        plan_gpu = gr.Dropdown(choices=GPU_CHOICES, value="h100", label="Plan GPU memory for", scale=2,
+                               elem_id="plan-gpu")
+        plan_btn = gr.Button("Plan memory", elem_id="plan-run", scale=1)
+    plan_out = gr.HTML("", elem_id="plan-result")
 
     # -- handlers --
     def _fill(data: dict[str, Any], explicit: set[str] | None = None) -> list[Any]:
@@ -210,6 +224,15 @@ with gr.Blocks(title="New run") as page:
 
     check.click(on_validate, widgets, [banner, *errors_md, *sections], api_visibility="private")
 
+    def on_plan(gpu: str, *values):
+        cfg, _, errors = validate(list(values))
+        if cfg is None:
+            return plan_html(None, "the form has errors: validate it first"), *_error_updates(errors)
+        plan, why = run_plan(cfg, gpu or "h100")
+        return plan_html(plan, why), *_error_updates({})
+
+    plan_btn.click(on_plan, [plan_gpu, *widgets], [plan_out, *errors_md, *sections], api_visibility="private")
+
     def on_submit(name: str, tags: str, notes: str, pair: bool, parent: int | None, *values):
         cfg, data, errors = validate(list(values))
         if cfg is not None and pair:
@@ -221,7 +244,7 @@ with gr.Blocks(title="New run") as page:
         try:
             send = submit_pair if pair else submit_runs  # an A/B pair is a 2-arm, 1-seed experiment
             done = send(configs, name=name or "", tags=split_tags(tags), notes=notes or "", parent_id=parent)
-        except (ValueError, LookupError) as e:
+        except (ValueError, LookupError, StoreError) as e:  # StoreError: e.g. the database's disk is full
             return _errors_html({"": str(e)}), "", *_error_updates({})
         # a warning (broker down: queued, not sent) is worth reading here before leaving the page
         url = "" if done.warnings else after_submit_url(list(done.ids))
@@ -257,6 +280,14 @@ with gr.Blocks(title="New run") as page:
     def on_ab_info(*values):
         return gr.Checkbox(info=ab_info(list(values)))
 
+    def on_ema_info(*values):  # after which epoch the EMA (what eval samples) first moves
+        return gr.Number(info=ema_info(list(values)))
+
+    page.load(on_ema_info, widgets, by_name["ema_every"], api_visibility="private", show_progress="hidden")
+    for name in EMA_FIELDS:
+        by_name[name].change(on_ema_info, widgets, by_name["ema_every"], api_visibility="private",
+                             show_progress="hidden", trigger_mode="always_last")
+
     auto_widgets = [by_name[f.name] for f in FIELDS if f.auto]
     for src in (by_name["algorithm"], by_name["backbone"]):
         src.change(on_hints, [by_name["algorithm"], by_name["backbone"]], auto_widgets, api_visibility="private",
@@ -265,7 +296,8 @@ with gr.Blocks(title="New run") as page:
                    trigger_mode="always_last")
     # a preset may set a field the arms would otherwise differ in (learning_rate, kl_beta) without
     # changing the algorithm, so the list is redrawn after it too
-    preset_filled.then(on_ab_info, widgets, ab, api_visibility="private", show_progress="hidden")
+    preset_filled.then(on_ab_info, widgets, ab, api_visibility="private", show_progress="hidden").then(
+        on_ema_info, widgets, by_name["ema_every"], api_visibility="private", show_progress="hidden")
 
     def on_load(request: gr.Request):
         params = dict(request.query_params) if request else {}

@@ -22,6 +22,7 @@ from app import figures as F
 from app import run_cache
 from app.common import (
     alarm_badge,
+    ema_notice_html,
     esc,
     fmt_duration,
     fmt_float,
@@ -33,6 +34,7 @@ from app.common import (
     status_badge,
     stop_run,
 )
+from app.pages import run_evaluations, run_export
 from grpo_guard import metrics as M
 from grpo_guard.experiments.report import run_verdict
 from grpo_guard.store.entities import ACTIVE_STATUSES
@@ -141,7 +143,7 @@ def header_html(run: Any, summary: Any | None, onset: int | None,
             f"{progress_html(run.step, run.total, run.status, eta)}"
             f"<div class=\"gg-run-sub\">latest eval (step {run.last_eval_step if run.last_eval_step is not None else '—'}): "
             f"proxy <b>{fmt_float(run.last_proxy)}</b> · gold <b>{fmt_float(run.last_gold)}</b></div>"
-            f"{_verdict_html(verdict)}{err}</div>")
+            f"{_verdict_html(verdict)}{ema_notice_html(run.config, run.last_eval_step)}{err}</div>")
 
 
 def _verdict_html(verdict: Any | None) -> str:
@@ -162,12 +164,34 @@ def worker_text(run: Any) -> str:
 
 
 def controls(status: str) -> tuple[Any, Any, Any]:
-    """Stop, Sample now and Save now: usable only while the run can still act on them."""
+    """Stop, Sample now and Save now: usable only while the run can still act on them (Stop also on an
+    interrupted run: it is then cancelled and does not resume by itself)."""
     on = status in ACTIVE_STATUSES
-    return gr.Button(interactive=on), gr.Button(interactive=on), gr.Button(interactive=on)
+    return gr.Button(interactive=on or status == "interrupted"), gr.Button(interactive=on), gr.Button(interactive=on)
 
 
-def status_markdown(run: Any) -> str:
+def reward_server_rows(series: dict[str, tuple[list[int], list[float]]]) -> list[tuple[str, str]]:
+    """One Status row per reward server of the run: its last latency and its failed attempts
+    in all (``reward/<name>/latency`` and ``reward/<name>/failures``, grpo_guard.metrics)."""
+    from grpo_guard import metrics as M
+
+    rows = []
+    names = sorted({n for k in series if (n := M.name_in(M.REWARD_FAILURES, k) or M.name_in(M.REWARD_LATENCY, k))})
+    for name in names:
+        lat = series.get(M.REWARD_LATENCY.format(name=name), ([], []))[1]
+        fails = series.get(M.REWARD_FAILURES.format(name=name), ([], []))[1]
+        text = (f"last latency {lat[-1]:.3f} s" if lat else "no answer yet") + \
+            f", {int(sum(v for v in fails if v == v))} failed attempt(s) in all"
+        rows.append((f"reward server {name}", text))
+    return rows
+
+
+def _reward_servers(q: Any, run_id: int) -> list[tuple[str, str]]:
+    keys = [k for k in q.metric_keys(run_id) if k.startswith("reward/") and k.endswith(("/latency", "/failures"))]
+    return reward_server_rows(q.metric_series(run_id, keys)) if keys else []
+
+
+def status_markdown(run: Any, extra: list[tuple[str, str]] | None = None) -> str:
     now = datetime.now(UTC)
     hb = f"{fmt_duration((now - run.heartbeat_at).total_seconds())} ago" if run.heartbeat_at else "—"
     rows = [("status", run.status), ("step", f"{run.step} / {run.total} (last stored step {run.last_step})"),
@@ -175,7 +199,7 @@ def status_markdown(run: Any) -> str:
             ("task id", run.task_id or "—"), ("heartbeat", hb), ("created", fmt_time(run.created_at, now=now)),
             ("enqueued", fmt_time(run.enqueued_at, now=now)), ("started", fmt_time(run.started_at, now=now)),
             ("finished", fmt_time(run.finished_at, now=now)), ("parent run", run.parent_id or "—"),
-            ("A/B pair", run.pair_id or "—"), ("notes", run.notes or "—")]
+            ("A/B pair", run.pair_id or "—"), ("notes", run.notes or "—"), *(extra or [])]
     return "\n".join(["| | |", "|---|---|", *[f"| {k} | {str(v).replace('|', '/')} |" for k, v in rows]])
 
 
@@ -268,11 +292,12 @@ def render_run(run_id: int | None, cursor: tuple | None, normalize: bool, shown:
     ckpts = q.checkpoints(run_id)
     best = q.best_checkpoint(run_id)  # listed first among the downloads
     files = checkpoint_files(sorted(ckpts, key=lambda c: best is None or c.step != best.step), q)
+    health = run_cache.memo(run_id, ("reward_servers", cursor), lambda: _reward_servers(q, run_id))
     exp = q.experiment_of(run_id)
     verdict = None if exp is None else run_cache.memo(run_id, ("exp_alarm", cursor), lambda: run_verdict(run_id, exp))
     return (*[figs[n] for n in SERIES_FIGURES], *stat_out,
             header_html(run, _summary(q, run_id), onset, exp, verdict),
-            checkpoint_rows(ckpts, best.step if best else None), files or None, status_markdown(run),
+            checkpoint_rows(ckpts, best.step if best else None), files or None, status_markdown(run, health),
             gr.Code(value=run.traceback or "", visible=bool(run.traceback)), *controls(run.status), token)
 
 
@@ -291,6 +316,7 @@ with gr.Blocks(title="Run") as page:
         b_save = gr.Button("Save now", scale=0, min_width=110, elem_id="run-save-now")
     header = gr.HTML('<div class="gg-muted">Pick a run.</div>', elem_id="run-header-box")
     message = gr.HTML("", elem_id="run-message")
+    run_evaluations.overlap_banner(rid_state)
     plots: dict[str, gr.Plot] = {}
     plots[M.PROXY_GOLD_CHART] = gr.Plot(label="Proxy vs gold", show_label=False, elem_id="plot-proxy-gold")
     with gr.Row():
@@ -322,6 +348,10 @@ with gr.Blocks(title="Run") as page:
                                       elem_id="run-checkpoints")
             ckpt_files = gr.File(label="Download (weights + JSON sidecar)", file_count="multiple", interactive=False,
                                  elem_id="run-checkpoint-files")
+            run_export.export_panel(rid_state)  # Export… (app/pages/run_export.py)
+            run_evaluations.evaluate_box(rid_state)
+        with gr.Tab("Evaluations", elem_id="tab-evaluations"):
+            run_evaluations.evaluations_tab(rid_state)
         with gr.Tab("Status", elem_id="tab-status"):
             status_md = gr.Markdown("", elem_id="run-status")
             traceback_code = gr.Code(value="", language="python", interactive=False, label="Error traceback",

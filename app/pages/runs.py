@@ -23,6 +23,7 @@ from app.common import (
 )
 from app.run_form import ab_form_configs, after_submit_url, load_preset
 from grpo_guard.config import ConfigError
+from grpo_guard.store.db import StoreError
 from worker.submit import resume, submit_runs
 
 HEADERS = ["id", "name", "algorithm", "backbone", "status", "progress", "proxy", "gold", "tags", "created"]
@@ -90,7 +91,7 @@ def start_toy_pair() -> tuple[str, str]:
         return f'<div class="gg-error">The toy preset is not valid here: {esc("; ".join(errors.values()))}</div>', ""
     try:
         done = submit_runs(configs, name="toy A/B", tags=["toy"])
-    except (ConfigError, ValueError, LookupError) as e:
+    except (ConfigError, ValueError, LookupError, StoreError) as e:  # StoreError: e.g. the database's disk is full
         return f'<div class="gg-error">Nothing was enqueued: {esc(e)}</div>', ""
     ids = list(done.ids)
     msg = f'<div class="gg-ok">Queued the toy A/B pair: runs {" and ".join(f"#{i}" for i in ids)}.</div>'
@@ -132,7 +133,7 @@ with gr.Blocks(title="Runs") as page:
                          elem_id="runs-table", max_height=560, column_widths=["5%", "22%", "10%", "7%", "11%", "17%",
                                                                               "7%", "7%", "7%", "7%"])
     # a Column, not a Group: in a Group the buttons lose their borders and gaps and read as table cells
-    with gr.Column(elem_id="run-actions"):
+    with gr.Column(elem_id="run-actions", visible=False) as actions:  # shown once there is a row to click
         with gr.Row(equal_height=True):
             selected = gr.Textbox(label="Selected run", value="", placeholder="click a row", scale=0, min_width=140,
                                   elem_id="selected-run")
@@ -163,15 +164,16 @@ with gr.Blocks(title="Runs") as page:
         rows, new_sig, tags = render(statuses, tag, text, sort, descending)
         note = empty_note(len(rows), statuses, tag, text)
         return (gr.Dataframe(value=rows, visible=bool(rows)), new_sig, gr.Dropdown(choices=tags),
-                gr.Column(visible=bool(note)), note, gr.Button(visible=bool(note) and not (statuses or tag or text)))
+                gr.Column(visible=bool(note)), note, gr.Button(visible=bool(note) and not (statuses or tag or text)),
+                gr.Column(visible=bool(rows)))
 
     def refresh(statuses, tag, text, sort, descending, sig):
         out = redraw(statuses, tag, text, sort, descending)
         if out[1] == sig:
-            return (gr.skip(), sig, *[gr.skip()] * 4)
+            return (gr.skip(), sig, *[gr.skip()] * 5)
         return out
 
-    table_outputs = [table, sig_state, f_tag, empty_box, empty_html, b_toy]
+    table_outputs = [table, sig_state, f_tag, empty_box, empty_html, b_toy, actions]
     page.load(redraw, filters, table_outputs, api_visibility="private")
     for comp in filters:
         comp.change(redraw, filters, table_outputs, api_visibility="private", show_progress="hidden",

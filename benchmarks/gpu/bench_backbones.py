@@ -180,6 +180,7 @@ def run_one(kind: str, algorithm: str, backbone, args, setup: dict) -> dict:
     calls = num_batches * cfg.num_trained_steps() * cfg.inner_epochs
     t_sample, t_update = rec.scalars[(last, "time/sample")], rec.scalars[(last, "time/update")]
     peak_mem = torch.cuda.max_memory_allocated() / 2**30 if cuda else None  # before the counting pass
+    planned = planned_peak_gib(kind, cfg, backbone) if cuda else None
     flops = count_update_flops(backbone, cfg, cfg.train_batch_size * cfg.num_trained_steps(), PROMPTS[0])
     peak, peak_note = peak_bf16_tflops(torch.cuda.get_device_name() if cuda else None)
     return {
@@ -191,11 +192,35 @@ def run_one(kind: str, algorithm: str, backbone, args, setup: dict) -> dict:
         "sampling_images_per_s": n / t_sample,
         "update_s_per_denoising_step": t_update / calls,
         "epoch_s": rec.scalars[(last, "time/epoch")],
-        "peak_memory_gib": peak_mem,
+        "peak_memory_gib": peak_mem, "planned_peak_gib": planned,
         "trainable_params": sum(p.numel() for p in backbone.trainable_parameters()),
         "wall_s": wall, "update_flops": flops, "peak_bf16_tflops": peak, "peak_note": peak_note,
         **achieved(flops, t_update / (num_batches * cfg.inner_epochs), peak),
     }
+
+
+def planned_peak_gib(kind: str, cfg, backbone) -> float | None:
+    """``grpo-guard plan``'s peak for this run (the shipped full-size architecture on fake tensors),
+    with the planned text encoders and VAE swapped for the ones this benchmark built (one-layer text
+    encoders unless --full-text-encoders, a float32 VAE): the estimate to hold against
+    ``torch.cuda.max_memory_allocated``."""
+    import torch
+
+    from grpo_guard.planning.gpus import gpu_from_memory
+    from grpo_guard.planning.plan import GIB, frozen_parameters, make_plan
+    from grpo_guard.planning.spec import spec_for
+
+    repo = {"sd3": "stabilityai/stable-diffusion-3.5-medium", "flux": "black-forest-labs/FLUX.1-dev"}[kind]
+    try:
+        pc = cfg.with_overrides({"model": repo, "update_rows_per_forward": cfg.update_rows_per_forward})
+        plan = make_plan(pc, gpu_from_memory(1000.0), device="cuda")
+        listed = sum(frozen_parameters(spec_for(pc)).values()) * torch.finfo(torch.bfloat16).bits // 8
+    except Exception as e:  # the figure is a comparison, never a reason to lose the measured ones
+        print(f"bench: no plan ({e})", file=sys.stderr)
+        return None
+    built = sum(p.numel() * p.element_size() for name, comp in backbone.pipe.components.items()
+                if name != "transformer" and isinstance(comp, torch.nn.Module) for p in comp.parameters())
+    return (max(sum(parts.values()) for parts in plan.phase_bytes.values()) - listed + built) / GIB
 
 
 def drop_adapter(backbone) -> None:

@@ -11,19 +11,21 @@ def _f(x: Any, fmt: str, scale: float = 1.0) -> str:
 
 
 def backbone_lines(stage: dict[str, Any]) -> list[str]:
-    lines = ["| backbone | algorithm | img/s | upd s/step | peak GiB | Guard ovh | upd TFLOP/s | MFU | peak bf16 |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| backbone | algorithm | img/s | upd s/step | peak GiB | planned GiB | Guard ovh | upd TFLOP/s | MFU | "
+             "peak bf16 |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in stage.get("results", []):
         ovh = _f(r.get("guard_update_overhead"), "+.1f", 100) + ("%" if "guard_update_overhead" in r else "")
         lines.append(f"| {r['backbone']} | {r['algorithm']} | {r['sampling_images_per_s']:.3f} | "
                      f"{r['update_s_per_denoising_step']:.4f} | {_f(r['peak_memory_gib'], '.1f')} | "
+                     f"{_f(r.get('planned_peak_gib'), '.1f')} | "
                      f"{ovh if 'guard_update_overhead' in r else ''} | {r['update_tflops']:.3g} | "
                      f"{_f(r['mfu'], '.1f', 100)}{'%' if r['mfu'] is not None else ''} | "
                      f"{_f(r['peak_bf16_tflops'], 'g')} |")
     notes = sorted({r["peak_note"] for r in stage.get("results", [])})
     lines += ["", "TFLOP/s: model FLOPs of one update micro-batch (forward + backward, counted with "
               "`torch.utils.flop_counter`; with gradient checkpointing the recomputed forward is left out) "
-              "over the measured time per micro-batch. " + "; ".join(notes) + "."]
+              "over the measured time per micro-batch. " + "; ".join(notes) + ". Planned GiB: `grpo-guard plan`'s "
+              "peak for the same run (fake tensors, no weights), against `torch.cuda.max_memory_allocated` in peak GiB."]
     for kind, run in stage.get("runs", {}).items():
         if run["timed_out"] or run["rc"]:
             lines.append(f"- {kind}: {'stopped by its time box' if run['timed_out'] else 'exit code ' + str(run['rc'])}"

@@ -26,18 +26,30 @@ LAZY_COMMANDS: dict[str, LazyCommand] = {
     "toy": LazyCommand("grpo_guard.toyworld.cli:toy", "Toy world: pretrain the base model, measure it."),
     "prompts": LazyCommand("grpo_guard.cli.prompts:prompts_group",
                            "List, show and export prompt sets (ocr:, geneval:, hf:, toy:, files)."),
+    "export": LazyCommand("grpo_guard.export.cli:export_cmd",
+                          "Export a run's checkpoint as a diffusers LoRA or pipeline with a model card."),
     "train": LazyCommand("grpo_guard.cli.train:train_cmd",
                          "Train CONFIG.yaml in the foreground (progress bar, Ctrl-C stops cleanly)."),
+    "plan": LazyCommand("grpo_guard.cli.plan:plan_cmd",
+                        "Plan GPU memory per phase, fit, FLOPs and GPU-hours of CONFIG.yaml before launch."),
     "sample": LazyCommand("grpo_guard.cli.train:sample_cmd", "Write one image from a base model or a checkpoint."),
+    "rewards": LazyCommand("grpo_guard.rewards.cli:rewards_group",
+                           "List the rewards a run can name (built in, plugins, reward servers)."),
+    "reward-server": LazyCommand("grpo_guard.rewards.server:reward_server_cmd",
+                                 "Serve one registered reward over HTTP (the reward-server protocol)."),
     "db": LazyCommand("grpo_guard.store.cli:db_group", "Create or upgrade the store's database schema."),
     # the web app (app/)
     "serve": LazyCommand("app.cli:serve_cmd", "Start the web UI (and, by default, an embedded worker)."),
     # the job layer (worker/)
     "worker": LazyCommand("worker.cli:worker_cmd", "Run training workers (one process per GPU)."),
     "submit": LazyCommand("worker.cli:submit_cmd", "Queue a run from CONFIG.yaml (--ab: an A/B pair); print its id(s)."),
+    "eval": LazyCommand("worker.eval_cli:eval_cmd", "Evaluate a model or checkpoint on a benchmark (geneval, ocr, "
+                        "preference, toy); print and store the paper-style table."),
     "runs": LazyCommand("worker.cli:runs_group", "List, show, stop, resume, clone and recover runs."),
     "experiment": LazyCommand("worker.experiment_cli:experiment_group",
                               "Arms x seeds (+ no-signal controls) as one object: submit, list, show, stop, resume, report."),
+    "judge": LazyCommand("grpo_guard.judging.cli:judge_group", "Blind A/B judging by people: `judge new` prints the session's URL."),
+    "judgments": LazyCommand("grpo_guard.judging.cli:judgments_group", "Summarise or export a judging session's judgments."),
 }
 
 
@@ -46,7 +58,7 @@ class ConfigErrorAware(click.Group):
     commands of LAZY_COMMANDS on demand."""
 
     def main(self, *args, **kwargs):  # type: ignore[override]
-        # Before any command imports torch: OpenMP and malloc settings for sharing the CPU, in this
+        # Before any command imports torch: the OpenMP settings for sharing the CPU, in this
         # process's environment so that every child (workers, ranks) inherits them.
         from grpo_guard.training import cpu
 
@@ -113,6 +125,8 @@ def config_validate(path: str, overrides: tuple[str, ...], no_model_check: bool)
     from grpo_guard.config.validation import validate_run_config
 
     cfg = validate_run_config(path, overrides, check_paths=not no_model_check)
+    if warning := cfg.prompt_overlap_warning():
+        click.echo(f"Warning: {warning}", err=True)
     click.echo(cfg.to_yaml(), nl=False)
 
 

@@ -216,18 +216,20 @@ def _launch_ranks(config_path: str, num_gpus: int, items: list[str], out_dir: st
 @click.option("--backbone", type=click.Choice(["toy", "sd3", "flux"]), default=None,
               help="Without --config: a default config for this backbone (toy: the shipped base model).")
 @click.option("--checkpoint", type=click.Path(), default=None,
-              help="Checkpoint to sample from (its EMA weights); its config is used when --config is absent.")
+              help="Checkpoint to sample from (see --weights); its config is used when --config is absent.")
 @click.option("--prompt", required=True, help="The prompt.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the initial noise.")
 @click.option("--steps", type=int, default=None, help="ODE steps (default: the config's eval_num_steps).")
+@click.option("--weights", type=click.Choice(["auto", "ema", "raw"]), default="auto", show_default=True,
+              help="With --checkpoint: its EMA weights, its raw weights, or auto (the EMA when the run kept one).")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Output PNG file.")
 @click.option("--device", default=None, help="torch device.")
 def sample_cmd(config_path: str | None, backbone: str | None, checkpoint: str | None, prompt: str, seed: int,
-               steps: int | None, out_path: str, device: str | None) -> None:
+               steps: int | None, weights: str, out_path: str, device: str | None) -> None:
     """Write one image (deterministic ODE sampling, as in evaluation) for PROMPT and SEED."""
     from grpo_guard.config import RunConfig
     from grpo_guard.models.base import ModelNotFoundError
-    from grpo_guard.training.checkpoint import CheckpointError, load_checkpoint
+    from grpo_guard.training.checkpoint import CheckpointError, apply_checkpoint, load_checkpoint
 
     try:
         ckpt = load_checkpoint(checkpoint) if checkpoint else None
@@ -241,7 +243,6 @@ def sample_cmd(config_path: str | None, backbone: str | None, checkpoint: str | 
         config = RunConfig.from_dict({"backbone": backbone})
     else:
         raise click.UsageError("give --config, --backbone or --checkpoint")
-    import torch
 
     from grpo_guard.models import build_backbone
     from grpo_guard.training.evaluation import png_bytes
@@ -252,16 +253,12 @@ def sample_cmd(config_path: str | None, backbone: str | None, checkpoint: str | 
     except ModelNotFoundError as e:
         raise click.ClickException(str(e)) from None
     if ckpt is not None:
-        arch = ckpt.config
-        bb.add_lora(arch.lora_rank, arch.lora_alpha, arch.lora_targets)
         try:
-            bb.load_trainable_state_dict(ckpt.trainable)
+            apply_checkpoint(bb, ckpt, weights)
         except ValueError as e:
             raise click.ClickException(f"checkpoint {ckpt.path} does not fit this model: {e}") from None
-        if ckpt.ema is not None:
-            with torch.no_grad():
-                for p, s in zip(bb.trainable_parameters(), ckpt.ema, strict=True):
-                    p.copy_(s)
+        except CheckpointError as e:
+            raise click.ClickException(str(e)) from None
     sigmas = bb.sigmas(steps or config.eval_num_steps, config.shift, config.resolution)
     noise = seed_noise([seed], bb.latent_shape(config.resolution))
     image = bb.decode(sample_ode(bb, [prompt], noise, sigmas, cfg_scale=config.cfg_scale))[0]

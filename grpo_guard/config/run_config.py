@@ -20,7 +20,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from grpo_guard.config import paths, safe_yaml
 from grpo_guard.config.errors import ConfigError, ErrorBundle, format_errors
@@ -116,6 +116,10 @@ class RunConfig(BaseModel):
     inner_epochs: int = _f(1, "Passes over each epoch's samples.", "policy", ge=1, le=100)
     train_batch_size: int = _f(16, "Samples per micro-batch in the policy update.", "policy", ge=1, le=100000)
     gradient_accumulation_steps: int = _f(1, "Micro-batches per optimizer step (each covers all trained denoising steps).", "policy", ge=1, le=100000)
+    update_rows_per_forward: int | Literal["auto"] = _f(
+        "auto", "Rows — (trajectory, trained step, CFG branch) — per forward and backward of the policy update; "
+                "gradients accumulate over the chunks, so the update is the same (a memory knob). 'auto': the largest "
+                "number whose planned peak fits the worker's GPU (`grpo-guard plan`); all rows on a CPU.", "policy")
     learning_rate: float | None = _f(None, "AdamW learning rate (Flow-GRPO 3e-4, Guard 1e-4, FLUX Guard 2e-4).", "policy", gt=0, le=1.0)
     adam_beta1: float = _f(0.9, "AdamW β1.", "policy", ge=0, lt=1)
     adam_beta2: float = _f(0.999, "AdamW β2.", "policy", ge=0, lt=1)
@@ -171,6 +175,13 @@ class RunConfig(BaseModel):
         if errors:
             raise ValueError(ErrorBundle(errors))
         return data
+
+    @field_validator("update_rows_per_forward", mode="before")
+    @classmethod
+    def _rows_per_forward(cls, v: Any) -> Any:
+        if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 1_000_000):
+            return v
+        raise ValueError(f"must be 'auto' or a whole number from 1 to 1000000, got {safe_yaml.preview(v)}")
 
     @model_validator(mode="after")
     def _fill_and_check(self) -> RunConfig:
@@ -357,6 +368,24 @@ class RunConfig(BaseModel):
         if errors:
             raise ConfigError(errors)
 
+    def prompt_overlap_warning(self) -> str | None:
+        """One sentence when the training and eval prompts share prompt texts (the eval then
+        measures memorisation, not generalisation), else None; also None when a set cannot be
+        read here (that is an error for validation, not a warning)."""
+        if isinstance(self.prompts, str) and self.prompts.strip().startswith("hf:") \
+                or isinstance(self.eval_prompts, str) and self.eval_prompts.strip().startswith("hf:"):
+            return None  # a hub dataset is read by the worker; no network here
+        try:
+            train, held = self.resolved_prompts()
+        except ConfigError:
+            return None
+        shared = set(map(str, held)) & set(map(str, train))
+        if not shared:
+            return None
+        example = min(shared)
+        return (f"{len(shared)} of the {len(set(map(str, held)))} eval prompts are also training prompts "
+                f"(e.g. {example!r}): the eval figures measure memorisation, not held-out quality.")
+
     def num_trained_steps(self) -> int:
         """|S|, the number of denoising steps trained per sample."""
         if self.train_timesteps == "window":
@@ -365,6 +394,36 @@ class RunConfig(BaseModel):
 
     def samples_per_epoch(self) -> int:
         return self.group_size * self.prompts_per_epoch
+
+    def optimizer_steps_per_epoch(self) -> int:
+        """AdamW steps per epoch: the micro-batches of the largest rank's prompt groups, times
+        ``inner_epochs``, one step per ``gradient_accumulation_steps`` (and one at the epoch's end)."""
+        groups = math.ceil(self.prompts_per_epoch / self.num_gpus)
+        batches = self.inner_epochs * math.ceil(self.group_size * groups / self.train_batch_size)
+        return math.ceil(batches / self.gradient_accumulation_steps)
+
+    def first_ema_epoch(self) -> int | None:
+        """The first epoch after which the EMA weights, which every eval samples, differ from the
+        base model's (the EMA updates every ``ema_every`` optimizer steps); None without an EMA
+        (eval then samples the trained weights, which move from epoch 1)."""
+        return math.ceil(self.ema_every / self.optimizer_steps_per_epoch()) if self.ema else None
+
+    def ema_notice(self, evaluated_step: int | None = None) -> str | None:
+        """One sentence when eval still samples the base model's weights at ``evaluated_step``
+        (None: at any step of the run), else None."""
+        first = self.first_ema_epoch()
+        if first is None or first <= 1:
+            return None
+        why = (f"the EMA updates every ema_every={self.ema_every} optimizer steps and an epoch takes "
+               f"{self.optimizer_steps_per_epoch()}")
+        if first > self.epochs:
+            return (f"The eval weights never leave the base model's: {why}, so the EMA first moves after epoch "
+                    f"{first}, beyond epochs={self.epochs}; every eval samples the base model. Lower ema_every "
+                    "(e.g. 1) or turn ema off.")
+        if evaluated_step is None or evaluated_step < first:
+            return (f"The eval weights are still the base model's: {why}, so the EMA first moves after epoch "
+                    f"{first}; evals before then sample the base model.")
+        return None
 
     def fields_set(self) -> set[str]:
         """Fields the user gave explicitly (the rest are defaults or algorithm-derived)."""

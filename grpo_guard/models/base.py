@@ -56,6 +56,11 @@ class Backbone(abc.ABC):
                  cfg_scale: float, detach_uncond: bool = False) -> torch.Tensor:
         """Guided velocity, float32, shaped like ``latents``. ``sigma`` is (B,)."""
 
+    def cfg_branches(self, cfg_scale: float, detach_uncond: bool = False) -> int:
+        """Transformer rows per latent row in a ``velocity`` call with gradients: 2 when classifier-free
+        guidance batches [uncond; cond] together, else 1 (``update_rows_per_forward`` counts these rows)."""
+        return 2 if cfg_scale != 1.0 and not detach_uncond else 1
+
     @abc.abstractmethod
     def decode(self, latents: torch.Tensor) -> np.ndarray:
         """uint8 images (B, H, W, 3)."""

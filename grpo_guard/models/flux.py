@@ -226,6 +226,9 @@ class FluxBackbone(SD3Backbone):
             self._img_ids[seq] = latent_image_ids(side, side, device=self.device)
         return self._img_ids[seq]
 
+    def cfg_branches(self, cfg_scale: float, detach_uncond: bool = False) -> int:
+        return 1  # distilled guidance: one pass, no [uncond; cond] batch
+
     def velocity(self, latents: torch.Tensor, sigma: torch.Tensor, embeds: Embeds, *,
                  cfg_scale: float, detach_uncond: bool = False) -> torch.Tensor:
         """Velocity for packed ``latents`` (B, seq, C), float32, same shape.

@@ -6,11 +6,16 @@ Generation follows GenEval's ``prompts/create_prompts.py``: the 80 COCO class na
 with its article and plural rules; no colour is asked of a person; counting excludes count + 1;
 a position prompt "a photo of A left of B" includes B, then A with ``position: [relation, 0]``.
 The draws are ours (a fixed seed per family); the test split is drawn first and train never
-repeats a test prompt text.
+repeats a test prompt text, nor any of the 553 prompts of GenEval's official benchmark
+(``evaluation_metadata.jsonl``), which Flow-GRPO also removes from its training set: the package
+carries the SHA-256 of each official prompt text (``geneval_official.sha256``, computed once from
+the official file; its header says how), so nothing is fetched at run time.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 import random
 from functools import lru_cache
 from typing import Any
@@ -38,6 +43,19 @@ SIZES: dict[str, tuple[int, int | None]] = {
 }
 
 Row = dict[str, Any]
+OFFICIAL_HASHES_FILE = os.path.join(os.path.dirname(__file__), "geneval_official.sha256")
+
+
+@lru_cache(maxsize=1)
+def official_prompt_hashes() -> frozenset[str]:
+    """SHA-256 hex digests of the 553 official GenEval benchmark prompt texts."""
+    with open(OFFICIAL_HASHES_FILE, encoding="ascii") as fh:
+        return frozenset(line.strip() for line in fh if line.strip() and not line.startswith("#"))
+
+
+def is_official_prompt(text: str) -> bool:
+    """Whether ``text`` is one of GenEval's official benchmark prompts (exact text)."""
+    return hashlib.sha256(str(text).encode("utf-8")).hexdigest() in official_prompt_hashes()
 
 
 def with_article(name: str) -> str:
@@ -113,12 +131,15 @@ def _splits() -> dict[str, tuple[list[Row], list[Row]]]:
         if rows is not None:
             rng.shuffle(rows)
             test = rows[:n_test]
-            train = rows[n_test:] if n_train is None else rows[n_test:n_test + n_train]
+            rest = [r for r in rows[n_test:] if not is_official_prompt(r["prompt"])]
+            train = rest if n_train is None else rest[:n_train]
         else:
             seen: dict[str, Row] = {}
             while len(seen) < n_test + (n_train or 0):
                 row = _draw_color_attr(rng)
-                seen.setdefault(row["prompt"], row)
+                # the test split is drawn first, so it may hold official prompts; train never does
+                if len(seen) < n_test or not is_official_prompt(row["prompt"]):
+                    seen.setdefault(row["prompt"], row)
             drawn = list(seen.values())
             test, train = drawn[:n_test], drawn[n_test:]
         out[tag] = (test, train)
@@ -136,7 +157,7 @@ def geneval_set(split: str) -> tuple[Prompt, ...]:
 
 
 register("geneval:train", "GenEval-style prompts in the six task families with GenEval metadata "
-         "(~11.9k; none repeats a geneval:test prompt)", lambda: geneval_set("train"), geneval=True)
+         "(~11.6k; none is a geneval:test prompt or one of GenEval's 553 official benchmark prompts)", lambda: geneval_set("train"), geneval=True)
 register("geneval:test", "a GenEval-sized held-out set (494 prompts, six families, GenEval metadata); "
          "for the official benchmark use geneval:file:evaluation_metadata.jsonl", lambda: geneval_set("test"),
          geneval=True)

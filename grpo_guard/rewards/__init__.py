@@ -9,47 +9,73 @@ that one call and logs each key's mean over its non-NaN images as ``eval/<name>/
 that builds it, so this registry (and config validation, and the app) loads no torch or model
 weights until a reward is actually built. Rewards are chosen from this registry by name only:
 a run config can never make a worker import arbitrary code.
+
+Two more sources join the built-in entries below, the first time the registry is read
+(:func:`load_extras`), in every process the same way (the app's form, config validation, the CLI,
+the worker):
+
+- plugins: installed packages that declare entry points in the group ``grpo_guard.rewards``
+  (:mod:`grpo_guard.rewards.plugins`); a broken one is one warning naming it, never a crash;
+- reward servers an operator declared in ``GG_REWARD_SERVERS`` or ``rewards.yaml`` in the data
+  directory (:mod:`grpo_guard.rewards.servers`): a name bound to a URL, scored over HTTP
+  (:mod:`grpo_guard.rewards.remote`). A run config names the reward, never the URL.
 """
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
-import numpy as np
-
-
-class Reward(Protocol):
-    name: str
-
-    def __call__(self, images: np.ndarray, prompts: list[str]) -> np.ndarray: ...
-
-
-# The types a run config may give a reward option (``reward_options: {name: {option: value}}``).
-OPTION_TYPES = ("str", "int", "float", "fp32|fp16", "partial|strict")
-
-
-@dataclass(frozen=True)
-class RewardSpec:
-    """One registry entry (its name is the REGISTRY key; what it measures is the comment above
-    its ``register`` call)."""
-
-    target: str  # "package.module:factory"; factory(**options) -> Reward
-    kind: Literal["proxy", "gold", "any"]
-    backbones: tuple[str, ...]  # backbones it makes sense for ("toy", "sd3", "flux")
-    # options a run config may pass to the factory: (name, type in OPTION_TYPES). Options that
-    # only code can pass (a replacement GenEval detector callable) are deliberately not listed.
-    options: tuple[tuple[str, str], ...] = ()
+from grpo_guard.rewards.registry import (  # noqa: F401  (the registry's public names live here)
+    _EXTRAS,
+    BACKBONES,
+    BUILTIN,
+    KINDS,
+    OPTION_TYPES,
+    PROBLEMS,
+    REGISTRY,
+    Reward,
+    RewardSpec,
+    register,
+)
 
 
-REGISTRY: dict[str, RewardSpec] = {}
+def load_extras(*, reload: bool = False) -> list[str]:
+    """Join the plugins' and the declared servers' rewards to the registry (once per process;
+    ``reload`` forgets the earlier ones and reads again, for tests and after installing a
+    plugin). Never raises: each problem is logged as one warning and kept in ``PROBLEMS``;
+    returns them."""
+    with _EXTRAS["lock"]:  # other threads wait for the whole list; this one may re-enter (a plugin reading it)
+        if _EXTRAS["loading"] or (_EXTRAS["loaded"] and not reload):
+            return list(PROBLEMS)
+        _EXTRAS["loading"] = True
+        try:
+            for name in _EXTRAS.get("names", ()):
+                dict.pop(REGISTRY, name, None)
+            PROBLEMS.clear()
+            from grpo_guard.rewards import plugins, servers
+
+            before = set(dict.keys(REGISTRY))
+            PROBLEMS.extend(plugins.register_plugins())
+            PROBLEMS.extend(servers.register_servers())
+            _EXTRAS["names"] = set(dict.keys(REGISTRY)) - before
+        finally:
+            _EXTRAS["loading"], _EXTRAS["loaded"] = False, True
+        return list(PROBLEMS)
 
 
-def register(name: str, target: str, kind: Literal["proxy", "gold", "any"], *,
-             backbones: tuple[str, ...] = ("toy", "sd3", "flux"), options: tuple[tuple[str, str], ...] = ()) -> None:
-    REGISTRY[name] = RewardSpec(target, kind, backbones, options)
+def reward_plugin(*, kind: Literal["proxy", "gold", "any"] = "any", backbones: tuple[str, ...] = BACKBONES,
+                  options: tuple[tuple[str, str], ...] = (), description: str = "") -> Callable[[Callable], Callable]:
+    """Decorate a plugin's reward factory with its registry fields (the same as :func:`register`'s):
+    ``@reward_plugin(kind="proxy", backbones=("toy",), options=(("scale", "float"),))``. The entry
+    point ``name = "module:factory"`` in the group ``grpo_guard.rewards`` then registers it."""
+    def mark(factory: Callable) -> Callable:
+        factory.grpo_guard_reward = {"kind": kind, "backbones": tuple(backbones), "options": tuple(options),
+                                     "description": description}
+        return factory
+
+    return mark
 
 
 def check_option(name: str, option: str, value: Any) -> str | None:
@@ -72,11 +98,14 @@ def check_option(name: str, option: str, value: Any) -> str | None:
           "int": isinstance(value, int) and not isinstance(value, bool) and value >= 1,
           "float": isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
           and abs(value) != float("inf"),
-          "fp32|fp16": value in ("fp32", "fp16"), "partial|strict": value in ("partial", "strict")}[kind]
+          "fp32|fp16": value in ("fp32", "fp16"),
+          "flow_grpo|partial|strict": value in ("flow_grpo", "partial", "strict"),
+          "generate|logits": value in ("generate", "logits")}[kind]
     if not ok:
         want = {"str": "a non-empty string", "int": "an integer >= 1", "float": "a finite number",
                 "fp32|fp16": "'fp32' or 'fp16'",
-                "partial|strict": "'partial' or 'strict'"}[kind]
+                "flow_grpo|partial|strict": "'flow_grpo', 'partial' or 'strict'",
+                "generate|logits": "'generate' or 'logits'"}[kind]
         return f"must be {want}, got {value!r}"
     return None
 
@@ -85,11 +114,23 @@ def available() -> list[str]:
     return sorted(REGISTRY)
 
 
+def reward_rows() -> list[dict[str, Any]]:
+    """One plain dict per registered reward, sorted by name: what ``grpo-guard rewards list``
+    prints and the New-run form shows (torch-free)."""
+    return [{"name": name, "kind": spec.kind, "backbones": list(spec.backbones),
+             "options": {k: t for k, t in spec.options}, "source": spec.source,
+             "description": spec.description} for name, spec in sorted(REGISTRY.items())]
+
+
 def build_reward(name: str, **options: Any) -> Reward:
     """Instantiate a registered reward. Raises KeyError with the list of known names."""
     spec = REGISTRY.get(name)
     if spec is None:
         raise KeyError(f"unknown reward {name!r}; registered: {', '.join(available())}")
+    if spec.server is not None:  # an operator-declared reward server: scored over HTTP
+        from grpo_guard.rewards.remote import RemoteReward
+
+        return RemoteReward(name, spec.server, **options)
     module, _, attr = spec.target.partition(":")
     factory: Callable[..., Reward] = getattr(importlib.import_module(module), attr)
     return factory(**options)
@@ -126,13 +167,19 @@ register("aesthetic", "grpo_guard.rewards.aesthetic:aesthetic", "any",
 # GenEval composition (objects, counts, colours, positions) in-process: Mask2Former (detector_path,
 # GG_REWARD_GENEVAL_DETECTOR_PATH or facebook/mask2former-swin-small-coco-instance from the HF cache)
 # + CLIP ViT-L/14 colours (clip_path, GG_REWARD_GENEVAL_CLIP_PATH); prompts need GenEval metadata
-# (geneval:* prompt sets, or option metadata). score: partial (Flow-GRPO's partial credit, default) or
-# strict (GenEval's 0/1); eval also logs eval/geneval/strict and per task family.
+# (geneval:* prompt sets, or option metadata). score: flow_grpo (Flow-GRPO's reward server, exactly),
+# partial (ours, default) or strict (GenEval's 0/1); eval logs eval/geneval/overall, image_mean, per family.
 register("geneval", "grpo_guard.rewards.geneval:geneval", "proxy",
          backbones=_REAL, options=(("detector_path", "str"), ("clip_path", "str"), ("metadata", "str"),
-                                   ("score", "partial|strict"), ("threshold", "float"),
+                                   ("score", "flow_grpo|partial|strict"), ("threshold", "float"),
                                    ("counting_threshold", "float"), ("max_objects", "int"),
                                    ("position_threshold", "float"), *_RUN))
+# UnifiedReward (1–5), a Qwen2.5-VL judge of caption alignment and quality: UnifiedReward-qwen-7b from
+# option path, GG_REWARD_UNIFIEDREWARD_PATH or the HF cache. score: generate (parse "Final Score: x" of
+# its answer; none = NaN) or logits (expected value of the digit after "Final Score:"); eval also logs
+# eval/unifiedreward/parsed.
+register("unifiedreward", "grpo_guard.rewards.unifiedreward:unifiedreward", "any",
+         backbones=_REAL, options=(("path", "str"), *_RUN, ("score", "generate|logits"), ("max_new_tokens", "int")))
 
 # Toy world (grpo_guard/rewards/toy.py) and model-free JPEG size (grpo_guard/rewards/jpeg.py).
 _TOY = ("toy",)
@@ -166,3 +213,6 @@ register("null_noise", "grpo_guard.rewards.null:null_noise", "any", options=(("s
 # +kB of the image as JPEG at quality 95 (DDPO); favours detail and noise.
 register("jpeg_incompressibility", "grpo_guard.rewards.jpeg:incompressibility", "any",
          options=(("quality", "int"),))
+
+BUILTIN.update(dict.keys(REGISTRY))
+_EXTRAS["loader"] = load_extras

@@ -47,14 +47,17 @@ class CLIPScorer:
         # transformers v5 returns a model output (pooler_output = projected embedding); v4 a tensor
         return out if hasattr(out, "norm") else out.pooler_output
 
-    def image_embeds(self, images: np.ndarray):
-        """(B, P) float32, L2-normalised."""
+    def image_embeds(self, images: np.ndarray | list[np.ndarray]):
+        """(B, P) float32, L2-normalised; ``images`` uint8 (H, W, 3) each, sizes may differ."""
         import torch
 
         out = []
         with torch.no_grad():
             for a in range(0, len(images), self.batch_size):
-                px = self.processor(images=list(images[a:a + self.batch_size]), return_tensors="pt")
+                # channels_last said outright: a crop 1 or 3 px tall (H, W, 3) is otherwise taken
+                # as channels-first and reaches CLIP as a garbage image
+                px = self.processor.image_processor(images=[np.asarray(im) for im in images[a:a + self.batch_size]],
+                                                    input_data_format="channels_last", return_tensors="pt")
                 f = self._features(self.model.get_image_features(
                     pixel_values=px["pixel_values"].to(self.device, self.dtype))).float()
                 out.append(f / f.norm(dim=-1, keepdim=True))

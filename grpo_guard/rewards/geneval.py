@@ -13,14 +13,20 @@ Metadata follows GenEval's ``evaluation_metadata.jsonl`` rows (``{"tag": ..., "i
 prompt itself (a ``str`` carrying a ``.meta`` mapping, as the ``geneval:*`` prompt sets give), else
 from the ``metadata`` option (a path to an ``evaluation_metadata.jsonl``, looked up by prompt text).
 
-``score: partial`` (default, Flow-GRPO's RL reward) or ``strict`` (GenEval's 0/1 verdict) picks
-what ``reward(images, prompts)`` returns; :meth:`GenEvalReward.details` returns both plus the
-strict verdict per task family, which evaluation logs as ``eval/geneval/strict`` and
-``eval/geneval/<family>``.
+``score`` picks what ``reward(images, prompts)`` returns: ``flow_grpo`` (Flow-GRPO's reward-server
+partial credit, exactly: its formula on images that went through its JPEG round trip — PIL's
+default quality 75 — before detection and colour), ``partial`` (ours: clipped terms, no JPEG) or
+``strict`` (GenEval's 0/1 verdict). :meth:`GenEvalReward.details` returns the strict verdict per
+image (``image_mean``) and per task family; :meth:`GenEvalReward.summary` turns their means into
+GenEval's ``overall`` (the mean of the family accuracies, the paper's figure). Evaluation logs
+``eval/geneval/overall``, ``eval/geneval/image_mean`` and ``eval/geneval/<family>``.
+
+The detector runs at mmdet's test scale (:mod:`grpo_guard.rewards.geneval_detector`).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -28,6 +34,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from grpo_guard.models.loading import HF_MODEL_REQUIRED
+from grpo_guard.rewards.geneval_detector import TEST_SCALE, Mask2FormerDetector
 from grpo_guard.rewards.geneval_rules import (  # noqa: F401 - re-exported: the rules' public names
     COLOUR_NAMES,
     COLOURS,
@@ -41,11 +48,12 @@ from grpo_guard.rewards.geneval_rules import (  # noqa: F401 - re-exported: the 
     relative_position,
     score_geneval,
 )
-from grpo_guard.rewards.weights import check_images, default_device, env_var, reward_weights_dir
+from grpo_guard.rewards.weights import check_images, env_var, reward_weights_dir
 
 DETECTOR_HUB_ID = "facebook/mask2former-swin-small-coco-instance"
 CLIP_HUB_ID = "openai/clip-vit-large-patch14"
 CROP_BACKGROUND = (153, 153, 153)  # GenEval's bgcolor "#999" outside an object's mask
+SCORES = ("flow_grpo", "partial", "strict")
 COLOUR_TEMPLATES = ("a photo of a {c} {obj}", "a photo of a {c}-colored {obj}", "a photo of a {c} object")
 
 
@@ -72,54 +80,6 @@ def load_metadata_table(path: str) -> dict[str, dict]:
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ValueError(f"The geneval metadata file {path!r} is not a readable evaluation_metadata.jsonl "
                          f"(one JSON object with a 'prompt' per line): {type(e).__name__}: {e}.") from None
-
-
-class Mask2FormerDetector:
-    """``detect(images uint8 (B, H, W, 3)) -> list of B lists of Detection``: instance masks and
-    scores from a transformers Mask2Former, boxes from the masks (as mmdet's Mask2Former does),
-    labels in GenEval's class names."""
-
-    def __init__(self, model_dir: str, *, device: str | None = None, dtype: str = "fp32", batch_size: int = 8,
-                 min_score: float = THRESHOLD):
-        import torch
-        from transformers import AutoImageProcessor, Mask2FormerForUniversalSegmentation
-
-        self.device = torch.device(default_device(device))
-        self.dtype = torch.float16 if dtype == "fp16" and self.device.type == "cuda" else torch.float32
-        self.model = Mask2FormerForUniversalSegmentation.from_pretrained(model_dir, dtype=self.dtype)
-        self.model.to(self.device).eval().requires_grad_(False)
-        self.processor = AutoImageProcessor.from_pretrained(model_dir)
-        self.labels = {int(k): geneval_class(v) for k, v in self.model.config.id2label.items()}
-        self.batch_size, self.min_score = int(batch_size), float(min_score)
-
-    def __call__(self, images: np.ndarray) -> list[list[Detection]]:
-        import torch
-
-        out: list[list[Detection]] = []
-        for a in range(0, len(images), self.batch_size):
-            chunk = list(images[a:a + self.batch_size])
-            inputs = self.processor(images=chunk, return_tensors="pt")
-            with torch.no_grad():
-                pred = self.model(pixel_values=inputs["pixel_values"].to(self.device, self.dtype),
-                                  pixel_mask=inputs["pixel_mask"].to(self.device) if "pixel_mask" in inputs else None)
-            # post-processing writes query masks into a CPU segmentation map, so it runs on CPU
-            pred.class_queries_logits = pred.class_queries_logits.float().cpu()
-            pred.masks_queries_logits = pred.masks_queries_logits.float().cpu()
-            results = self.processor.post_process_instance_segmentation(
-                pred, threshold=self.min_score, target_sizes=[im.shape[:2] for im in chunk], return_binary_maps=True)
-            for res in results:
-                infos = res["segments_info"]
-                masks = res["segmentation"].bool().cpu().numpy() if infos else np.zeros((0, 1, 1), bool)
-                out.append([_detection(self.labels.get(int(s["label_id"]), str(s["label_id"])), float(s["score"]), m)
-                            for s, m in zip(infos, masks, strict=True)])
-        return out
-
-
-def _detection(label: str, score: float, mask: np.ndarray) -> Detection:
-    ys, xs = np.nonzero(mask)
-    # mmdet's mask2bbox: exclusive right/bottom edges
-    box = (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)) if xs.size else (0.0,) * 4
-    return Detection(label, score, box, mask)  # type: ignore[arg-type]
 
 
 class CLIPColourClassifier:
@@ -157,13 +117,14 @@ def object_crop(image: np.ndarray, det: Detection) -> np.ndarray:
 
 
 class GenEvalReward:
-    """``reward(images, prompts) -> (B,)`` GenEval partial credit (or strict 0/1 with ``score="strict"``).
+    """``reward(images, prompts) -> (B,)``: Flow-GRPO's partial credit, ours, or GenEval's strict 0/1.
 
     Args:
         detector_path / clip_path: local weights (module docstring for the lookup order).
         metadata: path to an ``evaluation_metadata.jsonl`` for prompts without ``.meta``
             (default ``GG_REWARD_GENEVAL_METADATA``).
-        score: ``"partial"`` or ``"strict"``.
+        score: ``"flow_grpo"``, ``"partial"`` or ``"strict"`` (module docstring).
+        detector_scale: (longest, shortest) side the detector tests at (mmdet's (1333, 800)).
         threshold / counting_threshold / max_objects / position_threshold: GenEval's rule constants.
         device, dtype, batch_size: where and how the detector and CLIP run.
         detector, colour_of: code-only replacements (a callable images -> detections per image,
@@ -173,11 +134,17 @@ class GenEvalReward:
     name = "geneval"
 
     def __init__(self, *, detector_path: str | None = None, clip_path: str | None = None,
-                 metadata: str | Mapping | None = None, score: str = "partial", threshold: float = THRESHOLD,
+                 metadata: str | Mapping | None = None, score: str = "partial",
+                 detector_scale: Sequence[int] = TEST_SCALE, threshold: float = THRESHOLD,
                  counting_threshold: float = 0.9, max_objects: int = 16, position_threshold: float = POSITION_THRESHOLD,
                  device: str | None = None, dtype: str = "fp32", batch_size: int = 16, detector=None, colour_of=None):
-        if score not in ("partial", "strict"):
-            raise ValueError(f"reward_options.geneval.score must be 'partial' or 'strict', got {score!r}.")
+        if score not in SCORES:
+            raise ValueError(f"reward_options.geneval.score must be 'flow_grpo', 'partial' or 'strict', got {score!r}.")
+        if (not isinstance(detector_scale, Sequence) or len(detector_scale) != 2
+                or not all(isinstance(v, int) and 16 <= v <= 4096 for v in detector_scale)):
+            raise ValueError("reward_options.geneval.detector_scale must be two whole numbers of pixels "
+                             f"(longest, shortest side) between 16 and 4096, got {detector_scale!r}.")
+        self.detector_scale = (max(detector_scale), min(detector_scale))
         metadata = metadata or os.environ.get(env_var(self.name, "METADATA"))
         self.table = load_metadata_table(metadata) if isinstance(metadata, str) else metadata
         self.score = score
@@ -201,8 +168,9 @@ class GenEvalReward:
 
     def _load(self) -> None:
         if self.detector is None:
-            self.detector = Mask2FormerDetector(self._detector_dir, min_score=min(self.rules["threshold"],
-                                                self.rules["counting_threshold"]), **self.run)  # type: ignore[arg-type]
+            self.detector = Mask2FormerDetector(  # type: ignore[arg-type]
+                self._detector_dir, min_score=min(self.rules["threshold"], self.rules["counting_threshold"]),
+                scale=self.detector_scale, **self.run)
         if self.colour_of is None:
             self.colour_of = CLIPColourClassifier(self._clip_dir, **self.run)  # type: ignore[arg-type]
 
@@ -211,24 +179,51 @@ class GenEvalReward:
         check_images(images, prompts)
         metas = [prompt_metadata(p, self.table) for p in prompts]
         self._load()
+        if self.score == "flow_grpo":
+            images = jpeg_round_trip(images)
         detections = self.detector(np.asarray(images))  # type: ignore[misc]
         return [(m, score_geneval(m, dets, img, colour_of=self.colour_of, **self.rules))
                 for m, dets, img in zip(metas, detections, images, strict=True)]
 
     def details(self, images: np.ndarray, prompts: Sequence[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """The reward (B,) and per-image extras: ``partial``, ``strict`` (0/1) and, per task family
-        present, ``<family>`` = strict where the prompt is of that family, NaN elsewhere."""
+        """The reward (B,) and per-image extras: ``image_mean`` (GenEval's strict 0/1 verdict),
+        the ``score`` in use (``partial`` or ``flow_grpo``) and, per task family present,
+        ``<family>`` = strict where the prompt is of that family, NaN elsewhere."""
         results = self.evaluate(images, prompts)
         strict = np.array([float(s.strict) for _, s in results])
-        partial = np.array([s.partial for _, s in results])
-        extras = {"strict": strict, "partial": partial}
+        scores = {"strict": strict, "partial": np.array([s.partial for _, s in results]),
+                  "flow_grpo": np.array([s.flow_grpo for _, s in results])}
+        extras = {"image_mean": strict}
+        if self.score != "strict":
+            extras[self.score] = scores[self.score]
         tags = [m.get("tag") for m, _ in results]
         for tag in dict.fromkeys(t for t in tags if t):
             extras[str(tag)] = np.where([t == tag for t in tags], strict, np.nan)
-        return (strict if self.score == "strict" else partial), extras
+        return scores[self.score], extras
+
+    @staticmethod
+    def summary(means: Mapping[str, float]) -> dict[str, float]:
+        """GenEval's ``overall`` from the means of :meth:`details`' extras: the mean of the task
+        families' accuracies (``evaluation/summary_scores.py``), over the families present."""
+        fams = [float(means[f]) for f in FAMILIES if f in means and np.isfinite(means[f])]
+        return {"overall": float(np.mean(fams))} if fams else {}
 
     def __call__(self, images: np.ndarray, prompts: Sequence[str]) -> np.ndarray:
         return self.details(images, prompts)[0]
+
+
+def jpeg_round_trip(images: np.ndarray) -> np.ndarray:
+    """Each uint8 image saved as JPEG by PIL's defaults (quality 75) and decoded again, as
+    Flow-GRPO sends images to its GenEval reward server."""
+    from PIL import Image
+
+    out = np.empty_like(np.asarray(images, dtype=np.uint8))
+    for i, im in enumerate(images):
+        buf = io.BytesIO()
+        Image.fromarray(np.ascontiguousarray(im, dtype=np.uint8)).save(buf, format="JPEG")
+        buf.seek(0)
+        out[i] = np.asarray(Image.open(buf).convert("RGB"))
+    return out
 
 
 def geneval(**options) -> GenEvalReward:

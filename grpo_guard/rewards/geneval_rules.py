@@ -13,13 +13,17 @@ Faithful to ``djghosh13/geneval`` ``evaluation/evaluate_images.py``:
   the raw offset's length; a component beyond ±0.5 names the relation;
 - an ``exclude`` {class, count} fails when ``count`` or more objects of the class are found.
 
-The partial credit is Flow-GRPO's RL reward (its GenEval reward server's ``evaluate_reward``):
-the mean of one term per condition — count ``1 − |n − found| / n`` over *all* kept objects
-(exact count wanted), and when the count is exact a colour term ``1 − |n − right colour| / n``
-and a position term (1 or 0); a wrong count makes those terms 0. Two deliberate differences:
-terms are clipped at 0 (Flow-GRPO lets far too many objects go negative), and a failed position
-scores 0 only (Flow-GRPO's loop appends 0 and then 1 for it). Excludes are not part of the
-partial credit, as in Flow-GRPO (a count's exact-match term already punishes extras).
+Two partial credits, both means of one term per condition of the ``include`` list:
+
+- ``flow_grpo``: exactly Flow-GRPO's RL reward (``reward_server/gen_eval.py`` ``evaluate_reward`` of
+  yifan123/reward-server). Per include {class, count n}: a count term ``1 - |n - found| / n`` over
+  *all* kept objects (negative when more than 2n are found); when the count is not exact, one 0
+  term if the include asks a colour or a position; when exact, a colour term
+  ``1 - |n - right colour| / n`` and, if the colour held, a position term: 0 with no target, 1
+  when every object is in relation with every target object, and 0 *then* 1 when one pair fails
+  (its loop appends 0, breaks, then appends 1). Targets are the includes whose count (and colour
+  and position) held exactly. Excludes take no part.
+- ``partial``: ours, the same terms clipped at 0 and a failed position scoring 0 only.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ THRESHOLD = 0.3           # detection score kept (GenEval --options threshold)
 COUNTING_THRESHOLD = 0.9  # ... for the counting family (counting_threshold)
 MAX_OBJECTS = 16          # per class, most confident first (max_objects)
 NMS_THRESHOLD = 1.0       # box IoU at which a less confident same-class box is dropped; 1 = never (max_overlap)
+DETECTOR_SCALE = (1333, 800)  # mmdet's test scale (longest, shortest side): the detector's input size
 POSITION_THRESHOLD = 0.1  # share of the summed object sizes an offset must exceed (position_threshold)
 
 # Names checkpoints use for the same COCO classes (detectron2 / transformers id2label spellings).
@@ -73,11 +78,13 @@ ColourClassifier = Callable[[np.ndarray, Sequence[Detection], str], list[str]]
 
 @dataclass
 class GenEvalScore:
-    """``strict``: GenEval's verdict (every include and exclude holds). ``partial``: Flow-GRPO's
-    partial credit in [0, 1]. ``reasons``: why strict failed, one line per broken condition."""
+    """``strict``: GenEval's verdict (every include and exclude holds). ``partial``: our partial
+    credit in [0, 1]; ``flow_grpo``: Flow-GRPO's (can be negative). ``reasons``: why strict failed,
+    one line per broken condition."""
 
     strict: bool
     partial: float
+    flow_grpo: float = 0.0
     reasons: list[str] = field(default_factory=list)
 
 
@@ -171,6 +178,8 @@ def score_geneval(metadata: Mapping, detections: Sequence[Detection], image: np.
     strict_groups: list[list[Detection] | None] = []  # GenEval: the top-n objects of each include that held
     exact_groups: list[list[Detection] | None] = []   # Flow-GRPO: every object of each exactly met include
     terms: list[float] = []
+    fg_terms: list[float] = []                        # Flow-GRPO's evaluate_reward
+    fg_groups: list[list[Detection] | None] = []
     colours_cache: dict[str, list[str]] = {}
 
     def colours(cls: str, objs: list[Detection]) -> list[str]:
@@ -212,9 +221,39 @@ def score_geneval(metadata: Mapping, detections: Sequence[Detection], image: np.
             terms.append(float(held))
             exact = held
         exact_groups.append(found if exact else None)
+        fg_groups.append(found if _flow_grpo_terms(req, found, fg_groups, fg_terms, colours, position_threshold)
+                         else None)
     for req in metadata.get("exclude", []):
         cls, n = req["class"], int(req["count"])
         if len(objects.get(cls, [])) >= n:
             strict = False
             reasons.append(f"expected {cls}<{n}, found {len(objects[cls])}")
-    return GenEvalScore(strict=strict, partial=float(np.mean(terms)) if terms else 0.0, reasons=reasons)
+    return GenEvalScore(strict=strict, partial=float(np.mean(terms)) if terms else 0.0, reasons=reasons,
+                        flow_grpo=float(sum(fg_terms) / len(fg_terms)) if fg_terms else 0.0)
+
+
+def _flow_grpo_terms(req: Mapping, found: list[Detection], groups: list[list[Detection] | None], terms: list[float],
+                     colours: Callable[[str, list[Detection]], list[str]], margin: float) -> bool:
+    """Append Flow-GRPO's terms for one include to ``terms``; True when it held exactly (module docstring)."""
+    cls, n = req["class"], int(req.get("count", 1))
+    terms.append(1 - abs(n - len(found)) / n)
+    if len(found) != n:
+        if "color" in req or "position" in req:
+            terms.append(0.0)
+        return False
+    held = True
+    if "color" in req:
+        right = colours(cls, found).count(req["color"])
+        terms.append(1 - abs(n - right) / n)
+        held = right == n
+    if "position" in req and held:
+        relation, j = req["position"][0], int(req["position"][1])
+        target = groups[j] if j < len(groups) else None
+        if target is None:
+            terms.append(0.0)
+            return False
+        if not _position_holds(found, target, relation, margin):
+            terms.append(0.0)
+            held = False
+        terms.append(1.0)
+    return held

@@ -27,7 +27,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 # The single Alembic head this code expects (tests check it against the migrations folder).
-SCHEMA_REVISION = "0004"
+SCHEMA_REVISION = "0008"
 DEFAULT_DATA_DIR = ".grpo-guard"
 UPGRADE_COMMAND = "grpo-guard db upgrade"
 
@@ -38,6 +38,10 @@ class StoreError(Exception):
 
 class StoreUnavailableError(StoreError):
     """The database could not be reached or was busy; retrying later may succeed."""
+
+
+class StoreFullError(StoreUnavailableError):
+    """The disk holding the database is full: writes fail until space is freed; reads still work."""
 
 
 class StaleSchemaError(StoreError):
@@ -217,6 +221,16 @@ def verify_schema(url: str | None = None) -> None:
 def upgrade(url: str | None = None, revision: str = "head") -> None:
     """Run the Alembic migrations up to ``revision`` on ``url`` (default ``database_url()``).
     Serialised by a file lock on SQLite, so two processes starting at once are safe."""
+    _migrate(url, revision, "upgrade")
+
+
+def downgrade(url: str | None, revision: str) -> None:
+    """Run the Alembic migrations down to ``revision`` (tests, and an operator rolling back), with
+    the same guard as :func:`upgrade` against cascades on SQLite."""
+    _migrate(url, revision, "downgrade")
+
+
+def _migrate(url: str | None, revision: str, direction: str) -> None:
     from alembic import command
     from alembic.config import Config
 
@@ -236,12 +250,12 @@ def upgrade(url: str | None = None, revision: str = "head") -> None:
         try:
             with conn.begin():
                 cfg.attributes["connection"] = conn
-                command.upgrade(cfg, revision)
+                getattr(command, direction)(cfg, revision)
                 if sqlite:  # what the recreated tables point at must still exist, or nothing is kept
                     broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
                     if broken:
-                        raise StoreError(f"the upgrade to {revision} would leave {len(broken)} rows pointing at "
-                                         f"missing rows (first: {broken[0]}); the database was not changed")
+                        raise StoreError(f"the {direction} to {revision} would leave {len(broken)} rows pointing "
+                                         f"at missing rows (first: {broken[0]}); the database was not changed")
         finally:
             if sqlite:
                 conn.connection.dbapi_connection.execute("PRAGMA foreign_keys=ON")
@@ -302,6 +316,9 @@ def session_scope(write: bool = False, *, url: str | None = None) -> Iterator[Se
             session.rollback()
     except (exc.OperationalError, exc.InterfaceError, exc.DisconnectionError) as e:
         session.rollback()
+        if _is_disk_full(e):
+            raise StoreFullError(f"no space left for the database ({redact(url)}): {_first_line(e)}. Nothing "
+                                 "can be saved until space is freed; everything stored can still be read") from e
         raise StoreUnavailableError(f"database unavailable ({redact(url)}): {_first_line(e)}") from e
     except (exc.IntegrityError, exc.DataError) as e:
         session.rollback()
@@ -311,6 +328,11 @@ def session_scope(write: bool = False, *, url: str | None = None) -> Iterator[Se
         raise
     finally:
         session.close()
+
+
+def _is_disk_full(e: BaseException) -> bool:
+    text = _first_line(e).lower()
+    return "disk is full" in text or "no space left" in text or "diskfull" in text or "disk full" in text
 
 
 class _FlushState:

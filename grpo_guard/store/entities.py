@@ -10,9 +10,15 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-RUN_STATUSES: tuple[str, ...] = ("queued", "running", "stopping", "succeeded", "failed", "cancelled")
+RUN_STATUSES: tuple[str, ...] = ("queued", "running", "stopping", "succeeded", "failed", "cancelled",
+                                  "interrupted")
 ACTIVE_STATUSES: tuple[str, ...] = ("queued", "running", "stopping")
 TERMINAL_STATUSES: tuple[str, ...] = ("succeeded", "failed", "cancelled")
+# A worker that was shut down (Ctrl-C, SIGTERM) checkpointed the run and let it go: neither active
+# (no worker holds it) nor ended (the next worker to start resumes it at once, with no lost epoch).
+INTERRUPTED = "interrupted"
+# Statuses a user may resume by hand (``runs resume``); an interrupted run resumes by itself too.
+RESUMABLE_STATUSES: tuple[str, ...] = ("failed", "cancelled", INTERRUPTED)
 
 
 def _jsonable(obj: Any) -> dict[str, Any]:
@@ -201,13 +207,14 @@ class ExperimentRow:
 
     @property
     def status(self) -> str:
-        """``running`` while any run is active, else ``failed`` / ``cancelled`` when some run
-        ended so, else ``succeeded`` (``empty`` without runs)."""
+        """``running`` while any run is active, else ``interrupted`` (a worker shut down; resumes
+        with the next one), ``failed`` / ``cancelled`` when some run ended so, else ``succeeded``
+        (``empty`` without runs)."""
         c = self.status_counts
         for s in ("running", "stopping", "queued"):
             if c.get(s):
                 return "running" if s != "queued" or c.get("succeeded") or c.get("running") else "queued"
-        for s in ("failed", "cancelled", "succeeded"):
+        for s in ("interrupted", "failed", "cancelled", "succeeded"):
             if c.get(s):
                 return s
         return "empty"

@@ -2,8 +2,10 @@
 
     queued --claim--> running --stop_requested--> stopping --> cancelled
        ^                 |--> succeeded | failed | cancelled
+       |                 |--worker shut down (Ctrl-C, SIGTERM): checkpoint--> interrupted
        |                 '--heartbeat stale (sweep)--> queued (attempt+1) | failed
-       '--resume_run (failed/cancelled, attempt+1)
+       |--resume_run (failed/cancelled/interrupted, attempt+1)
+       '--requeue_interrupted (any worker's sweep, at once; attempt+1)
 
 Every transition is one conditional UPDATE, so two workers can never both hold a run: a claim
 only succeeds on a ``queued`` row and stamps a fresh ``lease``; a worker's writes (heartbeats,
@@ -20,7 +22,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select, update
 
 from grpo_guard.store.db import as_utc, session_scope, utcnow
-from grpo_guard.store.entities import TERMINAL_STATUSES, Claim
+from grpo_guard.store.entities import INTERRUPTED, TERMINAL_STATUSES, Claim
 from grpo_guard.store.models import Checkpoint, LogLine, Run
 
 CLAIMABLE = ("queued",)
@@ -64,6 +66,45 @@ def finish_run(run_id: int, lease: str, status: str, *, error: str | None = None
             msg = f"attempt {attempt} ended: {status}" + (f": {error}" if error else "")
             s.add(LogLine(run_id=int(run_id), attempt=attempt, created_at=now,
                           level="error" if status == "failed" else "info", message=msg))
+        return bool(res.rowcount)
+
+
+def interrupt_run(run_id: int, lease: str, *, step: int | None = None) -> bool:
+    """End the attempt holding ``lease`` as ``interrupted``: its worker is shutting down and the
+    trainer has checkpointed ``step``. Not an end: the next worker resumes it (``requeue_interrupted``).
+    False if the lease was lost."""
+    now = utcnow()
+    with session_scope(write=True) as s:
+        res = s.execute(update(Run).where(Run.id == int(run_id), Run.lease == lease).values(
+            status=INTERRUPTED, lease=None, heartbeat_at=now, stop_requested=False, sample_now=False,
+            save_now=False, error=None, traceback=None, updated_at=now))
+        if res.rowcount:
+            attempt = s.scalar(select(Run.attempt).where(Run.id == int(run_id)))
+            at = f" after step {step}" if step is not None else ""
+            s.add(LogLine(run_id=int(run_id), attempt=attempt, created_at=now, level="warning",
+                          message=f"attempt {attempt} interrupted{at}: the worker was shut down; "
+                                  "the run resumes from its checkpoint when a worker starts"))
+        return bool(res.rowcount)
+
+
+def interrupted_runs() -> list[int]:
+    """Ids of the runs a worker shutdown left ``interrupted``, oldest first."""
+    with session_scope() as s:
+        return list(s.scalars(select(Run.id).where(Run.status == INTERRUPTED).order_by(Run.id)))
+
+
+def requeue_interrupted(run_id: int) -> bool:
+    """Queue an interrupted run again as attempt+1 (it resumes from the checkpoint its worker
+    wrote on the way out). Conditional on the status, so of several sweepers exactly one wins."""
+    now = utcnow()
+    with session_scope(write=True) as s:
+        res = s.execute(update(Run).where(Run.id == int(run_id), Run.status == INTERRUPTED).values(
+            status="queued", attempt=Run.attempt + 1, enqueued_at=now, finished_at=None, lease=None,
+            stop_requested=False, updated_at=now))
+        if res.rowcount:
+            attempt = s.scalar(select(Run.attempt).where(Run.id == int(run_id)))
+            s.add(LogLine(run_id=int(run_id), attempt=attempt, created_at=now, level="info",
+                          message=f"requeued as attempt {attempt} after an interrupt"))
         return bool(res.rowcount)
 
 

@@ -17,6 +17,8 @@ Tables (natural keys in brackets; writes are upserts on them):
   checkpoints  [run_id, step]
   log_lines    append-only, ordered by id
   experiments  one row per experiment (arms x seeds over a base config); its runs point at it
+  judging_sessions, judgments  human gold: blind A/B choices on pairs of eval samples (0007)
+  evaluations  one benchmark evaluation of a model (base, run + step, checkpoint file) under a protocol
 """
 
 from __future__ import annotations
@@ -230,3 +232,84 @@ class LogLine(Base):
     message: Mapped[str] = mapped_column(Text)
 
     __table_args__ = (Index(None, "run_id", "id"),)
+
+
+class JudgingSession(Base):
+    """What a human judging session compares (migration 0007): ``spec_json`` holds the mode,
+    runs and steps; ``pairs_json`` the drawn sample pairs ``[[a_id, b_id], ...]`` in the order
+    judges get them (balanced over prompts)."""
+
+    __tablename__ = "judging_sessions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(200))
+    spec_json: Mapped[str] = mapped_column(Text)
+    pairs_json: Mapped[str] = mapped_column(Text)
+    created_by: Mapped[str] = mapped_column(String(200), default="", server_default="")
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class Judgment(Base):
+    """One blind choice: ``choice`` is the side pressed (left / right / tie) and
+    ``left_sample_id`` which sample was shown left; run, step, prompt and seed of both samples
+    are kept so a judgment outlives a deleted run."""
+
+    __tablename__ = "judgments"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    session_id: Mapped[int] = mapped_column(ForeignKey("judging_sessions.id", ondelete="CASCADE"))
+    judge: Mapped[str] = mapped_column(String(200))
+    sample_a_id: Mapped[int] = mapped_column(BigInteger)
+    sample_b_id: Mapped[int] = mapped_column(BigInteger)
+    a_run_id: Mapped[int] = mapped_column(Integer)
+    a_step: Mapped[int] = mapped_column(Integer)
+    b_run_id: Mapped[int] = mapped_column(Integer)
+    b_step: Mapped[int] = mapped_column(Integer)
+    prompt: Mapped[str] = mapped_column(Text)
+    seed: Mapped[int] = mapped_column(Integer)
+    family: Mapped[str] = mapped_column(String(80), default="", server_default="")
+    left_sample_id: Mapped[int] = mapped_column(BigInteger)
+    choice: Mapped[str] = mapped_column(String(8))
+    reasons: Mapped[str] = mapped_column(Text, default="[]", server_default="[]")
+    decide_ms: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+    __table_args__ = (
+        CheckConstraint("choice IN ('left', 'right', 'tie')", name="choice"),
+        UniqueConstraint("session_id", "judge", "sample_a_id", "sample_b_id"),
+        Index(None, "a_run_id"),
+        Index(None, "b_run_id"),
+        Index(None, "judge"),
+    )
+
+
+EVALUATION_STATUSES = ("queued", "running", "succeeded", "failed")
+MODEL_KINDS = ("base", "run", "checkpoint")
+
+
+class Evaluation(Base):
+    __tablename__ = "evaluations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    benchmark: Mapped[str] = mapped_column(String(40))
+    model_kind: Mapped[str] = mapped_column(String(12))  # base | run | checkpoint
+    model_key: Mapped[str] = mapped_column(String(300))  # what "the same model" means for reuse
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    step: Mapped[int | None] = mapped_column(Integer)
+    checkpoint_path: Mapped[str | None] = mapped_column(String(1000))
+    protocol_json: Mapped[str] = mapped_column(Text)
+    protocol_hash: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(12))
+    metrics_json: Mapped[str] = mapped_column(Text, default="{}", server_default="{}")
+    per_prompt_json: Mapped[str] = mapped_column(Text, default="[]", server_default="[]")
+    images_location: Mapped[str | None] = mapped_column(String(1000))
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+    __table_args__ = (
+        CheckConstraint("model_kind IN ('base', 'run', 'checkpoint')", name="model_kind"),
+        CheckConstraint("status IN ('queued', 'running', 'succeeded', 'failed')", name="status"),
+        Index(None, "run_id"),
+        Index(None, "model_key", "benchmark", "protocol_hash"),
+    )

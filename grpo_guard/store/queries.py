@@ -25,7 +25,14 @@ from sqlalchemy import delete, or_, select, update
 from grpo_guard.config import RunConfig
 from grpo_guard.store import artifacts
 from grpo_guard.store.db import RunNotFoundError, StoreError, as_utc, session_scope, utcnow
-from grpo_guard.store.entities import ACTIVE_STATUSES, RUN_STATUSES, RunRow, RunSummary
+from grpo_guard.store.entities import (
+    ACTIVE_STATUSES,
+    INTERRUPTED,
+    RESUMABLE_STATUSES,
+    RUN_STATUSES,
+    RunRow,
+    RunSummary,
+)
 from grpo_guard.store.experiments import (  # noqa: F401  (re-exported)
     ExperimentNotFoundError,
     create_experiment,
@@ -227,14 +234,14 @@ def _require(s: Any, run_id: int) -> None:
 
 
 def request_stop(run_id: int) -> str:
-    """Ask a run to stop. A queued run is cancelled at once; a running one gets
-    ``stop_requested`` (the trainer checkpoints and ends ``cancelled`` within a step).
-    Returns the run's status afterwards."""
+    """Ask a run to stop. A queued or interrupted run is cancelled at once (an interrupted one
+    then does not resume by itself); a running one gets ``stop_requested`` (the trainer
+    checkpoints and ends ``cancelled`` within a step). Returns the run's status afterwards."""
     rid, now = int(run_id), utcnow()
     with session_scope(write=True) as s:
         _require(s, rid)
         # Conditional updates, so a worker claiming the run at the same moment cannot slip by.
-        if s.execute(update(Run).where(Run.id == rid, Run.status == "queued").values(
+        if s.execute(update(Run).where(Run.id == rid, Run.status.in_(("queued", INTERRUPTED))).values(
                 status="cancelled", finished_at=now, updated_at=now)).rowcount:
             return "cancelled"
         if s.execute(update(Run).where(Run.id == rid, Run.status.in_(("running", "stopping"))).values(
@@ -295,19 +302,20 @@ def delete_run(run_id: int) -> None:
 
 # ---- resume and clone -----------------------------------------------------------------------
 def resume_run(run_id: int) -> int:
-    """Queue a failed or cancelled run again as attempt+1; the worker resumes it from its last
-    checkpoint (rows after that step are pruned first). Returns the run id; the caller enqueues."""
+    """Queue a failed, cancelled or interrupted run again as attempt+1; the worker resumes it from
+    its last checkpoint (rows after that step are pruned first). Returns the run id; the caller
+    enqueues."""
     rid, now = int(run_id), utcnow()
     with session_scope(write=True) as s:
         status = s.scalar(select(Run.status).where(Run.id == rid))
         if status is None:
             raise RunNotFoundError(f"no run with id {run_id}")
-        res = s.execute(update(Run).where(Run.id == rid, Run.status.in_(("failed", "cancelled"))).values(
+        res = s.execute(update(Run).where(Run.id == rid, Run.status.in_(RESUMABLE_STATUSES)).values(
             status="queued", attempt=Run.attempt + 1, stop_requested=False, sample_now=False,
             save_now=False, error=None, traceback=None, finished_at=None, lease=None,
             worker_host=None, worker_gpu=None, updated_at=now))
         if not res.rowcount:
-            raise StoreError(f"run {rid} is {status}; only failed or cancelled runs can be resumed "
+            raise StoreError(f"run {rid} is {status}; only failed, cancelled or interrupted runs can be resumed "
                              "(clone it to start a new run from its config)")
     return rid
 

@@ -14,9 +14,11 @@ behind a valid name. A file that cannot be read raises ``CheckpointError`` with 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
+import shutil
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +35,13 @@ ARCHITECTURE_KEYS = ("backbone", "model", "resolution", "lora_rank", "lora_alpha
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, truncated or not a GRPO-Guard checkpoint."""
+
+
+class DiskFullError(CheckpointError, OSError):
+    """A checkpoint could not be written for lack of space; the message says where, how much
+    was free and about how much was needed. The previous checkpoint is untouched."""
+
+    plain_message = True  # the worker stores the message as is, without the class name
 
 
 @dataclass
@@ -56,20 +65,67 @@ def sidecar_path(path: str) -> str:
 
 
 def save_checkpoint(directory: str, ckpt: Checkpoint, meta: dict[str, Any] | None = None) -> str:
-    """Write ``ckpt`` as ``ckpt_<step>.pt`` + ``.json`` (atomically); returns the ``.pt`` path."""
+    """Write ``ckpt`` as ``ckpt_<step>.pt`` + ``.json`` (atomically); returns the ``.pt`` path.
+
+    Both files are written under temporary names and renamed only once both are complete, so a
+    failed write (a full disk) leaves every earlier checkpoint as it was and no partial file
+    behind; a full disk raises :class:`DiskFullError` naming the free and the needed space."""
     os.makedirs(directory, exist_ok=True)
     path = checkpoint_path(directory, ckpt.step)
     blob = {"format": FORMAT, "step": ckpt.step, "config": ckpt.config.to_json(),
-            "trainable": ckpt.trainable, "ema": ckpt.ema, "optimizer": ckpt.optimizer,
-            "trainer": ckpt.trainer}
-    tmp = path + ".tmp"
-    torch.save(blob, tmp)
-    os.replace(tmp, path)
+            "config_fields_set": sorted(ckpt.config.fields_set()), "trainable": ckpt.trainable, "ema": ckpt.ema,
+            "optimizer": ckpt.optimizer, "trainer": ckpt.trainer}
     side = {"format": FORMAT, "step": ckpt.step, "config": ckpt.config.to_dict(), "meta": meta or {}}
-    with open(sidecar_path(path) + ".tmp", "w", encoding="utf-8") as fh:
-        json.dump(side, fh, indent=1, sort_keys=True)
-    os.replace(sidecar_path(path) + ".tmp", sidecar_path(path))
+    tmp, side_tmp = path + ".tmp", sidecar_path(path) + ".tmp"
+    try:
+        torch.save(blob, tmp)
+        with open(side_tmp, "w", encoding="utf-8") as fh:
+            json.dump(side, fh, indent=1, sort_keys=True)
+    except (OSError, RuntimeError) as e:  # torch reports a short write as a RuntimeError of its zip writer
+        for p in (tmp, side_tmp):
+            with contextlib.suppress(OSError):
+                os.remove(p)
+        needed = _nbytes(blob)
+        free = _free_bytes(directory)
+        if getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or (free is not None and free < needed * 1.1):
+            free_text = f"{free / 1e6:.1f} MB free" if free is not None else "free space unknown"
+            raise DiskFullError(
+                f"no space left on {_mount_point(directory)} writing the checkpoint of step {ckpt.step}: "
+                f"{free_text}, about {needed / 1e6:.1f} MB needed. The previous checkpoint is intact: free "
+                "some space and resume the run") from None
+        raise
+    os.replace(tmp, path)
+    os.replace(side_tmp, sidecar_path(path))
     ckpt.path = path
+    return path
+
+
+def _nbytes(obj: Any) -> int:
+    """Bytes of the tensors in ``obj`` (dicts, lists), what a checkpoint of it takes on disk."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_nbytes(v) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(_nbytes(v) for v in obj)
+    return 64
+
+
+def _free_bytes(directory: str) -> int | None:
+    try:
+        return shutil.disk_usage(directory).free
+    except OSError:
+        return None
+
+
+def _mount_point(directory: str) -> str:
+    """The mount point holding ``directory`` (what a user frees space on)."""
+    path = os.path.realpath(directory)
+    while not os.path.ismount(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
     return path
 
 
@@ -103,6 +159,12 @@ def load_checkpoint(path: str) -> Checkpoint:
         config = RunConfig.from_dict(raw)
     except (ConfigError, ValueError, TypeError) as e:
         raise CheckpointError(f"checkpoint {path} holds a config this version cannot read: {e}".replace("\n", "; ")) from None
+    fields_set = blob.get("config_fields_set")
+    if isinstance(fields_set, list):
+        # The JSON holds every field; without this, all would count as set by the user, and
+        # FLUX would switch from the pipeline's resolution-dependent shift to a static one.
+        config = RunConfig.model_construct(_fields_set={str(k) for k in fields_set} & set(RunConfig.model_fields),
+                                           **{k: getattr(config, k) for k in RunConfig.model_fields})
     return Checkpoint(step=int(blob.get("step", 0)), config=config, trainable=blob["trainable"],
                       ema=blob.get("ema"), optimizer=blob.get("optimizer"),
                       trainer=dict(blob.get("trainer") or {}), path=path,
@@ -135,3 +197,40 @@ def prune_checkpoints(directory: str, keep: int, protect: set[int] = frozenset()
                 os.remove(p)
         removed.append(step)
     return removed
+
+
+WEIGHTS = ("auto", "ema", "raw")
+
+
+def chosen_weights(ckpt: Checkpoint, weights: str = "auto") -> str:
+    """``"ema"`` or ``"raw"``: which weights of ``ckpt`` to use. ``auto`` takes the EMA when the
+    run kept one (what evaluation sampled), else the raw weights; asking for an EMA the
+    checkpoint lacks raises ``CheckpointError``."""
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
+    if weights == "auto":
+        return "ema" if ckpt.ema is not None else "raw"
+    if weights == "ema" and ckpt.ema is None:
+        raise CheckpointError(f"checkpoint {ckpt.path} keeps no EMA weights (the run had ema: false); "
+                              "use the raw weights instead.")
+    return weights
+
+
+def apply_checkpoint(backbone: Any, ckpt: Checkpoint, weights: str = "auto") -> str:
+    """Give ``backbone`` (a freshly built base model) the trained weights of ``ckpt``: the same
+    LoRA adapter (or full fine-tuning) as the run, then its raw or EMA weights. Returns which
+    weights were used (``"ema"`` / ``"raw"``). A checkpoint that does not fit raises
+    ``ValueError``."""
+    which = chosen_weights(ckpt, weights)
+    arch = ckpt.config
+    backbone.add_lora(arch.lora_rank, arch.lora_alpha, arch.lora_targets)
+    backbone.load_trainable_state_dict(ckpt.trainable)
+    if which == "ema":
+        params = backbone.trainable_parameters()
+        if len(params) != len(ckpt.ema):
+            raise ValueError(f"the checkpoint's EMA holds {len(ckpt.ema)} tensors, the model has {len(params)} "
+                             "trainable parameters")
+        with torch.no_grad():
+            for p, s in zip(params, ckpt.ema, strict=True):
+                p.copy_(s)
+    return which

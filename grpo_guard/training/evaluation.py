@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,16 +45,23 @@ def score_images(images: np.ndarray, prompts: list[str], rewards: Mapping[str, o
     """name -> (B,) float64 scores. A reward with ``details(images, prompts) -> (scores, extras)``
     (e.g. GenEval's strict and per-family accuracy) is scored through it, once; with ``details``
     given, each extra's mean over the images it applies to (non-NaN) is stored there as
-    ``<name>/<extra>`` (an extra that applies to no image is left out, not logged as 0)."""
+    ``<name>/<extra>`` (an extra that applies to no image is left out, not logged as 0), with what
+    the reward's ``summary(means)`` derives from them (GenEval's ``overall``)."""
     out = {}
     for name, fn in rewards.items():
         detail = getattr(fn, "details", None)
         if callable(detail):
             vals, extras = detail(images, prompts)
+            means = {}
             for key, v in extras.items():
                 v = np.asarray(v, dtype=np.float64).reshape(-1)
-                if details is not None and np.isfinite(v).any():
-                    details[f"{name}/{key}"] = float(np.nanmean(v))
+                if np.isfinite(v).any():
+                    means[key] = float(np.nanmean(v))
+            summary = getattr(fn, "summary", None)
+            if callable(summary):
+                means.update(summary(means))
+            if details is not None:
+                details.update({f"{name}/{k}": v for k, v in means.items()})
         else:
             vals = fn(images, prompts)  # type: ignore[operator]
         vals = np.asarray(vals, dtype=np.float64).reshape(-1)
@@ -64,15 +71,35 @@ def score_images(images: np.ndarray, prompts: list[str], rewards: Mapping[str, o
     return out
 
 
+def reward_health(*reward_maps: Mapping[str, object]) -> dict[str, float]:
+    """``reward/<name>/latency`` and ``reward/<name>/failures`` of every reward that counts them
+    (reward servers: ``take_stats()``), since the last call; proxies map names to (fn, weight).
+    A name that is both a proxy and a gold evaluator (two clients) is counted once, summed."""
+    lat: dict[str, list[float]] = {}
+    fails: dict[str, float] = {}
+    for rewards in reward_maps:
+        for name, fn in rewards.items():
+            take = getattr(fn[0] if isinstance(fn, tuple) else fn, "take_stats", None)
+            if callable(take):
+                stats = take()
+                fails[name] = fails.get(name, 0.0) + float(stats.get("failures", 0.0))
+                if "latency" in stats:
+                    lat.setdefault(name, []).append(float(stats["latency"]))
+    out = {M.REWARD_FAILURES.format(name=k): v for k, v in fails.items()}
+    out.update({M.REWARD_LATENCY.format(name=k): float(np.mean(v)) for k, v in lat.items()})
+    return out
+
+
 @torch.no_grad()
 def evaluate(backbone: Backbone, eval_set: EvalSet, sigmas: torch.Tensor, *, cfg_scale: float,
              proxies: Mapping[str, tuple[object, float]], golds: Mapping[str, object], step: int,
-             recorder: Recorder, chunk: int = 64) -> dict[str, float]:
+             recorder: Recorder, chunk: int = 64, should_stop: Callable[[], bool] | None = None) -> dict[str, float]:
     """Sample the eval set (the caller swaps in the EMA weights), score it, log one PNG per image
     and return ``eval/*`` scalars: each reward and evaluator, their breakdowns ``eval/<name>/<key>``
-    (:func:`score_images`: ``eval/geneval/strict``, ``eval/geneval/<family>``), ``eval/proxy`` (the
+    (:func:`score_images`: ``eval/geneval/overall``, ``image_mean``, ``<family>``), ``eval/proxy`` (the
     weighted total of the proxies) and ``eval/gold`` (the mean of the gold evaluators)."""
-    latents = sample_ode(backbone, eval_set.prompts, eval_set.noise, sigmas, cfg_scale=cfg_scale, chunk=chunk)
+    latents = sample_ode(backbone, eval_set.prompts, eval_set.noise, sigmas, cfg_scale=cfg_scale, chunk=chunk,
+                         should_stop=should_stop)
     images = backbone.decode(latents)
     details: dict[str, float] = {}
     p_scores = score_images(images, eval_set.prompts, {k: fn for k, (fn, _) in proxies.items()}, details)

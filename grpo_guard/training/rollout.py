@@ -12,6 +12,7 @@ run draws exactly what an uninterrupted one would.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +20,7 @@ import torch
 
 from grpo_guard.models.base import Backbone, Embeds, select_embeds
 from grpo_guard.sde import sde_step
+from grpo_guard.training.interrupt import check
 
 # Purposes of the derived random streams: the third component of (seed, epoch, purpose, ...).
 PROMPTS, INIT_NOISE, STEP_NOISE, TIMESTEPS, SHUFFLE = range(5)
@@ -82,7 +84,8 @@ def trained_steps(mode: str, num_steps: int, num_trained: int, n: int, *, window
 def sample_rollouts(backbone: Backbone, prompts: list[str], prompt_index: torch.Tensor, sigmas: torch.Tensor,
                     steps: torch.Tensor, noise: torch.Tensor, *, seed_keys: tuple[int, ...], cfg_scale: float,
                     noise_level: float, dynamics: str, sde_steps: tuple[int, int] | None = None,
-                    cps_logprob: str = "flow_grpo", chunk: int = 64, row_ids: torch.Tensor | None = None) -> Rollout:
+                    cps_logprob: str = "flow_grpo", chunk: int = 64, row_ids: torch.Tensor | None = None,
+                    should_stop: Callable[[], bool] | None = None) -> Rollout:
     """Sample N trajectories with the SDE sampler and record their trained steps.
 
     Args:
@@ -122,6 +125,7 @@ def sample_rollouts(backbone: Backbone, prompts: list[str], prompt_index: torch.
         cond = select_embeds(embeds, prompt_index[rows].to(device))
         x = noise[rows].to(device)
         for j in range(num_steps):
+            check(should_stop, "while sampling")  # a shutdown: the epoch is dropped, nothing changed yet
             sig = sigmas[j].expand(b).to(device)
             sig_next = sigmas[j + 1].expand(b).to(device)
             v = backbone.velocity(x, sig, cond, cfg_scale=cfg_scale)
@@ -155,7 +159,7 @@ def seed_noise(seeds: list[int], latent_shape: tuple[int, ...]) -> torch.Tensor:
 
 @torch.no_grad()
 def sample_ode(backbone: Backbone, prompts: list[str], noise: torch.Tensor, sigmas: torch.Tensor, *,
-               cfg_scale: float, chunk: int = 64) -> torch.Tensor:
+               cfg_scale: float, chunk: int = 64, should_stop: Callable[[], bool] | None = None) -> torch.Tensor:
     """Deterministic Euler (ODE) sampling, x ← x + v·dt (ALGORITHM.md §2.4): (B, *L) final latents."""
     backbone.eval()
     device = backbone.device
@@ -165,6 +169,7 @@ def sample_ode(backbone: Backbone, prompts: list[str], noise: torch.Tensor, sigm
         x = noise[a:a + chunk].to(device)
         b = x.shape[0]
         for j in range(sigmas.shape[0] - 1):
+            check(should_stop, "while evaluating")
             v = backbone.velocity(x, sigmas[j].expand(b).to(device), cond, cfg_scale=cfg_scale)
             x = x + (sigmas[j + 1] - sigmas[j]).to(device) * v
         out.append(x)

@@ -8,7 +8,7 @@ import contextlib
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -45,6 +45,7 @@ class TrainRun:
     eval_set: EvalSet
     my_rows: torch.Tensor               # (N_r,) this rank's rows of the epoch (all rows in one process)
     num_batches: int                    # micro-batches per inner epoch, the same on every rank
+    should_stop: Callable[[], bool] | None = None  # a shutdown of this single process (interrupt.py)
 
     @property
     def is_main(self) -> bool:
@@ -60,7 +61,8 @@ def evaluate_at(run: TrainRun, state: TrainerState, step: int) -> None:
     t = time.perf_counter()
     with run.ema.swapped() if run.ema is not None else contextlib.nullcontext():
         vals = evaluate(run.backbone, run.eval_set, run.eval_sigmas, cfg_scale=c.cfg_scale, proxies=run.proxies,
-                        golds=run.golds, step=step, recorder=recorder, chunk=c.sample_batch_size)
+                        golds=run.golds, step=step, recorder=recorder, chunk=c.sample_batch_size,
+                        should_stop=run.should_stop)
     proxy, gold = vals[M.EVAL_PROXY], vals[M.EVAL_GOLD]
     h = state.history
     h.add(step, proxy, gold)
@@ -117,3 +119,12 @@ def stop_on_alarm(run: TrainRun, state: TrainerState, step: int) -> str | None:
         recorder.log_line(f"best-gold checkpoint kept: epoch {state.best_step} (gold {state.best_gold:.4f}): {best}")
     recorder.flush()
     return path or (checkpoint_path(recorder.checkpoint_dir(), step))
+
+
+def stop_for_interrupt(run: TrainRun, state: TrainerState, step: int) -> str | None:
+    """The process is shutting down (``grpo_guard.training.interrupt``): checkpoint ``step`` unless
+    it is the last checkpoint already; returns the new path, or None."""
+    path = checkpoint_at(run, state, step, "interrupt") if state.last_ckpt_step != step else None
+    run.recorder.log_line(f"shutting down: stopped with the state of epoch {step} checkpointed", "warning")
+    run.recorder.flush()
+    return path

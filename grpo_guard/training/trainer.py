@@ -27,7 +27,8 @@ the r̂ histogram are not logged.
 Every random stream is derived from (seed, epoch, purpose), so a run resumed from a checkpoint logs
 exactly what the uninterrupted run logs. The step index of every row is the epoch (0 = base model).
 
-Where the pieces live: ``train()`` below is the loop; each epoch stage is a function after it. The
+Where the pieces live: ``train()`` below is the loop; each epoch stage is a function after it. Setting
+a run up (rewards, backbone, optimizer, the starting state) is ``grpo_guard.training.setup``. The
 live objects of a run and its eval and checkpoint steps are in ``grpo_guard.training.train_run``, the state
 carried between epochs (and checkpointed) in ``grpo_guard.training.train_state``, the policy update in
 ``grpo_guard.training.update``, and the names of every logged metric in ``grpo_guard.metrics``.
@@ -35,7 +36,6 @@ carried between epochs (and checkpointed) in ``grpo_guard.training.train_state``
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -46,11 +46,12 @@ import torch
 
 from grpo_guard import metrics as M
 from grpo_guard.config import RunConfig
+from grpo_guard.planning.runtime import resolve_rows_per_forward
 from grpo_guard.policy import group_advantages, zero_variance_mask
 from grpo_guard.training import distributed as ddp
-from grpo_guard.training.checkpoint import ARCHITECTURE_KEYS, Checkpoint, load_checkpoint
-from grpo_guard.training.ema import EMA
-from grpo_guard.training.evaluation import EvalSet, score_images
+from grpo_guard.training.checkpoint import load_checkpoint
+from grpo_guard.training.evaluation import reward_health, score_images
+from grpo_guard.training.interrupt import Interrupted, PreUpdateSnapshot, interrupt_requested
 from grpo_guard.training.recording import Control, NullRecorder, Recorder, StepStat
 from grpo_guard.training.rollout import (
     INIT_NOISE,
@@ -63,7 +64,20 @@ from grpo_guard.training.rollout import (
     sample_rollouts,
     trained_steps,
 )
-from grpo_guard.training.train_run import TrainRun, checkpoint_at, evaluate_at, stop_on_alarm
+from grpo_guard.training.setup import (
+    build_run,
+    check_world,
+    out_of_memory_error,
+    resume_config,
+    start_state,
+)
+from grpo_guard.training.train_run import (
+    TrainRun,
+    checkpoint_at,
+    evaluate_at,
+    stop_for_interrupt,
+    stop_on_alarm,
+)
 from grpo_guard.training.train_state import TrainerState
 from grpo_guard.training.update import UpdateResult, micro_batches, policy_update
 
@@ -111,7 +125,7 @@ def train(config: RunConfig, recorder: Recorder, control: Control, *, resume_fro
     rank of a data-parallel run: ranks other than 0 ignore ``recorder`` and ``control``."""
     # 0. Data parallel: join the launcher's group (a no-op for a single process).
     rank, world = ddp.init_from_env()
-    _check_world(config.num_gpus, world)
+    check_world(config.num_gpus, world)
     if world > 1:
         device = ddp.rank_device() or device
         if rank != 0:  # one writer: rank 0 records everything, the other ranks keep nothing
@@ -120,19 +134,33 @@ def train(config: RunConfig, recorder: Recorder, control: Control, *, resume_fro
     # 1. Resume: the checkpoint fixes the architecture; the caller's config the rest.
     ckpt = load_checkpoint(resume_from) if resume_from else None
     if ckpt is not None:
-        config = _resume_config(config, ckpt, recorder)
+        config = resume_config(config, ckpt, recorder)
     c = config
 
     # 2. Rewards, model, optimizer, EMA, prompts, sigma tables, the fixed eval set.
-    run = _build_run(c, recorder, rank, world, device, backbone, rewards)
+    run = build_run(c, recorder, rank, world, device, backbone, rewards)
+    run.should_stop = (lambda: interrupt_requested(control)) if world == 1 else None
 
-    # 3. Trainer state (all of it goes into checkpoints): fresh with the base model's eval, or resumed.
-    state, start, last_path = _start_state(run, ckpt)
-    if ckpt is None and run.is_main:
-        evaluate_at(run, state, 0)
-        if c.on_overoptimization == "stop_keep_best":  # the base model may stay the best: keep it too
-            last_path = checkpoint_at(run, state, 0, "best-gold")
-        recorder.flush()
+    # 2b. Rows per forward of the update: the config's number, or `auto`'s pick for this GPU.
+    rows_per_forward, how = resolve_rows_per_forward(c, run.backbone.device)
+    if run.is_main:
+        recorder.log_line(how)
+
+    # 3. Trainer state (all of it goes into checkpoints): fresh with the base model's eval, or resumed
+    #    (a run interrupted before the eval its last epoch owed does that eval first).
+    state, start, last_path = start_state(run, ckpt)
+    try:
+        if ckpt is None and run.is_main:
+            evaluate_at(run, state, 0)
+            if c.on_overoptimization == "stop_keep_best":  # the base model may stay the best: keep it too
+                last_path = checkpoint_at(run, state, 0, "best-gold")
+            recorder.log_scalars(0, reward_health(run.golds, run.proxies))
+            recorder.flush()
+        elif run.is_main and start > state.last_eval and (start % c.eval_every == 0 or start == c.epochs):
+            evaluate_at(run, state, start)
+            recorder.flush()
+    except Interrupted:
+        return TrainResult("cancelled", start, stop_for_interrupt(run, state, start) or last_path)
 
     # 4. The loop: one epoch = one step.
     for epoch in range(start + 1, c.epochs + 1):
@@ -149,7 +177,12 @@ def train(config: RunConfig, recorder: Recorder, control: Control, *, resume_fro
         t0 = time.perf_counter()
 
         # 4b. Sample a group per prompt with the SDE sampler.
-        samples = _sample(run, epoch)
+        try:
+            samples = _sample(run, epoch)
+        except Interrupted:  # nothing of this epoch is applied or recorded yet
+            return TrainResult("cancelled", epoch - 1, stop_for_interrupt(run, state, epoch - 1) or last_path)
+        except torch.OutOfMemoryError as e:
+            raise out_of_memory_error(run, "sampling", epoch) from e
         t_sample = time.perf_counter()
 
         # 4c. Score with the proxy rewards, gathered over the ranks.
@@ -160,8 +193,21 @@ def train(config: RunConfig, recorder: Recorder, control: Control, *, resume_fro
         adv = _advantages(run, samples, scored, epoch)
 
         # 4e. Policy update, per denoising step, with accumulation (gradients averaged over ranks).
-        upd = policy_update(run.backbone, run.optimizer, run.params, samples.rollout, adv.mine.to(run.backbone.device),
-                            adv.batches, c, run.ema, state, grad_sync=ddp.all_reduce_grads if world > 1 else None)
+        #     A shutdown before or during it stops at the previous epoch, whose state is intact.
+        if _interrupted(run, control):
+            return TrainResult("cancelled", epoch - 1, stop_for_interrupt(run, state, epoch - 1) or last_path)
+        snapshot = PreUpdateSnapshot.take(run.params, run.optimizer, run.ema, state) \
+            if world == 1 and hasattr(control, "interrupted") else None
+        try:
+            upd = policy_update(run.backbone, run.optimizer, run.params, samples.rollout,
+                                adv.mine.to(run.backbone.device), adv.batches, c, run.ema, state,
+                                grad_sync=ddp.all_reduce_grads if world > 1 else None, rows_per_forward=rows_per_forward,
+                                should_abort=(lambda: _interrupted(run, control)) if snapshot else None)
+        except torch.OutOfMemoryError as e:
+            raise out_of_memory_error(run, "policy update", epoch) from e
+        except Interrupted:
+            snapshot.restore(run.params, run.optimizer, run.ema, state)
+            return TrainResult("cancelled", epoch - 1, stop_for_interrupt(run, state, epoch - 1) or last_path)
         if world > 1:
             upd.scalars, upd.step_stats, upd.sigma = ddp.merge_update_stats(upd.scalars, upd.step_stats, upd.sigma)
         t_update = time.perf_counter()
@@ -169,16 +215,23 @@ def train(config: RunConfig, recorder: Recorder, control: Control, *, resume_fro
         # 4f. Record.
         _record(run, epoch, upd, scored, adv, (t0, t_sample, t_reward, t_update))
 
-        # 4g. Evaluate, checkpoint, and obey the sample-now / save-now flags (rank 0 alone).
+        # 4g. Evaluate, checkpoint, and obey the sample-now / save-now flags (rank 0 alone). A
+        #     shutdown now keeps the epoch; the eval it owes runs when the run resumes (step 3).
         if not run.is_main:
             continue
+        if _interrupted(run, control):
+            return TrainResult("cancelled", epoch, stop_for_interrupt(run, state, epoch) or last_path)
         sample_now, save_now = control.take_sample_now(), control.take_save_now()
-        if epoch % c.eval_every == 0 or epoch == c.epochs or sample_now:
-            evaluate_at(run, state, epoch)
+        try:
+            if epoch % c.eval_every == 0 or epoch == c.epochs or sample_now:
+                evaluate_at(run, state, epoch)
+        except Interrupted:  # the epoch is recorded; its eval runs first on resume
+            return TrainResult("cancelled", epoch, stop_for_interrupt(run, state, epoch) or last_path)
         new_best = state.best_step == epoch
         if epoch % c.checkpoint_every == 0 or epoch == c.epochs or new_best or save_now:
             reason = "best-gold" if new_best else "periodic" if epoch < c.epochs else "final"
             last_path = checkpoint_at(run, state, epoch, reason)
+        recorder.log_scalars(epoch, reward_health(run.proxies, run.golds))  # reward servers: latency, failures
         recorder.flush()
 
     # 5. Done (a resumed, already finished run lands here directly).
@@ -194,122 +247,17 @@ def train(config: RunConfig, recorder: Recorder, control: Control, *, resume_fro
     return TrainResult("succeeded", c.epochs, last_path)
 
 
-# ---- set-up ----------------------------------------------------------------------------------------
-def _check_world(num_gpus: int, world: int) -> None:
-    if world != num_gpus:
-        raise ValueError(
-            f"num_gpus is {num_gpus} but this process group has {world} process(es): "
-            + ("run it with `grpo-guard train CONFIG` (which starts accelerate launch with num_gpus processes) "
-               "or submit it to a worker that owns that many GPUs" if world == 1 else
-               f"launch exactly num_gpus={num_gpus} processes"))
-
-
-def _build_run(c: RunConfig, recorder: Recorder, rank: int, world: int, device: str | None, backbone,
-               rewards: Mapping[str, object] | None) -> TrainRun:
-    # Prompts and rewards first: an unknown set, unreadable file, missing dataset, reward name or
-    # GenEval metadata fails before a model loads. Prompts stay Prompt objects (str with .meta) all
-    # the way to the rewards and the recorder. Eval (golds) runs on rank 0 only.
-    train_prompts, eval_prompts = c.resolved_prompts()
-    proxies, golds = _build_rewards(c, rewards, golds=rank == 0)
-    _check_reward_prompts(proxies, golds, train_prompts, eval_prompts)
-    if backbone is None:
-        from grpo_guard.models import build_backbone
-
-        backbone = build_backbone(c, device=device)
-    if getattr(backbone, "lora_rank", None) is None:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(c.seed)  # LoRA's Gaussian init
-            backbone.add_lora(c.lora_rank, c.lora_alpha, c.lora_targets)
-    params = backbone.trainable_parameters()
-    if world > 1:
-        ddp.broadcast_params(params)
-    optimizer = torch.optim.AdamW(params, lr=c.learning_rate, betas=(c.adam_beta1, c.adam_beta2),
-                                  weight_decay=c.weight_decay, eps=c.adam_eps)
-
-    # Sigma tables, the fixed eval set.
-    latent_shape = backbone.latent_shape(c.resolution)
-    eval_set = EvalSet.build(eval_prompts, list(c.eval_seeds), latent_shape)
-
-    # This rank's prompt groups (all of them in a single process) and their rows of the epoch.
-    group_size, n_groups = c.group_size, c.prompts_per_epoch
-    my_groups = ddp.shard_indices(n_groups, rank, world)
-    my_rows = torch.arange(my_groups[0] * group_size, (my_groups[-1] + 1) * group_size) if my_groups else \
-        torch.zeros(0, dtype=torch.long)
-    # Micro-batches per rank: from the largest shard, so every rank takes the same optimizer steps.
-    num_batches = math.ceil(group_size * len(ddp.shard_indices(n_groups, 0, world)) / c.train_batch_size)
-    return TrainRun(config=c, recorder=recorder, rank=rank, world=world, backbone=backbone, params=params,
-                    optimizer=optimizer, ema=EMA(params, c.ema_decay) if c.ema else None, proxies=proxies,
-                    golds=golds, train_prompts=train_prompts, latent_shape=latent_shape,
-                    sigmas=backbone.sigmas(c.num_steps, c.shift, c.resolution),
-                    eval_sigmas=backbone.sigmas(c.eval_num_steps, c.shift, c.resolution), eval_set=eval_set,
-                    my_rows=my_rows, num_batches=num_batches)
-
-
-def _check_reward_prompts(proxies: Mapping[str, tuple[object, float]], golds: Mapping[str, object],
-                          train_prompts: list, eval_prompts: list) -> None:
-    """Rewards that read per-prompt data (GenEval's metadata: ``check_prompts``) vet the prompts
-    they will score now, with one sentence, before a model or the reward's weights load."""
-    for fn, _ in proxies.values():
-        if callable(check := getattr(fn, "check_prompts", None)):
-            check([*train_prompts, *eval_prompts])
-    for fn in golds.values():
-        if callable(check := getattr(fn, "check_prompts", None)):
-            check(eval_prompts)
-
-
-def _start_state(run: TrainRun, ckpt: Checkpoint | None) -> tuple[TrainerState, int, str | None]:
-    """(state, first epoch - 1, last checkpoint path): a fresh state at epoch 0, or the checkpoint's
-    weights, optimizer, EMA and trainer state at its epoch, with everything logged after it pruned."""
-    c, recorder = run.config, run.recorder
-    if ckpt is None:
-        recorder.log_line(f"training {c.algorithm} on {c.backbone}: {c.epochs} epochs of {c.prompts_per_epoch}×"
-                          f"{c.group_size} samples, {c.num_trained_steps()} of {c.num_steps} steps trained, "
-                          f"{sum(p.numel() for p in run.params):,} trainable parameters")
-        return TrainerState(), 0, None
-    run.backbone.load_trainable_state_dict(ckpt.trainable)
-    if ckpt.optimizer:
-        run.optimizer.load_state_dict(ckpt.optimizer)
-    if run.ema is not None and ckpt.ema is not None:
-        run.ema.load(ckpt.ema)
-    if ckpt.step > c.epochs:
-        raise ValueError(f"the checkpoint is at epoch {ckpt.step}, beyond epochs={c.epochs}; "
-                         f"set epochs >= {ckpt.step} to resume")
-    recorder.prune_after(ckpt.step)
-    recorder.log_line(f"resumed from {ckpt.path} at epoch {ckpt.step}")
-    return TrainerState.from_dict(ckpt.trainer), ckpt.step, ckpt.path
-
-
-def _build_rewards(c: RunConfig, injected: Mapping[str, object] | None, *, golds: bool = True):
-    from grpo_guard.rewards import build_reward
-
-    injected = dict(injected or {})
-
-    def get(name: str):  # reward_options: local weights, device, batch size (env vars are the fallback)
-        return injected[name] if name in injected else build_reward(name, **c.reward_factory_options(name))
-
-    proxies = {k: (get(k), float(w)) for k, w in c.rewards.items()}
-    gold = {k: get(k) for k in c.gold} if golds else {}
-    return proxies, gold
-
-
-def _resume_config(config: RunConfig, ckpt: Checkpoint, recorder: Recorder) -> RunConfig:
-    """The caller's config with the checkpoint's architecture keys (which shape the weights)."""
-    saved = ckpt.config.to_dict()
-    if ckpt.filled:
-        recorder.log_line(f"checkpoint {ckpt.path} lacks config keys {', '.join(ckpt.filled)}; defaults were used")
-    mine = config.to_dict()
-    arch = {k: saved[k] for k in ARCHITECTURE_KEYS if mine.get(k) != saved.get(k)}
-    if arch:
-        recorder.log_line(f"resume: taking {', '.join(sorted(arch))} from the checkpoint", "warning")
-        config = config.with_overrides(arch)
-    return config
-
-
 # ---- the stages of one epoch -----------------------------------------------------------------------
 def _stop_requested(run: TrainRun, control: Control) -> bool:
     """Rank 0's answer, broadcast so that every rank stops after the same epoch."""
     stop = control.stop_requested() if run.is_main else False
     return ddp.broadcast_flag(stop) if run.world > 1 else stop
+
+
+def _interrupted(run: TrainRun, control: Control) -> bool:
+    """A shutdown of this single process, checked between an epoch's stages (no database read; a
+    data-parallel group stops at the next epoch's broadcast poll instead)."""
+    return run.world == 1 and interrupt_requested(control)
 
 
 def _alarm_stop(run: TrainRun, state: TrainerState) -> bool:
@@ -348,7 +296,8 @@ def _sample(run: TrainRun, epoch: int) -> EpochSamples:
     ro = sample_rollouts(run.backbone, prompts, my_index, run.sigmas, steps[my_rows], noise,
                          seed_keys=(c.seed, epoch, STEP_NOISE), cfg_scale=c.cfg_scale, noise_level=c.noise_level,
                          dynamics=c.dynamics, sde_steps=window, cps_logprob=c.cps_logprob,
-                         chunk=c.sample_batch_size, row_ids=my_rows if run.world > 1 else None)
+                         chunk=c.sample_batch_size, row_ids=my_rows if run.world > 1 else None,
+                         should_stop=run.should_stop)
     images = run.backbone.decode(ro.final)                                               # (N_r, H, W, 3) uint8
     return EpochSamples(prompts, prompt_index, my_index, ro, images)
 

@@ -41,7 +41,8 @@ def _series() -> dict:
     rows = [synthetic.scalars("flow_grpo", s, 10, rng, 1e-4) for s in range(10)]
     out = {k: (list(range(10)), [r[k] for r in rows]) for k in rows[0]}
     evals = {M.EVAL_PROXY: [0.5, 0.6, 0.7], M.EVAL_GOLD: [0.5, 0.4, 0.3], "eval/toy_alignment": [0.5, 0.4, 0.3],
-             "eval/geneval/strict": [0.2, 0.3, 0.3], M.ALARM_ONSET: [np.nan, np.nan, 5.0]}
+             M.GENEVAL_OVERALL: [0.2, 0.3, 0.3], M.GENEVAL_IMAGE_MEAN: [0.25, 0.3, 0.35],
+             "eval/geneval/counting": [0.1, 0.2, 0.2], M.ALARM_ONSET: [np.nan, np.nan, 5.0]}
     out.update({k: ([0, 5, 9], v) for k, v in evals.items()})
     return out
 

@@ -47,7 +47,11 @@ def test_embedded_workers_split_the_cores_between_the_arms_of_a_pair():
     assert embedded_plan(4, workers=4, gpu=False) == [1, 1, 1, 1]
 
 
-def test_library_noise_is_dropped_and_other_library_warnings_still_show(caplog):
+def test_library_noise_is_dropped_and_other_library_warnings_still_show(caplog, monkeypatch):
+    # transformers' and diffusers' own logging stops propagation to the root logger (where caplog
+    # listens) once either library has been imported in this process by an earlier test
+    for lib in ("transformers", "diffusers"):
+        monkeypatch.setattr(logging.getLogger(lib), "propagate", True)
     silence_library_noise()
     silence_library_noise()  # idempotent
     tf = logging.getLogger("transformers.utils.import_utils")

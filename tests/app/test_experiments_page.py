@@ -97,3 +97,22 @@ def test_the_run_page_links_its_experiment_and_marks_the_best_gold_checkpoint(ei
     assert 'data-method="control"' in flow_header and "⚠ step 4" in flow_header
     assert [r[0] for r in rows if r[3].startswith("★ best gold")] == [4]
     assert files[0].endswith("ckpt_000004.pt"), "the best-gold checkpoint is the first download"
+
+
+def test_seeds_read_as_seeds_not_as_a_count():
+    assert P.seeds_text([0]) == "1 seed: 0" and P.seeds_text([0, 1, 2]) == "3 seeds: 0, 1, 2" and P.seeds_text([]) == "none"
+    assert "1 seed: 0" in P.list_rows([queries.get_experiment(queries.create_experiment({"arms": {"a": {}},
+                                                                                          "seeds": [0]}))])[0]
+
+
+def test_the_empty_state_explains_and_starts_the_example_study(store, sent):
+    assert "An experiment is arms × seeds" in P.empty_html(True) and "Start the example study" in P.empty_html(True)
+    assert "experiment submit benchmarks/overoptimization/experiments/flow_vs_guard.yaml" in P.empty_html(False)
+    before = {e.id for e in queries.list_experiments()}
+    message, eid = P.start_example()
+    assert eid is not None and eid not in before, message
+    members = queries.experiment_runs(eid)
+    assert sorted(m.arm for m in members) == ["flow_grpo", "flow_grpo/control", "grpo_guard_global_std",
+                                             "grpo_guard_global_std/control"]
+    assert {m.seed for m in members} == {0} and sorted(sent) == sorted(m.run.id for m in members)
+    assert f"experiment #{eid} (4 runs)" in message

@@ -137,9 +137,9 @@ def test_gold_keys_lists_individual_evaluators_only():
 
 
 def test_gold_keys_add_evaluator_breakdowns_such_as_geneval_families():
-    keys = ["eval/proxy", "eval/gold", "eval/geneval", "eval/pickscore", "eval/geneval/strict",
-            "eval/geneval/counting", "eval/proxy/geneval", "eval/gold/x"]
-    want = ["eval/geneval/counting", "eval/geneval/strict"]
+    keys = ["eval/proxy", "eval/gold", "eval/geneval", "eval/pickscore", "eval/geneval/image_mean",
+            "eval/geneval/counting", "eval/geneval/overall", "eval/proxy/geneval", "eval/gold/x"]
+    want = ["eval/geneval/overall", "eval/geneval/counting", "eval/geneval/image_mean"]  # Overall leads
     assert F.gold_keys(keys, ["pickscore"]) == ["eval/pickscore", *want]
     assert F.gold_keys(keys) == ["eval/geneval", "eval/pickscore", *want]
 

@@ -144,3 +144,13 @@ def test_every_preset_is_exactly_its_example(label):
     with open(preset, "rb") as a, open(example, "rb") as b:
         assert a.read() == b.read(), f"preset {label} differs from examples/{N.PRESETS[label]}"
     assert RunConfig.from_dict(N.load_preset(label)) == RunConfig.from_file(example)
+
+
+def test_the_ema_hint_says_after_which_epoch_eval_leaves_the_base_model():
+    from app.run_form import ema_info, form_values
+
+    base = {"epochs": 6, "group_size": 4, "prompts_per_epoch": 2, "train_batch_size": 8, "ema_every": 8}
+    short = ema_info(form_values(base, set(base)))
+    assert "1 optimizer step(s) per epoch" in short and "after epoch 8" in short and "beyond epochs=6" in short
+    ok = ema_info(form_values({**base, "ema_every": 1}, set(base)))
+    assert "after epoch 1" in ok and "⚠" not in ok

@@ -31,3 +31,22 @@ def test_status_tab_says_cpu_for_a_worker_without_a_gpu():
 def test_the_run_selector_label_carries_no_status_that_could_go_stale():
     run = SimpleNamespace(id=3, name="toy-a", status="queued")
     assert R.run_label(run) == "#3 toy-a"
+
+
+def test_the_run_page_and_runs_show_say_when_eval_still_samples_the_base_model(store):
+    from click.testing import CliRunner
+
+    from app.pages.run_detail import header_html
+    from grpo_guard.cli import main
+    from grpo_guard.config import RunConfig
+    from grpo_guard.store import queries
+
+    late = queries.create_run(RunConfig.from_dict({"epochs": 6, "group_size": 4, "prompts_per_epoch": 2,
+                                                   "train_batch_size": 8, "ema_every": 8}))
+    fine = queries.create_run(RunConfig.from_dict({"epochs": 6, "ema_every": 1}))
+    html = header_html(queries.get_run(late), None, None)
+    assert "never leave the base model" in html and "after epoch 8" in html
+    assert "gg-ema-note" not in header_html(queries.get_run(fine), None, None)
+    out = CliRunner().invoke(main, ["runs", "show", str(late)]).output
+    assert "note       The eval weights never leave the base model's" in out, out
+    assert [b.interactive for b in R.controls("interrupted")] == [True, False, False], "Stop cancels an interrupted run"

@@ -18,10 +18,11 @@ def test_runs_page_hides_the_table_and_offers_the_toy_pair_on_an_empty_store(sto
     from grpo_guard.store import queries
 
     assert queries.list_runs() == [], "this module's store starts empty"
-    table, _, _, box, note, toy = RU.redraw([], None, "", "created", True)
+    table, _, _, box, note, toy, actions = RU.redraw([], None, "", "created", True)
     assert table.visible is False and box.visible is True and toy.visible is True and "No runs yet" in note
-    table, _, _, box, note, toy = RU.redraw(["failed"], None, "", "created", True)
-    assert box.visible is True and toy.visible is False and "No run matches" in note
+    assert actions.visible is False, "no 'Selected run / click a row' box without a row to click"
+    table, _, _, box, note, toy, actions = RU.redraw(["failed"], None, "", "created", True)
+    assert box.visible is True and toy.visible is False and "No run matches" in note and actions.visible is False
 
 
 def test_toy_pair_button_enqueues_the_toy_preset_as_an_ab_pair_and_goes_to_compare(store, monkeypatch):
@@ -37,7 +38,7 @@ def test_toy_pair_button_enqueues_the_toy_preset_as_an_ab_pair_and_goes_to_compa
     assert url == f"compare?runs={runs[0].id},{runs[1].id}" and "Queued the toy A/B pair" in message
     stored = RunConfig.from_dict(queries.get_run(runs[1].id).config)
     assert stored == RunConfig.from_dict(load_preset("toy GRPO-Guard")), "the Guard arm is the preset itself"
-    table, _, _, box, note, _ = RU.redraw([], None, "", "created", True)
-    assert table.visible is True and box.visible is False and note == ""
+    table, _, _, box, note, _, actions = RU.redraw([], None, "", "created", True)
+    assert table.visible is True and box.visible is False and note == "" and actions.visible is True
     for r in runs:
         queries.delete_run(r.id)

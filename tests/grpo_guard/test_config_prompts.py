@@ -91,3 +91,14 @@ def test_validation_stays_torch_free():
             "print(sorted(m for m in ('torch', 'datasets', 'transformers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_shared_training_and_eval_prompts_get_a_warning_not_an_error():
+    from grpo_guard.config import RunConfig
+
+    cfg = RunConfig(prompts=["a red circle on a blue background", "a green square on a red background"],
+                    eval_prompts=["a red circle on a blue background"])
+    assert "1 of the 1 eval prompts are also training prompts" in cfg.prompt_overlap_warning()
+    assert RunConfig(prompts="toy:train", eval_prompts="toy:heldout").prompt_overlap_warning() is None
+    assert RunConfig(prompts="geneval:train", eval_prompts="geneval:test", backbone="sd3", model="/m",
+                     rewards={"geneval": 1.0}).prompt_overlap_warning() is None

@@ -67,7 +67,7 @@ def test_every_declared_option_has_a_known_type():
 
 def test_options_reach_the_factories_and_env_vars_stay_the_fallback(tmp_path, monkeypatch):
     from grpo_guard.rewards.testing import tiny_clip_dir
-    from grpo_guard.training.trainer import _build_rewards
+    from grpo_guard.training.setup import build_rewards
 
     clip = tiny_clip_dir(tmp_path / "clip")
     monkeypatch.delenv("GG_REWARD_PICKSCORE_PATH", raising=False)
@@ -76,7 +76,7 @@ def test_options_reach_the_factories_and_env_vars_stay_the_fallback(tmp_path, mo
                                "reward_options": {"pickscore": {"path": clip, "device": "cpu", "batch_size": 2,
                                                                 "scale": 0.5}}})
     monkeypatch.setenv("GG_REWARD_CLIPSCORE_PATH", clip)  # clipscore: no options, the variable is used
-    proxies, golds = _build_rewards(cfg, None)
+    proxies, golds = build_rewards(cfg, None)
     pick = proxies["pickscore"][0]
     assert pick.scorer.batch_size == 2 and str(pick.scorer.device) == "cpu" and pick.scale == 0.5
     assert golds["clipscore"].scorer.batch_size == 32  # the default

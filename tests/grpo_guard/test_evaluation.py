@@ -58,7 +58,8 @@ def test_a_run_logs_geneval_accuracy_overall_and_per_family(pipe_dir, loaded, tm
     train(cfg, rec, MemoryControl(), backbone=fresh_backbone(loaded),
           rewards={"geneval": geneval_with_one_dog({}), "green": green})
     # eval_prompts is PROMPTS[:1] (single object): one dog found -> strict 1, and no counting series
-    assert [v for _, v in rec.series("eval/geneval/strict")] == [1.0, 1.0]
+    assert [v for _, v in rec.series("eval/geneval/image_mean")] == [1.0, 1.0]
+    assert [v for _, v in rec.series("eval/geneval/overall")] == [1.0, 1.0], "one family: Overall is its accuracy"
     assert [v for _, v in rec.series("eval/geneval/single_object")] == [1.0, 1.0]
     assert rec.series("eval/geneval/partial") and not rec.series("eval/geneval/counting")
     # training scored both prompts: counting wants exactly 2 dogs, one found -> partial 1/2

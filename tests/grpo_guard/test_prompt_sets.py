@@ -58,7 +58,23 @@ def test_geneval_sizes_and_disjoint_splits():
     assert len(set(train)) == len(train) and len(set(test)) == len(test)
     assert not set(train) & set(test), "a test prompt text is also in train"
     assert Counter(p.meta["tag"] for p in test) == Counter({t: n for t, (n, _) in gv.SIZES.items()})
-    assert set(Counter(p.meta["tag"] for p in train)) == set(gv.SIZES)
+    # every single-object prompt (80 classes) is an official benchmark prompt, so none trains
+    assert set(Counter(p.meta["tag"] for p in train)) == set(gv.SIZES) - {"single_object"}
+
+
+def test_geneval_train_holds_none_of_the_553_official_benchmark_prompts():
+    import hashlib
+
+    official = gv.official_prompt_hashes()
+    assert len(official) == 553 and all(len(h) == 64 for h in official)
+    # rows of the official evaluation_metadata.jsonl, one per family
+    for text in ("a photo of a bench", "a photo of four giraffes", "a photo of a purple elephant",
+                 "a photo of a bus below a toothbrush", "a photo of a purple wine glass and a black apple"):
+        assert gv.is_official_prompt(text), text
+    assert not gv.is_official_prompt("a photo of a bench ")
+    train = resolve_prompts("geneval:train")
+    hits = [p for p in train if hashlib.sha256(str(p).encode()).hexdigest() in official]
+    assert hits == [], f"{len(hits)} official prompts in geneval:train, e.g. {hits[:3]}"
 
 
 def _check_row(p) -> None:

@@ -78,3 +78,16 @@ def test_a_checkpoint_holding_the_old_trainer_dict_resumes_exactly(tmp_path):
     assert set(a) == set(b), "the resumed run logged a different set of (step, key) rows"
     diff = {k: (a[k], b[k]) for k in a if a[k] != b[k] and not (math.isnan(a[k]) and math.isnan(b[k]))}
     assert not diff, f"the run resumed from the old trainer dict diverged: {sorted(diff.items())[:5]}"
+
+
+def test_a_checkpoint_keeps_which_config_fields_were_set(tmp_path):
+    """The config JSON holds every field; the fields the user set travel beside it, so a FLUX
+    run without an explicit ``shift`` keeps FluxPipeline's resolution-dependent schedule when
+    ``grpo-guard sample`` / ``export`` rebuild it from the checkpoint."""
+    from grpo_guard.config import RunConfig
+    from grpo_guard.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+
+    config = RunConfig.from_dict({"backbone": "flux", "model": "/m", "lora_rank": 4, "epochs": 3})
+    path = save_checkpoint(str(tmp_path), Checkpoint(step=1, config=config, trainable={}, ema=None, optimizer=None))
+    back = load_checkpoint(path).config
+    assert back == config and back.fields_set() == config.fields_set() and "shift" not in back.fields_set()

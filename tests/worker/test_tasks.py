@@ -207,3 +207,20 @@ def test_sweep_resends_queued_runs_whose_message_may_be_lost(store, fake):
     assert [a.action for a in acts] == ["resent"] and rid in sent
     assert [a for a in recovery.sweep(stale_after=60, resend_after=0.2, enqueue=sent.append) if a.run_id == rid] == []
     queries.request_stop(rid)
+
+
+def test_a_run_whose_plan_does_not_fit_the_gpu_is_refused_before_weights_load(store, fake, monkeypatch,
+                                                                             tmp_path_factory):
+    import worker.tasks
+
+    monkeypatch.setenv("GG_GPU_MEMORY_GIB", "0.5")   # this worker's GPU, as tests and shared GPUs give it
+    monkeypatch.setenv("GG_PLAN_CACHE", str(tmp_path_factory.getbasetemp() / "plan-cache"))  # shared by the session
+    called: list[int] = []
+    monkeypatch.setattr(worker.tasks, "TRAIN_FN", lambda *a, **k: called.append(1))
+    rid = _submit(update_rows_per_forward=6, sample_batch_size=8, group_size=4, prompts_per_epoch=2, train_batch_size=4,
+                  num_steps=4)
+    assert execute_run(rid) == "failed"
+    row = queries.get_run(rid)
+    assert not called, "the trainer (and its weights) never started"
+    assert "does not fit this worker's GPU" in row.error and "0.5 GiB" in row.error and "planned peak" in row.error
+    assert row.error.count(". ") == 0, "one sentence"

@@ -56,22 +56,24 @@ def fake(dets_per_image):
 def test_end_to_end_with_tiny_random_mask2former_and_clip(weights, images):
     det_dir, clip_dir = weights
     # thresholds 0: random weights give low scores, so every query counts as a detection
+    # a small detector scale: the tiny model at mmdet's 800 px costs seconds for nothing
     reward = build_reward("geneval", detector_path=det_dir, clip_path=clip_dir, threshold=0.0,
-                          counting_threshold=0.0, device="cpu", batch_size=2)
+                          counting_threshold=0.0, device="cpu", batch_size=2, detector_scale=(128, 64))
     prompts = [Prompt("a photo of a dog", DOG), Prompt("a photo of a red dog", {
         "tag": "colors", "include": [{"class": "dog", "count": 1, "color": "red"}]}), Prompt("a dog and a cat", TWO)]
     r, extras = reward.details(images, prompts)
     assert r.shape == (3,) and np.all((r >= 0) & (r <= 1))
-    assert set(extras) == {"strict", "partial", "single_object", "colors", "two_object"}, "only families present"
+    assert set(extras) == {"image_mean", "partial", "single_object", "colors", "two_object"}, "only families present"
     np.testing.assert_array_equal(r, extras["partial"])
-    assert np.isnan(extras["colors"][[0, 2]]).all() and extras["colors"][1] == extras["strict"][1]
+    assert np.isnan(extras["colors"][[0, 2]]).all() and extras["colors"][1] == extras["image_mean"][1]
     np.testing.assert_array_equal(reward(images, prompts), r)
-    strict = build_reward("geneval", detector_path=det_dir, clip_path=clip_dir, score="strict", threshold=0.0)
+    strict = build_reward("geneval", detector_path=det_dir, clip_path=clip_dir, score="strict", threshold=0.0,
+                          detector_scale=(128, 64))
     assert set(np.unique(strict(images, prompts))) <= {0.0, 1.0}
 
 
 def test_detector_boxes_come_from_the_masks_and_labels_are_coco_names(weights, images):
-    detector = Mask2FormerDetector(weights[0], device="cpu", batch_size=2, min_score=0.0)
+    detector = Mask2FormerDetector(weights[0], device="cpu", batch_size=2, min_score=0.0, scale=(128, 64))
     out = detector(images)
     assert len(out) == 3 and all(len(d) > 0 for d in out)
     for d in out[0]:
@@ -79,7 +81,9 @@ def test_detector_boxes_come_from_the_masks_and_labels_are_coco_names(weights, i
         ys, xs = np.nonzero(d.mask)
         assert d.box == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
     again = detector(images[:1])
-    assert [(d.label, d.score) for d in again[0]] == [(d.label, d.score) for d in out[0]], "batching changes nothing"
+    one, batched = sorted((d.label, d.score) for d in again[0]), sorted((d.label, d.score) for d in out[0])
+    assert [lb for lb, _ in one] == [lb for lb, _ in batched], "batching changes nothing"
+    np.testing.assert_allclose([s for _, s in one], [s for _, s in batched], rtol=1e-4)
 
 
 def test_colour_crop_greys_the_background_and_crops_to_the_box(weights):
@@ -119,7 +123,7 @@ def test_a_prompt_without_metadata_is_one_sentence_before_any_model_loads(weight
         reward.check_prompts([Prompt("ok", DOG), Prompt("plain")])
     with pytest.raises(ValueError, match="not a readable evaluation_metadata.jsonl"):
         build_reward("geneval", metadata=str(tmp_path / "missing.jsonl"), **fake([]))
-    with pytest.raises(ValueError, match="'partial' or 'strict'"):
+    with pytest.raises(ValueError, match="'flow_grpo', 'partial' or 'strict'"):
         build_reward("geneval", score="loose", **fake([]))
 
 
@@ -148,7 +152,8 @@ def test_run_config_options_are_declared():
                        ("threshold", 0.3), ("counting_threshold", 0.9), ("max_objects", 16),
                        ("position_threshold", 0.1), ("device", "cuda"), ("dtype", "fp16"), ("batch_size", 8)):
         assert check_option("geneval", key, value) is None, key
-    assert "'partial' or 'strict'" in check_option("geneval", "score", "exact")
+    assert "'flow_grpo', 'partial' or 'strict'" in check_option("geneval", "score", "exact")
+    assert check_option("geneval", "score", "flow_grpo") is None
     assert "did you mean 'detector_path'" in check_option("geneval", "detector", "/m")
 
 
@@ -168,7 +173,45 @@ def test_real_weights_from_the_cache():
     img = np.full((2, 256, 256, 3), 255, np.uint8)
     img[:, 64:192, 64:192] = (220, 20, 20)
     r, extras = reward.details(img, [Prompt("a photo of a dog", DOG), Prompt("a dog and a cat", TWO)])
-    assert r.shape == (2,) and set(extras) >= {"strict", "single_object", "two_object"}
+    assert r.shape == (2,) and set(extras) >= {"image_mean", "single_object", "two_object"}
     assert set(reward.detector.labels.values()) == set(COCO_CLASSES), "the checkpoint's 80 classes map to GenEval's"
     square = Detection("dog", 1.0, (64, 64, 192, 192))
     assert reward.colour_of(img[0], [square], "dog") == ["red"]
+
+
+def test_flow_grpo_score_sees_images_after_a_pil_jpeg_round_trip(images):
+    import io
+
+    from PIL import Image
+
+    seen = []
+
+    def detector(imgs):
+        seen.append(np.array(imgs))
+        return [[Detection("dog", 0.9, (0, 0, 10, 10))] for _ in imgs]
+
+    prompts = [Prompt("a photo of a dog", DOG)] * len(images)
+    fg = build_reward("geneval", score="flow_grpo", detector=detector, colour_of=lambda img, objs, cls: [])
+    r, extras = fg.details(images, prompts)
+    assert r.tolist() == [1.0] * 3 and set(extras) == {"image_mean", "flow_grpo", "single_object"}
+    buf = io.BytesIO()
+    Image.fromarray(images[0]).save(buf, format="JPEG")
+    np.testing.assert_array_equal(seen[0][0], np.asarray(Image.open(buf)))
+    assert not np.array_equal(seen[0][0], images[0])
+    build_reward("geneval", score="partial", detector=detector, colour_of=lambda img, objs, cls: [])(images, prompts)
+    np.testing.assert_array_equal(seen[1], images), "partial and strict score the images as given"
+
+
+def test_overall_is_the_mean_of_the_family_accuracies_not_of_the_images():
+    from grpo_guard.rewards.geneval import GenEvalReward
+    from grpo_guard.training.evaluation import score_images
+
+    # 3 single_object images all right, 1 counting image wrong: image mean 3/4, Overall (1 + 0) / 2
+    count = {"tag": "counting", "include": [{"class": "dog", "count": 3}]}
+    prompts = [Prompt("a photo of a dog", DOG)] * 3 + [Prompt("a photo of three dogs", count)]
+    reward = GenEvalReward(score="strict", detector=lambda imgs: [[Detection("dog", 0.95, (0, 0, 9, 9))]
+                                                                   for _ in imgs], colour_of=lambda *a: [])
+    details = {}
+    score_images(np.zeros((4, 16, 16, 3), np.uint8), prompts, {"geneval": reward}, details)
+    assert details == {"geneval/image_mean": 0.75, "geneval/single_object": 1.0, "geneval/counting": 0.0,
+                       "geneval/overall": 0.5}

@@ -175,3 +175,46 @@ def test_detector_labels_map_to_genevals_eighty_class_names():
     assert len(COCO_CLASSES) == len(set(COCO_CLASSES)) == 80
     assert geneval_class("mouse") == "computer mouse" and geneval_class("remote") == "tv remote"
     assert geneval_class("Dining Table") == "dining table" and geneval_class("dog") == "dog"
+
+
+# ---- Flow-GRPO's reward-server partial credit, hand-computed from its evaluate_reward -----------
+
+def test_flow_grpo_count_term_goes_negative_with_too_many_objects():
+    meta = {"tag": "counting", "include": [inc("dog", 2)], "exclude": [inc("dog", 3)]}
+    s = score(meta, [det("dog", x=10 * i) for i in range(1, 6)])        # 5 dogs for 2: 1 - 3/2
+    assert s.flow_grpo == pytest.approx(-0.5) and s.partial == 0.0
+    assert score(meta, [det("dog", x=5), det("dog", x=30)]).flow_grpo == 1.0
+    two = {"tag": "two_object", "include": [inc("dog"), inc("cat")]}
+    # 3 dogs for 1 (1 - 2 = -1) and the cat (1): mean 0
+    assert score(two, [det("dog", x=5), det("dog", x=20), det("dog", x=40), det("cat", x=50)]).flow_grpo == 0.0
+
+
+def test_flow_grpo_colour_terms():
+    meta = {"tag": "colors", "include": [inc("cat", color="red")]}
+    red, blue = colours_by_x({10.0: "red"}), colours_by_x({10.0: "blue"})
+    assert score(meta, [det("cat")], colour_of=red).flow_grpo == 1.0            # [1, 1]
+    assert score(meta, [det("cat")], colour_of=blue).flow_grpo == 0.5           # [1, 0]
+    assert score(meta, []).flow_grpo == 0.0                                     # [0, 0]
+    # two cats for one: count 1 - 1 = 0, then one 0 for the colour not checked
+    assert score(meta, [det("cat"), det("cat", x=40)], colour_of=red).flow_grpo == 0.0
+
+
+def test_flow_grpo_position_terms_count_a_failure_as_0_then_1():
+    meta = {"tag": "position", "include": [inc("bench"), inc("dog", position=["left of", 0])]}
+    bench = det("bench", x=40)
+    left, right = det("dog", x=5), det("dog", x=60)
+    held = score(meta, [bench, left])
+    assert held.flow_grpo == 1.0 and held.partial == 1.0                        # [1], [1, 1]
+    failed = score(meta, [bench, right])
+    assert failed.flow_grpo == pytest.approx(3 / 4)                             # [1], [1, 0, 1]
+    assert failed.partial == pytest.approx(2 / 3)                               # ours: [1], [1, 0]
+    assert score(meta, [right]).flow_grpo == pytest.approx(1 / 3)               # no target: [0], [1, 0]
+    # two dogs for one: count 1 - 1/1 = 0, and one 0 for the position not checked: [1], [0, 0]
+    assert score(meta, [bench, left, det("dog", x=8)]).flow_grpo == pytest.approx(1 / 3)
+
+
+def test_flow_grpo_ignores_excludes_and_uses_every_kept_object():
+    meta = {"tag": "single_object", "include": [inc("dog")], "exclude": [inc("dog", 2)]}
+    s = score(meta, [det("dog"), det("dog", x=40, score=0.5)])
+    assert not s.strict and s.flow_grpo == 0.0                                  # 1 - 1/1
+    assert score(meta, [det("dog"), det("dog", x=40, score=0.2)]).flow_grpo == 1.0, "0.2 is under the 0.3 cut"

@@ -128,7 +128,7 @@ def test_tags_and_notes(store):
 
 def test_resume_only_failed_or_cancelled_and_bumps_attempt(store):
     r = queries.create_run(_cfg())
-    with pytest.raises(StoreError, match="only failed or cancelled"):
+    with pytest.raises(StoreError, match="only failed, cancelled or interrupted"):
         queries.resume_run(r)
     claim = lifecycle.claim_run(r, worker_host="h")
     lifecycle.finish_run(r, claim.lease, "failed", error="boom", traceback="tb")

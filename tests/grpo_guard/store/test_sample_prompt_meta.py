@@ -45,17 +45,9 @@ def test_folder_recorder_writes_prompt_metadata(tmp_path):
 
 
 def _downgrade(url: str, revision: str) -> None:
-    import os
-
-    from alembic import command
-    from alembic.config import Config
-
-    cfg = Config()
-    cfg.set_main_option("script_location", os.path.join(os.path.dirname(db.__file__), "migrations"))
-    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    with db.get_engine(url).execution_options(gg_write=True).begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.downgrade(cfg, revision)
+    # through db.downgrade: on SQLite it turns foreign keys off, or a later revision's batch
+    # recreate of `runs` (0008) would cascade-delete every row the runs own
+    db.downgrade(url, revision)
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])

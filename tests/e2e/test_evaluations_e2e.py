@@ -1,0 +1,99 @@
+"""Browser end-to-end of the Run page's benchmark evaluation: on a store holding a toy run with a
+checkpoint, click Evaluate… (toy benchmark, last step): the request thread only queues the
+evaluation; this test then plays the worker (``worker.tasks.evaluate_model``'s body on the same
+SQLite store), and the Evaluations tab's table shows exactly the stored metrics of the checkpoint
+and of the base model. The run trains and evaluates on the same prompts, so the page warns."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.e2e.test_ui_e2e import (
+    ARTIFACTS,
+    ROOT,
+    _free_port,
+    _wait_for,
+    _wait_health,
+    chromium_page,
+    stop_group,
+)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    if shutil.which("chromium") is None:
+        pytest.fail("Debian's chromium is not installed (apt-get install -y chromium; see scripts/install.sh)")
+    data = tmp_path_factory.mktemp("e2e-eval")
+    env = {**os.environ, "GG_DATA_DIR": str(data), "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONPATH": ROOT}
+    for k in ("GG_DATABASE_URL", "GG_ARTIFACTS", "GG_BROKER_URL", "GG_AUTH", "GG_AUTH_FILE"):
+        env.pop(k, None)
+    made = subprocess.run([sys.executable, "-m", "tests.e2e.eval_data"], env=env, cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert made.returncode == 0, made.stderr[-2000:]
+    port = _free_port()
+    log = open(data / "serve.log", "w")  # noqa: SIM115 (closed in teardown)
+    proc = subprocess.Popen([sys.executable, "-m", "grpo_guard.cli", "serve", "--port", str(port), "--no-worker"],
+                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_health(url, proc, timeout=180)
+        yield {"url": url, "run": int(made.stdout.strip().splitlines()[-1]), "data": str(data)}
+    finally:
+        stop_group(proc)
+        log.close()
+
+
+@pytest.fixture
+def store_env(server, monkeypatch):
+    from grpo_guard.store import db
+
+    monkeypatch.setenv("GG_DATA_DIR", server["data"])
+    for k in ("GG_DATABASE_URL", "GG_ARTIFACTS"):
+        monkeypatch.delenv(k, raising=False)
+    yield
+    db.dispose_engines()
+
+
+def test_click_evaluate_then_the_table_equals_the_store(server, store_env):
+    from grpo_guard.evaluation.runner import execute_queued
+    from grpo_guard.store import evaluations as ev
+
+    rid = server["run"]
+    with chromium_page() as page:
+        page.goto(f"{server['url']}/run?run={rid}", wait_until="domcontentloaded")
+        page.locator("#run-prompt-overlap").wait_for()  # same training and eval prompts
+        assert "eval prompts are also training prompts" in page.locator("#run-prompt-overlap").inner_text()
+        page.locator("#tab-checkpoints-button, button[role=tab]:has-text('Checkpoints')").first.click()
+        page.locator("#run-evaluate").get_by_text("Evaluate…").first.click()
+        bench = page.locator("#run-eval-benchmark input").first
+        bench.fill("toy")
+        bench.press("Enter")
+        step = page.locator("#run-eval-step input").first
+        step.fill("last")
+        step.press("Enter")
+        page.locator("#run-eval-ipp textarea, #run-eval-ipp input").first.fill("1")
+        page.locator("#run-eval-go").click()
+        msg = page.locator("#run-eval-message")
+        msg.wait_for()
+        eid = int(msg.get_attribute("data-evaluation-id"))
+        assert ev.get_evaluation(eid).status == "queued", "the request thread only queues the evaluation"
+        assert execute_queued(eid) == "succeeded"  # what the worker's task does
+        page.locator("button[role=tab]:has-text('Evaluations')").first.click()
+        cell = page.locator(f'#run-evaluations td[data-eval="{eid}"][data-metric="toy_alignment"]')
+        _wait_for(lambda: cell.count() == 1, 60, "the evaluations table")
+        mine = ev.get_evaluation(eid)
+        base = [r for r in ev.list_evaluations() if r.model.kind == "base"]
+        assert len(base) == 1 and base[0].protocol_hash == mine.protocol_hash
+        for metric in ("toy_alignment", "toy_fidelity", "toy_palette_purity"):
+            shown = page.locator(f'#run-evaluations td[data-eval="{eid}"][data-metric="{metric}"]').inner_text()
+            assert shown.startswith(f"{mine.metrics[metric]:.4f}"), (metric, shown)
+            shown_base = page.locator(f'#run-evaluations td[data-eval="base"][data-metric="{metric}"]').inner_text()
+            assert shown_base == f"{base[0].metrics[metric]:.4f}", (metric, shown_base)
+        page.screenshot(path=os.path.join(ARTIFACTS, "run_evaluations.png"), full_page=True)

@@ -1,0 +1,240 @@
+"""``grpo-guard eval`` end to end on the toy backbone (tiny random detector and CLIP for GenEval):
+stored rows, the base column reused, the paper-style table, and bad input refused in one sentence
+before anything loads or is stored."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from grpo_guard.cli import main
+from grpo_guard.config import RunConfig
+from grpo_guard.evaluation.benchmarks import get_benchmark
+from grpo_guard.evaluation.table import markdown, table_rows
+from grpo_guard.store import evaluations as ev
+from grpo_guard.store import queries
+from tests.grpo_guard.test_trainer import one_thread  # noqa: F401  (one torch thread, autouse)
+from tests.storehelpers import backend_env
+
+PROMPTS = ["a red circle on a blue background", "a green square on a yellow background"]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    with backend_env("sqlite", tmp_path_factory.mktemp("eval-store")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def toy_config(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cfg")
+    (d / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
+    path = d / "toy.yaml"
+    path.write_text(RunConfig.from_dict({"eval_num_steps": 4, "eval_prompts": PROMPTS}).to_yaml())
+    return str(path), f"file:{d / 'prompts.txt'}"
+
+
+def test_geneval_overall_is_the_mean_of_the_family_accuracies():
+    bench = get_benchmark("geneval")
+    # 4 single_object images all right, 2 counting images wrong, 2 position half right
+    strict = [1, 1, 1, 1, 0, 0, 1, 0]
+    tags = ["single_object"] * 4 + ["counting"] * 2 + ["position"] * 2
+    got = bench.summarize({"geneval": strict}, tags)
+    assert got == {"overall": pytest.approx((1 + 0 + 0.5) / 3), "single_object": 1.0, "counting": 0.0,
+                   "position": 0.5, "image_mean": 5 / 8}
+    assert bench.metric_names(["position", "counting"]) == ["overall", "counting", "position", "image_mean"]
+
+
+def test_table_rows_and_markdown_relative_to_base():
+    rows = table_rows(["overall", "counting"], {"overall": 0.5, "counting": 0.0}, {"overall": 0.75, "counting": 0.2})
+    assert rows[0] == {"metric": "overall", "base": 0.5, "model": 0.75, "relative": 1.5}
+    assert math.isnan(rows[1]["relative"]), "relative to a base of 0 is undefined"
+    md = markdown("geneval", rows)
+    assert "| overall | 0.5000 | 0.7500 | 1.50 |" in md and "| counting | 0.0000 | 0.2000 | — |" in md
+    assert "relative to base (base = 1.00)" in md
+
+
+def _eval(*args):
+    return CliRunner().invoke(main, ["eval", *args], catch_exceptions=False)
+
+
+def test_base_then_checkpoint_reuses_the_base_and_writes_the_table(store, toy_config, tmp_path):
+    import torch
+
+    from grpo_guard.models import build_backbone
+    from grpo_guard.store.recorder import StoreRecorder
+    from grpo_guard.training.checkpoint import Checkpoint, save_checkpoint
+
+    cfg_path, prompts = toy_config
+    base = _eval("--benchmark", "toy", "--config", cfg_path, "--prompts", prompts, "--images-per-prompt", "2")
+    assert base.exit_code == 0, base.output
+    (row,) = ev.list_evaluations()
+    assert row.model.kind == "base" and row.status == "succeeded" and row.protocol["images_per_prompt"] == 2
+    assert len(row.metrics) == 3 and f"| toy_alignment | {row.metrics['toy_alignment']:.4f} |" in base.output
+
+    # a run with a checkpoint whose LoRA moved the model a little
+    config = RunConfig.from_file(cfg_path)
+    rid = queries.create_run(config)
+    bb = build_backbone(config, device="cpu")
+    bb.add_lora(config.lora_rank, config.lora_alpha, config.lora_targets)
+    state = {k: v + 0.05 * torch.randn_like(v) for k, v in bb.trainable_state_dict().items()}
+    rec = StoreRecorder(rid)
+    path = save_checkpoint(rec.checkpoint_dir(), Checkpoint(step=3, config=config, trainable=state, ema=None,
+                                                             optimizer=None))
+    rec.log_checkpoint(3, path, {"best_step": 3})
+    rec.close()
+    out = tmp_path / "out"
+    res = _eval("--benchmark", "toy", "--run", str(rid), "--step", "last", "--prompts", prompts,
+                "--images-per-prompt", "2", "--out", str(out))
+    assert res.exit_code == 0, res.output
+    rows = ev.list_evaluations()
+    assert len(rows) == 2, "the base result was reused, not computed again"
+    mine = ev.evaluations_of([rid], per_prompt=True)[0]
+    assert mine.model.step == 3 and mine.protocol_hash == row.protocol_hash
+    table = json.loads((out / "table.json").read_text())
+    assert table["base_evaluation_id"] == row.id and table["evaluation_id"] == mine.id
+    for r in table["rows"]:
+        assert r["base"] == pytest.approx(row.metrics[r["metric"]]) and r["model"] == pytest.approx(mine.metrics[r["metric"]])
+    assert [p["prompt"] for p in mine.per_prompt] == PROMPTS and len(mine.per_prompt[0]["images"]) == 2
+    from grpo_guard.store import artifacts
+
+    assert all(artifacts.resolve(loc) for p in mine.per_prompt for loc in p["images"])
+    assert (out / "table.md").read_text().startswith("### toy")
+    # a pruned step: one sentence, nothing stored
+    res = _eval("--benchmark", "toy", "--run", str(rid), "--step", "7")
+    assert res.exit_code == 1 and f"Run {rid} has no checkpoint at step 7 on disk" in res.output
+    assert "kept: 3" in res.output and len(ev.list_evaluations()) == 2
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--benchmark", "nope", "--config", "CFG"], "Unknown benchmark 'nope'; known: geneval, ocr, preference, toy"),
+    (["--benchmark", "preference", "--config", "CFG"], "The preference benchmark needs --prompts"),
+    (["--benchmark", "geneval", "--config", "CFG", "--prompts", "toy:heldout"], "needs GenEval metadata"),
+    (["--benchmark", "toy", "--checkpoint", "/nope/ckpt_000001.pt"], "No checkpoint file at /nope/ckpt_000001.pt."),
+    (["--benchmark", "toy", "--run", "999"], "No run with id 999 in the store."),
+    (["--benchmark", "toy", "--config", "CFG", "--images-per-prompt", "0"], "--images-per-prompt must be between"),
+])
+def test_bad_input_is_one_sentence_and_stores_nothing(store, toy_config, args, message):
+    before = len(ev.list_evaluations())
+    res = CliRunner().invoke(main, ["eval", *[toy_config[0] if a == "CFG" else a for a in args]])
+    assert res.exit_code != 0
+    if message:
+        assert message in res.output and "Traceback" not in res.output
+    assert len(ev.list_evaluations()) == before
+
+
+def test_geneval_benchmark_with_tiny_detector_and_clip(store, toy_config, tmp_path, monkeypatch):
+    from grpo_guard.rewards.testing import tiny_clip_dir, tiny_mask2former_dir
+
+    monkeypatch.setenv("GG_REWARD_GENEVAL_DETECTOR_PATH", tiny_mask2former_dir(tmp_path))
+    monkeypatch.setenv("GG_REWARD_GENEVAL_CLIP_PATH", tiny_clip_dir(tmp_path))
+    meta = tmp_path / "evaluation_metadata.jsonl"
+    meta.write_text("\n".join(json.dumps(r) for r in [
+        {"tag": "single_object", "include": [{"class": "dog", "count": 1}], "prompt": "a photo of a dog"},
+        {"tag": "counting", "include": [{"class": "cat", "count": 2}], "exclude": [{"class": "cat", "count": 3}],
+         "prompt": "a photo of two cats"},
+        {"tag": "colors", "include": [{"class": "cup", "count": 1, "color": "red"}], "prompt": "a photo of a red cup"},
+    ]) + "\n")
+    res = _eval("--benchmark", "geneval", "--config", toy_config[0], "--prompts", f"geneval:file:{meta}",
+                "--images-per-prompt", "2")
+    assert res.exit_code == 0, res.output
+    row = ev.list_evaluations()[0]
+    assert row.benchmark == "geneval" and row.protocol["detector_scale"] == [1333, 800]
+    row = ev.get_evaluation(row.id)
+    fams = {p["tag"]: p["geneval"] for p in row.per_prompt}
+    assert set(row.metrics) == {"overall", "single_object", "counting", "colors", "image_mean"}
+    assert row.metrics["overall"] == pytest.approx(np.mean(list(fams.values())))
+    assert row.metrics["image_mean"] == pytest.approx(np.mean([p["geneval"] for p in row.per_prompt]))
+    lines = res.output.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.startswith("| metric |"))
+    assert lines[head + 2].startswith(f"| overall | {row.metrics['overall']:.4f} |"), "Overall leads the table"
+
+
+def test_submit_queues_a_row_and_the_worker_task_fills_it(store, toy_config):
+    from grpo_guard.evaluation.runner import execute_queued
+
+    cfg_path, prompts = toy_config
+    res = _eval("--benchmark", "toy", "--config", cfg_path, "--prompts", prompts, "--images-per-prompt", "1",
+                "--submit")
+    assert res.exit_code == 0, res.output
+    eid = int(res.output.strip().splitlines()[-1])
+    assert ev.get_evaluation(eid).status == "queued", "the command thread computes nothing"
+    assert execute_queued(eid) == "succeeded" and execute_queued(eid) == "skipped"
+    row = ev.get_evaluation(eid)
+    assert row.status == "succeeded" and set(row.metrics) == {"toy_alignment", "toy_fidelity", "toy_palette_purity"}
+
+
+def _cached(repo):
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(repo, local_files_only=True)
+    except Exception:  # noqa: BLE001 - any miss means "not cached"
+        return None
+
+
+@pytest.mark.skipif(not (_cached("facebook/mask2former-swin-small-coco-instance")
+                         and _cached("openai/clip-vit-large-patch14")),
+                    reason="the real GenEval detector and CLIP are not both in the local HF cache")
+def test_geneval_benchmark_with_the_real_weights(store, toy_config, tmp_path):
+    meta = tmp_path / "evaluation_metadata.jsonl"
+    meta.write_text(json.dumps({"tag": "single_object", "include": [{"class": "dog", "count": 1}],
+                                "prompt": "a photo of a dog"}) + "\n")
+    res = _eval("--benchmark", "geneval", "--config", toy_config[0], "--prompts", f"geneval:file:{meta}",
+                "--images-per-prompt", "1", "--device", "cpu")
+    assert res.exit_code == 0, res.output
+    row = ev.get_evaluation(ev.list_evaluations()[0].id)
+    assert row.metrics["overall"] == row.metrics["single_object"] in (0.0, 1.0)
+
+
+def _run_with_checkpoints(config, proxies: dict[int, float], ckpt_steps, pair_id=None) -> int:
+    import torch
+
+    from grpo_guard import metrics as M
+    from grpo_guard.models import build_backbone
+    from grpo_guard.store.recorder import StoreRecorder
+    from grpo_guard.training.checkpoint import Checkpoint, save_checkpoint
+
+    rid = queries.create_run(config, pair_id=pair_id)
+    bb = build_backbone(config, device="cpu")
+    bb.add_lora(config.lora_rank, config.lora_alpha, config.lora_targets)
+    rec = StoreRecorder(rid)
+    for step, v in proxies.items():
+        rec.log_scalars(step, {M.EVAL_PROXY: v})
+    for step in ckpt_steps:
+        state = {k: v + 0.01 * step * torch.randn_like(v) for k, v in bb.trainable_state_dict().items()}
+        path = save_checkpoint(rec.checkpoint_dir(), Checkpoint(step=step, config=config, trainable=state, ema=None,
+                                                                 optimizer=None))
+        rec.log_checkpoint(step, path, {"best_step": step})
+    rec.close()
+    return rid
+
+
+def test_a_paired_run_also_gets_its_partner_at_equal_proxy(store, toy_config, tmp_path):
+    cfg_path, prompts = toy_config
+    config = RunConfig.from_file(cfg_path)
+    mine = _run_with_checkpoints(config, {0: 0.1, 4: 0.5, 8: 0.9}, [4], pair_id="pair-eq")
+    # the partner reaches proxy 0.5 around step 6: its checkpoint there is the one compared
+    other = _run_with_checkpoints(config, {0: 0.1, 2: 0.2, 6: 0.52, 10: 0.8}, [2, 6, 10], pair_id="pair-eq")
+    out = tmp_path / "eq"
+    res = _eval("--benchmark", "toy", "--run", str(mine), "--step", "4", "--prompts", prompts,
+                "--images-per-prompt", "1", "--out", str(out))
+    assert res.exit_code == 0, res.output
+    (eq,) = json.loads((out / "table.json").read_text())["equal_proxy"]
+    assert (eq["run"], eq["step"], eq["proxy"], eq["this_proxy"]) == (other, 6, 0.52, 0.5)
+    partner = ev.get_evaluation(eq["evaluation_id"])
+    assert partner.model.run_id == other and partner.model.step == 6
+    assert eq["rows"][0]["model"] == pytest.approx(partner.metrics["toy_alignment"])
+    assert "at equal proxy: run #" in (out / "table.md").read_text()
+
+
+def test_missing_scorer_weights_are_one_sentence_before_any_model_loads(store, toy_config, tmp_path, monkeypatch):
+    empty = tmp_path / "no-detector"
+    empty.mkdir()
+    monkeypatch.setenv("GG_REWARD_GENEVAL_DETECTOR_PATH", str(empty))
+    before = len(ev.list_evaluations())
+    res = CliRunner().invoke(main, ["eval", "--benchmark", "geneval", "--config", toy_config[0]])
+    assert res.exit_code == 1 and "Mask2Former detector" in res.output and "Traceback" not in res.output
+    assert len(ev.list_evaluations()) == before
