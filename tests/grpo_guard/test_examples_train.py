@@ -86,6 +86,7 @@ def test_example_trains_one_epoch_on_tiny_weights(example, weights, hub_cache, t
         assert f"eval/{name}" in scalars, f"{example}: gold {name} not recorded"
     assert "eval/gold" in scalars and os.listdir(out / "samples"), f"{example}: no eval recorded"
     if "geneval" in cfg["rewards"]:
-        assert 0 <= scalars["eval/geneval/strict"] <= 1, "GenEval accuracy is not logged at eval"
+        assert 0 <= scalars["eval/geneval/overall"] <= 1, "GenEval Overall is not logged at eval"
+        assert 0 <= scalars["eval/geneval/image_mean"] <= 1, "GenEval's image mean is not logged at eval"
         rows = read_jsonl(str(out / "samples.jsonl"))
         assert all(r.get("prompt_meta", {}).get("tag") for r in rows), "eval samples lost their GenEval metadata"
