@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from grpo_guard.config import RunConfig
 from grpo_guard.planning import gpus
-from grpo_guard.planning.runtime import refusal, resolve_rows_per_forward
+from grpo_guard.planning.runtime import CPU_AUTO_ROWS, refusal, resolve_rows_per_forward
 from grpo_guard.planning.spec import PlanError, spec_for
 
 SMALL = {"group_size": 4, "prompts_per_epoch": 2, "train_batch_size": 4, "num_steps": 4, "eval_num_steps": 2,
@@ -84,9 +84,9 @@ def test_cli_plans_the_toy_and_refuses_a_tiny_gpu(tmp_path):
     assert r.exit_code == 2 and "update_rows_per_forward" in r.output
 
 
-def test_auto_takes_all_rows_without_a_gpu_and_fewer_on_a_small_one(monkeypatch):
+def test_auto_takes_cpu_chunks_without_a_gpu_and_fewer_rows_on_a_small_one(monkeypatch):
     cfg = RunConfig.from_dict({**SMALL, "update_rows_per_forward": "auto"})
-    assert resolve_rows_per_forward(cfg, "cpu")[0] is None
+    assert resolve_rows_per_forward(cfg, "cpu")[0] == CPU_AUTO_ROWS                 # host memory bounded
     assert refusal(cfg, "cpu") is None                                    # no GPU: nothing to refuse
     assert resolve_rows_per_forward(cfg.with_overrides({"update_rows_per_forward": 6}), "cpu")[0] == 6
     monkeypatch.setenv("GG_GPU_MEMORY_GIB", "1.03")                       # just above the 1 GiB margin
