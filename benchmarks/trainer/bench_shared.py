@@ -44,7 +44,7 @@ from bench_epoch import bench_config  # noqa: E402
 
 from grpo_guard.training import cpu  # noqa: E402  (torch-free)
 
-ARMS = ("before", "after", "after-1t", "after-malloc")
+ARMS = ("before", "after", "after-1t", "after-malloc", "spin-10k", "spin-100k")
 CONDITIONS = ("quiet", "busy")
 COMPETITOR = [sys.executable, "-c", "while True: pass"]
 SCRUB = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
@@ -62,6 +62,8 @@ def arm_env(arm: str) -> dict[str, str]:
         env["OMP_NUM_THREADS"] = "1"
     elif arm == "after-malloc":
         env["MALLOC_MMAP_THRESHOLD_"] = "1048576"
+    elif arm.startswith("spin-"):  # libgomp spins this many times before it sleeps (a user value: kept)
+        env["GOMP_SPINCOUNT"] = str(int(arm.removeprefix("spin-").replace("k", "000")))
     return env
 
 
