@@ -31,8 +31,8 @@ class DoubleBackbone(Backbone):
         self.seen = branches_seen
 
     @classmethod
-    def from_config(cls, config, device=None):  # pragma: no cover - not used
-        raise NotImplementedError
+    def from_config(cls, config, device=None):
+        raise AssertionError("the chunked update must not call from_config")
 
     def latent_shape(self, resolution):  # pragma: no cover
         return LATENT
@@ -40,8 +40,8 @@ class DoubleBackbone(Backbone):
     def sigmas(self, num_steps, shift, resolution):  # pragma: no cover
         return torch.linspace(1, 0, num_steps + 1)
 
-    def encode_prompts(self, prompts):  # pragma: no cover
-        raise NotImplementedError
+    def encode_prompts(self, prompts):
+        raise AssertionError("the chunked update must not call encode_prompts")
 
     def velocity(self, latents, sigma, embeds, *, cfg_scale, detach_uncond=False):
         b = latents.shape[0]
@@ -53,11 +53,11 @@ class DoubleBackbone(Backbone):
         v_u, v_c = out.view(2 * b, *latents.shape[1:]).chunk(2)
         return v_u + cfg_scale * (v_c - v_u)
 
-    def decode(self, latents):  # pragma: no cover
-        raise NotImplementedError
+    def decode(self, latents):
+        raise AssertionError("the chunked update must not call decode")
 
-    def add_lora(self, rank, alpha, targets):  # pragma: no cover
-        raise NotImplementedError
+    def add_lora(self, rank, alpha, targets):
+        raise AssertionError("the chunked update must not call add_lora")
 
     def trainable_parameters(self):
         return list(self.transformer.parameters())
