@@ -6,6 +6,7 @@ UTC ``datetime``s. Imports no torch and no SQLAlchemy.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -19,6 +20,16 @@ TERMINAL_STATUSES: tuple[str, ...] = ("succeeded", "failed", "cancelled")
 INTERRUPTED = "interrupted"
 # Statuses a user may resume by hand (``runs resume``); an interrupted run resumes by itself too.
 RESUMABLE_STATUSES: tuple[str, ...] = ("failed", "cancelled", INTERRUPTED)
+
+
+def stored_json(text: str | None, default: Any) -> Any:
+    """A JSON column's value, or ``default`` when the text is empty, not JSON, or not of
+    ``default``'s type (a hand-edited or truncated row reads as empty, never as an error)."""
+    try:
+        value = json.loads(text or "")
+    except (TypeError, ValueError):
+        return default
+    return value if isinstance(value, type(default)) else default
 
 
 def _jsonable(obj: Any) -> dict[str, Any]:

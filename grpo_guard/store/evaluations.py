@@ -22,6 +22,7 @@ from sqlalchemy import select, update
 
 from grpo_guard.store import artifacts
 from grpo_guard.store.db import StoreError, as_utc, session_scope, utcnow
+from grpo_guard.store.entities import stored_json
 from grpo_guard.store.models import MODEL_KINDS, Evaluation
 
 
@@ -67,21 +68,13 @@ def protocol_hash(protocol: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _loads(text: str | None, default: Any) -> Any:
-    try:
-        value = json.loads(text or "")
-    except (TypeError, ValueError):
-        return default
-    return value if isinstance(value, type(default)) else default
-
-
 def _row(e: Evaluation, *, per_prompt: bool = True) -> EvaluationRow:
     return EvaluationRow(
         id=e.id, benchmark=e.benchmark,
         model=ModelRef(e.model_kind, e.model_key, e.run_id, e.step, e.checkpoint_path),
-        protocol=_loads(e.protocol_json, {}), protocol_hash=e.protocol_hash, status=e.status,
-        metrics={k: float(v) for k, v in _loads(e.metrics_json, {}).items() if isinstance(v, (int, float))},
-        per_prompt=_loads(e.per_prompt_json, []) if per_prompt else [], images_location=e.images_location,
+        protocol=stored_json(e.protocol_json, {}), protocol_hash=e.protocol_hash, status=e.status,
+        metrics={k: float(v) for k, v in stored_json(e.metrics_json, {}).items() if isinstance(v, (int, float))},
+        per_prompt=stored_json(e.per_prompt_json, []) if per_prompt else [], images_location=e.images_location,
         error=e.error, created_at=as_utc(e.created_at), finished_at=as_utc(e.finished_at) if e.finished_at else None)
 
 

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from grpo_guard.store.db import RunNotFoundError, as_utc, session_scope, utcnow
-from grpo_guard.store.entities import ExperimentMember, ExperimentRow
+from grpo_guard.store.entities import ExperimentMember, ExperimentRow, stored_json
 from grpo_guard.store.models import Experiment, Run
 from grpo_guard.store.summaries import runs_by_id
 
@@ -40,14 +40,6 @@ def create_experiment(config: Mapping[str, Any], *, name: str = "", tags: Sequen
         return exp.id
 
 
-def _json(text: str | None, default: Any) -> Any:
-    try:
-        value = json.loads(text or "")
-    except (TypeError, ValueError):
-        return default
-    return value if isinstance(value, type(default)) else default
-
-
 def _rows(s: Any, exps: Sequence[Experiment]) -> list[ExperimentRow]:
     ids = [e.id for e in exps]
     counts: dict[int, dict[str, int]] = {i: {} for i in ids}
@@ -60,7 +52,7 @@ def _rows(s: Any, exps: Sequence[Experiment]) -> list[ExperimentRow]:
             done = step if status != "succeeded" else total  # a finished run counts whole
             a, b = steps.get(eid, (0, 0))
             steps[eid] = (a + int(done or 0), b + int(total or 0))
-    return [ExperimentRow(id=e.id, name=e.name, config=_json(e.config_json, {}), tags=tuple(_json(e.tags_json, [])),
+    return [ExperimentRow(id=e.id, name=e.name, config=stored_json(e.config_json, {}), tags=tuple(stored_json(e.tags_json, [])),
                           notes=e.notes or "", created_at=as_utc(e.created_at), runs=sum(counts[e.id].values()),
                           status_counts=counts[e.id], step=steps.get(e.id, (0, 0))[0],
                           total=steps.get(e.id, (0, 0))[1]) for e in exps]

@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import or_, select
 
 from grpo_guard.store.db import RunNotFoundError, StoreError, as_utc, session_scope, utcnow
+from grpo_guard.store.entities import stored_json
 from grpo_guard.store.models import EvalSample, JudgingSession, Judgment
 
 CHOICES = ("left", "right", "tie")
@@ -95,17 +96,9 @@ class JudgmentRow:
                 "created_at": self.created_at.isoformat()}
 
 
-def _json(text: str | None, default: Any) -> Any:
-    try:
-        value = json.loads(text or "")
-    except (TypeError, ValueError):
-        return default
-    return value if isinstance(value, type(default)) else default
-
-
 def _session_row(r: JudgingSession) -> JudgingSessionRow:
-    pairs = tuple((int(p[0]), int(p[1])) for p in _json(r.pairs_json, []) if isinstance(p, list) and len(p) == 2)
-    return JudgingSessionRow(id=r.id, name=r.name, spec=_json(r.spec_json, {}), pairs=pairs,
+    pairs = tuple((int(p[0]), int(p[1])) for p in stored_json(r.pairs_json, []) if isinstance(p, list) and len(p) == 2)
+    return JudgingSessionRow(id=r.id, name=r.name, spec=stored_json(r.spec_json, {}), pairs=pairs,
                              created_by=r.created_by or "", created_at=as_utc(r.created_at))
 
 
@@ -152,7 +145,7 @@ _COLS = (EvalSample.id, EvalSample.run_id, EvalSample.step, EvalSample.prompt, E
 
 def _judge_sample(r: Any) -> JudgeSample:
     return JudgeSample(id=int(r.id), run_id=r.run_id, step=r.step, prompt=r.prompt, seed=r.seed,
-                       image_location=r.image_location, gold=r.gold, prompt_meta=_json(r.prompt_meta, {}))
+                       image_location=r.image_location, gold=r.gold, prompt_meta=stored_json(r.prompt_meta, {}))
 
 
 def run_samples(run_ids: Iterable[int]) -> list[JudgeSample]:
@@ -227,7 +220,7 @@ def _judgment_row(r: Judgment) -> JudgmentRow:
                        sample_b_id=int(r.sample_b_id), a_run_id=r.a_run_id, a_step=r.a_step, b_run_id=r.b_run_id,
                        b_step=r.b_step, prompt=r.prompt, seed=r.seed, family=r.family or "",
                        left_sample_id=int(r.left_sample_id), choice=r.choice,
-                       reasons=tuple(str(x) for x in _json(r.reasons, [])), decide_ms=r.decide_ms,
+                       reasons=tuple(str(x) for x in stored_json(r.reasons, [])), decide_ms=r.decide_ms,
                        created_at=as_utc(r.created_at))
 
 

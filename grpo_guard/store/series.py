@@ -18,7 +18,7 @@ from sqlalchemy import Column, func, or_, select
 
 from grpo_guard.store import artifacts
 from grpo_guard.store.db import as_utc, session_scope
-from grpo_guard.store.entities import CheckpointRow, LogRow, SampleRow
+from grpo_guard.store.entities import CheckpointRow, LogRow, SampleRow, stored_json
 from grpo_guard.store.models import (
     STEP_STAT_COLUMNS,
     Checkpoint,
@@ -243,16 +243,8 @@ def step_stats_series(run_id: int, stat: str, *, max_points: int = 1000
 # ---- samples --------------------------------------------------------------------------------
 def _sample(r: Any) -> SampleRow:
     return SampleRow(run_id=r.run_id, step=r.step, prompt=r.prompt, seed=r.seed,
-                     image_location=r.image_location, scores=_json_object(r.scores), proxy=r.proxy, gold=r.gold,
-                     prompt_meta=_json_object(r.prompt_meta))
-
-
-def _json_object(text: str | None) -> dict[str, Any]:
-    try:
-        value = json.loads(text) if text else {}
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
+                     image_location=r.image_location, scores=stored_json(r.scores, {}), proxy=r.proxy, gold=r.gold,
+                     prompt_meta=stored_json(r.prompt_meta, {}))
 
 
 _SAMPLE_COLS = (EvalSample.run_id, EvalSample.step, EvalSample.prompt, EvalSample.seed, EvalSample.image_location,
