@@ -234,9 +234,7 @@ def measure_update_chunk(spec: PipelineSpec, config: Any, latent_rows: int, *, d
         x_next, old_mean = torch.zeros_like(x), torch.zeros_like(x)
         sig, sig_next = torch.full((n,), 0.9), torch.full((n,), 0.8)
         old_lp, adv = torch.zeros(n), torch.ones(n)
-        pe, pooled = bb._cache[""]
-        cond = {"prompt_embeds": pe.expand(n, *pe.shape[1:]).clone(),
-                "pooled_prompt_embeds": pooled.expand(n, *pooled.shape[1:]).clone()}
+        cond = _conditioning(bb, n)
         for t in (x, x_next, old_mean, sig, sig_next, old_lp, adv, *cond.values()):
             tracker.add(t, "inputs")
         before = tracker.total
@@ -286,9 +284,7 @@ def measure_sampling_forward(spec: PipelineSpec, config: Any, latent_rows: int, 
         bb = fake_backbone(spec, config, model, text_len, device)
         x = torch.zeros(latent_rows, *shape)
         sig = torch.full((latent_rows,), 0.9)
-        pe, pooled = bb._cache[""]
-        cond = {"prompt_embeds": pe.expand(latent_rows, *pe.shape[1:]).clone(),
-                "pooled_prompt_embeds": pooled.expand(latent_rows, *pooled.shape[1:]).clone()}
+        cond = _conditioning(bb, latent_rows)
         before = tracker.total
         tracker.reset_peak()
         with tracker, FlopCounterMode(display=False) as flops, torch.no_grad():
@@ -323,6 +319,14 @@ def measure_vae_decode(spec: PipelineSpec, config: Any, images: int, *, device: 
             img = vae.decode(z, return_dict=False)[0].float()
             (img / 2 + 0.5).clamp(0, 1)
         return tracker.peak - before
+
+
+def _conditioning(bb: Any, rows: int) -> dict[str, torch.Tensor]:
+    """The fake backbone's cached prompt embeddings as ``rows`` rows of their own (what a batch of
+    prompts holds), for one velocity call."""
+    pe, pooled = bb._cache[""]
+    return {"prompt_embeds": pe.expand(rows, *pe.shape[1:]).clone(),
+            "pooled_prompt_embeds": pooled.expand(rows, *pooled.shape[1:]).clone()}
 
 
 def _add_module(tracker: LiveBytes, module: torch.nn.Module) -> None:
