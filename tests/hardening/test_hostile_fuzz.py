@@ -139,13 +139,13 @@ def test_generated_hostile_configs_end_cleanly_everywhere(world):
         artifacts_before = sorted(os.listdir(db.artifacts_root())) if os.path.isdir(db.artifacts_root()) else []
         signal.alarm(HANG_SECONDS)
         try:
-            t0 = time.process_time()
+            t0 = time.thread_time()
             try:
                 validate_run_config(path)
                 ok, fields = True, set()
             except ConfigError as e:
                 ok, fields = False, {k.split(".", 1)[0] for k, _ in e.errors}
-            cpu = time.process_time() - t0
+            cpu = time.thread_time() - t0
             outcomes = []
             for args in (["config", "validate", path], ["submit", path]):
                 code, out, c, exc = cli_run(args)
@@ -155,9 +155,9 @@ def test_generated_hostile_configs_end_cleanly_everywhere(world):
                 if code == 2:
                     assert out.startswith("error: invalid run config:\n  "), out
                 outcomes.append(code == 0)
-            t0 = time.process_time()
+            t0 = time.thread_time()
             values, errors = read_uploaded_yaml(path)
-            cpu = max(cpu, time.process_time() - t0)
+            cpu = max(cpu, time.thread_time() - t0)
         except TimeoutError:
             tally.hangs += 1
             raise
