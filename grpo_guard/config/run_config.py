@@ -15,16 +15,16 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from grpo_guard.config import paths, safe_yaml
+from grpo_guard.config import safe_yaml, submission
 from grpo_guard.config.errors import ConfigError, ErrorBundle, format_errors
 from grpo_guard.config.safe_yaml import apply_overrides, parse_overrides
+from grpo_guard.config.submission import prompt_file_path, prompt_file_problem  # noqa: F401  (re-exported)
 
 Backbone = Literal["toy", "sd3", "flux"]
 Algorithm = Literal["flow_grpo", "grpo_guard", "dance_grpo", "dance_grpo_guard"]
@@ -91,7 +91,10 @@ class RunConfig(BaseModel):
         "Module names that receive LoRA adapters.", "model", min_length=1)
     mixed_precision: Literal["no", "bf16", "fp16"] = _f("no", "Autocast dtype for the transformer (log-probs are always float32).", "model")
     gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass to save memory.", "model")
-    num_gpus: int = _f(1, "GPUs for this run; >1 launches data parallel over prompt groups with accelerate.", "model", ge=1, le=64)
+    num_gpus: int = _f(1, "GPUs for this run on each node; >1 launches data parallel over prompt groups with accelerate.", "model", ge=1, le=64)
+    num_nodes: int = _f(1, "Machines this run spans, each with num_gpus GPUs (num_nodes × num_gpus ranks).", "model", ge=1, le=64)
+    parallelism: Literal["ddp", "fsdp"] = _f("ddp", "How ranks hold the trained weights: ddp replicates them; fsdp shards weights, gradients and optimizer state (FSDP2, per transformer block).", "model")
+    fsdp_cpu_offload: bool = _f(False, "With parallelism fsdp: keep the sharded parameters and optimizer state in CPU memory between uses.", "model")
 
     # ---- algorithm & sampler -----------------------------------------------------------
     algorithm: Algorithm = _f("grpo_guard", "flow_grpo | grpo_guard (RatioNorm + 1/|dt| reweighting) | dance_grpo | dance_grpo_guard. Sets the defaults below.", "algorithm")
@@ -233,9 +236,11 @@ class RunConfig(BaseModel):
                                        "must not be optimised (give it weight 0 in rewards, or drop it from gold)"))
         if all(w == 0 for w in self.rewards.values()):
             errors.append(("rewards", "at least one proxy reward needs a weight > 0"))
-        if self.prompts_per_epoch < self.num_gpus:  # each GPU samples whole prompt groups
-            errors.append(("prompts_per_epoch", f"must be at least num_gpus ({self.num_gpus}): each GPU samples "
-                                                "whole prompt groups"))
+        if self.prompts_per_epoch < self.world_size():  # each GPU samples whole prompt groups
+            errors.append(("prompts_per_epoch", f"must be at least num_nodes × num_gpus ({self.world_size()}): each "
+                                                "GPU samples whole prompt groups"))
+        if self.fsdp_cpu_offload and self.parallelism != "fsdp":
+            errors.append(("fsdp_cpu_offload", "offloads FSDP shards; set parallelism: fsdp, or drop it"))
         if self.gradient_accumulation_steps * self.train_batch_size > self.group_size * self.prompts_per_epoch * 64:
             errors.append(("gradient_accumulation_steps", "one optimizer step would need more samples than 64 epochs provide"))
         if errors:
@@ -261,7 +266,7 @@ class RunConfig(BaseModel):
                     break
                 if why:
                     errors.append((f"{where}.{key}", why))
-                elif key == "device" and self.num_gpus > 1 and str(value).startswith("cuda:"):
+                elif key == "device" and self.world_size() > 1 and str(value).startswith("cuda:"):
                     # every rank would load the scorer on that one GPU (the ranks see the same list)
                     errors.append((f"{where}.{key}", f"{value!r} puts every rank's scorer on one GPU; with "
                                    "num_gpus > 1 use 'cuda' (each rank's own GPU) or 'cpu'"))
@@ -301,66 +306,13 @@ class RunConfig(BaseModel):
 
     # ---- helpers -----------------------------------------------------------------------
     def submit_errors(self, *, check_paths: bool = False, config_dir: str | None = None) -> list[tuple[str, str]]:
-        """What stops this config from being queued, beyond its own validity: reward and gold
-        names missing from ``grpo_guard.rewards.REGISTRY``; prompt files refused by
-        :mod:`grpo_guard.config.paths` (outside the allowed roots of ``config_dir``, GG_PROMPTS_DIR and
-        the built-in sets, a symlink out of its root, not a regular file, too big); and, with
-        ``check_paths``, a prompt file no root holds or a local-looking ``model`` path (starting
-        with /, ./, ../ or ~) that does not exist here. Hub ids are never checked (no network at
-        submit time)."""
-        from grpo_guard.prompts import resolve_prompts
-        from grpo_guard.rewards import REGISTRY
-
-        known = ", ".join(sorted(REGISTRY))
-        errors: list[tuple[str, str]] = []
-        for k in self.rewards:
-            if k not in REGISTRY:
-                errors.append((f"rewards.{k[:100]}", f"unknown reward; registered: {known}"))
-        for g in self.gold:
-            if g not in REGISTRY:
-                errors.append(("gold", f"unknown evaluator {safe_yaml.preview(g)}; registered: {known}"))
-        for name in ("prompts", "eval_prompts"):
-            spec = getattr(self, name)
-            path = prompt_file_path(spec)
-            if path is None:
-                continue
-            try:
-                if check_paths:  # read it as submit and the worker will: limits, UTF-8, some prompts
-                    resolve_prompts(spec, field=name, confined=True, config_dir=config_dir)
-                else:
-                    paths.find(name, path, config_dir=config_dir)
-            except ConfigError as e:
-                errors.extend(e.errors)
-            except ValueError as e:
-                errors.append((name, str(e)))
-        if check_paths and self.model and self.model.strip().startswith(("/", "./", "../", "~")):
-            path = os.path.expanduser(self.model.strip())
-            if not os.path.isdir(path):
-                errors.append(("model", f"no model directory at {path[:200]}; give an existing local directory "
-                                        "(as the workers see it) or a hub id such as stabilityai/stable-diffusion-3.5-medium"))
-        return errors
+        """What stops this config from being queued beyond its own validity
+        (:func:`grpo_guard.config.submission.submit_errors`)."""
+        return submission.submit_errors(self, check_paths=check_paths, config_dir=config_dir)
 
     def with_prompt_files_inlined(self, *, config_dir: str | None = None, missing_ok: bool = False) -> RunConfig:
-        """This config with each ``file:PATH`` / ``geneval:file:PATH`` prompt spec replaced by the
-        file's prompts, read inside the allowed roots (:mod:`grpo_guard.config.paths`): ``grpo-guard
-        submit`` stores what the submitter's file holds, and a worker trains on what its confined
-        read gave. With ``missing_ok`` a file no root holds here stays a spec (the workers resolve
-        it in their own roots). ConfigError names the field if the file is refused or unreadable."""
-        from grpo_guard.prompts import prompt_to_item, resolve_prompts
-
-        changes: dict[str, Any] = {}
-        for name in ("prompts", "eval_prompts"):
-            spec = getattr(self, name)
-            path = prompt_file_path(spec)
-            if path is not None:
-                if missing_ok and paths.find(name, path, config_dir=config_dir) is None:
-                    continue
-                try:  # GenEval metadata goes along as {prompt, tag, include, exclude} items
-                    changes[name] = [prompt_to_item(p) for p in
-                                     resolve_prompts(spec, field=name, confined=True, config_dir=config_dir)]
-                except ValueError as e:
-                    raise ConfigError([(name, str(e))]) from None
-        return self.with_overrides(changes) if changes else self
+        """This config with its prompt files read in (:func:`grpo_guard.config.submission.with_prompt_files_inlined`)."""
+        return submission.with_prompt_files_inlined(self, config_dir=config_dir, missing_ok=missing_ok)
 
     def check_submittable(self, *, check_paths: bool = False, config_dir: str | None = None) -> None:
         """Raise ConfigError with :meth:`submit_errors`, if any."""
@@ -369,22 +321,8 @@ class RunConfig(BaseModel):
             raise ConfigError(errors)
 
     def prompt_overlap_warning(self) -> str | None:
-        """One sentence when the training and eval prompts share prompt texts (the eval then
-        measures memorisation, not generalisation), else None; also None when a set cannot be
-        read here (that is an error for validation, not a warning)."""
-        if isinstance(self.prompts, str) and self.prompts.strip().startswith("hf:") \
-                or isinstance(self.eval_prompts, str) and self.eval_prompts.strip().startswith("hf:"):
-            return None  # a hub dataset is read by the worker; no network here
-        try:
-            train, held = self.resolved_prompts()
-        except ConfigError:
-            return None
-        shared = set(map(str, held)) & set(map(str, train))
-        if not shared:
-            return None
-        example = min(shared)
-        return (f"{len(shared)} of the {len(set(map(str, held)))} eval prompts are also training prompts "
-                f"(e.g. {example!r}): the eval figures measure memorisation, not held-out quality.")
+        """One sentence when training and eval prompts share texts (:func:`grpo_guard.config.submission.prompt_overlap_warning`)."""
+        return submission.prompt_overlap_warning(self)
 
     def num_trained_steps(self) -> int:
         """|S|, the number of denoising steps trained per sample."""
@@ -392,13 +330,17 @@ class RunConfig(BaseModel):
             return self.sde_window_size
         return int(self.num_steps * self.timestep_fraction)
 
+    def world_size(self) -> int:
+        """Ranks of this run: ``num_nodes × num_gpus``."""
+        return self.num_nodes * self.num_gpus
+
     def samples_per_epoch(self) -> int:
         return self.group_size * self.prompts_per_epoch
 
     def optimizer_steps_per_epoch(self) -> int:
         """AdamW steps per epoch: the micro-batches of the largest rank's prompt groups, times
         ``inner_epochs``, one step per ``gradient_accumulation_steps`` (and one at the epoch's end)."""
-        groups = math.ceil(self.prompts_per_epoch / self.num_gpus)
+        groups = math.ceil(self.prompts_per_epoch / self.world_size())
         batches = self.inner_epochs * math.ceil(self.group_size * groups / self.train_batch_size)
         return math.ceil(batches / self.gradient_accumulation_steps)
 
@@ -478,20 +420,6 @@ class RunConfig(BaseModel):
             extra = info.json_schema_extra or {}
             groups.setdefault(extra.get("group", "other"), []).append(name)  # type: ignore[union-attr]
         return groups
-
-
-def prompt_file_problem(spec: Any) -> str | None:
-    """Why a queued run may not read the prompt file ``spec`` names (``file:`` or
-    ``geneval:file:``), judged from its text (:func:`grpo_guard.config.paths.spec_problem`), else None."""
-    path = prompt_file_path(spec)
-    return None if path is None else paths.spec_problem("prompts", path)
-
-
-def prompt_file_path(spec: Any) -> str | None:
-    """The path a ``file:PATH`` or ``geneval:file:PATH`` prompt spec names, else None."""
-    if not isinstance(spec, str) or not spec.strip().startswith(("file:", "geneval:file:")):
-        return None
-    return spec.strip().split("file:", 1)[1]
 
 
 def _format_errors(exc: ValidationError) -> list[tuple[str, str]]:

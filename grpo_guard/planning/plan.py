@@ -202,7 +202,7 @@ def _plan_at(config: Any, spec: PipelineSpec, gpu: GpuSpec, device: str, latent_
     steps = config.num_trained_steps()
     per_mb = config.train_batch_size * steps
     upd = update_pass(spec, config, latent_rows, device)
-    n_local = config.group_size * math.ceil(config.prompts_per_epoch / config.num_gpus)
+    n_local = config.group_size * math.ceil(config.prompts_per_epoch / config.world_size())
     samp = sampling_pass(spec, config, min(config.sample_batch_size, n_local), device)
     frozen = frozen_parameters(spec)
     rewards = reward_parameters()
@@ -262,8 +262,8 @@ def _plan_at(config: Any, spec: PipelineSpec, gpu: GpuSpec, device: str, latent_
                 rows_requested=requested, phases=phases, peak_gib=round(gib(peak), 2), peak_phase=peak_phase,
                 dominant=dominant, fits=fits, needed_gib=round(gib(needed), 2), flops_per_epoch=float(flops),
                 mfu=mfu, peak_tflops=gpu.bf16_tflops, epoch_seconds=epoch_s,
-                gpu_hours=epoch_s * config.epochs * config.num_gpus / 3600, epochs=config.epochs,
-                num_gpus=config.num_gpus, notes=notes, phase_bytes=phases_b)
+                gpu_hours=epoch_s * config.epochs * config.world_size() / 3600, epochs=config.epochs,
+                num_gpus=config.world_size(), notes=notes, phase_bytes=phases_b)
 
 
 def _arch_label(name: str) -> str:

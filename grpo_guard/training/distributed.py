@@ -150,12 +150,22 @@ def _gpu_id(value: int | str) -> str:
 
 
 def launch_module_command(module_args: Sequence[str], num_gpus: int, gpu_ids: Sequence[int | str] | None = None, *,
-                          main_process_port: int | None = None, python: str | None = None) -> list[str]:
+                          main_process_port: int | None = None, python: str | None = None,
+                          num_nodes: int = 1, node_rank: int = 0, main_process_ip: str | None = None) -> list[str]:
     """``python -m MODULE ARGS`` on one GPU, or under ``accelerate launch`` on ``num_gpus`` (see
     :func:`build_launch_command`); ``module_args`` = [module, *args]. The worker uses it with its
-    own rank entry point (``worker.ranks``), which records to the store."""
+    own rank entry point (``worker.ranks``), which records to the store.
+
+    ``num_nodes`` > 1: this machine's part of a multi-node group (accelerate's own multi-node
+    launcher: ``--num_machines N --machine_rank R --main_process_ip ADDR --main_process_port P``,
+    ``--num_processes`` counting every rank of every node); every node runs the same command
+    with its own ``node_rank``, and the node of rank 0 listens at ``main_process_ip:port``."""
     if num_gpus < 1:
         raise ValueError(f"num_gpus must be >= 1, got {num_gpus}")
+    if num_nodes < 1 or not 0 <= node_rank < num_nodes:
+        raise ValueError(f"node_rank must be in [0, {num_nodes}) for num_nodes={num_nodes}, got {node_rank}")
+    if num_nodes > 1 and (not main_process_ip or main_process_port is None):
+        raise ValueError("a multi-node launch needs the address and port of node 0 (main_process_ip, main_process_port)")
     try:
         ids = [str(i) for i in range(num_gpus)] if gpu_ids is None else [_gpu_id(i) for i in gpu_ids]
     except ValueError:
@@ -164,12 +174,14 @@ def launch_module_command(module_args: Sequence[str], num_gpus: int, gpu_ids: Se
         raise ValueError(f"gpu_ids must be {num_gpus} distinct GPU indices or UUIDs, got {list(gpu_ids or [])}")
     python = python or sys.executable
     tail = ["-m", *module_args]
-    if num_gpus == 1:
+    if num_gpus == 1 and num_nodes == 1:
         return [python, *tail]
     # --gpu_ids becomes the ranks' CUDA_VISIBLE_DEVICES, so these are physical indices (or UUIDs).
-    cmd = [python, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_gpus),
-           "--num_machines", "1", "--gpu_ids", ",".join(ids), "--mixed_precision", "no",
+    cmd = [python, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_gpus * num_nodes),
+           "--num_machines", str(num_nodes), "--gpu_ids", ",".join(ids), "--mixed_precision", "no",
            "--dynamo_backend", "no"]
+    if num_nodes > 1:
+        cmd += ["--machine_rank", str(int(node_rank)), "--main_process_ip", str(main_process_ip)]
     if main_process_port is not None:
         cmd += ["--main_process_port", str(int(main_process_port))]
     return cmd + tail

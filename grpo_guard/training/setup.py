@@ -28,13 +28,14 @@ def out_of_memory_error(run: TrainRun, phase: str, epoch: int) -> GpuOutOfMemory
     return GpuOutOfMemory(out_of_memory_message(run.config, phase, epoch, run.backbone.device))
 
 
-def check_world(num_gpus: int, world: int) -> None:
-    if world != num_gpus:
+def check_world(ranks: int, world: int) -> None:
+    """The launched process group has exactly the run's ``num_nodes × num_gpus`` ranks."""
+    if world != ranks:
         raise ValueError(
-            f"num_gpus is {num_gpus} but this process group has {world} process(es): "
+            f"the run needs num_nodes × num_gpus = {ranks} process(es) but this process group has {world}: "
             + ("run it with `grpo-guard train CONFIG` (which starts accelerate launch with num_gpus processes) "
                "or submit it to a worker that owns that many GPUs" if world == 1 else
-               f"launch exactly num_gpus={num_gpus} processes"))
+               f"launch exactly {ranks} processes in all"))
 
 
 def build_run(c: RunConfig, recorder: Recorder, rank: int, world: int, device: str | None, backbone,

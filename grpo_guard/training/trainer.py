@@ -125,7 +125,7 @@ def train(config: RunConfig, recorder: Recorder, control: Control, *, resume_fro
     rank of a data-parallel run: ranks other than 0 ignore ``recorder`` and ``control``."""
     # 0. Data parallel: join the launcher's group (a no-op for a single process).
     rank, world = ddp.init_from_env()
-    check_world(config.num_gpus, world)
+    check_world(config.world_size(), world)
     if world > 1:
         device = ddp.rank_device() or device
         if rank != 0:  # one writer: rank 0 records everything, the other ranks keep nothing

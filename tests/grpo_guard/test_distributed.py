@@ -116,8 +116,32 @@ def test_module_command_extra_args_and_launched_group_detection(monkeypatch):
     assert not in_launched_group()
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert in_launched_group()
-    with pytest.raises(ConfigError, match="prompts_per_epoch: must be at least num_gpus"):
+    with pytest.raises(ConfigError, match=r"prompts_per_epoch: must be at least num_nodes × num_gpus \(4\)"):
         RunConfig.from_dict({"num_gpus": 4, "prompts_per_epoch": 2})
+    with pytest.raises(ConfigError, match=r"at least num_nodes × num_gpus \(6\)"):
+        RunConfig.from_dict({"num_nodes": 3, "num_gpus": 2, "prompts_per_epoch": 5})
+    with pytest.raises(ConfigError, match="fsdp_cpu_offload: offloads FSDP shards"):
+        RunConfig.from_dict({"fsdp_cpu_offload": True})
+
+
+def test_a_multi_node_command_is_accelerates_own_multi_node_launch():
+    from accelerate.commands.launch import launch_command_parser
+
+    from grpo_guard.training.distributed import launch_module_command
+
+    cmd = launch_module_command(["worker.ranks", "7"], 2, [0, 1], num_nodes=2, node_rank=1,
+                                main_process_ip="10.0.0.5", main_process_port=29511, python="py")
+    args = launch_command_parser().parse_args(cmd[3:])
+    assert (args.num_processes, args.num_machines, args.machine_rank) == (4, 2, 1)
+    assert (args.main_process_ip, args.main_process_port, args.gpu_ids) == ("10.0.0.5", 29511, "0,1")
+    assert cmd[-3:] == ["-m", "worker.ranks", "7"]
+    # one GPU per node still goes through the launcher (the ranks must meet)
+    assert "accelerate.commands.launch" in launch_module_command(["m"], 1, num_nodes=2, main_process_ip="h",
+                                                                 main_process_port=1, python="py")
+    with pytest.raises(ValueError, match="node_rank must be in"):
+        launch_module_command(["m"], 1, num_nodes=2, node_rank=2, main_process_ip="h", main_process_port=1)
+    with pytest.raises(ValueError, match="needs the address and port of node 0"):
+        launch_module_command(["m"], 1, num_nodes=2)
 
 
 def test_a_single_process_refuses_num_gpus_2():

@@ -1,6 +1,7 @@
 """The package reads as rooms: few modules directly under ``grpo_guard/``, the engine's public
 API at its documented import paths, and no import circles (every import counted, the lazy ones
-inside functions too: a circle deferred to call time is still a circle a reader must untangle)."""
+inside functions too: a circle deferred to call time is still a circle a reader must untangle;
+only ``if TYPE_CHECKING:`` imports, which never run, are left out)."""
 
 from __future__ import annotations
 
@@ -31,8 +32,14 @@ def _graph() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {m: set() for m in mods}
     for mod, path in mods.items():
         package = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
-        for node in ast.walk(ast.parse(path.read_text())):
+        tree = ast.parse(path.read_text())
+        type_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
+                     and ast.unparse(block.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING")
+                     for stmt in block.body for n in ast.walk(stmt)}
+        for node in ast.walk(tree):
             targets: list[str] = []
+            if id(node) in type_only:
+                continue
             if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom):
