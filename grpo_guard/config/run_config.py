@@ -239,6 +239,9 @@ class RunConfig(BaseModel):
         if self.prompts_per_epoch < self.world_size():  # each GPU samples whole prompt groups
             errors.append(("prompts_per_epoch", f"must be at least num_nodes × num_gpus ({self.world_size()}): each "
                                                 "GPU samples whole prompt groups"))
+        if self.parallelism == "fsdp" and self.prompts_per_epoch % self.world_size():  # ranks sample in lockstep
+            errors.append(("prompts_per_epoch", f"must be a multiple of num_nodes × num_gpus ({self.world_size()}) with "
+                                                "parallelism fsdp: every rank samples the same number of groups"))
         if self.fsdp_cpu_offload and self.parallelism != "fsdp":
             errors.append(("fsdp_cpu_offload", "offloads FSDP shards; set parallelism: fsdp, or drop it"))
         if self.gradient_accumulation_steps * self.train_batch_size > self.group_size * self.prompts_per_epoch * 64:

@@ -41,4 +41,6 @@ class EMA:
     def load(self, shadow: list[torch.Tensor]) -> None:
         if len(shadow) != len(self.shadow) or any(a.shape != b.shape for a, b in zip(shadow, self.shadow, strict=True)):
             raise ValueError("the EMA weights in the checkpoint do not match the model's trainable parameters")
-        self.shadow = [s.to(p.device, p.dtype).clone() for s, p in zip(shadow, self.params, strict=True)]
+        from grpo_guard.training.sharding import like  # whole saved tensors -> this rank's shard (fsdp)
+
+        self.shadow = [like(s, p).clone() for s, p in zip(shadow, self.params, strict=True)]

@@ -16,6 +16,7 @@ from grpo_guard.training.checkpoint import ARCHITECTURE_KEYS, Checkpoint
 from grpo_guard.training.ema import EMA
 from grpo_guard.training.evaluation import EvalSet
 from grpo_guard.training.recording import Recorder
+from grpo_guard.training.sharding import load_trainable_state, shard_transformer, sharded_optimizer_state
 from grpo_guard.training.train_run import TrainRun
 from grpo_guard.training.train_state import TrainerState
 
@@ -57,6 +58,10 @@ def build_run(c: RunConfig, recorder: Recorder, rank: int, world: int, device: s
     params = backbone.trainable_parameters()
     if world > 1:
         ddp.broadcast_params(params)
+    sharded = world > 1 and c.parallelism == "fsdp"
+    if sharded:  # the optimizer and the EMA are built over the shards (DTensors)
+        shard_transformer(backbone, c.mixed_precision, c.fsdp_cpu_offload)
+        params = backbone.trainable_parameters()
     optimizer = torch.optim.AdamW(params, lr=c.learning_rate, betas=(c.adam_beta1, c.adam_beta2),
                                   weight_decay=c.weight_decay, eps=c.adam_eps)
 
@@ -76,7 +81,7 @@ def build_run(c: RunConfig, recorder: Recorder, rank: int, world: int, device: s
                     golds=golds, train_prompts=train_prompts, latent_shape=latent_shape,
                     sigmas=backbone.sigmas(c.num_steps, c.shift, c.resolution),
                     eval_sigmas=backbone.sigmas(c.eval_num_steps, c.shift, c.resolution), eval_set=eval_set,
-                    my_rows=my_rows, num_batches=num_batches)
+                    my_rows=my_rows, num_batches=num_batches, sharded=sharded)
 
 
 def check_reward_prompts(proxies: Mapping[str, tuple[object, float]], golds: Mapping[str, object],
@@ -100,9 +105,14 @@ def start_state(run: TrainRun, ckpt: Checkpoint | None) -> tuple[TrainerState, i
                           f"{c.group_size} samples, {c.num_trained_steps()} of {c.num_steps} steps trained, "
                           f"{sum(p.numel() for p in run.params):,} trainable parameters")
         return TrainerState(), 0, None
-    run.backbone.load_trainable_state_dict(ckpt.trainable)
-    if ckpt.optimizer:
-        run.optimizer.load_state_dict(ckpt.optimizer)
+    if run.sharded:  # every rank reads the whole state and keeps its shard
+        load_trainable_state(run.backbone, ckpt.trainable)
+        if ckpt.optimizer:
+            run.optimizer.load_state_dict(sharded_optimizer_state(ckpt.optimizer, run.params))
+    else:
+        run.backbone.load_trainable_state_dict(ckpt.trainable)
+        if ckpt.optimizer:
+            run.optimizer.load_state_dict(ckpt.optimizer)
     if run.ema is not None and ckpt.ema is not None:
         run.ema.load(ckpt.ema)
     if ckpt.step > c.epochs:

@@ -1,6 +1,7 @@
 """The live objects of one training run (``TrainRun``) and the two things the loop does on a
 cadence with them: evaluate (``evaluate_at``) and checkpoint (``checkpoint_at``). Both run on rank
-0 only and update the ``TrainerState`` they are given."""
+0 only (on every rank with sharded weights, ``TrainRun.collective``) and update the
+``TrainerState`` they are given."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from grpo_guard import metrics as M
 from grpo_guard.config import RunConfig
 from grpo_guard.experiments.alarm import hacking_onset
 from grpo_guard.models.base import Backbone
+from grpo_guard.training import sharding
 from grpo_guard.training.checkpoint import Checkpoint, checkpoint_path, prune_checkpoints, save_checkpoint
 from grpo_guard.training.ema import EMA
 from grpo_guard.training.evaluation import EvalSet, evaluate
@@ -46,6 +48,13 @@ class TrainRun:
     my_rows: torch.Tensor               # (N_r,) this rank's rows of the epoch (all rows in one process)
     num_batches: int                    # micro-batches per inner epoch, the same on every rank
     should_stop: Callable[[], bool] | None = None  # a shutdown of this single process (interrupt.py)
+    sharded: bool = False               # parallelism fsdp over several ranks: the transformer is sharded
+
+    @property
+    def collective(self) -> bool:
+        """Whether every rank takes part in evaluations and checkpoints: with sharded weights each
+        forward gathers the weights from all ranks, and a checkpoint gathers them whole."""
+        return self.is_main or self.sharded
 
     @property
     def is_main(self) -> bool:
@@ -82,12 +91,23 @@ def evaluate_at(run: TrainRun, state: TrainerState, step: int) -> None:
     recorder.log_line(f"eval @ {step}: proxy {proxy:.4f}, gold {gold:.4f}")
 
 
-def checkpoint_at(run: TrainRun, state: TrainerState, step: int, reason: str) -> str:
+def checkpoint_at(run: TrainRun, state: TrainerState, step: int, reason: str) -> str | None:
     """Write the checkpoint of ``step`` (weights, EMA, optimizer, ``state``), record it, prune the
-    old ones (never the best-gold one) and return its path."""
+    old ones (never the best-gold one) and return its path. With sharded weights every rank calls
+    it (the weights are gathered); ranks other than 0 write nothing and return None."""
     c, recorder = run.config, run.recorder
-    ck = Checkpoint(step=step, config=c, trainable=run.backbone.trainable_state_dict(),
-                    ema=run.ema.state() if run.ema is not None else None, optimizer=run.optimizer.state_dict(),
+    if run.sharded:  # every rank gathers, tensor by tensor; rank 0 keeps the whole state and writes it
+        keep = run.is_main
+        trainable = sharding.full_trainable_state(run.backbone, keep)
+        ema = [sharding.full(s, keep) for s in run.ema.shadow] if run.ema is not None else None
+        optimizer = sharding.full_optimizer_state(run.optimizer, keep)
+        if not keep:
+            state.last_ckpt_step = step
+            return None
+    else:
+        trainable, optimizer = run.backbone.trainable_state_dict(), run.optimizer.state_dict()
+        ema = run.ema.state() if run.ema is not None else None
+    ck = Checkpoint(step=step, config=c, trainable=trainable, ema=ema, optimizer=optimizer,
                     trainer={**state.to_dict(), "last_ckpt_step": step})
     meta = {"reason": reason, "best_step": state.best_step, "epochs": c.epochs}
     evaluated = state.history.at(step)
@@ -107,6 +127,8 @@ def stop_on_alarm(run: TrainRun, state: TrainerState, step: int) -> str | None:
     checkpoint (``meta["best"]``, what ``grpo-guard runs best`` prints). Returns the last path."""
     c, recorder = run.config, run.recorder
     path = checkpoint_at(run, state, step, "overoptimization") if state.last_ckpt_step != step else None
+    if not run.is_main:  # a sharded run's other ranks only helped gather the checkpoint
+        return None
     recorder.log_line(f"stopped after epoch {step}: the over-optimisation alarm fired at epoch {state.onset} "
                       f"(on_overoptimization: {c.on_overoptimization})", "warning")
     best = checkpoint_path(recorder.checkpoint_dir(), state.best_step) if state.best_step >= 0 else None

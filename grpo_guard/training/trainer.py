@@ -18,7 +18,10 @@ and scores only its own prompt groups, and gathers the rewards before the advant
 computes the advantages of the whole batch and keeps its slice. Gradients are averaged over the ranks
 before each clip + AdamW step (the weights stay identical; LoRA init is broadcast from rank 0). Only
 rank 0 records, evaluates and checkpoints; its stop request is broadcast, so the group stops together.
-With one process, every step is exactly the single-GPU trainer.
+With one process, every step is exactly the single-GPU trainer. Sharded weights (``parallelism: fsdp``,
+``grpo_guard.training.sharding``): the transformer is split over the ranks, so every rank samples in
+lockstep (equal shares of groups), runs the evaluations with rank 0 (only rank 0 scores golds and
+records) and helps gather each checkpoint, which rank 0 writes in the single-process format.
 
 Deliberately left out: DanceGRPO's per-sample random step subsets are supported but untested at
 scale; no learning-rate schedule (Flow-GRPO uses a constant rate); the "hacking step" probe of §8 and
@@ -150,13 +153,13 @@ def train(config: RunConfig, recorder: Recorder, control: Control, *, resume_fro
     #    (a run interrupted before the eval its last epoch owed does that eval first).
     state, start, last_path = start_state(run, ckpt)
     try:
-        if ckpt is None and run.is_main:
+        if ckpt is None and run.collective:
             evaluate_at(run, state, 0)
             if c.on_overoptimization == "stop_keep_best":  # the base model may stay the best: keep it too
                 last_path = checkpoint_at(run, state, 0, "best-gold")
             recorder.log_scalars(0, reward_health(run.golds, run.proxies))
             recorder.flush()
-        elif run.is_main and start > state.last_eval and (start % c.eval_every == 0 or start == c.epochs):
+        elif run.collective and start > state.last_eval and (start % c.eval_every == 0 or start == c.epochs):
             evaluate_at(run, state, start)
             recorder.flush()
     except Interrupted:
@@ -166,13 +169,13 @@ def train(config: RunConfig, recorder: Recorder, control: Control, *, resume_fro
     for epoch in range(start + 1, c.epochs + 1):
         # 4a. Poll control once per step (rank 0 polls, every rank obeys).
         if _stop_requested(run, control):
-            if run.is_main and state.last_ckpt_step != epoch - 1:
+            if run.collective and state.last_ckpt_step != epoch - 1:
                 last_path = checkpoint_at(run, state, epoch - 1, "stop")
             recorder.log_line(f"stopped on request after epoch {epoch - 1}")
             recorder.flush()
             return TrainResult("cancelled", epoch - 1, last_path)
         if _alarm_stop(run, state):  # on_overoptimization: the run ends here, as if finished
-            last_path = stop_on_alarm(run, state, epoch - 1) if run.is_main else last_path
+            last_path = stop_on_alarm(run, state, epoch - 1) if run.collective else last_path
             return TrainResult("succeeded", epoch - 1, last_path)
         t0 = time.perf_counter()
 
@@ -201,7 +204,8 @@ def train(config: RunConfig, recorder: Recorder, control: Control, *, resume_fro
         try:
             upd = policy_update(run.backbone, run.optimizer, run.params, samples.rollout,
                                 adv.mine.to(run.backbone.device), adv.batches, c, run.ema, state,
-                                grad_sync=ddp.all_reduce_grads if world > 1 else None, rows_per_forward=rows_per_forward,
+                                grad_sync=ddp.all_reduce_grads if world > 1 and not run.sharded else None,
+                                lockstep=run.sharded, rows_per_forward=rows_per_forward,
                                 should_abort=(lambda: _interrupted(run, control)) if snapshot else None)
         except torch.OutOfMemoryError as e:
             raise out_of_memory_error(run, "policy update", epoch) from e
@@ -215,19 +219,23 @@ def train(config: RunConfig, recorder: Recorder, control: Control, *, resume_fro
         # 4f. Record.
         _record(run, epoch, upd, scored, adv, (t0, t_sample, t_reward, t_update))
 
-        # 4g. Evaluate, checkpoint, and obey the sample-now / save-now flags (rank 0 alone). A
-        #     shutdown now keeps the epoch; the eval it owes runs when the run resumes (step 3).
-        if not run.is_main:
+        # 4g. Evaluate, checkpoint, and obey the sample-now / save-now flags (rank 0 alone; every
+        #     rank with sharded weights, on rank 0's flags). A shutdown now keeps the epoch; the
+        #     eval it owes runs when the run resumes (step 3).
+        if not run.collective:
             continue
         if _interrupted(run, control):
             return TrainResult("cancelled", epoch, stop_for_interrupt(run, state, epoch) or last_path)
-        sample_now, save_now = control.take_sample_now(), control.take_save_now()
+        sample_now, save_now = (control.take_sample_now(), control.take_save_now()) if run.is_main else (False, False)
+        if run.sharded:
+            sample_now, save_now = ddp.broadcast_flag(sample_now), ddp.broadcast_flag(save_now)
         try:
             if epoch % c.eval_every == 0 or epoch == c.epochs or sample_now:
                 evaluate_at(run, state, epoch)
         except Interrupted:  # the epoch is recorded; its eval runs first on resume
             return TrainResult("cancelled", epoch, stop_for_interrupt(run, state, epoch) or last_path)
-        new_best = state.best_step == epoch
+        new_best = state.best_step == epoch  # golds are scored on rank 0 alone: its answer counts
+        new_best = ddp.broadcast_flag(new_best) if run.sharded else new_best
         if epoch % c.checkpoint_every == 0 or epoch == c.epochs or new_best or save_now:
             reason = "best-gold" if new_best else "periodic" if epoch < c.epochs else "final"
             last_path = checkpoint_at(run, state, epoch, reason)
@@ -235,7 +243,7 @@ def train(config: RunConfig, recorder: Recorder, control: Control, *, resume_fro
         recorder.flush()
 
     # 5. Done (a resumed, already finished run lands here directly).
-    if not run.is_main:
+    if not run.collective:
         return TrainResult("succeeded", c.epochs, last_path)
     if state.last_eval != c.epochs:
         evaluate_at(run, state, c.epochs)

@@ -20,12 +20,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+from torch.distributed.tensor import DTensor
 
 from grpo_guard import metrics as M
 from grpo_guard.config import RunConfig
 from grpo_guard.models.base import Backbone, select_embeds
 from grpo_guard.policy import policy_loss
 from grpo_guard.sde import sde_step
+from grpo_guard.training.distributed import max_over_ranks
 from grpo_guard.training.ema import EMA
 from grpo_guard.training.interrupt import UpdateInterrupted
 from grpo_guard.training.rollout import Rollout
@@ -68,7 +70,7 @@ def policy_update(backbone: Backbone, optimizer: torch.optim.Optimizer, params: 
                   ema: EMA | None, state: TrainerState, *, grad_norm_v: bool = True,
                   grad_sync: Callable[[list[torch.nn.Parameter]], None] | None = None,
                   should_abort: Callable[[], bool] | None = None,
-                  rows_per_forward: int | None = None) -> UpdateResult:
+                  rows_per_forward: int | None = None, lockstep: bool = False) -> UpdateResult:
     """Run the update over ``batches`` (index tensors into the rollout). ``state.optimizer_steps``
     (the run's count, which sets the EMA cadence) is advanced in place. ``grad_norm_v=False``
     skips the per-step velocity-gradient norms (only the benchmark uses it, to measure their cost).
@@ -77,7 +79,10 @@ def policy_update(backbone: Backbone, optimizer: torch.optim.Optimizer, params: 
     empty index tensors). ``should_abort`` is asked before each micro-batch; when it says yes the
     update raises ``UpdateInterrupted`` (the caller puts its pre-update snapshot back). ``rows_per_forward`` (transformer rows, CFG branches counted) chunks each
     micro-batch's forward and backward; None takes ``config.update_rows_per_forward`` when it is a
-    number, else (``auto`` unresolved) all rows at once."""
+    number, else (``auto`` unresolved) all rows at once. ``lockstep`` (sharded weights, where
+    every forward and backward is a collective over the ranks): every rank runs as many forward +
+    backward chunks per micro-batch as the busiest rank, the missing ones on one row with the loss
+    scaled by 0 (it adds zero gradients, as DDP's empty micro-batches do)."""
     c = config
     if rows_per_forward is None and isinstance(c.update_rows_per_forward, int):
         rows_per_forward = c.update_rows_per_forward
@@ -101,9 +106,11 @@ def policy_update(backbone: Backbone, optimizer: torch.optim.Optimizer, params: 
         b = mb.numel()
         # An empty micro-batch pads a data-parallel rank that has fewer samples than another: it
         # computes nothing but still reaches the gradient all-reduce of its optimizer step.
+        rows = b * steps
+        chunk = chunk_rows(rows, rows_per_forward, backbone.cfg_branches(c.cfg_scale, c.detach_uncond)) if b else 1
+        n_chunks = math.ceil(rows / chunk)
+        idle = (max_over_ranks(n_chunks) - n_chunks) if lockstep else 0  # before any sharded forward
         if b:
-            rows = b * steps
-            chunk = chunk_rows(rows, rows_per_forward, backbone.cfg_branches(c.cfg_scale, c.detach_uncond))
             g_parts: list[torch.Tensor] = []
             for a in range(0, rows, chunk):
                 # Rows a..a+n of the micro-batch's B·S (trajectory-major); each chunk's mean loss is
@@ -130,11 +137,18 @@ def policy_update(backbone: Backbone, optimizer: torch.optim.Optimizer, params: 
                         scale = float(in_group) * b * steps / int(sel_j.sum())
                         grad_sq.setdefault(j, []).append(float(g[sel_j].sum()) * scale * scale)
 
+        for _ in range(idle):  # lockstep: this rank's share of the busiest rank's sharded forwards
+            _forward_backward(backbone, ro, torch.zeros(1, dtype=torch.long), slice(0, 1), steps, advantages, c,
+                              log_prob_form, reweight, use_train_mode, False, total=1, in_group=1,
+                              validate=False, scale=0.0)
+
         # e. Optimizer step after `accum` micro-batches (and at the end of the epoch).
         if k - group_start + 1 == in_group:
             if grad_sync is not None:
                 grad_sync(params)
             norm = torch.nn.utils.clip_grad_norm_(params, c.max_grad_norm if c.max_grad_norm > 0 else math.inf)
+            if isinstance(norm, DTensor):  # sharded gradients: the norm over every shard, on every rank
+                norm = norm.full_tensor()
             grad_norms.append(float(norm))
             if not math.isfinite(grad_norms[-1]):  # a NaN/inf loss: never write it into the weights
                 raise FloatingPointError(
@@ -181,7 +195,8 @@ def chunk_rows(rows: int, rows_per_forward: int | None, branches: int) -> int:
 
 def _forward_backward(backbone: Backbone, ro: Rollout, mb: torch.Tensor, sel: slice, steps: int,
                       advantages: torch.Tensor, c: RunConfig, log_prob_form: str, reweight: bool,
-                      use_train_mode: bool, grad_norm_v: bool, *, total: int, in_group: int, validate: bool):
+                      use_train_mode: bool, grad_norm_v: bool, *, total: int, in_group: int, validate: bool,
+                      scale: float = 1.0):
     """Forward with grad over rows ``sel`` of micro-batch ``mb``'s ``total`` = B·S rows, the loss, and
     its backward scaled by the chunk's share of the rows and 1 / ``in_group``. Returns (loss output, SDE step, velocity, detached record)."""
     # a. Gather only this chunk's rows: flat row r is trajectory mb[r // S] at trained step r % S.
@@ -218,7 +233,7 @@ def _forward_backward(backbone: Backbone, ro: Rollout, mb: torch.Tensor, sel: sl
                       kl_beta=c.kl_beta, ref_mean=ref_mean, std_dev_t=st.std_dev_t, adv_clip=c.adv_clip,
                       log_prob_form=log_prob_form, compute_stats=False, validate=validate)
     n = sel.stop - sel.start
-    (out.loss / in_group if n == total else out.loss * (n / total) / in_group).backward()
+    (scale * (out.loss / in_group if n == total else out.loss * (n / total) / in_group)).backward()
 
     # d. Keep what the epoch's statistics need (detached; no sync here).
     # Latent-sized rollout rows (x', μ_old) are kept as indices, not copies: the epoch's statistics

@@ -1,0 +1,160 @@
+"""Sharded weights (``parallelism: fsdp``) in a real 2-process gloo group on CPU, on a tiny random SD3
+pipeline (``tiny_sd3_pipeline_dir``): FSDP2 over the transformer's blocks and root, for LoRA (KL to
+the base model with the adapters off, through the sharded module) and for full fine-tuning (with
+gradient checkpointing; the KL reference is the frozen unsharded copy), with the EMA.
+
+One spawn of two ranks runs every sharded case in turn (launching processes and importing torch,
+diffusers and peft costs seconds, once); the single-process runs are in the test's own process.
+What is compared are the checkpoints rank 0 wrote, in the single-process format: the trainable
+weights, the EMA and AdamW's moments.
+
+Why the 2-rank run equals the single process only to rtol 1e-5, not bit for bit: each rank's loss is
+the mean over its own rows and FSDP averages the two gradients (reduce-scatter), while one process
+takes the mean over all rows in one batch of twice the size, so the float sums run in another order
+(~1e-7 relative). ``adam_eps`` is 1e-4 here so that AdamW does not blow that rounding noise in
+gradients that are ~0 up into steps of the learning rate's size (what the data-parallel test has
+to allow for with eps 1e-8)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from grpo_guard.config import RunConfig
+from grpo_guard.training.checkpoint import checkpoint_path, load_checkpoint
+from grpo_guard.training.recording import MemoryControl, MemoryRecorder
+
+BASE = dict(backbone="sd3", resolution=32, algorithm="flow_grpo", kl_beta=0.04, group_size=2, prompts_per_epoch=2,
+            num_steps=3, eval_num_steps=2, sample_batch_size=2, train_batch_size=4, epochs=2, seed=3,
+            learning_rate=1e-3, adam_eps=1e-4, ema=True, ema_every=1, checkpoint_every=1, keep_checkpoints=5,
+            prompts=["a red circle on a blue background", "a green square on a white background"],
+            eval_prompts=["a red circle on a blue background"], eval_seeds=[0], eval_every=1, gold=[])
+LORA = dict(lora_rank=4, lora_alpha=8.0)
+FULL = dict(lora_rank=0, gradient_checkpointing=True)
+
+
+class HalfFlat:
+    """A proxy reward that is constant for the second prompt: its group has zero advantages, so in a
+    2-rank run one rank has nothing to train and must still join every sharded forward."""
+
+    def __call__(self, images: np.ndarray, prompts: list[str]) -> np.ndarray:
+        means = images.reshape(len(images), -1).mean(1) / 255.0
+        return np.where([p.startswith("a green") for p in prompts], 0.5, means)
+
+
+def _train(cfg: RunConfig, out: str, resume_from: str | None = None, rewards=None) -> str:
+    from grpo_guard.training.trainer import train
+
+    rec = MemoryRecorder(out)
+    res = train(cfg, rec, MemoryControl(), resume_from=resume_from, device="cpu", rewards=rewards)
+    assert res.status == "succeeded", res
+    return out
+
+
+def _rank(rank: int, init_file: str, out: str, jobs_json: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        for name, cfg, resume, flat in json.loads(jobs_json):
+            _train(RunConfig.from_dict(cfg), os.path.join(out, name, f"rank{rank}"), resume,
+                   {"flat": HalfFlat()} if flat else None)
+            dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def _spawn(jobs: list, out: str) -> None:
+    import torch.multiprocessing as mp
+
+    mp.spawn(_rank, args=(os.path.join(out, "init"), out, json.dumps(jobs)), nprocs=2, join=True)
+
+
+def _assert_same(a: str, b: str, rtol: float = 1e-5, atol: float = 1e-7) -> None:
+    """The checkpoints ``a`` and ``b``: equal trainable weights, EMA and AdamW moments."""
+    ca, cb = load_checkpoint(a), load_checkpoint(b)
+    assert ca.step == cb.step and sorted(ca.trainable) == sorted(cb.trainable)
+    for k in ca.trainable:
+        torch.testing.assert_close(ca.trainable[k], cb.trainable[k], rtol=rtol, atol=atol, msg=k)
+    for x, y in zip(ca.ema, cb.ema, strict=True):
+        torch.testing.assert_close(x, y, rtol=rtol, atol=atol)
+    sa, sb = ca.optimizer["state"], cb.optimizer["state"]
+    assert sorted(sa) == sorted(sb) and ca.optimizer["param_groups"] == cb.optimizer["param_groups"]
+    for i in sa:
+        for key in ("exp_avg", "exp_avg_sq", "step"):
+            torch.testing.assert_close(sa[i][key], sb[i][key], rtol=1e-4, atol=1e-9, msg=f"{i}/{key}")
+
+
+def _moved(path: str, base: str) -> float:
+    """How far the weights of checkpoint ``path`` moved from those of ``base``."""
+    a, b = load_checkpoint(path).trainable, load_checkpoint(base).trainable
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Single-process runs here, then every 2-rank run in one spawn; returns (configs, paths)."""
+    from grpo_guard.models.testing import tiny_sd3_pipeline_dir
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("fsdp")
+    model = tiny_sd3_pipeline_dir(root)
+    cfg = {k: RunConfig.from_dict({**BASE, **arch, "model": model}) for k, arch in (("lora", LORA), ("full", FULL))}
+    flat = cfg["lora"].with_overrides({"rewards": {"flat": 1.0}, "epochs": 1})
+    for k in ("lora", "full"):
+        _train(cfg[k], str(root / f"single-{k}"))
+    sharded = {k: c.with_overrides({"num_gpus": 2, "parallelism": "fsdp"}) for k, c in cfg.items()}
+    single_ckpt1 = checkpoint_path(str(root / "single-lora"), 1)
+    jobs = [("lora", sharded["lora"].to_dict(), None, False),
+            ("full", sharded["full"].to_dict(), None, False),
+            ("lora-from-single", sharded["lora"].to_dict(), single_ckpt1, False),
+            ("flat-ddp", flat.with_overrides({"num_gpus": 2}).to_dict(), None, True),
+            ("flat-fsdp", flat.with_overrides({"num_gpus": 2, "parallelism": "fsdp"}).to_dict(), None, True)]
+    _spawn(jobs, str(root))
+    return cfg, root
+
+
+@pytest.mark.parametrize("kind", ["lora", "full"])
+def test_two_sharded_ranks_equal_one_process(runs, kind):
+    """After 2 epochs the checkpoint rank 0 gathered and wrote equals the single process's (weights,
+    EMA, AdamW moments), in the same format; rank 1 wrote nothing; the weights did move."""
+    cfg, root = runs
+    single = checkpoint_path(str(root / f"single-{kind}"), 2)
+    sharded = checkpoint_path(str(root / kind / "rank0"), 2)
+    _assert_same(sharded, single)
+    assert not os.path.exists(root / kind / "rank1")
+    assert _moved(sharded, checkpoint_path(str(root / f"single-{kind}"), 1)) > 1e-5
+    ck = load_checkpoint(sharded)
+    assert ck.config.parallelism == "fsdp" and ck.config.num_gpus == 2
+    if kind == "full":  # the whole transformer, every tensor whole
+        assert len(ck.trainable) == len(load_checkpoint(single).trainable) > 20
+
+
+def test_sharded_checkpoint_resumes_on_one_process_and_back(runs, tmp_path):
+    """The 2-rank checkpoint of epoch 1 resumes in a single process (num_gpus 1) to the same epoch-2
+    state as both uninterrupted runs; the single process's epoch-1 checkpoint resumed on 2 sharded
+    ranks does too."""
+    cfg, root = runs
+    resumed = _train(cfg["lora"], str(tmp_path / "resumed"), checkpoint_path(str(root / "lora" / "rank0"), 1))
+    _assert_same(checkpoint_path(resumed, 2), checkpoint_path(str(root / "single-lora"), 2))
+    _assert_same(checkpoint_path(str(root / "lora-from-single" / "rank0"), 2),
+                 checkpoint_path(str(root / "lora" / "rank0"), 2))
+
+
+def test_a_rank_with_nothing_to_train_still_steps_with_the_others(runs):
+    """One rank's group has zero advantages (its micro-batch is empty): under fsdp it runs its share of
+    every sharded forward and backward on a zero-weighted row, and the result is exactly data
+    parallel's (whose empty rank adds zero gradients), not the single process's."""
+    _, root = runs
+    _assert_same(checkpoint_path(str(root / "flat-fsdp" / "rank0"), 1),
+                 checkpoint_path(str(root / "flat-ddp" / "rank0"), 1))
+
+
+def test_fsdp_needs_an_even_split_of_groups():
+    with pytest.raises(ValueError, match="multiple of num_nodes × num_gpus"):
+        RunConfig.from_dict({**BASE, "num_gpus": 2, "parallelism": "fsdp", "prompts_per_epoch": 3})
