@@ -8,10 +8,12 @@ diffusers and peft costs seconds, once); the single-process runs are in the test
 What is compared are the checkpoints rank 0 wrote, in the single-process format: the trainable
 weights, the EMA and AdamW's moments.
 
-Why the 2-rank run equals the single process only to rtol 1e-5, not bit for bit: each rank's loss is
-the mean over its own rows and FSDP averages the two gradients (reduce-scatter), while one process
-takes the mean over all rows in one batch of twice the size, so the float sums run in another order
-(~1e-7 relative). ``adam_eps`` is 1e-4 here so that AdamW does not blow that rounding noise in
+Why the 2-rank run equals the single process only to rtol 1e-5 (tolerances in ``_assert_same``), not
+bit for bit: each rank's loss is the mean over its own rows and FSDP averages the two gradients
+(reduce-scatter), while one process takes the mean over all rows in one batch of twice the size, so
+the float sums run in another order (~1e-7 relative; measured: weights ≤ 2e-8 apart in absolute
+terms after moving ~1e-3). Against data parallel on the same 2 ranks the checkpoints are equal bit
+for bit (the third test). ``adam_eps`` is 1e-4 here so that AdamW does not blow that rounding noise in
 gradients that are ~0 up into steps of the learning rate's size (what the data-parallel test has
 to allow for with eps 1e-8)."""
 
@@ -75,19 +77,23 @@ def _spawn(jobs: list, out: str) -> None:
     mp.spawn(_rank, args=(os.path.join(out, "init"), out, json.dumps(jobs)), nprocs=2, join=True)
 
 
-def _assert_same(a: str, b: str, rtol: float = 1e-5, atol: float = 1e-7) -> None:
-    """The checkpoints ``a`` and ``b``: equal trainable weights, EMA and AdamW moments."""
+def _assert_same(a: str, b: str) -> None:
+    """The checkpoints ``a`` and ``b``: equal trainable weights and EMA (rtol 1e-5; atol 1e-6, where
+    the weights move by ~1e-3 in these 2 epochs and LoRA's B starts at 0, so that entries near zero
+    have no meaningful relative error) and AdamW moments (rtol 1e-4 with atol 1e-8 for the first
+    moment, ≤ 3e-4 here, and 1e-12 for the second, ≤ 6e-9)."""
     ca, cb = load_checkpoint(a), load_checkpoint(b)
     assert ca.step == cb.step and sorted(ca.trainable) == sorted(cb.trainable)
     for k in ca.trainable:
-        torch.testing.assert_close(ca.trainable[k], cb.trainable[k], rtol=rtol, atol=atol, msg=k)
+        torch.testing.assert_close(ca.trainable[k], cb.trainable[k], rtol=1e-5, atol=1e-6, msg=k)
     for x, y in zip(ca.ema, cb.ema, strict=True):
-        torch.testing.assert_close(x, y, rtol=rtol, atol=atol)
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
     sa, sb = ca.optimizer["state"], cb.optimizer["state"]
     assert sorted(sa) == sorted(sb) and ca.optimizer["param_groups"] == cb.optimizer["param_groups"]
     for i in sa:
-        for key in ("exp_avg", "exp_avg_sq", "step"):
-            torch.testing.assert_close(sa[i][key], sb[i][key], rtol=1e-4, atol=1e-9, msg=f"{i}/{key}")
+        assert torch.equal(sa[i]["step"], sb[i]["step"])
+        for key, atol in (("exp_avg", 1e-8), ("exp_avg_sq", 1e-12)):
+            torch.testing.assert_close(sa[i][key], sb[i][key], rtol=1e-4, atol=atol, msg=f"{i}/{key}")
 
 
 def _moved(path: str, base: str) -> float:
@@ -151,8 +157,13 @@ def test_a_rank_with_nothing_to_train_still_steps_with_the_others(runs):
     every sharded forward and backward on a zero-weighted row, and the result is exactly data
     parallel's (whose empty rank adds zero gradients), not the single process's."""
     _, root = runs
-    _assert_same(checkpoint_path(str(root / "flat-fsdp" / "rank0"), 1),
-                 checkpoint_path(str(root / "flat-ddp" / "rank0"), 1))
+    a = load_checkpoint(checkpoint_path(str(root / "flat-fsdp" / "rank0"), 1))
+    b = load_checkpoint(checkpoint_path(str(root / "flat-ddp" / "rank0"), 1))
+    assert sorted(a.trainable) == sorted(b.trainable)
+    assert all(torch.equal(a.trainable[k], b.trainable[k]) for k in a.trainable)
+    assert all(torch.equal(x, y) for x, y in zip(a.ema, b.ema, strict=True))
+    assert all(torch.equal(a.optimizer["state"][i][k], b.optimizer["state"][i][k])
+               for i in a.optimizer["state"] for k in ("exp_avg", "exp_avg_sq", "step"))
 
 
 def test_fsdp_needs_an_even_split_of_groups():
