@@ -63,6 +63,7 @@ class Plan:
     num_gpus: int
     notes: list[str] = field(default_factory=list)
     phase_bytes: dict[str, dict[str, int]] = field(default_factory=dict)
+    parallelism: str = "ddp"         # ddp: every rank holds every weight; fsdp: the transformer is sharded
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -75,7 +76,9 @@ class Plan:
                 f"the margin) at update_rows_per_forward={self.rows_per_forward}")
 
     def text(self) -> str:
-        lines = [f"plan: {self.architecture} ({self.backbone}), per GPU of {self.num_gpus}, on {self.gpu} "
+        split = (f", {self.parallelism}: transformer weights, gradients and optimizer state sharded"
+                 if self.parallelism == "fsdp" else "")
+        lines = [f"plan: {self.architecture} ({self.backbone}), per GPU of {self.num_gpus}{split}, on {self.gpu} "
                  f"({self.gpu_memory_gib:.1f} GiB)",
                  f"update rows per forward: {self.rows_per_forward} of {self.rows_per_micro_batch} per micro-batch "
                  f"(update_rows_per_forward: {self.rows_requested})", ""]
@@ -223,6 +226,11 @@ def _plan_at(config: Any, spec: PipelineSpec, gpu: GpuSpec, device: str, latent_
     others_w = sum(frozen.values()) * wbytes
     weights = transformer_w + others_w
     grads = int(upd["gradients"])
+    sharding = fsdp_shares(config, spec, transformer_w)
+    if sharding is not None:  # the transformer's own bytes: 1/world each, plus the gathered blocks
+        share, gathered, note = sharding
+        transformer_w, grads, optimizer = int(transformer_w * share) + gathered, int(grads * share), int(optimizer * share)
+        weights = transformer_w + others_w
     resident = weights + reward_bytes + optimizer
 
     phases_b = {
@@ -253,6 +261,8 @@ def _plan_at(config: Any, spec: PipelineSpec, gpu: GpuSpec, device: str, latent_
     notes = [f"time counts the sampler's {config.num_steps} steps and the update (gradient checkpointing's "
              "recompute included); evaluation, reward scoring and data loading are not counted",
              "reward models' activations are not measured (their weights are)"]
+    if sharding is not None:
+        notes.append(sharding[2])
     if resident > gpu.memory_gib * GIB:
         notes.append("the resident weights alone exceed this GPU; put reward models on the CPU "
                      "(reward_options NAME.device: cpu), use fp16 rewards, or use a larger GPU")
@@ -263,7 +273,31 @@ def _plan_at(config: Any, spec: PipelineSpec, gpu: GpuSpec, device: str, latent_
                 dominant=dominant, fits=fits, needed_gib=round(gib(needed), 2), flops_per_epoch=float(flops),
                 mfu=mfu, peak_tflops=gpu.bf16_tflops, epoch_seconds=epoch_s,
                 gpu_hours=epoch_s * config.epochs * config.world_size() / 3600, epochs=config.epochs,
-                num_gpus=config.world_size(), notes=notes, phase_bytes=phases_b)
+                num_gpus=config.world_size(), notes=notes, phase_bytes=phases_b,
+                parallelism=config.parallelism)
+
+
+def transformer_blocks(spec: PipelineSpec) -> int:
+    """The FSDP units of the transformer: its blocks (FLUX: double and single)."""
+    t = spec.transformer
+    return max(1, int(t.get("num_layers", 1) or 1) + int(t.get("num_single_layers", 0) or 0))
+
+
+def fsdp_shares(config: Any, spec: PipelineSpec, transformer_bytes: int) -> tuple[float, int, str] | None:
+    """With ``parallelism: fsdp`` over several ranks: (the share of the transformer's weights,
+    gradients, optimizer state and EMA a rank keeps on its GPU — 1/world, 0 with CPU offload — the
+    bytes of the blocks gathered whole at a time — two blocks of the average size: the one that runs
+    and the next, prefetched — and a note saying so). None for data parallel or a single rank."""
+    world = config.world_size()
+    if config.parallelism != "fsdp" or world < 2:
+        return None
+    share = 0.0 if config.fsdp_cpu_offload else 1.0 / world
+    gathered = min(transformer_bytes, 2 * transformer_bytes // transformer_blocks(spec))
+    where = ("kept in host memory (fsdp_cpu_offload)" if config.fsdp_cpu_offload else f"1/{world} per GPU")
+    note = (f"fsdp over {world} ranks: the transformer's weights, gradients, optimizer state and EMA are {where}, "
+            f"plus {gib(gathered):.2f} GiB for two blocks gathered whole at a time; text encoders, VAE and "
+            "reward models are whole on every GPU")
+    return share, int(gathered), note
 
 
 def _arch_label(name: str) -> str:

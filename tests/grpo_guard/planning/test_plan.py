@@ -115,3 +115,25 @@ def test_every_shipped_gpu_example_plans_as_fitting_an_80gb_gpu(monkeypatch):
         data = json.loads(r.output)
         assert r.exit_code == 0 and data["fits"], (name, data["peak_gib"], data["needed_gib"])
         assert data["gpu_hours"] > 0 and data["rows_per_forward"] < data["rows_per_micro_batch"]
+
+
+def test_fsdp_plans_one_share_of_the_trained_transformer_per_rank():
+    """Full fine-tuning of the toy on 4 ranks: fsdp keeps 1/4 of the transformer's weights, gradients
+    and optimizer state (AdamW's moments and the EMA) per GPU plus two blocks gathered whole; the
+    frozen parts and the activations are data parallel's; CPU offload keeps the shards off the GPU."""
+    from grpo_guard.planning.plan import make_plan, transformer_blocks
+
+    base = RunConfig.from_dict({**SMALL, "lora_rank": 0, "num_gpus": 4, "prompts_per_epoch": 4})
+    ddp = make_plan(base, gpus.GPUS["h100"])
+    fsdp = make_plan(base.with_overrides({"parallelism": "fsdp"}), gpus.GPUS["h100"])
+    off = make_plan(base.with_overrides({"parallelism": "fsdp", "fsdp_cpu_offload": True}), gpus.GPUS["h100"])
+    d, f, o = ddp.phase_bytes["update"], fsdp.phase_bytes["update"], off.phase_bytes["update"]
+    # ddp holds T + others, fsdp T/4 + gathered + others, offloaded fsdp gathered + others.
+    transformer = 4 * (f["weights"] - o["weights"])
+    gathered = transformer - (d["weights"] - o["weights"])
+    assert transformer > 0 and gathered == pytest.approx(2 * transformer / transformer_blocks(spec_for(base)), abs=8)
+    assert f["gradients"] == pytest.approx(d["gradients"] / 4, abs=1)
+    assert f["optimizer state"] == pytest.approx(d["optimizer state"] / 4, abs=1) and o["optimizer state"] == 0
+    assert f["activations"] == d["activations"] and f["rollout buffers"] == d["rollout buffers"]
+    assert fsdp.peak_gib < ddp.peak_gib and "fsdp" in fsdp.text() and "fsdp" not in ddp.text()
+    assert any("1/4 per GPU" in n for n in fsdp.notes)
