@@ -29,6 +29,7 @@ import torch
 from grpo_guard.config import RunConfig
 from grpo_guard.training.checkpoint import checkpoint_path, load_checkpoint
 from grpo_guard.training.recording import MemoryControl, MemoryRecorder
+from tests.grpo_guard.controls import StopAfter
 
 BASE = dict(backbone="sd3", resolution=32, algorithm="flow_grpo", kl_beta=0.04, group_size=2, prompts_per_epoch=2,
             num_steps=3, eval_num_steps=2, sample_batch_size=2, train_batch_size=4, epochs=2, seed=3,
@@ -48,12 +49,13 @@ class HalfFlat:
         return np.where([p.startswith("a green") for p in prompts], 0.5, means)
 
 
-def _train(cfg: RunConfig, out: str, resume_from: str | None = None, rewards=None) -> str:
+def _train(cfg: RunConfig, out: str, resume_from: str | None = None, rewards=None, stop_after: int | None = None) -> str:
     from grpo_guard.training.trainer import train
 
     rec = MemoryRecorder(out)
-    res = train(cfg, rec, MemoryControl(), resume_from=resume_from, device="cpu", rewards=rewards)
-    assert res.status == "succeeded", res
+    control = StopAfter(stop_after) if stop_after is not None else MemoryControl()
+    res = train(cfg, rec, control, resume_from=resume_from, device="cpu", rewards=rewards)
+    assert (res.status, res.step) == (("succeeded", cfg.epochs) if stop_after is None else ("cancelled", stop_after)), res
     return out
 
 
@@ -63,9 +65,9 @@ def _rank(rank: int, init_file: str, out: str, jobs_json: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     try:
-        for name, cfg, resume, flat in json.loads(jobs_json):
+        for name, cfg, resume, flat, stop_after in json.loads(jobs_json):
             _train(RunConfig.from_dict(cfg), os.path.join(out, name, f"rank{rank}"), resume,
-                   {"flat": HalfFlat()} if flat else None)
+                   {"flat": HalfFlat()} if flat else None, stop_after)
             dist.barrier()
     finally:
         dist.destroy_process_group()
@@ -116,11 +118,12 @@ def runs(tmp_path_factory):
         _train(cfg[k], str(root / f"single-{k}"))
     sharded = {k: c.with_overrides({"num_gpus": 2, "parallelism": "fsdp"}) for k, c in cfg.items()}
     single_ckpt1 = checkpoint_path(str(root / "single-lora"), 1)
-    jobs = [("lora", sharded["lora"].to_dict(), None, False),
-            ("full", sharded["full"].to_dict(), None, False),
-            ("lora-from-single", sharded["lora"].to_dict(), single_ckpt1, False),
-            ("flat-ddp", flat.with_overrides({"num_gpus": 2}).to_dict(), None, True),
-            ("flat-fsdp", flat.with_overrides({"num_gpus": 2, "parallelism": "fsdp"}).to_dict(), None, True)]
+    jobs = [("lora", sharded["lora"].to_dict(), None, False, None),
+            ("full", sharded["full"].to_dict(), None, False, None),
+            ("lora-from-single", sharded["lora"].to_dict(), single_ckpt1, False, None),
+            ("flat-ddp", flat.with_overrides({"num_gpus": 2}).to_dict(), None, True, None),
+            ("flat-fsdp", flat.with_overrides({"num_gpus": 2, "parallelism": "fsdp"}).to_dict(), None, True, None),
+            ("full-stop", sharded["full"].with_overrides({"checkpoint_every": 100}).to_dict(), None, False, 1)]
     _spawn(jobs, str(root))
     return cfg, root
 
@@ -137,6 +140,10 @@ def test_two_sharded_ranks_equal_one_process(runs, kind):
     assert _moved(sharded, checkpoint_path(str(root / f"single-{kind}"), 1)) > 1e-5
     ck = load_checkpoint(sharded)
     assert ck.config.parallelism == "fsdp" and ck.config.num_gpus == 2
+    # The evaluations (every rank samples the eval set with the sharded EMA weights; rank 0 scores).
+    history = load_checkpoint(single).trainer["history"]
+    assert ck.trainer["history"]["step"] == history["step"] == [0, 1, 2]
+    np.testing.assert_allclose(ck.trainer["history"]["proxy"], history["proxy"], rtol=1e-5)
     if kind == "full":  # the whole transformer, every tensor whole
         assert len(ck.trainable) == len(load_checkpoint(single).trainable) > 20
 
@@ -164,6 +171,27 @@ def test_a_rank_with_nothing_to_train_still_steps_with_the_others(runs):
     assert all(torch.equal(x, y) for x, y in zip(a.ema, b.ema, strict=True))
     assert all(torch.equal(a.optimizer["state"][i][k], b.optimizer["state"][i][k])
                for i in a.optimizer["state"] for k in ("exp_avg", "exp_avg_sq", "step"))
+
+
+def test_a_stop_request_ends_both_ranks_with_one_gathered_checkpoint(runs):
+    """Rank 0's stop request after epoch 1 (broadcast) ends both ranks; both gather the checkpoint
+    of epoch 1 (its cadence, 100, would write none), which rank 0 alone writes and which equals the
+    single process's epoch 1."""
+    _, root = runs
+    assert sorted(os.listdir(root / "full-stop" / "rank0")) == ["ckpt_000001.json", "ckpt_000001.pt"]
+    assert not os.path.exists(root / "full-stop" / "rank1")
+    _assert_same(checkpoint_path(str(root / "full-stop" / "rank0"), 1), checkpoint_path(str(root / "single-full"), 1))
+
+
+def test_policies_bf16_compute_fp32_reduce_and_offload_on_gpus_only():
+    """The FSDP2 policies the run's settings give (applied on a GPU only: not run here)."""
+    from grpo_guard.training.sharding import fsdp_policies
+
+    gpu = fsdp_policies("bf16", True, "cuda")
+    assert (gpu["mp_policy"].param_dtype, gpu["mp_policy"].reduce_dtype) == (torch.bfloat16, torch.float32)
+    assert type(gpu["offload_policy"]).__name__ == "CPUOffloadPolicy"
+    cpu = fsdp_policies("no", True, "cpu")
+    assert cpu["mp_policy"].param_dtype is None and type(cpu["offload_policy"]).__name__ == "OffloadPolicy"
 
 
 def test_fsdp_needs_an_even_split_of_groups():
