@@ -62,6 +62,12 @@ def build_run(c: RunConfig, recorder: Recorder, rank: int, world: int, device: s
     if sharded:  # the optimizer and the EMA are built over the shards (DTensors)
         shard_transformer(backbone, c.mixed_precision, c.fsdp_cpu_offload)
         params = backbone.trainable_parameters()
+        offload = c.fsdp_cpu_offload and backbone.device.type == "cuda"
+        recorder.log_line(f"fsdp: the transformer is sharded over {world} ranks"
+                          + (", its shards kept in host memory" if offload else "")
+                          + ("; fsdp_cpu_offload does nothing on the CPU" if c.fsdp_cpu_offload and not offload else ""))
+    elif c.parallelism == "fsdp":
+        recorder.log_line("parallelism fsdp with a single process: nothing to shard, the run trains unsharded")
     optimizer = torch.optim.AdamW(params, lr=c.learning_rate, betas=(c.adam_beta1, c.adam_beta2),
                                   weight_decay=c.weight_decay, eps=c.adam_eps)
 

@@ -153,7 +153,8 @@ def test_sharded_checkpoint_resumes_on_one_process_and_back(runs, tmp_path):
     state as both uninterrupted runs; the single process's epoch-1 checkpoint resumed on 2 sharded
     ranks does too."""
     cfg, root = runs
-    resumed = _train(cfg["lora"], str(tmp_path / "resumed"), checkpoint_path(str(root / "lora" / "rank0"), 1))
+    one = cfg["lora"].with_overrides({"parallelism": "fsdp"})  # one process: nothing to shard
+    resumed = _train(one, str(tmp_path / "resumed"), checkpoint_path(str(root / "lora" / "rank0"), 1))
     _assert_same(checkpoint_path(resumed, 2), checkpoint_path(str(root / "single-lora"), 2))
     _assert_same(checkpoint_path(str(root / "lora-from-single" / "rank0"), 2),
                  checkpoint_path(str(root / "lora" / "rank0"), 2))
