@@ -113,7 +113,8 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("fsdp")
     model = tiny_sd3_pipeline_dir(root)
     cfg = {k: RunConfig.from_dict({**BASE, **arch, "model": model}) for k, arch in (("lora", LORA), ("full", FULL))}
-    flat = cfg["lora"].with_overrides({"rewards": {"flat": 1.0}, "epochs": 1})
+    flat = cfg["lora"].with_overrides({"rewards": {"flat": 1.0}, "epochs": 1, "train_batch_size": 1,
+                                       "gradient_accumulation_steps": 2, "update_rows_per_forward": 2})
     for k in ("lora", "full"):
         _train(cfg[k], str(root / f"single-{k}"))
     sharded = {k: c.with_overrides({"num_gpus": 2, "parallelism": "fsdp"}) for k, c in cfg.items()}
@@ -161,9 +162,10 @@ def test_sharded_checkpoint_resumes_on_one_process_and_back(runs, tmp_path):
 
 
 def test_a_rank_with_nothing_to_train_still_steps_with_the_others(runs):
-    """One rank's group has zero advantages (its micro-batch is empty): under fsdp it runs its share of
-    every sharded forward and backward on a zero-weighted row, and the result is exactly data
-    parallel's (whose empty rank adds zero gradients), not the single process's."""
+    """One rank's group has zero advantages (its micro-batches are empty) while the other trains 2
+    micro-batches per optimizer step (accumulation), each in chunks of one row: under fsdp the idle
+    rank runs its share of every sharded forward and backward on a zero-weighted row, and the result
+    is exactly data parallel's (whose empty rank adds zero gradients), not the single process's."""
     _, root = runs
     a = load_checkpoint(checkpoint_path(str(root / "flat-fsdp" / "rank0"), 1))
     b = load_checkpoint(checkpoint_path(str(root / "flat-ddp" / "rank0"), 1))
