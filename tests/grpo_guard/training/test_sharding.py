@@ -142,9 +142,11 @@ def test_two_sharded_ranks_equal_one_process(runs, kind):
     ck = load_checkpoint(sharded)
     assert ck.config.parallelism == "fsdp" and ck.config.num_gpus == 2
     # The evaluations (every rank samples the eval set with the sharded EMA weights; rank 0 scores).
+    # Images are rounded to uint8 before the reward, so weights ~1e-8 apart can flip a pixel's
+    # rounding: seen 2.3e-5 relative, hence 2e-4 here.
     history = load_checkpoint(single).trainer["history"]
     assert ck.trainer["history"]["step"] == history["step"] == [0, 1, 2]
-    np.testing.assert_allclose(ck.trainer["history"]["proxy"], history["proxy"], rtol=1e-5)
+    np.testing.assert_allclose(ck.trainer["history"]["proxy"], history["proxy"], rtol=2e-4)
     if kind == "full":  # the whole transformer, every tensor whole
         assert len(ck.trainable) == len(load_checkpoint(single).trainable) > 20
 
