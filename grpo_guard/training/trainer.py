@@ -71,6 +71,7 @@ from grpo_guard.training.setup import (
     resume_config,
     start_state,
 )
+from grpo_guard.training.threads import govern
 from grpo_guard.training.train_run import (
     TrainRun,
     checkpoint_at,
@@ -140,6 +141,7 @@ def train(config: RunConfig, recorder: Recorder, control: Control, *, resume_fro
     # 2. Rewards, model, optimizer, EMA, prompts, sigma tables, the fixed eval set.
     run = build_run(c, recorder, rank, world, device, backbone, rewards)
     run.should_stop = (lambda: interrupt_requested(control)) if world == 1 else None
+    govern(run.backbone.transformer, run.backbone.device)  # torch threads follow the CPU left free
 
     # 2b. Rows per forward of the update: the config's number, or `auto`'s pick for this GPU.
     rows_per_forward, how = resolve_rows_per_forward(c, run.backbone.device)
