@@ -156,8 +156,8 @@ def resolve_nodes(config_num_nodes: int, config_sets_num_nodes: bool, nnodes: in
     if master is not None:
         addr, port = parse_master(master)
     elif slurm and nnodes > 1:
-        addr = env.get("MASTER_ADDR") or (first_slurm_host(env["SLURM_JOB_NODELIST"])
-                                          if env.get("SLURM_JOB_NODELIST") else None)
+        nodelist = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST")  # the latter: older Slurm
+        addr = env.get("MASTER_ADDR") or (first_slurm_host(nodelist) if nodelist else None)
         if addr:
             port_text = env.get("MASTER_PORT") or str(DEFAULT_MASTER_PORT)
             addr, port = parse_master(f"{addr}:{port_text}" if ":" not in addr else f"[{addr}]:{port_text}")

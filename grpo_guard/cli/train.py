@@ -8,11 +8,14 @@ import shlex
 import signal
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from grpo_guard import metrics as M
+
+if TYPE_CHECKING:
+    from grpo_guard.cli.nodes import NodePlan
 
 STOP_FILE_ENV = "GG_STOP_FILE"
 
@@ -187,7 +190,7 @@ def _rank_args(out_dir: str, resume: str | None, device: str | None) -> list[str
 
 
 def _launch_ranks(config_path: str, num_gpus: int, items: list[str], out_dir: str, resume: str | None,
-                  gpu_ids: str | None, plan: Any, dry_run: bool = False) -> None:
+                  gpu_ids: str | None, plan: NodePlan, dry_run: bool = False) -> None:
     """Run this same command under ``accelerate launch`` with this node's ``num_gpus`` processes
     (``plan``: the :class:`~grpo_guard.cli.nodes.NodePlan`; several nodes use accelerate's own
     multi-node launch, each node with its own machine rank) and wait.

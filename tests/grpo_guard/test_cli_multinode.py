@@ -30,7 +30,7 @@ CFG = dict(backbone="toy", group_size=2, num_steps=3, eval_num_steps=2, lora_ran
 
 
 def _env() -> dict[str, str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "GG_DIST_TIMEOUT_SECONDS": "120"}
     for key in ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID", "SLURM_NNODES", "SLURM_NODEID", "WORLD_SIZE", "RANK"):
         env.pop(key, None)
     return env
@@ -54,8 +54,11 @@ def test_two_nodes_on_localhost_train_as_one_process(tmp_path):
     try:  # the single-process run meanwhile, in this process
         single = CliRunner().invoke(main, ["train", str(cfg_path), "--out", str(tmp_path / "single")],
                                     catch_exceptions=False)
-    finally:
         outs = [p.communicate(timeout=300) for p in nodes]
+    finally:
+        for p in nodes:  # a failed test leaves no launcher behind (its ranks then fail on the lost peer)
+            if p.poll() is None:
+                p.kill()
     assert single.exit_code == 0, single.output[-3000:]
     for p, (_, err) in zip(nodes, outs, strict=True):
         assert p.returncode == 0, err[-3000:]

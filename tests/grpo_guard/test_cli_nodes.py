@@ -72,6 +72,8 @@ def test_flags_and_slurm_and_config_give_the_plan():
     assert resolve_nodes(1, False, env=SLURM) == NodePlan(2, 1, "gpu07", 29500, "slurm")
     assert resolve_nodes(1, False, env={**SLURM, "MASTER_PORT": "4000"}).master_port == 4000
     assert resolve_nodes(1, False, env={**SLURM, "MASTER_ADDR": "10.1.1.1"}).master_addr == "10.1.1.1"
+    old_slurm = {k: v for k, v in SLURM.items() if k != "SLURM_JOB_NODELIST"} | {"SLURM_NODELIST": "n[3-4]"}
+    assert resolve_nodes(1, False, env=old_slurm).master_addr == "n3"
     # Explicit flags win over Slurm.
     assert resolve_nodes(1, False, 3, 2, "m:7", env=SLURM) == NodePlan(3, 2, "m", 7, "flags")
     # One Slurm node: nothing to meet, no master needed.
