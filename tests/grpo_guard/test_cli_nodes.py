@@ -174,3 +174,38 @@ def test_the_sbatch_script_is_bash_and_runs_our_cli_on_every_node(tmp_path):
         tail = args.training_script_args
         assert tail[:2] == ["train", "examples/sd35m_grpo_guard.yaml"] and "num_gpus=8" in tail and "num_nodes=2" in tail
         assert tail[tail.index("--out") + 1] == "runs/slurm-4242"
+
+
+def test_the_sbatch_scripts_usr1_asks_rank_0_for_a_clean_stop(tmp_path):
+    """Slurm's `--signal=B:USR1` before the time limit reaches the batch script, which creates the
+    stop file node 0's `grpo-guard train` watches, and waits on for srun's own exit status."""
+    import signal
+    import time
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    started = tmp_path / "started"
+    # srun: the job step, standing in for node 0's launcher: it waits for the stop file, then
+    # ends as a cleanly stopped run does.
+    (bin_dir / "srun").write_text(f'#!/bin/bash\ntouch {shlex.quote(str(started))}\n'
+                                  'for ((i = 0; i < 300; i++)); do [ -e "$OUT/.stop-requested" ] && exit 0; sleep 0.1; done\n'
+                                  'exit 3\n')
+    (bin_dir / "srun").chmod(0o755)
+    out = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "MASTER_"))}
+    env.update(SLURM, PATH=f"{bin_dir}{os.pathsep}{env['PATH']}", OUT=str(out))
+    proc = subprocess.Popen(["bash", str(SBATCH)], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        for _ in range(200):
+            if started.exists():
+                break
+            time.sleep(0.05)
+        assert started.exists(), "the script never started srun"
+        proc.send_signal(signal.SIGUSR1)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert (out / ".stop-requested").exists()
