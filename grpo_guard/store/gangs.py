@@ -231,6 +231,13 @@ def mark_lost(run_id: int, gang: str, node_ranks: list[int]) -> None:
                                            GangMember.state.in_(("ready", "joined"))).values(state="lost"))
 
 
+def run_state(run_id: int) -> tuple[str | None, int | None]:
+    """(status, attempt) of the run; (None, None) once it is deleted."""
+    with session_scope() as s:
+        row = s.execute(select(Run.status, Run.attempt).where(Run.id == int(run_id))).first()
+    return (row[0], row[1]) if row else (None, None)
+
+
 def members(run_id: int) -> list[Member]:
     """The run's latest gang, by node rank (empty for a run that never formed one)."""
     with session_scope() as s:

@@ -1,0 +1,145 @@
+"""Multi-node runs taken by a gang of workers (``worker.gang``), in-process: the queues, a gang
+of two formed by two takers with each node's launch captured, a gang that never completes
+giving its run back, and a lost node requeuing the run."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from grpo_guard.config import RunConfig
+from grpo_guard.store import gangs, queries
+from worker import celery_app
+from worker.tasks import execute_run
+
+TWO_NODES = {"backbone": "toy", "group_size": 2, "prompts_per_epoch": 2, "num_steps": 2, "epochs": 2,
+             "eval_seeds": [0], "num_nodes": 2}
+
+
+@pytest.fixture
+def world(store, monkeypatch):
+    """A CPU worker owning one GPU id, messages captured instead of sent."""
+    sent: list[tuple] = []
+    monkeypatch.setenv("GG_WORKER_GPU", "0")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setenv("GG_WORKER_ADDRESS", "127.0.0.1")
+    monkeypatch.setattr(celery_app, "enqueue_run", lambda rid, **kw: sent.append(("run", rid)) or "t")
+    monkeypatch.setattr(celery_app, "enqueue_gang_join",
+                        lambda rid, gang, **kw: sent.append(("join", rid, gang, kw)) or "t")
+    return sent
+
+
+def test_a_multi_node_run_goes_to_its_gang_queue_which_workers_of_its_size_consume(monkeypatch):
+    assert celery_app.run_queue(1, "q", num_nodes=2) == "q-2x1gpu" and celery_app.run_queue(8, "q", 4) == "q-4x8gpu"
+    monkeypatch.setenv("GG_GANG_NODES", "2,4")
+    assert celery_app.worker_queues(2, "q").split(",") == ["q", "q-2gpu", "q-2x1gpu", "q-2x2gpu", "q-4x1gpu", "q-4x2gpu"]
+    monkeypatch.setenv("GG_GANG_NODES", "0")
+    assert celery_app.worker_queues(1, "q") == "q"
+    monkeypatch.delenv("GG_GANG_NODES")
+    assert celery_app.gang_sizes() == list(range(2, 9))
+    for bad in ("1-3", "two", "2-99"):
+        with pytest.raises(ValueError, match="GG_GANG_NODES"):
+            celery_app.gang_sizes(bad)
+
+
+def test_enqueue_sends_a_multi_node_run_to_its_gang_queue(store, monkeypatch):
+    sent = []
+
+    class FakeApp:
+        def send_task(self, name, args, queue, kwargs=None):
+            sent.append((args[0], queue, kwargs))
+            return type("R", (), {"id": "t"})()
+
+    monkeypatch.setattr(celery_app, "get_app", lambda: FakeApp())
+    monkeypatch.delenv("GG_QUEUE", raising=False)
+    rid = queries.create_run(RunConfig.from_dict({**TWO_NODES, "num_gpus": 2, "prompts_per_epoch": 4}))
+    celery_app.enqueue_run(rid)  # a re-send: the stored config gives the shape
+    celery_app.enqueue_gang_join(rid, "g1", num_gpus=2, num_nodes=2)
+    assert sent == [(rid, "runs-2x2gpu", None), (rid, "runs-2x2gpu", {"gang": "g1"})]
+
+
+def _launch_double(calls: list, lock: threading.Lock, fail_node: int | None = None):
+    """A LAUNCH_FN per node: records the argv and writes this node's rank result; ``fail_node``
+    dies without a result, and node 0 then fails as a collective would once that node is lost."""
+
+    def launch(cmd, env):
+        node = int(cmd[cmd.index("--machine_rank") + 1])
+        result = cmd[cmd.index("--result") + 1]
+        rid = int(cmd[cmd.index("worker.ranks") + 1])
+        with lock:
+            calls.append(cmd)
+        if node == fail_node:
+            return 1
+        if fail_node is not None and node == 0:
+            gang = gangs.members(rid)[0]
+            assert gang.state == "ready"
+            for _ in range(200):  # until the other node reports its loss
+                if any(m.state == "lost" for m in gangs.members(rid)):
+                    break
+                threading.Event().wait(0.05)
+            status = {"status": "failed", "error": "RuntimeError: Connection closed by peer"}
+        else:
+            status = {"status": "succeeded"}
+        with open(f"{result}.{node}", "w", encoding="utf-8") as fh:
+            json.dump(status, fh)
+        return 0 if status["status"] == "succeeded" else 1
+
+    return launch
+
+
+def _two_takers(rid: int) -> list[str]:
+    out: list[str] = []
+    threads = [threading.Thread(target=lambda: out.append(execute_run(rid))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return out
+
+
+def test_two_takers_form_a_gang_and_each_launches_its_node(world, monkeypatch):
+    calls: list[list[str]] = []
+    monkeypatch.setattr("worker.tasks.LAUNCH_FN", _launch_double(calls, threading.Lock()))
+    monkeypatch.setenv("GG_GANG_TIMEOUT_S", "20")
+    rid = queries.create_run(RunConfig.from_dict(TWO_NODES))
+    assert sorted(_two_takers(rid)) == ["node-done", "succeeded"]
+    assert [s[0] for s in world] == ["join"], "node 0 sent one join message for the one other node"
+    from accelerate.commands.launch import launch_command_parser
+
+    args = sorted((launch_command_parser().parse_args(c[3:]) for c in calls), key=lambda a: a.machine_rank)
+    assert [a.machine_rank for a in args] == [0, 1]
+    assert all(a.num_machines == 2 and a.num_processes == 2 and a.main_process_ip == "127.0.0.1" for a in args)
+    assert len({a.main_process_port for a in args}) == 1, "both nodes rendezvous at node 0's published port"
+    members = gangs.members(rid)
+    assert [(m.node_rank, m.state, m.attempt) for m in members] == [(0, "done", 1), (1, "done", 1)]
+    assert queries.get_run(rid).status == "succeeded"
+
+
+def test_a_gang_that_never_completes_gives_its_run_back_untouched(world, monkeypatch):
+    monkeypatch.setenv("GG_GANG_TIMEOUT_S", "1.5")
+    monkeypatch.setattr("worker.tasks.LAUNCH_FN", lambda cmd, env: pytest.fail("nothing may launch"))
+    rid = queries.create_run(RunConfig.from_dict(TWO_NODES))
+    assert execute_run(rid) == "gang-timeout"
+    row = queries.get_run(rid)
+    assert (row.status, row.attempt, row.started_at, row.worker_host) == ("queued", 1, None, None)
+    assert [m.state for m in gangs.members(rid)] == ["released"]
+    (_, _, token, _), again = world[0], world[1]
+    assert again == ("run", rid), "the run's message is sent again for the next gang"
+    assert execute_run(rid, gang=token) == "skipped", "a join message for a released formation is dropped"
+    assert any("gang incomplete" in ln.message for ln in queries.log_lines(rid))
+
+
+def test_a_lost_node_ends_the_gang_and_requeues_the_run(world, monkeypatch):
+    calls: list[list[str]] = []
+    monkeypatch.setattr("worker.tasks.LAUNCH_FN", _launch_double(calls, threading.Lock(), fail_node=1))
+    monkeypatch.setenv("GG_GANG_TIMEOUT_S", "20")
+    monkeypatch.setenv("GG_GANG_STALE_S", "5")
+    rid = queries.create_run(RunConfig.from_dict(TWO_NODES))
+    assert sorted(_two_takers(rid)) == ["node-lost", "requeued"]
+    row = queries.get_run(rid)
+    assert (row.status, row.attempt) == ("queued", 2)
+    assert world[-1] == ("run", rid)
+    assert [m.state for m in gangs.members(rid)] == ["done", "lost"]
+    assert any("node(s) [1] of the gang lost" in ln.message for ln in queries.log_lines(rid))
