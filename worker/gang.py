@@ -122,7 +122,7 @@ def execute(run_id: int, *, task_id: str | None = None, gang: str | None = None)
         member = gangs.join(run_id, gang, host=host, gpu=gpu)
     else:
         member = gangs.take(run_id, config.num_nodes, host=host, gpu=gpu, address=address, port=port,
-                            timeout_s=timeout_s())
+                            timeout_s=timeout_s(), num_gpus=config.num_gpus)
     if member is None:
         log.info("run %s: no place in a gang (not queued, formation full or closed): skipping", run_id)
         return "skipped"
@@ -154,7 +154,13 @@ class _Part:
         while gangs.joined_count(self.run_id, m.gang) < self.n:
             if time.monotonic() > self._deadline():
                 return self._give_back()
-            gangs.beat(self.run_id, m.gang, 0)
+            if gangs.run_state(self.run_id)[0] != "queued":  # cancelled or deleted while forming
+                gangs.release(self.run_id, m.gang)
+                return "skipped"
+            older = gangs.older_formation(m)
+            if older is not None:
+                return self._yield_to(*older)
+            self._beat()
             time.sleep(POLL_S)
         claim = lifecycle.claim_run(self.run_id, worker_host=self.host, worker_gpu=self.gpu, task_id=self.task_id)
         if claim is None:  # cancelled while forming
@@ -174,6 +180,33 @@ class _Part:
 
             self._mono_deadline = time.monotonic() + (self.m.deadline - utcnow()).total_seconds()
         return self._mono_deadline
+
+    def _beat(self) -> None:
+        """This node's heartbeat in the store, at most once a second (SQLite has one writer)."""
+        now = time.monotonic()
+        if now - getattr(self, "_last_beat", 0.0) >= 1.0:
+            self._last_beat = now
+            gangs.beat(self.run_id, self.m.gang, self.m.node_rank)
+
+    def _yield_to(self, other_run: int, other_gang: str) -> str:
+        """Give this run back and join the older formation of ``other_run`` instead (see
+        ``store.gangs.older_formation``)."""
+        gangs.release(self.run_id, self.m.gang)
+        gangs.log(self.run_id, f"gang released in favour of run {other_run}'s, which began forming first; "
+                               "back to the queue")
+        _send_again(self.run_id)
+        joined = gangs.join(other_run, other_gang, host=self.host, gpu=self.gpu)
+        if joined is None:
+            return "gang-timeout"
+        log.info("run %s: this worker joins run %s's gang as node %d instead", self.run_id, other_run,
+                 joined.node_rank)
+        try:
+            config = _config(other_run)
+        except Exception as e:  # its own node 0 reports a bad config; leave its gang
+            log.warning("run %s: cannot join run %s's gang (%s)", self.run_id, other_run, e)
+            gangs.release(other_run, other_gang, node_rank=joined.node_rank)
+            return "gang-timeout"
+        return _Part(other_run, joined, config, self.gpus, self.host, self.gpu, None).follow()
 
     def _give_back(self) -> str:
         joined = gangs.joined_count(self.run_id, self.m.gang)
@@ -196,7 +229,7 @@ class _Part:
             if time.monotonic() > self._deadline() + grace:  # node 0 died while forming
                 gangs.release(self.run_id, m.gang, node_rank=m.node_rank)
                 return "gang-timeout"
-            gangs.beat(self.run_id, m.gang, m.node_rank)
+            self._beat()
             time.sleep(POLL_S)
         attempt = next((x.attempt for x in gangs.members(self.run_id) if x.node_rank == m.node_rank), None) or 1
         resume = _checkpoint_path(self.run_id)
@@ -284,7 +317,7 @@ class _Part:
             open_ = [x for x in gangs.members(self.run_id) if x.node_rank != 0 and x.state == "ready"]
             if lost or not open_ or time.monotonic() > deadline:
                 return lost
-            gangs.beat(self.run_id, self.m.gang, 0)
+            self._beat()
             time.sleep(POLL_S)
 
     def _finish(self, claim: Any, status: str) -> str:
@@ -378,6 +411,12 @@ def _end_group(proc: subprocess.Popen) -> None:
         with contextlib.suppress(OSError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def _config(run_id: int) -> Any:
+    from worker import tasks
+
+    return tasks._load_config(run_id)
 
 
 def _checkpoint_path(run_id: int) -> str | None:

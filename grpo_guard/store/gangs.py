@@ -41,6 +41,8 @@ class Membership:
     address: str | None
     port: int | None
     deadline: datetime
+    num_gpus: int = 1
+    joined_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,7 @@ def _queued(run_id: int):
 
 
 def lead(run_id: int, num_nodes: int, *, host: str, gpu: str | None, address: str, port: int,
-         timeout_s: float) -> Membership | None:
+         timeout_s: float, num_gpus: int = 1) -> Membership | None:
     """Start a new formation as node 0 of a queued run. None when the run is not queued or
     another worker leads a formation that is still open."""
     now = utcnow()
@@ -82,14 +84,15 @@ def lead(run_id: int, num_nodes: int, *, host: str, gpu: str | None, address: st
             # deadline passed without anyone releasing it (its node 0 died while waiting)
             s.execute(delete(GangMember).where(GangMember.run_id == int(run_id)).where(
                 (GangMember.state != "joined") | (GangMember.deadline < now)))
-            s.add(GangMember(run_id=int(run_id), node_rank=0, gang=gang, num_nodes=int(num_nodes), state="joined",
+            s.add(GangMember(run_id=int(run_id), node_rank=0, gang=gang, num_nodes=int(num_nodes),
+                             num_gpus=int(num_gpus), state="joined",
                              worker_host=host[:255], worker_gpu=gpu, address=address, port=int(port),
                              deadline=deadline, joined_at=now, heartbeat_at=now))
     except StoreError as e:
         if _conflict(e):
             return None  # another worker leads
         raise
-    return Membership(int(run_id), gang, 0, int(num_nodes), address, int(port), deadline)
+    return Membership(int(run_id), gang, 0, int(num_nodes), address, int(port), deadline, int(num_gpus), now)
 
 
 def open_formation(run_id: int) -> tuple[str, int, datetime] | None:
@@ -104,38 +107,38 @@ def open_formation(run_id: int) -> tuple[str, int, datetime] | None:
 def join(run_id: int, gang: str, *, host: str, gpu: str | None) -> Membership | None:
     """Take the lowest free node rank of formation ``gang``. None when it is full, closed or gone."""
     with session_scope() as s:
-        head = s.execute(select(GangMember.num_nodes, GangMember.address, GangMember.port, GangMember.deadline)
-                         .where(GangMember.run_id == int(run_id), GangMember.node_rank == 0,
-                                GangMember.gang == gang)).first()
+        head = s.execute(select(GangMember.num_nodes, GangMember.address, GangMember.port, GangMember.deadline,
+                                GangMember.num_gpus).where(GangMember.run_id == int(run_id), GangMember.node_rank == 0,
+                                                           GangMember.gang == gang)).first()
     if head is None:
         return None
-    num_nodes, address, port, deadline = head[0], head[1], head[2], as_utc(head[3])
+    num_nodes, address, port, deadline, num_gpus = head[0], head[1], head[2], as_utc(head[3]), head[4]
     for rank in range(1, num_nodes):
         now = utcnow()
         leader_open = exists().where(GangMember.run_id == int(run_id), GangMember.node_rank == 0,
                                      GangMember.gang == gang, GangMember.state == "joined",
                                      GangMember.deadline >= now)
-        row = select(literal(int(run_id)), literal(rank), literal(gang), literal(num_nodes), literal("joined"),
-                     literal(host[:255]), literal(gpu), literal(deadline), literal(now), literal(now)
-                     ).where(leader_open)
+        row = select(literal(int(run_id)), literal(rank), literal(gang), literal(num_nodes), literal(num_gpus),
+                     literal("joined"), literal(host[:255]), literal(gpu), literal(deadline), literal(now),
+                     literal(now)).where(leader_open)
         try:
             with session_scope(write=True) as s:
                 # RETURNING, not rowcount: psycopg reports -1 for an INSERT ... SELECT here
                 taken = s.execute(insert(GangMember).from_select(
-                    ["run_id", "node_rank", "gang", "num_nodes", "state", "worker_host", "worker_gpu", "deadline",
-                     "joined_at", "heartbeat_at"], row).returning(GangMember.node_rank)).first()
+                    ["run_id", "node_rank", "gang", "num_nodes", "num_gpus", "state", "worker_host", "worker_gpu",
+                     "deadline", "joined_at", "heartbeat_at"], row).returning(GangMember.node_rank)).first()
                 if taken is None:
                     return None  # node 0 released the formation, or its deadline passed
         except StoreError as e:
             if _conflict(e):
                 continue  # another worker took this rank first
             raise
-        return Membership(int(run_id), gang, rank, num_nodes, address, port, deadline)
+        return Membership(int(run_id), gang, rank, num_nodes, address, port, deadline, num_gpus, now)
     return None
 
 
 def take(run_id: int, num_nodes: int, *, host: str, gpu: str | None, address: str, port: int,
-         timeout_s: float) -> Membership | None:
+         timeout_s: float, num_gpus: int = 1) -> Membership | None:
     """Join the run's open formation, or lead a new one; None when the run is not queued or its
     open formation is full."""
     for _ in range(3):  # a formation may open or close between the look and the insert
@@ -145,10 +148,27 @@ def take(run_id: int, num_nodes: int, *, host: str, gpu: str | None, address: st
             if m is not None or open_formation(run_id) is not None:
                 return m
             continue
-        m = lead(run_id, num_nodes, host=host, gpu=gpu, address=address, port=port, timeout_s=timeout_s)
+        m = lead(run_id, num_nodes, host=host, gpu=gpu, address=address, port=port, timeout_s=timeout_s,
+                 num_gpus=num_gpus)
         if m is not None:
             return m
     return None
+
+
+def older_formation(me: Membership) -> tuple[int, str] | None:
+    """(run id, gang) of another run's open formation of the same shape (nodes x GPUs, so the
+    same queue) that began before ``me`` (ties: the lower run id), or None. A leader that finds
+    one gives its own run back and joins that one: with as many free workers as one gang needs
+    and two gangs forming, each holding some of them, neither could ever complete."""
+    with session_scope() as s:
+        row = s.execute(select(GangMember.run_id, GangMember.gang).where(
+            GangMember.node_rank == 0, GangMember.state == "joined", GangMember.deadline >= utcnow(),
+            GangMember.run_id != me.run_id, GangMember.num_nodes == me.num_nodes,
+            GangMember.num_gpus == me.num_gpus,
+            (GangMember.joined_at < me.joined_at) | ((GangMember.joined_at == me.joined_at)
+                                                     & (GangMember.run_id < me.run_id)))
+            .order_by(GangMember.joined_at, GangMember.run_id).limit(1)).first()
+    return (row[0], row[1]) if row else None
 
 
 def joined_count(run_id: int, gang: str) -> int:

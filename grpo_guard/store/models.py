@@ -330,6 +330,7 @@ class GangMember(Base):
     node_rank: Mapped[int] = mapped_column(Integer, primary_key=True)
     gang: Mapped[str] = mapped_column(String(36))
     num_nodes: Mapped[int] = mapped_column(Integer)
+    num_gpus: Mapped[int] = mapped_column(Integer)  # per node: with num_nodes, the gang's queue
     state: Mapped[str] = mapped_column(String(10))
     worker_host: Mapped[str] = mapped_column(String(255))
     worker_gpu: Mapped[str | None] = mapped_column(String(255))

@@ -143,3 +143,31 @@ def test_a_lost_node_ends_the_gang_and_requeues_the_run(world, monkeypatch):
     assert world[-1] == ("run", rid)
     assert [m.state for m in gangs.members(rid)] == ["done", "lost"]
     assert any("node(s) [1] of the gang lost" in ln.message for ln in queries.log_lines(rid))
+
+
+def test_of_two_gangs_forming_for_two_workers_the_younger_gives_way(world, monkeypatch):
+    """Two 2-node runs and two free workers: each worker leading one run would wait for ever.
+    The leader of the run that began forming second gives its run back and joins the first."""
+    calls: list[list[str]] = []
+    monkeypatch.setattr("worker.tasks.LAUNCH_FN", _launch_double(calls, threading.Lock()))
+    monkeypatch.setenv("GG_GANG_TIMEOUT_S", "20")
+    first = queries.create_run(RunConfig.from_dict(TWO_NODES))
+    second = queries.create_run(RunConfig.from_dict(TWO_NODES))
+    out: list[str] = []
+    a = threading.Thread(target=lambda: out.append(execute_run(first)))
+    a.start()
+    for _ in range(100):
+        if gangs.members(first):
+            break
+        threading.Event().wait(0.05)
+    b = threading.Thread(target=lambda: out.append(execute_run(second)))
+    b.start()
+    a.join(60)
+    b.join(60)
+    assert sorted(out) == ["node-done", "succeeded"]
+    assert queries.get_run(first).status == "succeeded"
+    row = queries.get_run(second)
+    assert (row.status, row.attempt, row.started_at) == ("queued", 1, None)
+    assert [m.state for m in gangs.members(second)] == ["released"]
+    assert ("run", second) in world
+    assert any("in favour of run" in ln.message for ln in queries.log_lines(second))

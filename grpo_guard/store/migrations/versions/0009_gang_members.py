@@ -27,6 +27,7 @@ def upgrade() -> None:
         sa.Column("node_rank", sa.Integer(), nullable=False),
         sa.Column("gang", sa.String(36), nullable=False),
         sa.Column("num_nodes", sa.Integer(), nullable=False),
+        sa.Column("num_gpus", sa.Integer(), nullable=False),
         sa.Column("state", sa.String(10), nullable=False),
         sa.Column("worker_host", sa.String(255), nullable=False),
         sa.Column("worker_gpu", sa.String(255), nullable=True),
