@@ -112,6 +112,8 @@ def execute(run_id: int, *, task_id: str | None = None, gang: str | None = None)
             return "failed"
         return "skipped"
     gpus = tasks.owned_gpus()
+    if not gpus and config.num_gpus == 1:
+        gpus = ["0"]  # a CPU worker is a one-"GPU" node, as it takes one-GPU runs (its rank runs on CPU)
     if len(gpus) < config.num_gpus:
         msg = (f"a worker owning {len(gpus)} GPU(s) took a node of a run with num_gpus={config.num_gpus} per node; "
                f"start its workers with --gpus {'+'.join(map(str, range(config.num_gpus)))}")
@@ -158,7 +160,7 @@ class _Part:
                 gangs.release(self.run_id, m.gang)
                 return "skipped"
             older = gangs.older_formation(m)
-            if older is not None:
+            if older is not None and gangs.joined_count(*older) < self.n:
                 return self._yield_to(*older)
             self._beat()
             time.sleep(POLL_S)

@@ -22,7 +22,7 @@ TWO_NODES = {"backbone": "toy", "group_size": 2, "prompts_per_epoch": 2, "num_st
 def world(store, monkeypatch):
     """A CPU worker owning one GPU id, messages captured instead of sent."""
     sent: list[tuple] = []
-    monkeypatch.setenv("GG_WORKER_GPU", "0")
+    monkeypatch.delenv("GG_WORKER_GPU", raising=False)  # a CPU worker: a one-"GPU" node
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.setenv("GG_WORKER_ADDRESS", "127.0.0.1")
     monkeypatch.setattr(celery_app, "enqueue_run", lambda rid, **kw: sent.append(("run", rid)) or "t")
@@ -171,3 +171,12 @@ def test_of_two_gangs_forming_for_two_workers_the_younger_gives_way(world, monke
     assert [m.state for m in gangs.members(second)] == ["released"]
     assert ("run", second) in world
     assert any("in favour of run" in ln.message for ln in queries.log_lines(second))
+
+
+def test_a_worker_with_too_few_gpus_for_a_node_fails_the_run_with_how_to_start_one(world, monkeypatch):
+    monkeypatch.setenv("GG_WORKER_GPU", "0")
+    rid = queries.create_run(RunConfig.from_dict({**TWO_NODES, "num_gpus": 2, "prompts_per_epoch": 4}))
+    assert execute_run(rid) == "failed"
+    row = queries.get_run(rid)
+    assert row.status == "failed" and "num_gpus=2 per node" in row.error and "--gpus 0+1" in row.error
+    assert gangs.members(rid) == [] and world == []

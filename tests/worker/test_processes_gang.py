@@ -1,5 +1,5 @@
-"""A multi-node run taken by a gang of real worker processes (issue 23, "Queue"): three Celery
-workers on the embedded broker, each owning one (CPU) "GPU". Two of them form the gang of a
+"""A multi-node run taken by a gang of real worker processes (issue 23, "Queue"): three CPU Celery
+workers on the embedded broker (each a one-"GPU" node). Two of them form the gang of a
 2-node run while the third runs an ordinary run; both nodes launch accelerate's real multi-node
 launcher (gloo rendezvous on 127.0.0.1) running the trainer double; one node is then killed
 with everything it started, and the run resumes from its checkpoint with a new gang, every
@@ -52,7 +52,7 @@ def _wait(predicate, what: str, timeout: float, ws) -> None:
 
 def test_a_gang_forms_beside_an_ordinary_run_and_a_lost_node_resumes_from_the_checkpoint(tmp_path, monkeypatch):
     with backend_env("sqlite", tmp_path) as url:
-        env = world_env(url, str(tmp_path), "embedded", GG_WORKER_GPU="0", GG_WORKER_ADDRESS="127.0.0.1",
+        env = world_env(url, str(tmp_path), "embedded", GG_WORKER_ADDRESS="127.0.0.1",
                         GG_GANG_NODES="2", GG_GANG_TIMEOUT_S="60", GG_GANG_STALE_S="3",
                         GG_FAKE_STEP_SECONDS="0.2", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
         for k, v in env.items():
