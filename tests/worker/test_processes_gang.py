@@ -62,7 +62,7 @@ def test_a_gang_forms_beside_an_ordinary_run_and_a_lost_node_resumes_from_the_ch
             enqueue_run(ordinary)
             _wait(lambda: queries.get_run(ordinary).status == "running", "the ordinary run did not start", 60, ws)
             rid = queries.create_run(RunConfig.from_dict({
-                "epochs": EPOCHS, "num_steps": NUM_STEPS, "eval_every": EVAL_EVERY, "checkpoint_every": 4,
+                "epochs": EPOCHS, "num_steps": NUM_STEPS, "eval_every": EVAL_EVERY, "checkpoint_every": 100,
                 "eval_seeds": [0], "num_nodes": 2, "prompts_per_epoch": 2}))
             enqueue_run(rid)
             _wait(lambda: queries.get_run(rid).status == "running", "the gang did not form", 60, ws)
@@ -73,8 +73,12 @@ def test_a_gang_forms_beside_an_ordinary_run_and_a_lost_node_resumes_from_the_ch
             assert {m.worker_host for m in first} == {"w1", "w2", "w3"} - {busy.worker_host}
             assert first[0].address == "127.0.0.1" and first[0].port
 
-            _wait(lambda: queries.get_run(rid).step >= 9, "the gang did not train", 90, ws)
-            assert queries.checkpoints(rid), "the kill must come after a checkpoint"
+            _wait(lambda: queries.get_run(rid).step >= 6, "the gang did not train", 90, ws)
+            assert queries.checkpoints(rid) == [], "checkpoint_every 100: only Save now makes one before the end"
+            assert queries.request_save_now(rid)  # reaches rank 0, on node 0, like any run's flag
+            _wait(lambda: not queries.get_run(rid).save_now, "Save now was not taken", 30, ws)
+            saved = [c.step for c in queries.checkpoints(rid)]
+            assert len(saved) == 1 and 6 <= saved[0] < EPOCHS, saved
             joiner = next(w for w in ws if w.name == first[1].worker_host)
             for pid in [joiner.proc.pid, *_descendants(joiner.proc.pid)]:  # the node dies with its ranks
                 with contextlib.suppress(ProcessLookupError):
@@ -87,6 +91,7 @@ def test_a_gang_forms_beside_an_ordinary_run_and_a_lost_node_resumes_from_the_ch
         assert row.attempt == 2
         lines = [ln.message for ln in queries.log_lines(rid, tail=10_000)]
         assert any("of the gang lost" in m and "requeued as attempt 2" in m for m in lines), lines[-20:]
+        assert any(f"resuming from the checkpoint of step {saved[0]}" in m for m in lines), lines[-20:]
         second = gangs.members(rid)
         assert [m.state for m in second] == ["done", "done"] and all(m.attempt == 2 for m in second)
         assert joiner.name not in {m.worker_host for m in second}
