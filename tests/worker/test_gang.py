@@ -180,3 +180,24 @@ def test_a_worker_with_too_few_gpus_for_a_node_fails_the_run_with_how_to_start_o
     row = queries.get_run(rid)
     assert row.status == "failed" and "num_gpus=2 per node" in row.error and "--gpus 0+1" in row.error
     assert gangs.members(rid) == [] and world == []
+
+
+def test_the_other_nodes_stop_when_node_0s_attempt_ends_or_a_node_is_lost(world, monkeypatch):
+    """Node 0 lost with its worker: the sweep requeues the run (a new attempt), which the other
+    nodes' watch sees; a lost peer is seen the same way."""
+    from grpo_guard.store import lifecycle
+    from worker.gang import _Part
+
+    monkeypatch.setenv("GG_GANG_STALE_S", "60")
+    rid = queries.create_run(RunConfig.from_dict({**TWO_NODES, "num_nodes": 3, "prompts_per_epoch": 3}))
+    take = dict(gpu=None, address="127.0.0.1", port=1, timeout_s=30)
+    lead, one, two = (gangs.take(rid, 3, host=f"w{i}", **take) for i in range(3))
+    claim = lifecycle.claim_run(rid, worker_host="w0")
+    assert gangs.seal(rid, lead.gang, 3, claim.attempt)
+    check = _Part(rid, one, None, ["0"], "w1", None, None)._follower_should_stop(claim.attempt)
+    assert check() is None
+    gangs.end(rid, two.gang, 2, "lost")
+    assert check() == "node(s) [2] lost"
+    lost = next(x for x in lifecycle.find_stale(-1) if x.run_id == rid)
+    assert lifecycle.recover_lost(lost, action="requeue", reason="w0 stopped heartbeating")
+    assert check() == "the run's attempt 1 ended (queued)"
