@@ -201,3 +201,28 @@ def test_the_other_nodes_stop_when_node_0s_attempt_ends_or_a_node_is_lost(world,
     lost = next(x for x in lifecycle.find_stale(-1) if x.run_id == rid)
     assert lifecycle.recover_lost(lost, action="requeue", reason="w0 stopped heartbeating")
     assert check() == "the run's attempt 1 ended (queued)"
+
+
+@pytest.mark.slow
+def test_a_real_two_node_gang_trains_the_toy_model_and_records_once(tmp_path, monkeypatch):
+    """Two takers, accelerate's real multi-node launch on 127.0.0.1 (gloo), the real trainer:
+    its collectives span both launches; rank 0 (node 0) records every epoch once."""
+    from tests.storehelpers import backend_env
+
+    for k, v in {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "GG_WORKER_ADDRESS": "127.0.0.1",
+                 "GG_GANG_TIMEOUT_S": "60", "GG_TRAINER": ""}.items():
+        monkeypatch.setenv(k, v)
+    for k in ("GG_WORKER_GPU", "CUDA_VISIBLE_DEVICES"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setattr("worker.tasks.TRAIN_FN", None)
+    monkeypatch.setattr(celery_app, "enqueue_gang_join", lambda *a, **kw: "t")
+    tiny = {**TWO_NODES, "num_steps": 3, "eval_num_steps": 2, "eval_prompts": ["a red circle on a blue background"],
+            "lora_rank": 4, "train_batch_size": 2, "sample_batch_size": 2, "checkpoint_every": 1}
+    with backend_env("sqlite", tmp_path):
+        rid = queries.create_run(RunConfig.from_dict(tiny))
+        assert sorted(_two_takers(rid)) == ["node-done", "succeeded"], queries.get_run(rid).error
+        steps, _ = queries.metric_series(rid, ["reward/total/mean"], max_points=100)["reward/total/mean"]
+        assert steps == [1, 2] and [c.step for c in queries.checkpoints(rid)] == [1, 2]
+        assert [(m.node_rank, m.state) for m in gangs.members(rid)] == [(0, "done"), (1, "done")]
+        lines = [ln.message for ln in queries.log_lines(rid)]
+        assert sum("epoch 1/2" in m for m in lines) <= 1 and sum(m.startswith("training ") for m in lines) == 1
