@@ -143,22 +143,21 @@ class _Part:
 
     # ---- forming ---------------------------------------------------------------------------
     def lead(self) -> str:
-        from worker import celery_app
-
         m = self.m
         gangs.log(self.run_id, f"gang of {self.n} nodes forming: node 0 is {self.host} ({m.address}:{m.port}); "
                                f"waiting up to {timeout_s():g}s for {self.n - 1} more")
         for _ in range(self.n - 1):
-            try:
-                celery_app.enqueue_gang_join(self.run_id, m.gang, num_gpus=self.config.num_gpus, num_nodes=self.n)
-            except Exception as e:  # the deadline gives the run back if the others never come
-                log.error("run %s: could not send a join message (%s)", self.run_id, e)
+            self._send_join()
         while gangs.joined_count(self.run_id, m.gang) < self.n:
             if time.monotonic() > self._deadline():
                 return self._give_back()
             if gangs.run_state(self.run_id)[0] != "queued":  # cancelled or deleted while forming
                 gangs.release(self.run_id, m.gang)
                 return "skipped"
+            if _shutting_down():  # this worker is being shut down: the run goes to the next gang
+                gangs.release(self.run_id, m.gang)
+                _send_again(self.run_id)
+                return "interrupted"
             older = gangs.older_formation(m)
             if older is not None and gangs.joined_count(*older) < self.n:
                 return self._yield_to(*older)
@@ -206,9 +205,17 @@ class _Part:
             config = _config(other_run)
         except Exception as e:  # its own node 0 reports a bad config; leave its gang
             log.warning("run %s: cannot join run %s's gang (%s)", self.run_id, other_run, e)
-            gangs.release(other_run, other_gang, node_rank=joined.node_rank)
+            gangs.leave(other_run, other_gang, joined.node_rank)
             return "gang-timeout"
         return _Part(other_run, joined, config, self.gpus, self.host, self.gpu, None).follow()
+
+    def _send_join(self) -> None:
+        from worker import celery_app
+
+        try:
+            celery_app.enqueue_gang_join(self.run_id, self.m.gang, num_gpus=self.config.num_gpus, num_nodes=self.n)
+        except Exception as e:  # the formation's deadline gives the run back if no one comes
+            log.error("run %s: could not send a join message (%s)", self.run_id, e)
 
     def _give_back(self) -> str:
         joined = gangs.joined_count(self.run_id, self.m.gang)
@@ -229,8 +236,11 @@ class _Part:
             if mine != "joined" or head != "joined":
                 return "gang-timeout"  # node 0 released the formation
             if time.monotonic() > self._deadline() + grace:  # node 0 died while forming
-                gangs.release(self.run_id, m.gang, node_rank=m.node_rank)
+                gangs.leave(self.run_id, m.gang, m.node_rank)
                 return "gang-timeout"
+            if _shutting_down() and gangs.leave(self.run_id, m.gang, m.node_rank):
+                self._send_join()  # another worker takes this node's place
+                return "interrupted"
             self._beat()
             time.sleep(POLL_S)
         attempt = next((x.attempt for x in gangs.members(self.run_id) if x.node_rank == m.node_rank), None) or 1
@@ -426,6 +436,12 @@ def _checkpoint_path(run_id: int) -> str | None:
 
     latest = lifecycle.latest_checkpoint(run_id)
     return resolve(latest[1]) if latest else None
+
+
+def _shutting_down() -> bool:
+    from worker import tasks
+
+    return tasks._interrupt.is_set()
 
 
 def _user_stopped(run_id: int) -> bool:

@@ -196,17 +196,28 @@ class _Incomplete(Exception):
     """Rolls the seal back (a member gave up between the count and the seal)."""
 
 
-def release(run_id: int, gang: str, node_rank: int | None = None) -> bool:
-    """Give up a formation that did not complete: every member still ``joined`` (or only
-    ``node_rank``) becomes ``released``. True if node 0's row was released by this call."""
-    cond = [GangMember.run_id == int(run_id), GangMember.gang == gang, GangMember.state == "joined"]
-    if node_rank is not None:
-        cond.append(GangMember.node_rank == int(node_rank))
+def release(run_id: int, gang: str) -> bool:
+    """Give up a formation that did not complete: every member still ``joined`` becomes
+    ``released``. True if node 0's row was released by this call."""
     with session_scope(write=True) as s:
         head = s.scalar(select(GangMember.state).where(GangMember.run_id == int(run_id), GangMember.gang == gang,
                                                        GangMember.node_rank == 0))
-        s.execute(update(GangMember).where(*cond).values(state="released", heartbeat_at=utcnow()))
-    return head == "joined" and node_rank in (None, 0)
+        s.execute(update(GangMember).where(GangMember.run_id == int(run_id), GangMember.gang == gang,
+                                           GangMember.state == "joined").values(state="released",
+                                                                                heartbeat_at=utcnow()))
+    return head == "joined"
+
+
+def leave(run_id: int, gang: str, node_rank: int) -> bool:
+    """A member (not node 0) leaves a formation that has not started: its row goes, so its node
+    rank is free for another worker. False if the gang was sealed meanwhile (it must launch)."""
+    if int(node_rank) == 0:
+        raise ValueError("node 0 releases its formation; it does not leave it")
+    with session_scope(write=True) as s:
+        res = s.execute(delete(GangMember).where(GangMember.run_id == int(run_id), GangMember.gang == gang,
+                                                 GangMember.node_rank == int(node_rank),
+                                                 GangMember.state.in_(("joined", "released"))))
+        return bool(res.rowcount)
 
 
 def state_of(run_id: int, gang: str, node_rank: int) -> str | None:

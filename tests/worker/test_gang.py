@@ -226,3 +226,18 @@ def test_a_real_two_node_gang_trains_the_toy_model_and_records_once(tmp_path, mo
         assert [(m.node_rank, m.state) for m in gangs.members(rid)] == [(0, "done"), (1, "done")]
         lines = [ln.message for ln in queries.log_lines(rid)]
         assert sum("epoch 1/2" in m for m in lines) <= 1 and sum(m.startswith("training ") for m in lines) == 1
+
+
+def test_a_worker_shut_down_while_its_gang_forms_hands_its_place_on(world, monkeypatch):
+    import worker.tasks
+
+    monkeypatch.setenv("GG_GANG_TIMEOUT_S", "20")
+    monkeypatch.setattr(worker.tasks, "_interrupt", threading.Event())
+    worker.tasks._interrupt.set()
+    rid = queries.create_run(RunConfig.from_dict(TWO_NODES))
+    assert execute_run(rid) == "interrupted", "node 0 gives the run back at once"
+    assert queries.get_run(rid).status == "queued" and world[-1] == ("run", rid)
+    lead = gangs.take(rid, 2, host="other", gpu=None, address="127.0.0.1", port=1, timeout_s=20)
+    assert execute_run(rid) == "interrupted", "a joiner leaves and sends a join message in its place"
+    assert [m.node_rank for m in gangs.members(rid)] == [0]
+    assert world[-1][:3] == ("join", rid, lead.gang)

@@ -39,6 +39,10 @@ def test_the_first_taker_leads_and_concurrent_joiners_get_distinct_ranks(store):
         t.join()
     joined = [m for m in got if m is not None]
     assert sorted(m.node_rank for m in joined) == [1, 2], "two of four joiners fit a 3-node gang, once each"
+    with pytest.raises(ValueError, match="node 0"):
+        gangs.leave(rid, lead.gang, 0)
+    assert gangs.leave(rid, lead.gang, 1) is True  # its worker is shutting down: rank 1 is free again
+    assert _take(rid, "w9").node_rank == 1
     assert all(m.gang == lead.gang and (m.address, m.port) == ("10.0.0.1", 29_400) for m in joined)
     assert gangs.joined_count(rid, lead.gang) == 3
     claim = lifecycle.claim_run(rid, worker_host="w0")
