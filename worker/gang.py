@@ -98,8 +98,9 @@ def num_nodes_of(run_id: int) -> int:
 
 def execute(run_id: int, *, task_id: str | None = None, gang: str | None = None) -> str:
     """Take part in the gang of multi-node run ``run_id``. Returns what happened: succeeded |
-    cancelled | failed | interrupted | lease-lost (node 0's end of the run), node-done | node-lost
-    (another node's end of its part), requeued (a node was lost), gang-timeout, or skipped."""
+    cancelled | failed | interrupted | lease-lost (node 0's end of the run), node-done | node-lost |
+    node-stopped (another node's end of its part), requeued (a node was lost), gang-timeout, or
+    skipped."""
     from worker import tasks
 
     host = os.environ.get("GG_WORKER_NAME") or socket.gethostname()
@@ -246,11 +247,14 @@ class _Part:
         attempt = next((x.attempt for x in gangs.members(self.run_id) if x.node_rank == m.node_rank), None) or 1
         resume = _checkpoint_path(self.run_id)
         rc, results, why = self._launch("-", attempt, resume, self._follower_should_stop(attempt))
+        # lost: a rank of this node died without reporting (killed, out of memory); a node told to
+        # stop because the attempt ended or a peer was lost did not die itself
         ok = rc == 0 or (len(results) == self.config.num_gpus and all(r.get("status") for r in results.values()))
-        gangs.end(self.run_id, m.gang, m.node_rank, "done" if ok and not why else "lost")
+        gangs.end(self.run_id, m.gang, m.node_rank, "done" if ok or why else "lost")
         if why:
             log.warning("run %s: node %d stopped: %s", self.run_id, m.node_rank, why)
-        return "node-done" if ok and not why else "node-lost"
+            return "node-stopped"
+        return "node-done" if ok else "node-lost"
 
     def _follower_should_stop(self, attempt: int) -> Callable[[], str | None]:
         def check() -> str | None:
@@ -283,10 +287,18 @@ class _Part:
             if first.get("status") == "lease-lost":
                 gangs.end(self.run_id, self.m.gang, 0, "done")
                 return "lease-lost"
-            if not why and rc == 0 and first.get("status") in ("succeeded", "cancelled"):
+            # a shutdown (Ctrl-C, SIGTERM) ends the launcher with a signal's exit code after the
+            # ranks checkpointed and stopped together
+            if not why and first.get("status") in ("succeeded", "cancelled") and (rc == 0 or _shutting_down()):
                 gangs.end(self.run_id, self.m.gang, 0, "done")
                 recorder.close()
                 return self._finish(claim, first["status"])
+            if _shutting_down():  # stopped before rank 0 could report: the sweep resumes it at once
+                gangs.end(self.run_id, self.m.gang, 0, "done")
+                with contextlib.suppress(Exception):
+                    recorder.close()
+                lifecycle.interrupt_run(self.run_id, claim.lease)
+                return "interrupted"
             lost = self._lost_after_failure() if not why else gangs.lost_nodes(self.run_id, self.m.gang, stale_s())
             gangs.end(self.run_id, self.m.gang, 0, "done")
             if why or lost or not first:

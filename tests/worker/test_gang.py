@@ -241,3 +241,27 @@ def test_a_worker_shut_down_while_its_gang_forms_hands_its_place_on(world, monke
     assert execute_run(rid) == "interrupted", "a joiner leaves and sends a join message in its place"
     assert [m.node_rank for m in gangs.members(rid)] == [0]
     assert world[-1][:3] == ("join", rid, lead.gang)
+    gangs.release(rid, lead.gang)  # no open formation for the next tests' leaders to give way to
+
+
+def test_node_0_shut_down_mid_run_leaves_the_run_interrupted_for_the_next_gang(world, monkeypatch):
+    """Ctrl-C on node 0's worker: its launcher ends with a signal's exit code after rank 0
+    checkpointed and reported ``cancelled``; the run is interrupted (resumed by the next sweep)."""
+    import worker.tasks
+
+    monkeypatch.setenv("GG_GANG_TIMEOUT_S", "20")
+    monkeypatch.setattr(worker.tasks, "_interrupt", threading.Event())
+
+    def launch(cmd, env):
+        node = int(cmd[cmd.index("--machine_rank") + 1])
+        with open(f"{cmd[cmd.index('--result') + 1]}.{node}", "w", encoding="utf-8") as fh:
+            json.dump({"status": "cancelled"}, fh)
+        if node == 0:
+            worker.tasks._interrupt.set()
+            return -15
+        return 0
+
+    monkeypatch.setattr("worker.tasks.LAUNCH_FN", launch)
+    rid = queries.create_run(RunConfig.from_dict(TWO_NODES))
+    assert sorted(_two_takers(rid)) == ["interrupted", "node-done"]
+    assert queries.get_run(rid).status == "interrupted"
