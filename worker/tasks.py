@@ -219,11 +219,12 @@ def resolve_train_fn() -> Callable[..., Any]:
 
 
 @shared_task(name=TASK_NAME, bind=True, ignore_result=True, acks_late=True)
-def train_run(self: Any, run_id: int) -> str:
+def train_run(self: Any, run_id: int, gang: str | None = None) -> str:
     """Run ``run_id`` to its end. Returns what happened: succeeded | cancelled | failed |
-    interrupted (the worker is shutting down) | skipped (not queued) | lease-lost."""
+    interrupted (the worker is shutting down) | skipped (not queued) | lease-lost; a multi-node
+    run's gang member (``gang``: the formation a join message is for) see ``worker.gang``."""
     with _shutdown_handlers():
-        return execute_run(int(run_id), task_id=getattr(self.request, "id", None))
+        return execute_run(int(run_id), task_id=getattr(self.request, "id", None), gang=gang)
 
 
 @shared_task(name=EVAL_TASK_NAME, bind=True, ignore_result=True, acks_late=True)
@@ -235,8 +236,16 @@ def evaluate_model(self: Any, evaluation_id: int) -> str:
     return execute_queued(int(evaluation_id), device=os.environ.get("GG_EVAL_DEVICE") or None)
 
 
-def execute_run(run_id: int, *, task_id: str | None = None) -> str:
+def execute_run(run_id: int, *, task_id: str | None = None, gang: str | None = None) -> str:
     """The body of ``train_run``, callable without Celery."""
+    from worker import gang as gangs  # a multi-node run is taken by a gang of workers
+
+    if gang is not None or gangs.num_nodes_of(run_id) > 1:
+        _running.set()
+        try:
+            return gangs.execute(run_id, task_id=task_id, gang=gang)
+        finally:
+            _running.clear()
     host = os.environ.get("GG_WORKER_NAME") or socket.gethostname()
     gpu = os.environ.get("GG_WORKER_GPU") or None
 

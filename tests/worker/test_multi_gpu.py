@@ -142,6 +142,7 @@ def test_multi_gpu_runs_go_to_a_queue_only_big_enough_workers_consume(sqlite_sto
     from worker import celery_app
 
     monkeypatch.delenv("GG_QUEUE", raising=False)
+    monkeypatch.setenv("GG_GANG_NODES", "0")  # no gang queues (tests/worker/test_gang.py has those)
     assert worker_command("0")[worker_command("0").index("-Q") + 1] == "runs"
     cmd = worker_command("0+1", queue="q")
     assert cmd[cmd.index("-Q") + 1] == "q,q-2gpu"
