@@ -37,7 +37,7 @@ carried between epochs (and checkpointed) in ``grpo_guard.training.train_state``
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -139,7 +139,10 @@ def train(config: RunConfig, recorder: Recorder, control: Control, *, resume_fro
 
     # 2. Rewards, model, optimizer, EMA, prompts, sigma tables, the fixed eval set.
     run = build_run(c, recorder, rank, world, device, backbone, rewards)
-    run.should_stop = (lambda: interrupt_requested(control)) if world == 1 else None
+    # A shutdown: rank 0 asks its control (eval and the steps after recording are rank 0's alone);
+    # where every rank is, rank 0's answer is broadcast (``together``; None: control never reports one).
+    run.should_stop = (lambda: interrupt_requested(control)) if run.is_main else None
+    together = _interrupt_check(run, control)
 
     # 2b. Rows per forward of the update: the config's number, or `auto`'s pick for this GPU.
     rows_per_forward, how = resolve_rows_per_forward(c, run.backbone.device)
@@ -160,7 +163,7 @@ def train(config: RunConfig, recorder: Recorder, control: Control, *, resume_fro
             evaluate_at(run, state, start)
             recorder.flush()
     except Interrupted:
-        return TrainResult("cancelled", start, stop_for_interrupt(run, state, start) or last_path)
+        return _interrupt_cut(run, state, start, last_path, alone=True)
 
     # 4. The loop: one epoch = one step.
     for epoch in range(start + 1, c.epochs + 1):
@@ -180,7 +183,7 @@ def train(config: RunConfig, recorder: Recorder, control: Control, *, resume_fro
         try:
             samples = _sample(run, epoch)
         except Interrupted:  # nothing of this epoch is applied or recorded yet
-            return TrainResult("cancelled", epoch - 1, stop_for_interrupt(run, state, epoch - 1) or last_path)
+            return _interrupt_cut(run, state, epoch - 1, last_path)
         except torch.OutOfMemoryError as e:
             raise out_of_memory_error(run, "sampling", epoch) from e
         t_sample = time.perf_counter()
@@ -194,20 +197,20 @@ def train(config: RunConfig, recorder: Recorder, control: Control, *, resume_fro
 
         # 4e. Policy update, per denoising step, with accumulation (gradients averaged over ranks).
         #     A shutdown before or during it stops at the previous epoch, whose state is intact.
-        if _interrupted(run, control):
-            return TrainResult("cancelled", epoch - 1, stop_for_interrupt(run, state, epoch - 1) or last_path)
-        snapshot = PreUpdateSnapshot.take(run.params, run.optimizer, run.ema, state) \
-            if world == 1 and hasattr(control, "interrupted") else None
+        if together is not None and together():
+            return _interrupt_cut(run, state, epoch - 1, last_path)
+        # (every rank takes it or none: the parameter count is the same, so is ``together``)
+        snapshot = PreUpdateSnapshot.take(run.params, run.optimizer, run.ema, state) if together else None
         try:
             upd = policy_update(run.backbone, run.optimizer, run.params, samples.rollout,
                                 adv.mine.to(run.backbone.device), adv.batches, c, run.ema, state,
                                 grad_sync=ddp.all_reduce_grads if world > 1 else None, rows_per_forward=rows_per_forward,
-                                should_abort=(lambda: _interrupted(run, control)) if snapshot else None)
+                                should_abort=together if snapshot else None)
         except torch.OutOfMemoryError as e:
             raise out_of_memory_error(run, "policy update", epoch) from e
         except Interrupted:
             snapshot.restore(run.params, run.optimizer, run.ema, state)
-            return TrainResult("cancelled", epoch - 1, stop_for_interrupt(run, state, epoch - 1) or last_path)
+            return _interrupt_cut(run, state, epoch - 1, last_path)
         if world > 1:
             upd.scalars, upd.step_stats, upd.sigma = ddp.merge_update_stats(upd.scalars, upd.step_stats, upd.sigma)
         t_update = time.perf_counter()
@@ -219,14 +222,14 @@ def train(config: RunConfig, recorder: Recorder, control: Control, *, resume_fro
         #     shutdown now keeps the epoch; the eval it owes runs when the run resumes (step 3).
         if not run.is_main:
             continue
-        if _interrupted(run, control):
-            return TrainResult("cancelled", epoch, stop_for_interrupt(run, state, epoch) or last_path)
+        if interrupt_requested(control):
+            return _interrupt_cut(run, state, epoch, last_path, alone=True)
         sample_now, save_now = control.take_sample_now(), control.take_save_now()
         try:
             if epoch % c.eval_every == 0 or epoch == c.epochs or sample_now:
                 evaluate_at(run, state, epoch)
         except Interrupted:  # the epoch is recorded; its eval runs first on resume
-            return TrainResult("cancelled", epoch, stop_for_interrupt(run, state, epoch) or last_path)
+            return _interrupt_cut(run, state, epoch, last_path, alone=True)
         new_best = state.best_step == epoch
         if epoch % c.checkpoint_every == 0 or epoch == c.epochs or new_best or save_now:
             reason = "best-gold" if new_best else "periodic" if epoch < c.epochs else "final"
@@ -254,10 +257,31 @@ def _stop_requested(run: TrainRun, control: Control) -> bool:
     return ddp.broadcast_flag(stop) if run.world > 1 else stop
 
 
-def _interrupted(run: TrainRun, control: Control) -> bool:
-    """A shutdown of this single process, checked between an epoch's stages (no database read; a
-    data-parallel group stops at the next epoch's broadcast poll instead)."""
-    return run.world == 1 and interrupt_requested(control)
+def _interrupt_check(run: TrainRun, control: Control) -> Callable[[], bool] | None:
+    """The shutdown check at the points every rank reaches together (before the update, between its
+    micro-batches): no database read; with several ranks, rank 0's answer broadcast, so the group
+    stops at the same micro-batch. None when rank 0's control cannot report a shutdown (asked once,
+    broadcast, so every rank makes the same collectives)."""
+    can = hasattr(control, "interrupted") if run.is_main else False
+    if run.world == 1:
+        return (lambda: interrupt_requested(control)) if can else None
+    if not ddp.broadcast_flag(can):
+        return None
+    return lambda: ddp.broadcast_flag(interrupt_requested(control) if run.is_main else False)
+
+
+def _interrupt_cut(run: TrainRun, state: TrainerState, step: int, last_path: str | None, *,
+                   alone: bool = False) -> TrainResult:
+    """End the run for a shutdown with the state of ``step``: rank 0 checkpoints it. Where rank 0
+    stopped ``alone`` (its eval, or after recording), the other ranks already wait in the next
+    epoch's stop poll: answer it with a stop, so the group leaves together (after the last epoch
+    they are past the loop and leave on their own)."""
+    if not run.is_main:
+        return TrainResult("cancelled", step, last_path)
+    last_path = stop_for_interrupt(run, state, step) or last_path
+    if alone and run.world > 1 and step < run.config.epochs:
+        ddp.broadcast_flag(True)
+    return TrainResult("cancelled", step, last_path)
 
 
 def _alarm_stop(run: TrainRun, state: TrainerState) -> bool:
@@ -297,7 +321,7 @@ def _sample(run: TrainRun, epoch: int) -> EpochSamples:
                          seed_keys=(c.seed, epoch, STEP_NOISE), cfg_scale=c.cfg_scale, noise_level=c.noise_level,
                          dynamics=c.dynamics, sde_steps=window, cps_logprob=c.cps_logprob,
                          chunk=c.sample_batch_size, row_ids=my_rows if run.world > 1 else None,
-                         should_stop=run.should_stop)
+                         should_stop=run.should_stop if run.world == 1 else None)  # ranks' chunk counts differ
     images = run.backbone.decode(ro.final)                                               # (N_r, H, W, 3) uint8
     return EpochSamples(prompts, prompt_index, my_index, ro, images)
 

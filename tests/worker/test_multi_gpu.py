@@ -12,6 +12,7 @@ import pytest
 from grpo_guard.config import RunConfig
 from grpo_guard.store import queries
 from tests.storehelpers import backend_env
+from tests.worker.procs import wait_step
 from worker.cli import parse_gpus, spawn_worker, worker_command
 from worker.tasks import execute_run
 
@@ -136,6 +137,47 @@ def test_a_real_two_rank_launch_on_cpu_records_once(sqlite_store, monkeypatch):
     assert queries.sample_steps(rid) == [0, 2]  # eval_every 5: the base model and the end
     lines = [ln.message for ln in queries.log_lines(rid)]
     assert sum("epoch 1/2" in m for m in lines) <= 1 and sum(m.startswith("training ") for m in lines) == 1
+
+
+@pytest.mark.slow
+def test_a_shutdown_interrupts_a_real_two_rank_run_at_a_checkpoint_and_the_resume_repeats_nothing(
+        sqlite_store, monkeypatch):
+    """The worker's shutdown signal during a real 2-rank launch (CPU, gloo): the ranks stop
+    together, the run ends ``interrupted`` with a checkpoint of the epoch it stopped at (not
+    ``failed``), and the next attempt resumes it: every epoch trained and logged exactly once."""
+    import re
+    import signal
+    import threading
+
+    from grpo_guard.store import lifecycle
+    from worker import tasks
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    for k, v in {"GG_WORKER_GPU": "0,1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}.items():
+        monkeypatch.setenv(k, v)
+    epochs = 4
+    rid = queries.create_run(RunConfig.from_dict({**TINY, "num_gpus": 2, "epochs": epochs, "checkpoint_every": 10}))
+    monkeypatch.setattr(tasks, "_interrupt", threading.Event())  # this process's shutdown flag, fresh
+    out: dict[str, str] = {}
+    worker = threading.Thread(target=lambda: out.update(status=execute_run(rid)), daemon=True)
+    worker.start()
+    wait_step(rid, 1, timeout=120)
+    tasks._on_shutdown_signal(signal.SIGINT, None)  # what the pool child does on Ctrl-C / SIGTERM
+    worker.join(timeout=120)
+    row = queries.get_run(rid)
+    assert out.get("status") == "interrupted" and row.status == "interrupted", f"{out} {row.status}: {row.error}"
+    cut = row.step
+    assert 1 <= cut < epochs, f"interrupted at step {cut}: the shutdown came too late to test anything"
+    assert [c.step for c in queries.checkpoints(rid) if c.on_disk][-1] == cut
+
+    assert lifecycle.requeue_interrupted(rid)
+    monkeypatch.setattr(tasks, "_interrupt", threading.Event())  # the next worker
+    assert execute_run(rid) == "succeeded", queries.get_run(rid).error
+    steps, _ = queries.metric_series(rid, ["reward/total/mean"], max_points=100)["reward/total/mean"]
+    assert steps == list(range(1, epochs + 1)), f"trained epochs {steps} (interrupted after {cut})"
+    logged = [int(m.group(1)) for ln in queries.log_lines(rid, tail=10_000)
+              if (m := re.match(r"epoch (\d+)/", ln.message))]
+    assert sorted(logged) == list(range(1, epochs + 1)), f"an epoch was trained twice or never: {sorted(logged)}"
 
 
 def test_multi_gpu_runs_go_to_a_queue_only_big_enough_workers_consume(sqlite_store, monkeypatch):
