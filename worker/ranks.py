@@ -9,10 +9,11 @@ rank writes ``FILE.<rank>`` (JSON: status, and error + traceback on failure), fr
 worker process that waits on the launcher ends the attempt.
 
 Shutdown: the worker, told to shut down, creates ``FILE.stop`` (:func:`stop_file`) rather than
-signalling the group (``accelerate launch`` would end the ranks on a signal). Rank 0's control
-reports it as ``interrupted()`` (a file check, no database read); the trainer broadcasts it at the
-next point where the whole group can stop, rank 0 checkpoints, every rank exits 0, and rank 0's
-result says ``"interrupted": true`` so the worker ends the attempt ``interrupted``.
+signalling the group (``accelerate launch`` would end the ranks on a signal). Every rank's control
+reports it as ``interrupted()`` (a file check, no database read): each rank cuts its sampling
+short and the ranks agree after it; elsewhere the trainer broadcasts rank 0's answer at the next
+point where the whole group can stop. Rank 0 checkpoints, every rank exits 0, and rank 0's result
+says ``"interrupted": true`` so the worker ends the attempt ``interrupted``.
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ def stop_file(result_path: str) -> str:
 
 
 class RankControl:
-    """Rank 0's control: the run's ``StoreControl`` plus ``interrupted()``, true once the worker
-    created the stop file. ``user_stop`` remembers whether the user asked for the stop too."""
+    """A rank's control: ``inner`` (rank 0: the run's ``StoreControl``) plus ``interrupted()``,
+    true once the worker created the stop file. ``user_stop``: the user asked for the stop too."""
 
     def __init__(self, inner: Any, stop_path: str) -> None:
         self.inner, self.stop_path = inner, stop_path
@@ -81,9 +82,9 @@ def main(argv: list[str] | None = None) -> int:
         recorder = StoreRecorder(args.run_id, lease=args.lease, attempt=args.attempt,
                                  flush_interval=_env_float("GG_FLUSH_SECONDS", 0.5),
                                  heartbeat_interval=_env_float("GG_HEARTBEAT_SECONDS", 5.0))
-        control: Any = RankControl(StoreControl(args.run_id, lease=args.lease), stop_file(args.result))
-    else:
-        recorder, control = NullRecorder(), NullControl()
+        control = RankControl(StoreControl(args.run_id, lease=args.lease), stop_file(args.result))
+    else:  # it reads the stop file too, to cut its own sampling short (the ranks then agree)
+        recorder, control = NullRecorder(), RankControl(NullControl(), stop_file(args.result))
     try:
         config = _load_config(args.run_id)
         result = resolve_train_fn()(config, recorder, control, resume_from=args.resume)

@@ -139,10 +139,11 @@ def train(config: RunConfig, recorder: Recorder, control: Control, *, resume_fro
 
     # 2. Rewards, model, optimizer, EMA, prompts, sigma tables, the fixed eval set.
     run = build_run(c, recorder, rank, world, device, backbone, rewards)
-    # A shutdown: rank 0 asks its control (eval and the steps after recording are rank 0's alone);
-    # where every rank is, rank 0's answer is broadcast (``together``; None: control never reports one).
-    run.should_stop = (lambda: interrupt_requested(control)) if run.is_main else None
+    # A shutdown: each rank asks its own control while it samples (the ranks then agree, below) and
+    # rank 0 in its eval and after recording (its alone); where every rank is, rank 0's answer is
+    # broadcast (``together``; None: rank 0's control never reports one, so no rank stops early).
     together = _interrupt_check(run, control)
+    run.should_stop = (lambda: interrupt_requested(control)) if run.is_main or together else None
 
     # 2b. Rows per forward of the update: the config's number, or `auto`'s pick for this GPU.
     rows_per_forward, how = resolve_rows_per_forward(c, run.backbone.device)
@@ -181,11 +182,13 @@ def train(config: RunConfig, recorder: Recorder, control: Control, *, resume_fro
 
         # 4b. Sample a group per prompt with the SDE sampler.
         try:
-            samples = _sample(run, epoch)
+            samples: EpochSamples | None = _sample(run, epoch)
         except Interrupted:  # nothing of this epoch is applied or recorded yet
-            return _interrupt_cut(run, state, epoch - 1, last_path)
+            samples = None
         except torch.OutOfMemoryError as e:
             raise out_of_memory_error(run, "sampling", epoch) from e
+        if _any_rank_cut(run, control, together, samples is None):
+            return _interrupt_cut(run, state, epoch - 1, last_path)
         t_sample = time.perf_counter()
 
         # 4c. Score with the proxy rewards, gathered over the ranks.
@@ -270,6 +273,15 @@ def _interrupt_check(run: TrainRun, control: Control) -> Callable[[], bool] | No
     return lambda: ddp.broadcast_flag(interrupt_requested(control) if run.is_main else False)
 
 
+def _any_rank_cut(run: TrainRun, control: Control, together: Callable[[], bool] | None, cut: bool) -> bool:
+    """After sampling: whether the epoch stops for a shutdown. Each rank may have cut its own
+    sampling short (its chunk counts differ, so no collective runs inside it); with several ranks
+    they agree here, every rank stopping if any did or if a shutdown is reported now."""
+    if run.world == 1 or together is None:
+        return cut
+    return ddp.max_over_ranks(int(cut or interrupt_requested(control))) > 0
+
+
 def _interrupt_cut(run: TrainRun, state: TrainerState, step: int, last_path: str | None, *,
                    alone: bool = False) -> TrainResult:
     """End the run for a shutdown with the state of ``step``: rank 0 checkpoints it. Where rank 0
@@ -321,7 +333,7 @@ def _sample(run: TrainRun, epoch: int) -> EpochSamples:
                          seed_keys=(c.seed, epoch, STEP_NOISE), cfg_scale=c.cfg_scale, noise_level=c.noise_level,
                          dynamics=c.dynamics, sde_steps=window, cps_logprob=c.cps_logprob,
                          chunk=c.sample_batch_size, row_ids=my_rows if run.world > 1 else None,
-                         should_stop=run.should_stop if run.world == 1 else None)  # ranks' chunk counts differ
+                         should_stop=run.should_stop)
     images = run.backbone.decode(ro.final)                                               # (N_r, H, W, 3) uint8
     return EpochSamples(prompts, prompt_index, my_index, ro, images)
 
