@@ -17,7 +17,8 @@ Data parallel (``num_gpus`` > 1, one process per GPU under ``accelerate launch``
 and scores only its own prompt groups, and gathers the rewards before the advantages, so every rank
 computes the advantages of the whole batch and keeps its slice. Gradients are averaged over the ranks
 before each clip + AdamW step (the weights stay identical; LoRA init is broadcast from rank 0). Only
-rank 0 records, evaluates and checkpoints; its stop request is broadcast, so the group stops together.
+rank 0 records, evaluates and checkpoints; its stop request is broadcast, so the group stops together
+(a shutdown too: ``grpo_guard.training.interrupt``).
 With one process, every step is exactly the single-GPU trainer.
 
 Deliberately left out: DanceGRPO's per-sample random step subsets are supported but untested at
