@@ -121,6 +121,27 @@ def test_too_few_gpus_and_a_failing_rank_fail_the_run_with_a_message(sqlite_stor
     assert row.error == "ValueError: rank 1 broke" and "rank 1" in (row.traceback or "")
 
 
+def test_ranks_stopped_by_a_shutdown_end_the_run_interrupted_and_a_shutdown_before_the_launch_launches_nothing(
+        sqlite_store, monkeypatch):
+    import threading
+
+    from worker import tasks
+
+    monkeypatch.setenv("GG_WORKER_GPU", "0,1")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(tasks, "_interrupt", threading.Event())
+    calls: list[list[str]] = []
+    monkeypatch.setattr("worker.tasks.LAUNCH_FN", _launch_double(
+        calls, {0: {"status": "cancelled", "step": 1, "interrupted": True}, 1: {"status": "cancelled"}}))
+    rid = queries.create_run(RunConfig.from_dict({**TINY, "num_gpus": 2}))
+    assert execute_run(rid) == "interrupted" and queries.get_run(rid).status == "interrupted"
+
+    tasks._interrupt.set()  # the worker is already shutting down when the next run arrives
+    rid = queries.create_run(RunConfig.from_dict({**TINY, "num_gpus": 2}))
+    assert execute_run(rid) == "interrupted" and queries.get_run(rid).status == "interrupted"
+    assert len(calls) == 1, "no launch after the shutdown began"
+
+
 @pytest.mark.slow
 def test_a_real_two_rank_launch_on_cpu_records_once_and_a_shutdown_interrupts_it_for_the_next_worker(
         sqlite_store, monkeypatch):
