@@ -274,7 +274,8 @@ def execute_run(run_id: int, *, task_id: str | None = None) -> str:
         if status not in ("succeeded", "cancelled", "interrupted"):
             raise RuntimeError(f"the trainer returned status {status!r}; expected 'succeeded' or 'cancelled'")
         recorder.close()
-        if status == "interrupted" or (status == "cancelled" and _interrupt.is_set() and not control.user_stop):
+        if status == "interrupted" or (status == "cancelled" and result is not None and _interrupt.is_set()
+                                       and not control.user_stop):  # (a multi-GPU run's rank 0 said which)
             # a shutdown, not the user's stop: hand the run back for the next worker
             if not lifecycle.interrupt_run(run_id, claim.lease, step=getattr(result, "step", None)):
                 log.warning("run %s: lease lost before the interrupt could be recorded", run_id)

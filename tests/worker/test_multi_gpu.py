@@ -121,7 +121,7 @@ def test_too_few_gpus_and_a_failing_rank_fail_the_run_with_a_message(sqlite_stor
     assert row.error == "ValueError: rank 1 broke" and "rank 1" in (row.traceback or "")
 
 
-def test_ranks_stopped_by_a_shutdown_end_the_run_interrupted_and_a_shutdown_before_the_launch_launches_nothing(
+def test_a_multi_gpu_run_ends_interrupted_or_cancelled_as_rank_0_says_and_nothing_launches_after_a_shutdown(
         sqlite_store, monkeypatch):
     import threading
 
@@ -136,10 +136,18 @@ def test_ranks_stopped_by_a_shutdown_end_the_run_interrupted_and_a_shutdown_befo
     rid = queries.create_run(RunConfig.from_dict({**TINY, "num_gpus": 2}))
     assert execute_run(rid) == "interrupted" and queries.get_run(rid).status == "interrupted"
 
-    tasks._interrupt.set()  # the worker is already shutting down when the next run arrives
+    def users_stop_during_a_shutdown(cmd, env):  # rank 0 saw the user's stop: cancelled, not interrupted
+        tasks._interrupt.set()
+        return _launch_double(calls, {0: {"status": "cancelled", "step": 1, "interrupted": False}})(cmd, env)
+
+    monkeypatch.setattr("worker.tasks.LAUNCH_FN", users_stop_during_a_shutdown)
+    rid = queries.create_run(RunConfig.from_dict({**TINY, "num_gpus": 2}))
+    assert execute_run(rid) == "cancelled" and queries.get_run(rid).status == "cancelled"
+
+    # the worker is already shutting down when the next run arrives
     rid = queries.create_run(RunConfig.from_dict({**TINY, "num_gpus": 2}))
     assert execute_run(rid) == "interrupted" and queries.get_run(rid).status == "interrupted"
-    assert len(calls) == 1, "no launch after the shutdown began"
+    assert len(calls) == 2, "no launch after the shutdown began"
 
 
 @pytest.mark.slow
