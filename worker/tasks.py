@@ -138,9 +138,12 @@ def _on_shutdown_signal(signum: int, _frame: Any) -> None:
     if not _interrupt.is_set():
         log.warning("shutdown requested: the run checkpoints and stops as soon as its state allows")
     _interrupt.set()
-    if _stop_file is not None:  # a multi-GPU run: rank 0 sees the file; the group stops together
+    if _stop_file is not None:  # a multi-GPU run: its ranks see the file and stop together
         with contextlib.suppress(OSError), open(_stop_file, "a", encoding="utf-8"):
             pass
+    elif _launched is not None:  # a launch that names no stop file: end its group as before
+        with contextlib.suppress(OSError):
+            os.killpg(_launched.pid, signal.SIGTERM)
 
 
 @contextlib.contextmanager

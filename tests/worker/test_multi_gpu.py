@@ -150,6 +150,35 @@ def test_a_multi_gpu_run_ends_interrupted_or_cancelled_as_rank_0_says_and_nothin
     assert len(calls) == 2, "no launch after the shutdown began"
 
 
+def test_a_shutdown_signal_creates_the_launchs_stop_file_or_else_ends_its_group(tmp_path, monkeypatch):
+    """The pool child's first SIGINT/SIGTERM during a launch: with a stop file named, it creates it
+    and leaves the ranks running (they checkpoint and stop); a launch naming none (worker.gang's)
+    has its process group ended, as before."""
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    from worker import tasks
+
+    group = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    try:
+        monkeypatch.setattr(tasks, "_interrupt", threading.Event())
+        monkeypatch.setattr(tasks, "_running", threading.Event())
+        tasks._running.set()
+        monkeypatch.setattr(tasks, "_launched", group)
+        monkeypatch.setattr(tasks, "_stop_file", str(tmp_path / "result.stop"))
+        tasks._on_shutdown_signal(signal.SIGINT, None)
+        assert (tmp_path / "result.stop").exists() and tasks._interrupt.is_set() and group.poll() is None
+
+        monkeypatch.setattr(tasks, "_stop_file", None)
+        tasks._on_shutdown_signal(signal.SIGINT, None)
+        assert group.wait(timeout=30) == -signal.SIGTERM
+    finally:
+        group.kill()
+        group.wait()
+
+
 @pytest.mark.slow
 def test_a_real_two_rank_launch_on_cpu_records_once_and_a_shutdown_interrupts_it_for_the_next_worker(
         sqlite_store, monkeypatch):
