@@ -34,6 +34,7 @@ import os
 import threading
 
 from celery import Celery
+from celery.signals import worker_init
 
 from grpo_guard.store.db import data_dir
 
@@ -102,6 +103,27 @@ def _filesystem_options() -> dict[str, object]:
         with contextlib.suppress(OSError):  # kombu reports it when the broker is actually used
             os.makedirs(path, exist_ok=True)
     return {**folders, "store_processed": False, "polling_interval": 0.5}
+
+
+@worker_init.connect
+def turn_the_embedded_loop_faster(**_: object) -> None:
+    """In a worker on the embedded broker: Celery's loop for brokers without events (``synloop``)
+    waits up to 2 s per turn for a message and, once a warm shutdown is asked for, turns one more
+    whole time before it stops (a ``finally``), so every Ctrl-C waited 2-4 s here after the run had
+    checkpointed. Each wait is capped at the broker's polling interval (0.5 s) instead: the loop
+    turns more often and notices the shutdown within about 1 s; delivery is unchanged."""
+    from kombu.transport import filesystem
+
+    original = filesystem.Transport.drain_events
+    if getattr(original, "gg_capped", False):
+        return
+
+    def drain_events(self: object, connection: object, timeout: float | None = None) -> object:
+        cap = getattr(self, "polling_interval", None) or 0.5
+        return original(self, connection, timeout=timeout if timeout is None else min(timeout, cap))
+
+    drain_events.gg_capped = True  # type: ignore[attr-defined]
+    filesystem.Transport.drain_events = drain_events  # type: ignore[method-assign]
 
 
 def make_app(url: str | None = None) -> Celery:
