@@ -387,10 +387,20 @@ class _Part:
             log.info("run %s: node %d of %d launching: %s", self.run_id, r, self.n, " ".join(cmd))
             env = training_env()
             why: str | None = None
-            if tasks.LAUNCH_FN is not None:  # test double: runs to its end
-                rc = tasks.LAUNCH_FN(cmd, env)
-            else:
-                rc, why = _watched(cmd, env, lambda: (gangs.beat(self.run_id, self.m.gang, r), should_stop())[1])
+            # Node 0: a shutdown creates its ranks' stop file (worker.ranks), so rank 0 checkpoints
+            # and the whole gang stops together, ending interrupted. Elsewhere a shutdown still
+            # ends this node's group: rank 0 could not tell that stop from the user's Stop.
+            if r == 0:
+                from worker.ranks import stop_file
+
+                tasks._stop_file = stop_file(result)
+            try:
+                if tasks.LAUNCH_FN is not None:  # test double: runs to its end
+                    rc = tasks.LAUNCH_FN(cmd, env)
+                else:
+                    rc, why = _watched(cmd, env, lambda: (gangs.beat(self.run_id, self.m.gang, r), should_stop())[1])
+            finally:
+                tasks._stop_file = None
             results = {}
             for rank in range(r * g, (r + 1) * g):
                 with contextlib.suppress(OSError, ValueError), open(f"{result}.{rank}", encoding="utf-8") as fh:
