@@ -7,6 +7,13 @@ the store with the worker's lease (so a sweep that takes the run away fences it 
 reads the run's control flags, which the trainer broadcasts; the other ranks record nothing. Each
 rank writes ``FILE.<rank>`` (JSON: status, and error + traceback on failure), from which the
 worker process that waits on the launcher ends the attempt.
+
+Shutdown: the worker, told to shut down, creates ``FILE.stop`` (:func:`stop_file`) rather than
+signalling the group (``accelerate launch`` would end the ranks on a signal). Every rank's control
+reports it as ``interrupted()`` (a file check, no database read): each rank cuts its sampling
+short and the ranks agree after it; elsewhere the trainer broadcasts rank 0's answer at the next
+point where the whole group can stop. Rank 0 checkpoints, every rank exits 0, and rank 0's result
+says ``"interrupted": true`` so the worker ends the attempt ``interrupted``.
 """
 
 from __future__ import annotations
@@ -24,6 +31,34 @@ def _write(path: str, rank: int, payload: dict[str, Any]) -> None:
     with open(tmp, "w", encoding="utf-8") as fh:
         json.dump(payload, fh)
     os.replace(tmp, f"{path}.{rank}")
+
+
+def stop_file(result_path: str) -> str:
+    """The file whose existence asks the ranks of the launch writing ``result_path`` to stop."""
+    return f"{result_path}.stop"
+
+
+class RankControl:
+    """A rank's control: ``inner`` (rank 0: the run's ``StoreControl``) plus ``interrupted()``,
+    true once the worker created the stop file. ``user_stop``: the user asked for the stop too."""
+
+    def __init__(self, inner: Any, stop_path: str) -> None:
+        self.inner, self.stop_path = inner, stop_path
+        self.user_stop = self._seen = False
+
+    def interrupted(self) -> bool:
+        self._seen = self._seen or os.path.exists(self.stop_path)
+        return self._seen
+
+    def stop_requested(self) -> bool:
+        self.user_stop = self.inner.stop_requested()
+        return self.user_stop or self.interrupted()
+
+    def take_sample_now(self) -> bool:
+        return self.inner.take_sample_now()
+
+    def take_save_now(self) -> bool:
+        return self.inner.take_save_now()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,15 +82,18 @@ def main(argv: list[str] | None = None) -> int:
         recorder = StoreRecorder(args.run_id, lease=args.lease, attempt=args.attempt,
                                  flush_interval=_env_float("GG_FLUSH_SECONDS", 0.5),
                                  heartbeat_interval=_env_float("GG_HEARTBEAT_SECONDS", 5.0))
-        control: Any = StoreControl(args.run_id, lease=args.lease)
-    else:
-        recorder, control = NullRecorder(), NullControl()
+        control = RankControl(StoreControl(args.run_id, lease=args.lease), stop_file(args.result))
+    else:  # it reads the stop file too, to cut its own sampling short (the ranks then agree)
+        recorder, control = NullRecorder(), RankControl(NullControl(), stop_file(args.result))
     try:
         config = _load_config(args.run_id)
         result = resolve_train_fn()(config, recorder, control, resume_from=args.resume)
         if rank == 0:
             recorder.close()
-        _write(args.result, rank, {"status": getattr(result, "status", None)})
+        status = getattr(result, "status", None)
+        shut_down = status == "cancelled" and rank == 0 and control.interrupted() and not control.user_stop
+        _write(args.result, rank, {"status": status, "step": getattr(result, "step", None),
+                                   "interrupted": shut_down})
         shutdown()
         return 0
     except LeaseLostError as e:

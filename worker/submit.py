@@ -37,13 +37,16 @@ def new_link_id() -> str:
     return uuid.uuid4().hex[:12]
 
 
-def enqueue(run_id: int, num_gpus: int | None = None) -> str | None:
+def enqueue(run_id: int, num_gpus: int | None = None, num_nodes: int | None = None) -> str | None:
     """Send the run's task (its row is committed). Returns None, or a warning when the broker
     could not take it: the run stays queued and a worker's sweep sends it again."""
     from worker import celery_app  # looked up per call: tests swap enqueue_run
 
     try:
-        celery_app.enqueue_run(run_id, num_gpus=num_gpus)
+        if num_nodes is not None and num_nodes > 1:
+            celery_app.enqueue_run(run_id, num_gpus=num_gpus, num_nodes=num_nodes)
+        else:  # the one-node signature, which test doubles of enqueue_run keep
+            celery_app.enqueue_run(run_id, num_gpus=num_gpus)
     except Exception as e:
         return (f"run #{run_id} is stored as queued, but its task could not be sent ({e}); "
                 "a worker sends it again once the broker is reachable")
@@ -92,7 +95,7 @@ def submit_runs(runs: Sequence[tuple[str, RunConfig]], *, name: str = "", tags: 
             queries.set_notes(rid, notes)
         ids.append(rid)
     # Enqueue only once every row exists: a worker may start the first run at once.
-    warnings = [w for rid, (_, config) in zip(ids, runs, strict=True) if (w := enqueue(rid, config.num_gpus))]
+    warnings = [w for rid, (_, config) in zip(ids, runs, strict=True) if (w := enqueue(rid, config.num_gpus, config.num_nodes))]
     warnings += list(dict.fromkeys(w for _, config in runs if (w := config.prompt_overlap_warning())))
     return Submitted(tuple(ids), tuple(warnings), link)
 

@@ -15,7 +15,9 @@ the worker's main process starts Celery's warm shutdown and sends SIGINT to its 
 (``worker_shutting_down`` below). In the child running a run, SIGINT or SIGTERM only set a flag
 that the trainer checks between the stages of an epoch (``grpo_guard.training.interrupt``): it
 checkpoints at once and the run ends ``interrupted``, which the next worker's sweep requeues at
-once. A second SIGTERM, or either signal in an idle child, acts as before (exit).
+once. A multi-GPU run's ranks learn of it from a file (``worker.ranks``), stop together at the
+next point where they can, and end it ``interrupted`` the same way. A second SIGTERM, or either
+signal in an idle child, acts as before (exit; a multi-GPU run's ranks are terminated).
 
 Which trainer runs: ``TRAIN_FN`` if a test set it, else ``GG_TRAINER=module:function`` if an
 operator set it, else ``grpo_guard.training.trainer.train``.
@@ -117,6 +119,7 @@ def preload_trainer(**_: Any) -> None:
 _interrupt = threading.Event()  # this process is being shut down
 _running = threading.Event()    # a run is in progress in this process
 _launched: subprocess.Popen | None = None  # the accelerate launcher of a multi-GPU run, if any
+_stop_file: str | None = None  # the file that asks that run's ranks to stop (worker.ranks.stop_file)
 _main_shutting_down = False  # set in the main process at shutdown; children forked after inherit it
 
 
@@ -126,13 +129,19 @@ def _on_shutdown_signal(signum: int, _frame: Any) -> None:
     if not _running.is_set() or (signum == signal.SIGTERM and _interrupt.is_set()):
         if signum == signal.SIGINT:
             return  # Celery's children ignore SIGINT; an idle child has nothing to save
+        if _launched is not None:  # not leaving the ranks behind: they end ``failed`` (resumable)
+            with contextlib.suppress(OSError):
+                os.killpg(_launched.pid, signal.SIGTERM)
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
         return
     if not _interrupt.is_set():
         log.warning("shutdown requested: the run checkpoints and stops as soon as its state allows")
     _interrupt.set()
-    if _launched is not None:  # the ranks stop together on their own SIGTERM path
+    if _stop_file is not None:  # a multi-GPU run: its ranks see the file and stop together
+        with contextlib.suppress(OSError), open(_stop_file, "a", encoding="utf-8"):
+            pass
+    elif _launched is not None:  # a launch that names no stop file: end its group as before
         with contextlib.suppress(OSError):
             os.killpg(_launched.pid, signal.SIGTERM)
 
@@ -219,11 +228,12 @@ def resolve_train_fn() -> Callable[..., Any]:
 
 
 @shared_task(name=TASK_NAME, bind=True, ignore_result=True, acks_late=True)
-def train_run(self: Any, run_id: int) -> str:
+def train_run(self: Any, run_id: int, gang: str | None = None) -> str:
     """Run ``run_id`` to its end. Returns what happened: succeeded | cancelled | failed |
-    interrupted (the worker is shutting down) | skipped (not queued) | lease-lost."""
+    interrupted (the worker is shutting down) | skipped (not queued) | lease-lost; a multi-node
+    run's gang member (``gang``: the formation a join message is for) see ``worker.gang``."""
     with _shutdown_handlers():
-        return execute_run(int(run_id), task_id=getattr(self.request, "id", None))
+        return execute_run(int(run_id), task_id=getattr(self.request, "id", None), gang=gang)
 
 
 @shared_task(name=EVAL_TASK_NAME, bind=True, ignore_result=True, acks_late=True)
@@ -235,8 +245,16 @@ def evaluate_model(self: Any, evaluation_id: int) -> str:
     return execute_queued(int(evaluation_id), device=os.environ.get("GG_EVAL_DEVICE") or None)
 
 
-def execute_run(run_id: int, *, task_id: str | None = None) -> str:
+def execute_run(run_id: int, *, task_id: str | None = None, gang: str | None = None) -> str:
     """The body of ``train_run``, callable without Celery."""
+    from worker import gang as gangs  # a multi-node run is taken by a gang of workers
+
+    if gang is not None or gangs.num_nodes_of(run_id) > 1:
+        _running.set()
+        try:
+            return gangs.execute(run_id, task_id=task_id, gang=gang)
+        finally:
+            _running.clear()
     host = os.environ.get("GG_WORKER_NAME") or socket.gethostname()
     gpu = os.environ.get("GG_WORKER_GPU") or None
 
@@ -265,10 +283,11 @@ def execute_run(run_id: int, *, task_id: str | None = None) -> str:
             train = resolve_train_fn()
             result = train(config, recorder, control, resume_from=resume_from, device="cuda" if gpu else None)
             status = getattr(result, "status", None)
-        if status not in ("succeeded", "cancelled"):
+        if status not in ("succeeded", "cancelled", "interrupted"):
             raise RuntimeError(f"the trainer returned status {status!r}; expected 'succeeded' or 'cancelled'")
         recorder.close()
-        if status == "cancelled" and _interrupt.is_set() and not control.user_stop:
+        if status == "interrupted" or (status == "cancelled" and result is not None and _interrupt.is_set()
+                                       and not control.user_stop):  # (a multi-GPU run's rank 0 said which)
             # a shutdown, not the user's stop: hand the run back for the next worker
             if not lifecycle.interrupt_run(run_id, claim.lease, step=getattr(result, "step", None)):
                 log.warning("run %s: lease lost before the interrupt could be recorded", run_id)
@@ -341,7 +360,11 @@ def data_parallel_command(run_id: int, lease: str, attempt: int, num_gpus: int, 
 
 
 def _run_data_parallel(run_id: int, claim: Any, config: Any, resume_from: str | None) -> str:
-    """Launch the ranks, wait, and return rank 0's status (or raise with the first failure)."""
+    """Launch the ranks, wait, and return rank 0's status (or raise with the first failure):
+    ``interrupted`` where this worker's shutdown stopped them (the ranks checkpointed)."""
+    global _stop_file
+    from worker.ranks import stop_file
+
     with tempfile.TemporaryDirectory(prefix=f"gg-run{run_id}-") as tmp:
         result = os.path.join(tmp, "result")
         cmd = data_parallel_command(run_id, claim.lease, claim.attempt, config.num_gpus, result, resume_from)
@@ -349,7 +372,13 @@ def _run_data_parallel(run_id: int, claim: Any, config: Any, resume_from: str | 
         from grpo_guard.training.cpu import training_env
 
         env = training_env()  # the ranks' OpenMP defaults (the user's own settings kept)
-        rc = (LAUNCH_FN or _launch)(cmd, env)
+        _stop_file = stop_file(result)  # from here a shutdown signal creates it
+        try:
+            if _interrupt.is_set():  # shut down before the launch: nothing ran, the checkpoint stands
+                return "interrupted"
+            rc = (LAUNCH_FN or _launch)(cmd, env)
+        finally:
+            _stop_file = None
         results = {}
         for rank in range(config.num_gpus):
             try:
@@ -361,7 +390,7 @@ def _run_data_parallel(run_id: int, claim: Any, config: Any, resume_from: str | 
     if first.get("status") == "lease-lost":
         return "lease-lost"
     if first.get("status") in ("succeeded", "cancelled") and rc == 0:
-        return first["status"]
+        return "interrupted" if first.get("interrupted") else first["status"]
     failed = next((r for _, r in sorted(results.items()) if r.get("status") == "failed"), None)
     if failed is not None:
         raise RankFailure(str(failed.get("error") or "a rank failed"), failed.get("traceback"))

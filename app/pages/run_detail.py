@@ -35,6 +35,7 @@ from app.common import (
     stop_run,
 )
 from app.pages import run_evaluations, run_export
+from app.pages.run_gang import gang_section
 from grpo_guard import metrics as M
 from grpo_guard.experiments.report import run_verdict
 from grpo_guard.store.entities import ACTIVE_STATUSES
@@ -297,7 +298,8 @@ def render_run(run_id: int | None, cursor: tuple | None, normalize: bool, shown:
     verdict = None if exp is None else run_cache.memo(run_id, ("exp_alarm", cursor), lambda: run_verdict(run_id, exp))
     return (*[figs[n] for n in SERIES_FIGURES], *stat_out,
             header_html(run, _summary(q, run_id), onset, exp, verdict),
-            checkpoint_rows(ckpts, best.step if best else None), files or None, status_markdown(run, health),
+            checkpoint_rows(ckpts, best.step if best else None), files or None,
+            status_markdown(run, health) + gang_section(run),
             gr.Code(value=run.traceback or "", visible=bool(run.traceback)), *controls(run.status), token)
 
 

@@ -13,6 +13,10 @@ Arms (``--arms``):
 - ``after-malloc``: ``after`` plus ``MALLOC_MMAP_THRESHOLD_=1048576`` (lower peak RSS, not a default).
 - ``after-1t``: ``after`` with one torch thread (OMP_NUM_THREADS=1), to see whether fewer threads
   would serve a shared machine better.
+- ``passive-fixed``: OMP_WAIT_POLICY=PASSIVE, torch threads fixed (the thread governor off).
+- ``gov-spin`` / ``gov-passive``: the thread governor (grpo_guard/training/threads.py) with
+  libgomp's default spinning waits / with PASSIVE.
+- ``spin-10k`` / ``spin-100k``: the governor with GOMP_SPINCOUNT=10000 / 100000.
 
 Conditions: ``quiet`` (nothing of ours beside it; other users' load is recorded with every figure)
 and ``busy`` (one competitor process beside it: ``python -c "while True: pass"``, a single pure-
@@ -42,13 +46,14 @@ sys.path.insert(0, HERE)
 
 from bench_epoch import bench_config  # noqa: E402
 
-from grpo_guard.training import cpu  # noqa: E402  (torch-free)
+from grpo_guard.training import cpu, threads  # noqa: E402
 
-ARMS = ("before", "after", "after-1t", "after-malloc", "spin-10k", "spin-100k")
+ARMS = ("before", "after", "after-1t", "after-malloc", "spin-10k", "spin-100k", "passive-fixed", "gov-spin",
+        "gov-passive")
 CONDITIONS = ("quiet", "busy")
 COMPETITOR = [sys.executable, "-c", "while True: pass"]
 SCRUB = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
-         "MALLOC_MMAP_THRESHOLD_", "MALLOC_ARENA_MAX", cpu.SWITCH)
+         "MALLOC_MMAP_THRESHOLD_", "MALLOC_ARENA_MAX", cpu.SWITCH, threads.SWITCH, cpu.THREADS_FROM_QUOTA)
 
 
 def arm_env(arm: str) -> dict[str, str]:
@@ -62,6 +67,12 @@ def arm_env(arm: str) -> dict[str, str]:
         env["OMP_NUM_THREADS"] = "1"
     elif arm == "after-malloc":
         env["MALLOC_MMAP_THRESHOLD_"] = "1048576"
+    elif arm == "passive-fixed":  # sleeping OpenMP waits, torch threads fixed (no governor)
+        env.update(OMP_WAIT_POLICY="PASSIVE", **{threads.SWITCH: "0"})
+    elif arm == "gov-spin":  # the governor with libgomp's own default wait (300,000 spins)
+        env["GOMP_SPINCOUNT"] = "300000"
+    elif arm == "gov-passive":  # the governor with sleeping waits
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
     elif arm.startswith("spin-"):  # libgomp spins this many times before it sleeps (a user value: kept)
         env["GOMP_SPINCOUNT"] = str(int(arm.removeprefix("spin-").replace("k", "000")))
     return env
@@ -124,17 +135,27 @@ def summarize(runs: list[dict], arms: list[str]) -> tuple[str, dict]:
         lines.append(f"| {a} | {q['epoch_s']:.2f} | {b['epoch_s']:.2f} | {b['epoch_s'] / q['epoch_s']:.2f}× "
                      f"| {q['peak_rss_mb']:.0f} | {b['peak_rss_mb']:.0f} | {q['ctx_switches']:.0f} / "
                      f"{b['ctx_switches']:.0f} | {q['load_at_start']:.1f} / {b['load_at_start']:.1f} |")
-    same = [r for r in runs if r["arm"] in ("before", "after", "after-malloc")]  # one thread count: bit-identical math
-    if same:
-        diff = sorted({k for r in same for k in set(r["metrics"]) ^ set(same[0]["metrics"])}
-                      | {k for r in same for k in r["metrics"] if r["metrics"].get(k) != same[0]["metrics"].get(k)
-                         and r["metrics"][k] == r["metrics"][k]})  # NaN (e.g. no gold) equals itself here
-        lines.append(f"\nmetrics of the {len(same)} before/after runs ({len(same[0]['metrics'])} logged values): "
-                     + ("identical" if not diff else f"DIFFER in {diff[:5]}"))
+    # The settings change no math, but a thread count that changes (the governor, or OMP_NUM_THREADS=1)
+    # changes float rounding in full reductions; so: identical where the count was fixed, else the
+    # largest relative difference from the first run.
+    lines.append("")
+    ref = runs[0]["metrics"]
+    for a in arms:
+        for r in (r for r in runs if r["arm"] == a):
+            if set(r["metrics"]) != set(ref):
+                lines.append(f"\n{a}/{r['condition']}: logged keys DIFFER from the first run")
+                continue
+            rel = max((abs(v - ref[k]) / max(abs(ref[k]), 1e-12) for k, v in r["metrics"].items()
+                       if isinstance(v, (int, float)) and v == v and ref[k] == ref[k]), default=0.0)
+            r["metrics_max_rel_diff"] = rel
+        rels = [r["metrics_max_rel_diff"] for r in runs if r["arm"] == a and "metrics_max_rel_diff" in r]
+        if rels:
+            lines.append(f"metrics of {a} against the first run ({len(ref)} logged values): "
+                         + ("identical" if max(rels) == 0 else f"largest relative difference {max(rels):.1e}"))
     if "before" in table and "after" in table:
         quiet = table["after"]["quiet"]["epoch_s"] / table["before"]["quiet"]["epoch_s"]
         busy = table["after"]["busy"]["epoch_s"] / table["before"]["busy"]["epoch_s"]
-        lines.append(f"\nafter / before, quiet: {quiet:.3f} ({(quiet - 1) * 100:+.1f} %); busy: {busy:.3f}")
+        lines.append(f"after / before, quiet: {quiet:.3f} ({(quiet - 1) * 100:+.1f} %); busy: {busy:.3f}")
     return "\n".join(lines), table
 
 

@@ -4,14 +4,18 @@ a base model or a checkpoint. Imported only when one of these commands runs (it 
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from grpo_guard import metrics as M
+
+if TYPE_CHECKING:
+    from grpo_guard.cli.nodes import NodePlan
 
 STOP_FILE_ENV = "GG_STOP_FILE"
 
@@ -100,12 +104,23 @@ class _ProgressRecorder:
 @click.option("--device", default=None, help="torch device (default: cuda if available, else cpu).")
 @click.option("--gpus", "gpu_ids", default=None, metavar="0,1",
               help="With num_gpus > 1: which GPUs (default: the first num_gpus of CUDA_VISIBLE_DEVICES, else 0..N-1).")
+@click.option("--nnodes", type=int, default=None,
+              help="Machines this run spans (each runs this command with its own --node-rank); sets the config's "
+                   "num_nodes, or must equal it when the config sets it. Default: SLURM_NNODES under Slurm, else num_nodes.")
+@click.option("--node-rank", "node_rank", type=int, default=None,
+              help="This machine's place, 0..nnodes-1 (node 0 holds rank 0, which alone writes). Default: SLURM_NODEID, else 0.")
+@click.option("--master", default=None, metavar="HOST:PORT",
+              help="Address of node 0 and a free port there, the same on every node. Default under Slurm: the "
+                   "first host of SLURM_JOB_NODELIST and MASTER_PORT (else 29500).")
+@click.option("--dry-run", "dry_run", is_flag=True, help="Print the command this node would run, and exit.")
 def train_cmd(config_path: str, overrides: tuple[str, ...], epochs: int | None, out_dir: str | None,
-              resume: str | None, device: str | None, gpu_ids: str | None) -> None:
+              resume: str | None, device: str | None, gpu_ids: str | None, nnodes: int | None,
+              node_rank: int | None, master: str | None, dry_run: bool) -> None:
     """Train CONFIG.yaml in the foreground with a progress bar; Ctrl-C stops cleanly with a checkpoint.
 
-    With num_gpus > 1 it starts itself under ``accelerate launch`` (one process per GPU, data
-    parallel over prompt groups); inside a launched group it is one rank and only rank 0 writes."""
+    With num_gpus > 1 or several nodes it starts itself under ``accelerate launch`` (one process
+    per GPU, data parallel over prompt groups; on several nodes accelerate's multi-node launch,
+    one command per node); inside a launched group it is one rank and only rank 0 writes."""
     from grpo_guard.config import RunConfig
     from grpo_guard.training.distributed import in_launched_group
 
@@ -113,9 +128,26 @@ def train_cmd(config_path: str, overrides: tuple[str, ...], epochs: int | None, 
     config = RunConfig.from_file(config_path, items)
     if out_dir is None:
         out_dir = os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
-    if config.num_gpus > 1 and not in_launched_group():
-        _launch_ranks(config_path, config.num_gpus, items, out_dir, resume, gpu_ids)
-        return
+    launched = in_launched_group()
+    if not launched:
+        from grpo_guard.cli.nodes import NodeError, resolve_nodes
+
+        try:
+            plan = resolve_nodes(config.num_nodes, "num_nodes" in config.fields_set(), nnodes, node_rank, master)
+        except NodeError as e:
+            raise click.UsageError(str(e)) from None
+        if plan.nnodes != config.num_nodes:  # the launch sets num_nodes; the ranks read it from --set
+            items.append(f"num_nodes={plan.nnodes}")
+            config = RunConfig.from_file(config_path, items)
+        if config.world_size() > 1:
+            _launch_ranks(config_path, config.num_gpus, items, out_dir, resume, gpu_ids, plan, dry_run)
+            return
+        if dry_run:
+            from grpo_guard.training.distributed import build_launch_command
+
+            click.echo(shlex.join(build_launch_command(config_path, 1, [0], overrides=items,
+                                                       extra_args=_rank_args(out_dir, resume, device))))
+            return
     rank = int(os.environ.get("RANK", "0") or 0) if in_launched_group() else 0
     from grpo_guard.models.base import ModelNotFoundError
     from grpo_guard.training.checkpoint import CheckpointError
@@ -153,16 +185,24 @@ def train_cmd(config_path: str, overrides: tuple[str, ...], epochs: int | None, 
         click.echo(f"{result.status} after {result.step} epochs; last checkpoint: {result.last_checkpoint}")
 
 
+def _rank_args(out_dir: str, resume: str | None, device: str | None) -> list[str]:
+    return ["--out", out_dir] + (["--resume", resume] if resume else []) + (["--device", device] if device else [])
+
+
 def _launch_ranks(config_path: str, num_gpus: int, items: list[str], out_dir: str, resume: str | None,
-                  gpu_ids: str | None) -> None:
-    """Run this same command under ``accelerate launch`` with ``num_gpus`` processes and wait.
+                  gpu_ids: str | None, plan: NodePlan, dry_run: bool = False) -> None:
+    """Run this same command under ``accelerate launch`` with this node's ``num_gpus`` processes
+    (``plan``: the :class:`~grpo_guard.cli.nodes.NodePlan`; several nodes use accelerate's own
+    multi-node launch, each node with its own machine rank) and wait.
 
     The ranks get their own session, so a terminal Ctrl-C reaches only this process: the first
     creates the stop file (rank 0 sees it at the next epoch, checkpoints, and the group stops
-    together), the second terminates the ranks."""
+    together), the second terminates the ranks. Only node 0 touches the run directory; another
+    node's stop file is private to it, so there the first Ctrl-C says to stop from node 0."""
     import subprocess
+    import tempfile
 
-    from grpo_guard.training.distributed import build_launch_command, free_port, parse_gpu_ids
+    from grpo_guard.training.distributed import free_port, launch_module_command, parse_gpu_ids
 
     spec = gpu_ids or os.environ.get("CUDA_VISIBLE_DEVICES", "")
     ids: list[int | str] = list(parse_gpu_ids(spec)[:num_gpus]) if spec else list(range(num_gpus))
@@ -175,27 +215,42 @@ def _launch_ranks(config_path: str, num_gpus: int, items: list[str], out_dir: st
     if have and have < num_gpus:
         raise click.ClickException(f"num_gpus is {num_gpus} but only {have} GPU(s) are visible; lower num_gpus "
                                    "or set CUDA_VISIBLE_DEVICES / --gpus")
-    extra = ["--out", out_dir] + (["--resume", resume] if resume else [])
+    module_args = ["grpo_guard.cli", "train", str(config_path)]
+    for item in items:
+        module_args += ["--set", item]
+    module_args += _rank_args(out_dir, resume, None)
+    port = plan.master_port if plan.master_port is not None else (None if dry_run else free_port())
     try:
-        cmd = build_launch_command(config_path, num_gpus, ids, overrides=items, main_process_port=free_port(),
-                                   extra_args=extra)
+        cmd = launch_module_command(module_args, num_gpus, ids, main_process_port=port, num_nodes=plan.nnodes,
+                                    node_rank=plan.node_rank, main_process_ip=plan.master_addr)
     except ValueError as e:
         raise click.ClickException(str(e)) from None
-    os.makedirs(out_dir, exist_ok=True)
-    stop_file = os.path.join(out_dir, ".stop-requested")
+    if dry_run:
+        click.echo(shlex.join(cmd))
+        return
+    main_node = plan.node_rank == 0
+    if main_node:
+        os.makedirs(out_dir, exist_ok=True)
+        stop_file = os.path.join(out_dir, ".stop-requested")
+    else:
+        stop_file = os.path.join(tempfile.mkdtemp(prefix="grpo-guard-node-"), ".stop-requested")
     if os.path.exists(stop_file):
         os.remove(stop_file)
-    click.echo(f"launching {num_gpus} ranks" + ("" if have else " on CPU (gloo; no GPU here)") + ": "
-               + " ".join(cmd), err=True)
+    where = f" on node {plan.node_rank} of {plan.nnodes}" + (" (from Slurm)" if plan.source == "slurm" else "")
+    click.echo(f"launching {num_gpus} ranks" + (where if plan.nnodes > 1 else "")
+               + ("" if have else " on CPU (gloo; no GPU here)") + ": " + " ".join(cmd), err=True)
     proc = subprocess.Popen(cmd, env={**os.environ, STOP_FILE_ENV: os.path.abspath(stop_file)}, start_new_session=True)
     presses = 0
 
     def on_sigint(signum, frame) -> None:
         nonlocal presses
         presses += 1
-        if presses == 1:
+        if presses == 1 and main_node:
             open(stop_file, "w").close()
             click.echo("\nstopping after this epoch (Ctrl-C again to abort without a checkpoint)", err=True)
+        elif presses == 1:
+            click.echo("\nrank 0 decides when the run stops: press Ctrl-C on node 0 for a clean stop "
+                       "(Ctrl-C again here aborts this node, and the whole run fails)", err=True)
         else:
             os.killpg(proc.pid, signal.SIGTERM)
 
@@ -206,6 +261,8 @@ def _launch_ranks(config_path: str, num_gpus: int, items: list[str], out_dir: st
         signal.signal(signal.SIGINT, old)
         if os.path.exists(stop_file):
             os.remove(stop_file)
+        if not main_node:
+            os.rmdir(os.path.dirname(stop_file))
     if rc:
         sys.exit(rc)
 

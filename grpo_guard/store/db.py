@@ -27,7 +27,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 # The single Alembic head this code expects (tests check it against the migrations folder).
-SCHEMA_REVISION = "0008"
+SCHEMA_REVISION = "0009"
 DEFAULT_DATA_DIR = ".grpo-guard"
 UPGRADE_COMMAND = "grpo-guard db upgrade"
 

@@ -19,6 +19,7 @@ Tables (natural keys in brackets; writes are upserts on them):
   experiments  one row per experiment (arms x seeds over a base config); its runs point at it
   judging_sessions, judgments  human gold: blind A/B choices on pairs of eval samples (0007)
   evaluations  one benchmark evaluation of a model (base, run + step, checkpoint file) under a protocol
+  gang_members [run_id, node_rank]  the nodes of a multi-node run's latest gang (0009, store.gangs)
 """
 
 from __future__ import annotations
@@ -312,4 +313,35 @@ class Evaluation(Base):
         CheckConstraint("status IN ('queued', 'running', 'succeeded', 'failed')", name="status"),
         Index(None, "run_id"),
         Index(None, "model_key", "benchmark", "protocol_hash"),
+    )
+
+
+GANG_STATES = ("joined", "ready", "lost", "done", "released")
+
+
+class GangMember(Base):
+    """One node of the gang that runs a multi-node run (migration 0009, ``grpo_guard.store.gangs``):
+    the latest gang of each run, one row per node rank. ``gang`` names one formation; node 0's
+    row carries the rendezvous endpoint (``address``:``port``) the other nodes launch against."""
+
+    __tablename__ = "gang_members"
+
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    node_rank: Mapped[int] = mapped_column(Integer, primary_key=True)
+    gang: Mapped[str] = mapped_column(String(36))
+    num_nodes: Mapped[int] = mapped_column(Integer)
+    num_gpus: Mapped[int] = mapped_column(Integer)  # per node: with num_nodes, the gang's queue
+    state: Mapped[str] = mapped_column(String(10))
+    worker_host: Mapped[str] = mapped_column(String(255))
+    worker_gpu: Mapped[str | None] = mapped_column(String(255))
+    address: Mapped[str | None] = mapped_column(String(255))
+    port: Mapped[int | None] = mapped_column(Integer)
+    attempt: Mapped[int | None] = mapped_column(Integer)
+    deadline: Mapped[datetime] = mapped_column(UtcDateTime)  # the gang must be complete by then
+    joined_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    heartbeat_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+    __table_args__ = (
+        CheckConstraint("state IN ({})".format(", ".join(f"'{s}'" for s in GANG_STATES)), name="state"),
+        Index(None, "gang"),
     )

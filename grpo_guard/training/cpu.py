@@ -30,6 +30,9 @@ import os
 from collections.abc import Mapping
 
 SWITCH = "GG_CPU_TUNING"
+# Set beside OMP_NUM_THREADS when that came from a CPU quota (not from the user), so the thread
+# governor (training/threads.py) knows the count is a ceiling it may work under, not a choice.
+THREADS_FROM_QUOTA = "GG_OMP_NUM_THREADS_FROM_QUOTA"
 
 # name -> value, set where the user set nothing.
 DEFAULTS: dict[str, str] = {"OMP_WAIT_POLICY": "PASSIVE"}
@@ -37,10 +40,10 @@ DEFAULTS: dict[str, str] = {"OMP_WAIT_POLICY": "PASSIVE"}
 _WAIT_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 
 
-def enabled(env: Mapping[str, str] | None = None) -> bool:
-    """False when ``GG_CPU_TUNING`` is 0/false/off/no (the settings are left out)."""
+def enabled(env: Mapping[str, str] | None = None, *, switch: str = SWITCH) -> bool:
+    """False when ``switch`` (default ``GG_CPU_TUNING``) is 0/false/off/no (the settings are left out)."""
     env = os.environ if env is None else env
-    return env.get(SWITCH, "").strip().lower() not in ("0", "false", "off", "no")
+    return env.get(switch, "").strip().lower() not in ("0", "false", "off", "no")
 
 
 def owned_cores() -> int:
@@ -90,7 +93,7 @@ def training_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
         except (AttributeError, OSError):
             visible = os.cpu_count() or 1
         if cores < visible:
-            out["OMP_NUM_THREADS"] = str(cores)
+            out["OMP_NUM_THREADS"] = out[THREADS_FROM_QUOTA] = str(cores)
     return out
 
 

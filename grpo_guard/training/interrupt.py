@@ -16,6 +16,13 @@ the process is being shut down. The trainer asks it at every point where a check
 
 In each case the trainer ends ``cancelled`` at the checkpointed epoch; the worker, which knows it
 was a shutdown and not the user's stop, marks the run ``interrupted``.
+
+With several ranks (data parallel; the worker's ranks read its stop file, ``worker.ranks``): each
+rank asks its own control between its denoising steps and the ranks agree right after sampling
+(any rank's cut stops them all, since their chunk counts differ no collective runs inside it);
+before the update and between its micro-batches rank 0's answer is broadcast (every rank puts
+its snapshot back); in its eval and after recording rank 0 asks alone and then answers the other
+ranks' next stop poll with a stop. Rank 0 alone checkpoints.
 """
 
 from __future__ import annotations

@@ -91,6 +91,8 @@ def like(whole: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     if is_sharded(ref):
         from torch.distributed.tensor import distribute_tensor
 
+        if is_sharded(whole):  # already a shard (a pre-update snapshot of this run)
+            return whole.to(ref.dtype)
         whole = whole.to(ref.to_local().device, ref.dtype)
         return distribute_tensor(whole, ref.device_mesh, ref.placements, src_data_rank=None)
     return whole.to(ref.device, ref.dtype)

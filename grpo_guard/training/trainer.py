@@ -17,11 +17,14 @@ Data parallel (``num_gpus`` > 1, one process per GPU under ``accelerate launch``
 and scores only its own prompt groups, and gathers the rewards before the advantages, so every rank
 computes the advantages of the whole batch and keeps its slice. Gradients are averaged over the ranks
 before each clip + AdamW step (the weights stay identical; LoRA init is broadcast from rank 0). Only
-rank 0 records, evaluates and checkpoints; its stop request is broadcast, so the group stops together.
+rank 0 records, evaluates and checkpoints; its stop request is broadcast, so the group stops together
+(a shutdown too: ``grpo_guard.training.interrupt``).
 With one process, every step is exactly the single-GPU trainer. Sharded weights (``parallelism: fsdp``,
 ``grpo_guard.training.sharding``): the transformer is split over the ranks, so every rank samples in
 lockstep (equal shares of groups), runs the evaluations with rank 0 (only rank 0 scores golds and
-records) and helps gather each checkpoint, which rank 0 writes in the single-process format.
+records) and helps gather each checkpoint, which rank 0 writes in the single-process format; a
+shutdown is then only acted on where all ranks are (after sampling, before and in the update,
+after recording), never by one rank alone inside a sharded forward.
 
 Deliberately left out: DanceGRPO's per-sample random step subsets are supported but untested at
 scale; no learning-rate schedule (Flow-GRPO uses a constant rate); the "hacking step" probe of §8 and
@@ -40,7 +43,7 @@ carried between epochs (and checkpointed) in ``grpo_guard.training.train_state``
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -74,6 +77,7 @@ from grpo_guard.training.setup import (
     resume_config,
     start_state,
 )
+from grpo_guard.training.threads import govern
 from grpo_guard.training.train_run import (
     TrainRun,
     checkpoint_at,
@@ -142,7 +146,14 @@ def train(config: RunConfig, recorder: Recorder, control: Control, *, resume_fro
 
     # 2. Rewards, model, optimizer, EMA, prompts, sigma tables, the fixed eval set.
     run = build_run(c, recorder, rank, world, device, backbone, rewards)
-    run.should_stop = (lambda: interrupt_requested(control)) if world == 1 else None
+    # A shutdown: each rank asks its own control while it samples (the ranks then agree, below) and
+    # rank 0 in its eval and after recording (its alone); where every rank is, rank 0's answer is
+    # broadcast (``together``; None: rank 0's control never reports one, so no rank stops early).
+    together = _interrupt_check(run, control)
+    run.should_stop = (lambda: interrupt_requested(control)) if run.is_main or together else None
+    if run.sharded:  # each sampling and eval forward is a collective: no rank may cut one short alone
+        run.should_stop = None
+    govern(run.backbone.transformer, run.backbone.device)  # torch threads follow the CPU left free
 
     # 2b. Rows per forward of the update: the config's number, or `auto`'s pick for this GPU.
     rows_per_forward, how = resolve_rows_per_forward(c, run.backbone.device)
@@ -163,7 +174,7 @@ def train(config: RunConfig, recorder: Recorder, control: Control, *, resume_fro
             evaluate_at(run, state, start)
             recorder.flush()
     except Interrupted:
-        return TrainResult("cancelled", start, stop_for_interrupt(run, state, start) or last_path)
+        return _interrupt_cut(run, state, start, last_path, alone=True)
 
     # 4. The loop: one epoch = one step.
     for epoch in range(start + 1, c.epochs + 1):
@@ -181,11 +192,13 @@ def train(config: RunConfig, recorder: Recorder, control: Control, *, resume_fro
 
         # 4b. Sample a group per prompt with the SDE sampler.
         try:
-            samples = _sample(run, epoch)
+            samples: EpochSamples | None = _sample(run, epoch)
         except Interrupted:  # nothing of this epoch is applied or recorded yet
-            return TrainResult("cancelled", epoch - 1, stop_for_interrupt(run, state, epoch - 1) or last_path)
+            samples = None
         except torch.OutOfMemoryError as e:
             raise out_of_memory_error(run, "sampling", epoch) from e
+        if _any_rank_cut(run, control, together, samples is None):
+            return _interrupt_cut(run, state, epoch - 1, last_path)
         t_sample = time.perf_counter()
 
         # 4c. Score with the proxy rewards, gathered over the ranks.
@@ -197,21 +210,21 @@ def train(config: RunConfig, recorder: Recorder, control: Control, *, resume_fro
 
         # 4e. Policy update, per denoising step, with accumulation (gradients averaged over ranks).
         #     A shutdown before or during it stops at the previous epoch, whose state is intact.
-        if _interrupted(run, control):
-            return TrainResult("cancelled", epoch - 1, stop_for_interrupt(run, state, epoch - 1) or last_path)
-        snapshot = PreUpdateSnapshot.take(run.params, run.optimizer, run.ema, state) \
-            if world == 1 and hasattr(control, "interrupted") else None
+        if together is not None and together():
+            return _interrupt_cut(run, state, epoch - 1, last_path)
+        # (every rank takes it or none: the parameter count is the same, so is ``together``)
+        snapshot = PreUpdateSnapshot.take(run.params, run.optimizer, run.ema, state) if together else None
         try:
             upd = policy_update(run.backbone, run.optimizer, run.params, samples.rollout,
                                 adv.mine.to(run.backbone.device), adv.batches, c, run.ema, state,
                                 grad_sync=ddp.all_reduce_grads if world > 1 and not run.sharded else None,
                                 lockstep=run.sharded, rows_per_forward=rows_per_forward,
-                                should_abort=(lambda: _interrupted(run, control)) if snapshot else None)
+                                should_abort=together if snapshot else None)
         except torch.OutOfMemoryError as e:
             raise out_of_memory_error(run, "policy update", epoch) from e
         except Interrupted:
             snapshot.restore(run.params, run.optimizer, run.ema, state)
-            return TrainResult("cancelled", epoch - 1, stop_for_interrupt(run, state, epoch - 1) or last_path)
+            return _interrupt_cut(run, state, epoch - 1, last_path)
         if world > 1:
             upd.scalars, upd.step_stats, upd.sigma = ddp.merge_update_stats(upd.scalars, upd.step_stats, upd.sigma)
         t_update = time.perf_counter()
@@ -224,8 +237,8 @@ def train(config: RunConfig, recorder: Recorder, control: Control, *, resume_fro
         #     eval it owes runs when the run resumes (step 3).
         if not run.collective:
             continue
-        if _interrupted(run, control):
-            return TrainResult("cancelled", epoch, stop_for_interrupt(run, state, epoch) or last_path)
+        if (together is not None and together()) if run.sharded else interrupt_requested(control):
+            return _interrupt_cut(run, state, epoch, last_path, alone=not run.sharded)
         sample_now, save_now = (control.take_sample_now(), control.take_save_now()) if run.is_main else (False, False)
         if run.sharded:
             sample_now, save_now = ddp.broadcast_flag(sample_now), ddp.broadcast_flag(save_now)
@@ -233,7 +246,7 @@ def train(config: RunConfig, recorder: Recorder, control: Control, *, resume_fro
             if epoch % c.eval_every == 0 or epoch == c.epochs or sample_now:
                 evaluate_at(run, state, epoch)
         except Interrupted:  # the epoch is recorded; its eval runs first on resume
-            return TrainResult("cancelled", epoch, stop_for_interrupt(run, state, epoch) or last_path)
+            return _interrupt_cut(run, state, epoch, last_path, alone=True)
         new_best = state.best_step == epoch  # golds are scored on rank 0 alone: its answer counts
         new_best = ddp.broadcast_flag(new_best) if run.sharded else new_best
         if epoch % c.checkpoint_every == 0 or epoch == c.epochs or new_best or save_now:
@@ -262,10 +275,43 @@ def _stop_requested(run: TrainRun, control: Control) -> bool:
     return ddp.broadcast_flag(stop) if run.world > 1 else stop
 
 
-def _interrupted(run: TrainRun, control: Control) -> bool:
-    """A shutdown of this single process, checked between an epoch's stages (no database read; a
-    data-parallel group stops at the next epoch's broadcast poll instead)."""
-    return run.world == 1 and interrupt_requested(control)
+def _interrupt_check(run: TrainRun, control: Control) -> Callable[[], bool] | None:
+    """The shutdown check at the points every rank reaches together (before the update, between its
+    micro-batches): no database read; with several ranks, rank 0's answer broadcast, so the group
+    stops at the same micro-batch. None when rank 0's control cannot report a shutdown (asked once,
+    broadcast, so every rank makes the same collectives)."""
+    can = hasattr(control, "interrupted") if run.is_main else False
+    if run.world == 1:
+        return (lambda: interrupt_requested(control)) if can else None
+    if not ddp.broadcast_flag(can):
+        return None
+    return lambda: ddp.broadcast_flag(interrupt_requested(control) if run.is_main else False)
+
+
+def _any_rank_cut(run: TrainRun, control: Control, together: Callable[[], bool] | None, cut: bool) -> bool:
+    """After sampling: whether the epoch stops for a shutdown. Each rank may have cut its own
+    sampling short (its chunk counts differ, so no collective runs inside it); with several ranks
+    they agree here, every rank stopping if any did or if a shutdown is reported now."""
+    if run.world == 1 or together is None:
+        return cut
+    return ddp.max_over_ranks(int(cut or interrupt_requested(control))) > 0
+
+
+def _interrupt_cut(run: TrainRun, state: TrainerState, step: int, last_path: str | None, *,
+                   alone: bool = False) -> TrainResult:
+    """End the run for a shutdown with the state of ``step``: rank 0 checkpoints it. Where rank 0
+    stopped ``alone`` (its eval, or after recording), the other ranks already wait in the next
+    epoch's stop poll: answer it with a stop, so the group leaves together (after the last epoch
+    they are past the loop and leave on their own)."""
+    if run.sharded:  # the ranks agreed on the cut, so all are here and gather the checkpoint together
+        path = stop_for_interrupt(run, state, step)
+        return TrainResult("cancelled", step, (path or last_path) if run.is_main else last_path)
+    if not run.is_main:
+        return TrainResult("cancelled", step, last_path)
+    last_path = stop_for_interrupt(run, state, step) or last_path
+    if alone and run.world > 1 and step < run.config.epochs:
+        ddp.broadcast_flag(True)
+    return TrainResult("cancelled", step, last_path)
 
 
 def _alarm_stop(run: TrainRun, state: TrainerState) -> bool:

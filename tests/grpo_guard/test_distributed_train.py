@@ -6,6 +6,7 @@ Each spawned run costs a few seconds (mostly imports and loading the toy model t
 
 from __future__ import annotations
 
+import datetime
 import os
 import tempfile
 
@@ -15,7 +16,7 @@ import torch
 
 from grpo_guard.config import RunConfig
 from grpo_guard.training.recording import MemoryControl, MemoryRecorder
-from tests.grpo_guard.controls import StopAfter
+from tests.grpo_guard.controls import InterruptIn, StopAfter, StopFileAt
 
 BASE = dict(backbone="toy", group_size=2, num_steps=3, eval_num_steps=2, lora_rank=4, sample_batch_size=2,
             eval_prompts=["a red circle on a blue background"], eval_seeds=[0], eval_every=1, seed=3,
@@ -37,6 +38,8 @@ def _run(cfg: RunConfig, ckpt_dir: str, control=None, resume_from=None):
     trainer.group_advantages = spy
     try:
         rec = MemoryRecorder(ckpt_dir)
+        if getattr(control, "recorder", False) is None:  # InterruptIn(after_record=True) watches it
+            control.recorder = rec
         res = trainer.train(cfg, rec, control or MemoryControl(), resume_from=resume_from)
     finally:
         trainer.group_advantages = original
@@ -44,20 +47,27 @@ def _run(cfg: RunConfig, ckpt_dir: str, control=None, resume_from=None):
 
 
 def _rank(rank: int, world: int, init_file: str, out_dir: str, cfg_json: str, stop_after: int | None,
-          resume: bool) -> None:
+          resume: bool, interrupt: tuple[int, str] | None = None) -> None:
     import torch.distributed as dist
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    # A rank left waiting in a collective fails the test in minutes, not gloo's default half hour.
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=180))
     try:
         cfg = RunConfig.from_dict(__import__("json").loads(cfg_json))
         ckpt_dir = os.path.join(out_dir, f"ckpt{rank}")
         control = StopAfter(stop_after) if stop_after is not None else None
+        if interrupt is not None and interrupt[1] == "after_record" and rank == 0:  # rank 0's control alone
+            control = InterruptIn(interrupt[0], after_record=True)
+        elif interrupt is not None:  # "sampling": rank 0 finds the stop file; rank 1 (as on another node) never
+            control = StopFileAt(os.path.join(out_dir, "stop" if rank == 0 else "elsewhere"),
+                                 interrupt[0] if rank == 0 else None)
         res, rec, calls = _run(cfg, ckpt_dir, control)
         out = {"status": res.status, "step": res.step, "last": res.last_checkpoint, "calls": calls,
                "scalars": dict(rec.scalars), "samples": len(rec.samples), "checkpoints": dict(rec.checkpoints),
                "ckpt_files": sorted(os.listdir(ckpt_dir)) if os.path.isdir(ckpt_dir) else [],
-               "weights": _trained_weights()}
+               "weights": _trained_weights(), "checks": getattr(control, "checks", None)}
         if resume:
             path = [None]
             if rank == 0:
@@ -96,11 +106,12 @@ def _install_capture() -> None:
     SD3Backbone.add_lora = add_lora
 
 
-def _spawn(cfg: RunConfig, *, stop_after: int | None = None, resume: bool = False) -> list[dict]:
+def _spawn(cfg: RunConfig, *, stop_after: int | None = None, resume: bool = False,
+           interrupt: tuple[int, str] | None = None) -> list[dict]:
     import torch.multiprocessing as mp
 
     with tempfile.TemporaryDirectory() as d:
-        mp.spawn(_rank_entry, args=(2, os.path.join(d, "init"), d, cfg.to_json(), stop_after, resume),
+        mp.spawn(_rank_entry, args=(2, os.path.join(d, "init"), d, cfg.to_json(), stop_after, resume, interrupt),
                  nprocs=2, join=True)
         return [torch.load(os.path.join(d, f"rank{r}.pt"), weights_only=False) for r in range(2)]
 
@@ -172,3 +183,30 @@ def test_uneven_ranks_stop_together_and_resume_from_the_same_checkpoint():
     assert r0["resumed_calls"][0][0].shape == (6,)
     assert r1["resumed_scalars"] == {}
     assert np.isfinite(r0["resumed_scalars"][(2, "grad_norm")])
+
+
+@pytest.mark.parametrize(("where", "cut"), [("after_record", 2), ("sampling", 1)])
+def test_a_shutdown_stops_both_ranks_at_one_checkpoint_and_both_resume_from_it(where, cut):
+    """after_record: a worker's shutdown reaches rank 0's control only, after epoch 2 is recorded,
+    where rank 0 runs alone (rank 1 already waits in epoch 3's stop poll): rank 0 checkpoints
+    epoch 2 and answers that poll. sampling: rank 0 finds the stop file while sampling epoch 2 and
+    cuts it short; rank 1, which cannot see it (another node), samples on, and after sampling the
+    ranks agree to stop: no rank computes epoch 2's advantages. Either way both ranks end
+    ``cancelled`` at one epoch (none left waiting in a collective) and both resume from rank 0's
+    checkpoint to the end with identical weights, an owed eval first. (Before the update and
+    between its micro-batches, the worker's real 2-rank test in tests/worker/test_multi_gpu.py.)"""
+    torch.set_num_threads(1)
+    cfg = RunConfig.from_dict({**BASE, "prompts_per_epoch": 3, "train_batch_size": 1, "epochs": 3,
+                               "num_gpus": 2, "eval_every": 2})
+    r0, r1 = _spawn(cfg, resume=True, interrupt=(2, where))
+    assert (r0["status"], r0["step"]) == (r1["status"], r1["step"]) == ("cancelled", cut)
+    assert r0["ckpt_files"] == [f"ckpt_{cut:06d}.json", f"ckpt_{cut:06d}.pt"] and r1["ckpt_files"] == []
+    assert max(step for step, _ in r0["scalars"]) == cut and (2, "eval/proxy") not in r0["scalars"]
+    assert len(r0["calls"]) == len(r1["calls"]) == (2 if where == "after_record" else 1)  # epochs with advantages
+    if where == "sampling":  # rank 1 asked between its denoising steps, not only where the ranks agree
+        assert r1["checks"] > 2, r1["checks"]
+    assert all(torch.equal(a, b) for a, b in zip(r0["weights"], r1["weights"], strict=True))
+    assert r0["resumed"] == r1["resumed"] == ("succeeded", 3)
+    assert all(torch.equal(a, b) for a, b in zip(r0["resumed_weights"], r1["resumed_weights"], strict=True))
+    assert sorted({step for step, key in r0["resumed_scalars"] if key == "grad_norm"}) == list(range(cut + 1, 4))
+    assert sorted({step for step, key in r0["resumed_scalars"] if key == "eval/proxy"}) == [2, 3]

@@ -67,3 +67,21 @@ def test_the_app_module_imports_no_torch_and_no_tasks():
             "bad = [m for m in ('torch', 'worker.tasks', 'diffusers') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_worker_on_the_embedded_broker_waits_at_most_its_polling_interval_per_turn(monkeypatch):
+    """Celery's loop asks the broker for up to 2 s a turn and turns once more after a shutdown is
+    asked for; in a worker (``worker_init``) the embedded broker caps each wait at its polling
+    interval, so Ctrl-C is not held up by it. Blocking waits (None) and shorter ones are kept."""
+    from kombu.transport import filesystem
+
+    asked: list[float | None] = []
+    monkeypatch.setattr(filesystem.Transport, "drain_events",
+                        lambda self, connection, timeout=None: asked.append(timeout))
+    celery_app.turn_the_embedded_loop_faster()
+    celery_app.turn_the_embedded_loop_faster()  # a second worker_init does not wrap it twice
+    transport = filesystem.Transport.__new__(filesystem.Transport)
+    transport.polling_interval = 0.5
+    for timeout in (2.0, None, 0.1):
+        filesystem.Transport.drain_events(transport, None, timeout=timeout)
+    assert asked == [0.5, None, 0.1]

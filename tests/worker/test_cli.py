@@ -115,7 +115,9 @@ def test_worker_command_line_follows_the_one_process_per_gpu_rule():
             parse_gpus(bad)
     cmd = worker_command("1", queue="q")
     assert cmd[cmd.index("-n") + 1] == "gpu1@%h" and "--max-tasks-per-child=1" in cmd
-    assert cmd[cmd.index("-c") + 1] == "1" and cmd[cmd.index("-P") + 1] == "prefork" and cmd[cmd.index("-Q") + 1] == "q"
+    assert cmd[cmd.index("-c") + 1] == "1" and cmd[cmd.index("-P") + 1] == "prefork"
+    queues = cmd[cmd.index("-Q") + 1].split(",")  # one-GPU runs, and its node of 2..8-node gangs
+    assert queues == ["q", *(f"q-{n}x1gpu" for n in range(2, 9))]
 
 
 STORE_COMMANDS = [("submit",), ("worker",), ("db", "upgrade"), ("db", "current")] + [

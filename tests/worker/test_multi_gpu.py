@@ -12,6 +12,7 @@ import pytest
 from grpo_guard.config import RunConfig
 from grpo_guard.store import queries
 from tests.storehelpers import backend_env
+from tests.worker.procs import wait_step
 from worker.cli import parse_gpus, spawn_worker, worker_command
 from worker.tasks import execute_run
 
@@ -120,28 +121,116 @@ def test_too_few_gpus_and_a_failing_rank_fail_the_run_with_a_message(sqlite_stor
     assert row.error == "ValueError: rank 1 broke" and "rank 1" in (row.traceback or "")
 
 
-@pytest.mark.slow
-def test_a_real_two_rank_launch_on_cpu_records_once(sqlite_store, monkeypatch):
-    """accelerate launch --multi_gpu with 2 processes works on CPU (gloo): the real trainer runs
-    on both ranks, rank 0 records every epoch once, with checkpoints."""
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+def test_a_multi_gpu_run_ends_interrupted_or_cancelled_as_rank_0_says_and_nothing_launches_after_a_shutdown(
+        sqlite_store, monkeypatch):
+    import threading
+
+    from worker import tasks
+
     monkeypatch.setenv("GG_WORKER_GPU", "0,1")
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(tasks, "_interrupt", threading.Event())
+    calls: list[list[str]] = []
+    monkeypatch.setattr("worker.tasks.LAUNCH_FN", _launch_double(
+        calls, {0: {"status": "cancelled", "step": 1, "interrupted": True}, 1: {"status": "cancelled"}}))
     rid = queries.create_run(RunConfig.from_dict({**TINY, "num_gpus": 2}))
+    assert execute_run(rid) == "interrupted" and queries.get_run(rid).status == "interrupted"
+
+    def users_stop_during_a_shutdown(cmd, env):  # rank 0 saw the user's stop: cancelled, not interrupted
+        tasks._interrupt.set()
+        return _launch_double(calls, {0: {"status": "cancelled", "step": 1, "interrupted": False}})(cmd, env)
+
+    monkeypatch.setattr("worker.tasks.LAUNCH_FN", users_stop_during_a_shutdown)
+    rid = queries.create_run(RunConfig.from_dict({**TINY, "num_gpus": 2}))
+    assert execute_run(rid) == "cancelled" and queries.get_run(rid).status == "cancelled"
+
+    # the worker is already shutting down when the next run arrives
+    rid = queries.create_run(RunConfig.from_dict({**TINY, "num_gpus": 2}))
+    assert execute_run(rid) == "interrupted" and queries.get_run(rid).status == "interrupted"
+    assert len(calls) == 2, "no launch after the shutdown began"
+
+
+def test_a_shutdown_signal_creates_the_launchs_stop_file_or_else_ends_its_group(tmp_path, monkeypatch):
+    """The pool child's first SIGINT/SIGTERM during a launch: with a stop file named, it creates it
+    and leaves the ranks running (they checkpoint and stop); a launch naming none (worker.gang's)
+    has its process group ended, as before."""
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    from worker import tasks
+
+    group = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    try:
+        monkeypatch.setattr(tasks, "_interrupt", threading.Event())
+        monkeypatch.setattr(tasks, "_running", threading.Event())
+        tasks._running.set()
+        monkeypatch.setattr(tasks, "_launched", group)
+        monkeypatch.setattr(tasks, "_stop_file", str(tmp_path / "result.stop"))
+        tasks._on_shutdown_signal(signal.SIGINT, None)
+        assert (tmp_path / "result.stop").exists() and tasks._interrupt.is_set() and group.poll() is None
+
+        monkeypatch.setattr(tasks, "_stop_file", None)
+        tasks._on_shutdown_signal(signal.SIGINT, None)
+        assert group.wait(timeout=30) == -signal.SIGTERM
+    finally:
+        group.kill()
+        group.wait()
+
+
+@pytest.mark.slow
+def test_a_real_two_rank_launch_on_cpu_records_once_and_a_shutdown_interrupts_it_for_the_next_worker(
+        sqlite_store, monkeypatch):
+    """accelerate launch --multi_gpu with 2 processes works on CPU (gloo): the real trainer runs on
+    both ranks and rank 0 records. The worker's shutdown signal mid-run stops the ranks together:
+    the run ends ``interrupted`` (not ``failed``) with a checkpoint of the epoch it stopped at, and
+    the next attempt resumes it to the end: every epoch trained and logged exactly once. (One test,
+    so the suite pays for two launches, not three.)"""
+    import re
+    import signal
+    import threading
+
+    from grpo_guard.store import lifecycle
+    from worker import tasks
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    for k, v in {"GG_WORKER_GPU": "0,1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}.items():
+        monkeypatch.setenv(k, v)
+    epochs = 3
+    rid = queries.create_run(RunConfig.from_dict({**TINY, "num_gpus": 2, "epochs": epochs, "checkpoint_every": 10}))
+    monkeypatch.setattr(tasks, "_interrupt", threading.Event())  # this process's shutdown flag, fresh
+    out: dict[str, str] = {}
+    worker = threading.Thread(target=lambda: out.update(status=execute_run(rid)), daemon=True)
+    worker.start()
+    wait_step(rid, 1, timeout=120)
+    tasks._on_shutdown_signal(signal.SIGINT, None)  # what the pool child does on Ctrl-C / SIGTERM
+    worker.join(timeout=120)
+    row = queries.get_run(rid)
+    assert out.get("status") == "interrupted" and row.status == "interrupted", f"{out} {row.status}: {row.error}"
+    cut = row.step
+    assert 1 <= cut < epochs, f"interrupted at step {cut}: the shutdown came too late to test anything"
+    assert [c.step for c in queries.checkpoints(rid) if c.on_disk] == [cut]
+
+    assert lifecycle.requeue_interrupted(rid)
+    monkeypatch.setattr(tasks, "_interrupt", threading.Event())  # the next worker
     assert execute_run(rid) == "succeeded", queries.get_run(rid).error
     steps, _ = queries.metric_series(rid, ["reward/total/mean"], max_points=100)["reward/total/mean"]
-    assert steps == [1, 2]
-    assert [c.step for c in queries.checkpoints(rid)] == [1, 2]
-    assert queries.sample_steps(rid) == [0, 2]  # eval_every 5: the base model and the end
-    lines = [ln.message for ln in queries.log_lines(rid)]
-    assert sum("epoch 1/2" in m for m in lines) <= 1 and sum(m.startswith("training ") for m in lines) == 1
+    assert steps == list(range(1, epochs + 1)), f"trained epochs {steps} (interrupted after {cut})"
+    assert [c.step for c in queries.checkpoints(rid)] == [cut, epochs]
+    assert queries.sample_steps(rid) == [0, epochs]  # eval_every 5: the base model and the end
+    lines = [ln.message for ln in queries.log_lines(rid, tail=10_000)]
+    logged = [int(m.group(1)) for msg in lines if (m := re.match(r"epoch (\d+)/", msg))]
+    assert sorted(logged) == list(range(1, epochs + 1)), f"an epoch was trained twice or never: {sorted(logged)}"
+    assert sum(m.startswith("training ") for m in lines) == 1  # rank 0 alone records (attempt 2: "resumed from")
+    assert sum(m.startswith("resumed from ") for m in lines) == 1
 
 
 def test_multi_gpu_runs_go_to_a_queue_only_big_enough_workers_consume(sqlite_store, monkeypatch):
     from worker import celery_app
 
     monkeypatch.delenv("GG_QUEUE", raising=False)
+    monkeypatch.setenv("GG_GANG_NODES", "0")  # no gang queues (tests/worker/test_gang.py has those)
     assert worker_command("0")[worker_command("0").index("-Q") + 1] == "runs"
     cmd = worker_command("0+1", queue="q")
     assert cmd[cmd.index("-Q") + 1] == "q,q-2gpu"
@@ -170,8 +259,13 @@ def test_the_rank_entry_point_records_on_rank_0_and_reports_its_outcome(sqlite_s
     claim = lifecycle.claim_run(rid, worker_host="test", worker_gpu="0,1")
     result = str(tmp_path / "result")
     assert ranks.main([str(rid), "--lease", claim.lease, "--attempt", "1", "--result", result]) == 0
-    assert _read(f"{result}.0") == {"status": "succeeded"}
+    assert _read(f"{result}.0") == {"status": "succeeded", "step": 2, "interrupted": False}
     assert queries.get_run(rid).step == 2  # rank 0 recorded through the store
+
+    # The worker's shutdown: the stop file makes rank 0's control report it, and the result says so.
+    open(ranks.stop_file(result), "w").close()
+    assert ranks.main([str(rid), "--lease", claim.lease, "--attempt", "1", "--result", result]) == 0
+    assert _read(f"{result}.0") == {"status": "cancelled", "step": 0, "interrupted": True}
 
     def broken(*a, **kw):
         raise ValueError("no good")

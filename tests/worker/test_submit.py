@@ -134,11 +134,11 @@ def test_enqueue_run_uses_the_given_gpu_count_without_reading_the_stored_config(
             queues.append(queue)
             return type("Result", (), {"id": "t-1"})()
 
-    def no_read(run_id: int) -> int:
+    def no_read(run_id: int) -> tuple[int, int]:
         raise AssertionError("the caller gave num_gpus; the stored config must not be read back")
 
     monkeypatch.setattr(worker.celery_app, "get_app", FakeApp)
-    monkeypatch.setattr(worker.celery_app, "_num_gpus", no_read)
+    monkeypatch.setattr(worker.celery_app, "_shape", no_read)
     rid = queries.create_run(RunConfig.from_dict({"num_gpus": 2, "prompts_per_epoch": 2}))
     assert worker.celery_app.enqueue_run(rid, num_gpus=2) == "t-1"
     assert queues == [worker.celery_app.run_queue(2)] and queries.get_run(rid).task_id == "t-1"

@@ -32,7 +32,7 @@ import torch
 from grpo_guard.config import RunConfig
 from grpo_guard.training.checkpoint import checkpoint_path, load_checkpoint
 from grpo_guard.training.recording import MemoryControl, MemoryRecorder
-from tests.grpo_guard.controls import StopAfter
+from tests.grpo_guard.controls import InterruptIn, StopAfter, StopFileAt
 
 BASE = dict(backbone="sd3", resolution=32, algorithm="flow_grpo", kl_beta=0.04, std_scope="group", group_size=2,
             prompts_per_epoch=2,
@@ -53,13 +53,30 @@ class HalfFlat:
         return np.where([p.startswith("a green") for p in prompts], 0.5, means)
 
 
-def _train(cfg: RunConfig, out: str, resume_from: str | None = None, rewards=None, stop_after: int | None = None) -> str:
+def _control(spec: list | None, rank: int, out: str):
+    """None: run to the end; ["stop", k]: the user's stop after epoch k; ["record", k]: a worker's
+    shutdown reported to rank 0 once epoch k is recorded; ["file", k]: a stop file every rank finds
+    while sampling epoch k + 1 (rank 0 creates it at that epoch's stop poll)."""
+    if spec is None:
+        return MemoryControl()
+    kind, k = spec
+    if kind == "stop":
+        return StopAfter(k)
+    if kind == "record":
+        return InterruptIn(k, after_record=True) if rank == 0 else MemoryControl()
+    return StopFileAt(os.path.join(out, "stop"), create_at=k + 1 if rank == 0 else None)
+
+
+def _train(cfg: RunConfig, out: str, resume_from: str | None = None, rewards=None, control=None,
+           stopped_at: int | None = None) -> str:
     from grpo_guard.training.trainer import train
 
     rec = MemoryRecorder(out)
-    control = StopAfter(stop_after) if stop_after is not None else MemoryControl()
+    control = control or MemoryControl()
+    if isinstance(control, InterruptIn):
+        control.recorder = rec
     res = train(cfg, rec, control, resume_from=resume_from, device="cpu", rewards=rewards)
-    assert (res.status, res.step) == (("succeeded", cfg.epochs) if stop_after is None else ("cancelled", stop_after)), res
+    assert (res.status, res.step) == (("succeeded", cfg.epochs) if stopped_at is None else ("cancelled", stopped_at)), res
     return out
 
 
@@ -69,9 +86,9 @@ def _rank(rank: int, init_file: str, out: str, jobs_json: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     try:
-        for name, cfg, resume, flat, stop_after in json.loads(jobs_json):
+        for name, cfg, resume, flat, spec in json.loads(jobs_json):
             _train(RunConfig.from_dict(cfg), os.path.join(out, name, f"rank{rank}"), resume,
-                   {"flat": HalfFlat()} if flat else None, stop_after)
+                   {"flat": HalfFlat()} if flat else None, _control(spec, rank, out), spec and spec[1])
             dist.barrier()
     finally:
         dist.destroy_process_group()
@@ -128,7 +145,10 @@ def runs(tmp_path_factory):
             ("lora-from-single", sharded["lora"].to_dict(), single_ckpt1, False, None),
             ("flat-ddp", flat.with_overrides({"num_gpus": 2}).to_dict(), None, True, None),
             ("flat-fsdp", flat.with_overrides({"num_gpus": 2, "parallelism": "fsdp"}).to_dict(), None, True, None),
-            ("full-stop", sharded["full"].with_overrides({"checkpoint_every": 100}).to_dict(), None, False, 1)]
+            ("full-stop", sharded["full"].with_overrides({"checkpoint_every": 100}).to_dict(), None, False, ["stop", 1]),
+            ("full-record", sharded["full"].with_overrides({"checkpoint_every": 100}).to_dict(), None, False,
+             ["record", 1]),
+            ("full-file", sharded["full"].with_overrides({"checkpoint_every": 100}).to_dict(), None, False, ["file", 1])]
     _spawn(jobs, str(root))
     return cfg, root
 
@@ -190,6 +210,19 @@ def test_a_stop_request_ends_both_ranks_with_one_gathered_checkpoint(runs):
     assert sorted(os.listdir(root / "full-stop" / "rank0")) == ["ckpt_000001.json", "ckpt_000001.pt"]
     assert not os.path.exists(root / "full-stop" / "rank1")
     _assert_same(checkpoint_path(str(root / "full-stop" / "rank0"), 1), checkpoint_path(str(root / "single-full"), 1))
+
+
+@pytest.mark.parametrize("name", ["full-record", "full-file"])
+def test_a_shutdown_ends_both_ranks_with_one_gathered_checkpoint(runs, name):
+    """full-record: a worker's shutdown reaches rank 0's control once epoch 1 is recorded; with sharded
+    weights rank 0 does not stop alone (the others are in the same eval and checkpoint) but broadcasts
+    it where all ranks are. full-file: every rank finds the stop file while sampling epoch 2; no rank
+    cuts a sharded forward short, they agree after sampling. Either way both ranks end cancelled at
+    epoch 1 and gather its checkpoint, which equals the single process's epoch 1."""
+    _, root = runs
+    assert sorted(os.listdir(root / name / "rank0")) == ["ckpt_000001.json", "ckpt_000001.pt"]
+    assert not os.path.exists(root / name / "rank1")
+    _assert_same(checkpoint_path(str(root / name / "rank0"), 1), checkpoint_path(str(root / "single-full"), 1))
 
 
 def test_policies_bf16_compute_fp32_reduce_and_offload_on_gpus_only():
