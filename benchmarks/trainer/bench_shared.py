@@ -9,7 +9,8 @@ with accumulation 2, float32, no KL), run for ``--epochs`` epochs; the figure is
 Arms (``--arms``):
 - ``before``: ``GG_CPU_TUNING=0`` — the behaviour of git main before grpo_guard/training/cpu.py
   (libgomp's default spinning waits).
-- ``after``: the shipped defaults (OMP_WAIT_POLICY=PASSIVE).
+- ``after``: the shipped defaults: the thread governor (grpo_guard/training/threads.py) with
+  libgomp's own waits (OMP_WAIT_POLICY=PASSIVE only where the governor cannot act).
 - ``after-malloc``: ``after`` plus ``MALLOC_MMAP_THRESHOLD_=1048576`` (lower peak RSS, not a default).
 - ``after-1t``: ``after`` with one torch thread (OMP_NUM_THREADS=1), to see whether fewer threads
   would serve a shared machine better.

@@ -1,15 +1,24 @@
-"""How a training process shares the CPU: OpenMP threads that sleep while they wait, and torch
-threads no more than the cores this process owns.
+"""How a training process shares the CPU: torch threads no more than the cores this process
+owns, and OpenMP threads that sleep while they wait wherever the thread governor cannot act.
 
 Measured (benchmarks/trainer/README.md, "CPU shared"): torch 2.13's CPU wheel runs its intra-op
 threads on GNU libgomp (``torch/lib/libgomp.so.1``; MKL on its GNU threading layer), whose idle
 threads spin for up to ~300,000 iterations before sleeping. On a quiet machine that is free; beside
 one busy process the spinning threads take the CPU from the thread that has work, and a toy epoch
-became 3× slower. ``OMP_WAIT_POLICY=PASSIVE`` makes them sleep at once (libgomp's variables
-matter: ``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT``; Intel OpenMP's ``KMP_BLOCKTIME`` does not).
-libgomp reads them once, when torch loads it, so they must be in the environment *before* torch
-is imported: the ``grpo-guard`` entry point sets them in its own environment (inherited by its
-children: workers, serve's embedded workers, ``accelerate launch`` ranks), and
+became 3× slower. Two answers, measured against each other:
+
+- the thread governor (:mod:`grpo_guard.training.threads`): torch's thread count follows the CPU
+  the other processes leave free, so beside a competitor one thread runs with no barrier to
+  wait at. It keeps the quiet speed and halves the busy epoch. It is the default.
+- ``OMP_WAIT_POLICY=PASSIVE`` (threads sleep at once): about as fast beside a competitor, but a
+  quiet epoch 7–12 % slower (thousands of futex wake-ups per second). It is set only where the
+  governor does not act on a CPU run: the user fixed ``OMP_NUM_THREADS`` above 1, or turned the
+  governor off (``GG_THREAD_GOVERNOR=0``).
+
+libgomp reads these variables once, when torch loads it (``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT``;
+Intel OpenMP's ``KMP_BLOCKTIME`` does not apply), so they must be in the environment *before*
+torch is imported: the ``grpo-guard`` entry point sets them in its own environment (inherited by
+its children: workers, serve's embedded workers, ``accelerate launch`` ranks), and
 ``worker.cli.spawn_worker`` in every worker's.
 
 Not set by default, measured: a fixed glibc mmap threshold (``MALLOC_MMAP_THRESHOLD_=1048576``)
@@ -34,8 +43,9 @@ SWITCH = "GG_CPU_TUNING"
 # governor (training/threads.py) knows the count is a ceiling it may work under, not a choice.
 THREADS_FROM_QUOTA = "GG_OMP_NUM_THREADS_FROM_QUOTA"
 
-# name -> value, set where the user set nothing.
+# name -> value, set where the user set nothing and the thread governor will not act.
 DEFAULTS: dict[str, str] = {"OMP_WAIT_POLICY": "PASSIVE"}
+GOVERNOR_SWITCH = "GG_THREAD_GOVERNOR"  # read by training/threads.py; here: is the governor off?
 # Variables that, when the user set any of them, mean they chose the OpenMP waiting themselves.
 _WAIT_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 
@@ -81,7 +91,13 @@ def training_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
     out = dict(os.environ if env is None else env)
     if not enabled(out):
         return out
-    for name, value in DEFAULTS.items():
+    user_threads = out.get("OMP_NUM_THREADS", "").strip()
+    fixed = bool(user_threads) and user_threads != out.get(THREADS_FROM_QUOTA, "").strip()
+    if not (fixed and user_threads != "1") and enabled(out, switch=GOVERNOR_SWITCH):
+        defaults: dict[str, str] = {}  # the governor keeps the threads off a competitor's core
+    else:
+        defaults = DEFAULTS
+    for name, value in defaults.items():
         if name in _WAIT_VARS and any(out.get(v, "").strip() for v in _WAIT_VARS):
             continue
         if not out.get(name, "").strip():

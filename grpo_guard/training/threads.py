@@ -31,7 +31,7 @@ from grpo_guard.training import cpu
 
 log = logging.getLogger(__name__)
 
-SWITCH = "GG_THREAD_GOVERNOR"
+SWITCH = cpu.GOVERNOR_SWITCH
 INTERVAL_S = 1.0  # long enough for /proc/stat's 10 ms ticks to be a 1 % error, short next to an epoch
 # Other processes must take at least this much of a core before a thread is given up; a quarter
 # core of background (a browser, a web server, a second idle worker) is no reason to halve speed.

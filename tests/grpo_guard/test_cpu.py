@@ -13,24 +13,40 @@ import pytest
 
 from grpo_guard.training import cpu
 
-OURS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "MALLOC_MMAP_THRESHOLD_", "OMP_NUM_THREADS", cpu.SWITCH)
+OURS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "MALLOC_MMAP_THRESHOLD_", "OMP_NUM_THREADS", cpu.SWITCH,
+        cpu.GOVERNOR_SWITCH, cpu.THREADS_FROM_QUOTA)
 
 
 @pytest.fixture
 def clean_env(monkeypatch):
-    """No CPU variable in this process's environment; whatever a test's code sets is undone."""
+    """No CPU variable in this process's environment but the thread governor off, so that
+    ``OMP_WAIT_POLICY=PASSIVE`` is added and these tests can see where the settings reach;
+    whatever a test's code sets is undone."""
     for name in OURS:
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(cpu.GOVERNOR_SWITCH, "0")
     return monkeypatch
+
+
+def test_with_the_governor_on_no_wait_policy_is_set_but_where_it_cannot_act(clean_env):
+    on = {"PATH": "/bin"}
+    assert "OMP_WAIT_POLICY" not in cpu.training_env(on), "the governor keeps the quiet speed: libgomp's own wait"
+    assert "OMP_WAIT_POLICY" not in cpu.training_env({**on, "OMP_NUM_THREADS": "1"}), "one thread never waits"
+    assert cpu.training_env({**on, "OMP_NUM_THREADS": "2"})["OMP_WAIT_POLICY"] == "PASSIVE", \
+        "threads the user fixed are not governed: they sleep while they wait"
+    quota = {**on, "OMP_NUM_THREADS": "2", cpu.THREADS_FROM_QUOTA: "2"}
+    assert "OMP_WAIT_POLICY" not in cpu.training_env(quota), "a quota's count is a ceiling the governor works under"
+    assert cpu.training_env({**on, cpu.GOVERNOR_SWITCH: "0"})["OMP_WAIT_POLICY"] == "PASSIVE"
 
 
 def test_training_env_adds_the_defaults_and_keeps_the_users_choices(clean_env, monkeypatch):
     monkeypatch.setattr(cpu, "owned_cores", lambda: len(os.sched_getaffinity(0)))
-    env = cpu.training_env({"PATH": "/bin"})
+    off = {cpu.GOVERNOR_SWITCH: "0"}
+    env = cpu.training_env({"PATH": "/bin", **off})
     assert env["OMP_WAIT_POLICY"] == "PASSIVE" and "MALLOC_MMAP_THRESHOLD_" not in env
     assert env["PATH"] == "/bin" and "OMP_NUM_THREADS" not in env, "torch's own default thread count stays"
-    assert cpu.training_env({"OMP_WAIT_POLICY": "ACTIVE"})["OMP_WAIT_POLICY"] == "ACTIVE"
-    assert "OMP_WAIT_POLICY" not in cpu.training_env({"GOMP_SPINCOUNT": "10000"}), "a spin count is a choice too"
+    assert cpu.training_env({"OMP_WAIT_POLICY": "ACTIVE", **off})["OMP_WAIT_POLICY"] == "ACTIVE"
+    assert "OMP_WAIT_POLICY" not in cpu.training_env({"GOMP_SPINCOUNT": "10000", **off}), "a spin count is a choice too"
     for off in ("0", "off", "false"):
         assert cpu.training_env({cpu.SWITCH: off}) == {cpu.SWITCH: off}
 
@@ -72,7 +88,7 @@ def test_the_grpo_guard_entry_sets_them_before_torch_loads(clean_env, tmp_path):
         "    import torch  # noqa: F401  (a training command imports torch here)\n"
         "    print(json.dumps({**seen, **{k: os.environ.get(k) for k in ('OMP_WAIT_POLICY',)}}))\n"
         "main(['envdump'])\n")
-    env = {k: v for k, v in os.environ.items() if k not in OURS}
+    env = {**{k: v for k, v in os.environ.items() if k not in OURS}, cpu.GOVERNOR_SWITCH: "0"}
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
