@@ -26,6 +26,20 @@ def cat_embeds(parts: list[Embeds]) -> Embeds:
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
 
+def check_state_fits(shapes: dict[str, tuple[int, ...]], saved: dict[str, torch.Tensor], lora_rank: int) -> None:
+    """Raise ValueError, in one sentence with an example key of each kind, when a saved trainable
+    state (``saved``) does not have exactly the keys and shapes of the model's (``shapes``)."""
+    missing, extra = sorted(set(shapes) - set(saved)), sorted(set(saved) - set(shapes))
+    bad = sorted(k for k in set(shapes) & set(saved) if tuple(shapes[k]) != tuple(saved[k].shape))
+    if missing or extra or bad:
+        kind = f"LoRA rank {lora_rank}" if lora_rank else "full transformer"
+        parts = [f"{len(missing)} missing (e.g. {missing[0]})" if missing else "",
+                 f"{len(extra)} unexpected (e.g. {extra[0]})" if extra else "",
+                 f"{len(bad)} with other shapes (e.g. {bad[0]})" if bad else ""]
+        raise ValueError(f"the saved trainable state does not fit this {kind} model: "
+                         f"{', '.join(p for p in parts if p)} keys")
+
+
 class Backbone(abc.ABC):
     """One trainable flow-matching text-to-image model."""
 

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from grpo_guard.models.base import Backbone, Embeds
+from grpo_guard.models.base import Backbone, Embeds, check_state_fits
 from grpo_guard.models.loading import (  # noqa: F401  (re-exported: older code imports them from sd3)
     check_pipeline_class,
     check_pipeline_dir,
@@ -278,16 +278,7 @@ class SD3Backbone(Backbone):
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Load what ``trainable_state_dict`` returned; a mismatch raises ``ValueError``."""
         mine = self.trainable_state_dict()
-        missing = sorted(set(mine) - set(state))
-        extra = sorted(set(state) - set(mine))
-        bad = sorted(k for k in set(mine) & set(state) if tuple(mine[k].shape) != tuple(state[k].shape))
-        if missing or extra or bad:
-            kind = f"LoRA rank {self.lora_rank}" if self.lora_rank else "full transformer"
-            parts = [f"{len(missing)} missing (e.g. {missing[0]})" if missing else "",
-                     f"{len(extra)} unexpected (e.g. {extra[0]})" if extra else "",
-                     f"{len(bad)} with other shapes (e.g. {bad[0]})" if bad else ""]
-            raise ValueError(f"the saved trainable state does not fit this {kind} model: "
-                             f"{', '.join(p for p in parts if p)} keys")
+        check_state_fits({k: tuple(v.shape) for k, v in mine.items()}, state, self.lora_rank)
         if self.lora_rank:
             from peft.utils import set_peft_model_state_dict
 

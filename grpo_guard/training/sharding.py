@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 
+from grpo_guard.models.base import check_state_fits
+
 
 def is_sharded(tensor: Any) -> bool:
     from torch.distributed.tensor import DTensor
@@ -138,15 +140,7 @@ def load_trainable_state(backbone: Any, saved: Mapping[str, torch.Tensor]) -> No
     state = _trainable_module_state(backbone)
     names = _peft_keys(backbone, list(state))
     mine = {names[k]: k for k in state if k in names}
-    missing, extra = sorted(set(mine) - set(saved)), sorted(set(saved) - set(mine))
-    bad = sorted(k for k in set(mine) & set(saved) if tuple(state[mine[k]].shape) != tuple(saved[k].shape))
-    if missing or extra or bad:
-        kind = f"LoRA rank {backbone.lora_rank}" if backbone.lora_rank else "full transformer"
-        parts = [f"{len(missing)} missing (e.g. {missing[0]})" if missing else "",
-                 f"{len(extra)} unexpected (e.g. {extra[0]})" if extra else "",
-                 f"{len(bad)} with other shapes (e.g. {bad[0]})" if bad else ""]
-        raise ValueError(f"the saved trainable state does not fit this {kind} model: "
-                         f"{', '.join(p for p in parts if p)} keys")
+    check_state_fits({k: tuple(state[m].shape) for k, m in mine.items()}, saved, backbone.lora_rank)
     live = dict(backbone.transformer.named_parameters())
     live.update(dict(backbone.transformer.named_buffers()))
     with torch.no_grad():
