@@ -11,7 +11,7 @@ became 3× slower. Two answers, measured against each other:
   the other processes leave free, so beside a competitor one thread runs with no barrier to
   wait at. It keeps the quiet speed and halves the busy epoch. It is the default.
 - ``OMP_WAIT_POLICY=PASSIVE`` (threads sleep at once): about as fast beside a competitor, but a
-  quiet epoch 7–12 % slower (thousands of futex wake-ups per second). It is set only where the
+  quiet epoch up to 12–30 % slower (thousands of futex wake-ups per second). It is set only where the
   governor does not act on a CPU run: the user fixed ``OMP_NUM_THREADS`` above 1, or turned the
   governor off (``GG_THREAD_GOVERNOR=0``).
 
