@@ -83,6 +83,16 @@ def _cgroup_quota(path: str = "/sys/fs/cgroup/cpu.max") -> float | None:
         return None
 
 
+def governor_allowed(env: Mapping[str, str] | None = None) -> bool:
+    """Whether the thread governor (training/threads.py) may set the thread count: CPU tuning and
+    ``GG_THREAD_GOVERNOR`` on, and no ``OMP_NUM_THREADS`` the user fixed (a CPU quota's count,
+    marked by ``THREADS_FROM_QUOTA``, is a ceiling it works under)."""
+    env = os.environ if env is None else env
+    threads = env.get("OMP_NUM_THREADS", "").strip()
+    fixed = bool(threads) and threads != env.get(THREADS_FROM_QUOTA, "").strip()
+    return enabled(env) and enabled(env, switch=GOVERNOR_SWITCH) and not fixed
+
+
 def training_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
     """A copy of ``env`` (default: this process's environment) with the defaults added wherever
     the user set nothing, for a training process about to be started. With a CPU quota below the
@@ -91,12 +101,10 @@ def training_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
     out = dict(os.environ if env is None else env)
     if not enabled(out):
         return out
-    user_threads = out.get("OMP_NUM_THREADS", "").strip()
-    fixed = bool(user_threads) and user_threads != out.get(THREADS_FROM_QUOTA, "").strip()
-    if not (fixed and user_threads != "1") and enabled(out, switch=GOVERNOR_SWITCH):
-        defaults: dict[str, str] = {}  # the governor keeps the threads off a competitor's core
-    else:
-        defaults = DEFAULTS
+    one_thread = out.get("OMP_NUM_THREADS", "").strip() == "1" and enabled(out, switch=GOVERNOR_SWITCH)
+    # where the governor keeps the threads off a competitor's core (or one thread never waits),
+    # libgomp's own waits keep the quiet speed
+    defaults = {} if governor_allowed(out) or one_thread else DEFAULTS
     for name, value in defaults.items():
         if name in _WAIT_VARS and any(out.get(v, "").strip() for v in _WAIT_VARS):
             continue

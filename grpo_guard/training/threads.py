@@ -124,9 +124,7 @@ def governor_for(device: object) -> ThreadGovernor | None:
     """A governor for a run on ``device``, or None where it must not act: a CUDA device,
     ``GG_THREAD_GOVERNOR=0``, ``GG_CPU_TUNING=0``, a thread count the user fixed (``OMP_NUM_THREADS``), one torch thread, a
     system without ``/proc/stat``."""
-    if "cuda" in str(device) or not cpu.enabled() or not cpu.enabled(switch=SWITCH) \
-            or os.environ.get("OMP_NUM_THREADS", "").strip() \
-            and os.environ.get(cpu.THREADS_FROM_QUOTA) != os.environ.get("OMP_NUM_THREADS"):
+    if "cuda" in str(device) or not cpu.governor_allowed():
         return None
     try:
         gov = ThreadGovernor()
