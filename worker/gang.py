@@ -43,6 +43,7 @@ from collections.abc import Callable
 from typing import Any
 
 from grpo_guard.store import gangs, lifecycle
+from grpo_guard.training.distributed import free_port
 
 log = logging.getLogger("worker.gang")
 
@@ -80,12 +81,6 @@ def worker_address() -> str:
         return "127.0.0.1"
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("", 0))
-        return int(s.getsockname()[1])
-
-
 def num_nodes_of(run_id: int) -> int:
     """The stored config's num_nodes (1 when there is none to read: the ordinary path reports it)."""
     stored = lifecycle.stored_config(run_id)
@@ -120,7 +115,7 @@ def execute(run_id: int, *, task_id: str | None = None, gang: str | None = None)
                f"start its workers with --gpus {'+'.join(map(str, range(config.num_gpus)))}")
         lifecycle.fail_unclaimed(run_id, msg)
         return "failed"
-    address, port = worker_address(), _free_port()
+    address, port = worker_address(), free_port("")
     if gang is not None:
         member = gangs.join(run_id, gang, host=host, gpu=gpu)
     else:
@@ -390,17 +385,11 @@ class _Part:
             # Node 0: a shutdown creates its ranks' stop file (worker.ranks), so rank 0 checkpoints
             # and the whole gang stops together, ending interrupted. Elsewhere a shutdown still
             # ends this node's group: rank 0 could not tell that stop from the user's Stop.
-            if r == 0:
-                from worker.ranks import stop_file
-
-                tasks._stop_file = stop_file(result)
-            try:
+            with tasks.stopped_by_file(result) if r == 0 else contextlib.nullcontext():
                 if tasks.LAUNCH_FN is not None:  # test double: runs to its end
                     rc = tasks.LAUNCH_FN(cmd, env)
                 else:
                     rc, why = _watched(cmd, env, lambda: (gangs.beat(self.run_id, self.m.gang, r), should_stop())[1])
-            finally:
-                tasks._stop_file = None
             results = {}
             for rank in range(r * g, (r + 1) * g):
                 with contextlib.suppress(OSError, ValueError), open(f"{result}.{rank}", encoding="utf-8") as fh:

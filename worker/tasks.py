@@ -362,9 +362,6 @@ def data_parallel_command(run_id: int, lease: str, attempt: int, num_gpus: int, 
 def _run_data_parallel(run_id: int, claim: Any, config: Any, resume_from: str | None) -> str:
     """Launch the ranks, wait, and return rank 0's status (or raise with the first failure):
     ``interrupted`` where this worker's shutdown stopped them (the ranks checkpointed)."""
-    global _stop_file
-    from worker.ranks import stop_file
-
     with tempfile.TemporaryDirectory(prefix=f"gg-run{run_id}-") as tmp:
         result = os.path.join(tmp, "result")
         cmd = data_parallel_command(run_id, claim.lease, claim.attempt, config.num_gpus, result, resume_from)
@@ -372,13 +369,10 @@ def _run_data_parallel(run_id: int, claim: Any, config: Any, resume_from: str | 
         from grpo_guard.training.cpu import training_env
 
         env = training_env()  # the ranks' OpenMP defaults (the user's own settings kept)
-        _stop_file = stop_file(result)  # from here a shutdown signal creates it
-        try:
+        with stopped_by_file(result):
             if _interrupt.is_set():  # shut down before the launch: nothing ran, the checkpoint stands
                 return "interrupted"
             rc = (LAUNCH_FN or _launch)(cmd, env)
-        finally:
-            _stop_file = None
         results = {}
         for rank in range(config.num_gpus):
             try:
@@ -396,6 +390,20 @@ def _run_data_parallel(run_id: int, claim: Any, config: Any, resume_from: str | 
         raise RankFailure(str(failed.get("error") or "a rank failed"), failed.get("traceback"))
     raise RunSetupError(f"the data-parallel launch ended with exit code {rc} and no result from rank 0; "
                         "see the worker's log for the ranks' output")
+
+
+@contextlib.contextmanager
+def stopped_by_file(result_path: str) -> Any:
+    """While the ranks reporting to ``result_path`` run, a shutdown signal creates their stop
+    file (``worker.ranks.stop_file``) instead of ending their process group."""
+    global _stop_file
+    from worker.ranks import stop_file
+
+    _stop_file = stop_file(result_path)
+    try:
+        yield
+    finally:
+        _stop_file = None
 
 
 def _launch(cmd: list[str], env: dict[str, str]) -> int:

@@ -197,13 +197,14 @@ def in_launched_group() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port free on this host now (the rendezvous port of one launched run, so two runs on
-    one machine do not both take accelerate's default 29500)."""
+    one machine do not both take accelerate's default 29500); ``host=""``: free on every interface
+    (a gang's node 0, which other machines reach)."""
     import socket
 
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return int(s.getsockname()[1])
 
 
