@@ -149,10 +149,10 @@ def train(config: RunConfig, recorder: Recorder, control: Control, *, resume_fro
     # A shutdown: each rank asks its own control while it samples (the ranks then agree, below) and
     # rank 0 in its eval and after recording (its alone); where every rank is, rank 0's answer is
     # broadcast (``together``; None: rank 0's control never reports one, so no rank stops early).
+    # With sharded weights each sampling and eval forward is a collective: no rank cuts one short alone.
     together = _interrupt_check(run, control)
-    run.should_stop = (lambda: interrupt_requested(control)) if run.is_main or together else None
-    if run.sharded:  # each sampling and eval forward is a collective: no rank may cut one short alone
-        run.should_stop = None
+    run.should_stop = (lambda: interrupt_requested(control)) \
+        if not run.sharded and (run.is_main or together) else None
     govern(run.backbone.transformer, run.backbone.device)  # torch threads follow the CPU left free
 
     # 2b. Rows per forward of the update: the config's number, or `auto`'s pick for this GPU.
