@@ -226,10 +226,10 @@ class _Part:
         m = self.m
         grace = stale_s()
         while True:
-            mine, head = gangs.state_of(self.run_id, m.gang, m.node_rank), gangs.state_of(self.run_id, m.gang, 0)
+            mine, head = gangs.states_of(self.run_id, m.gang, (m.node_rank, 0))
             if mine == "ready":
                 break
-            if mine != "joined" or head != "joined":
+            if mine != "joined" or head not in ("joined", "ready"):  # ready: sealed, this node's row next
                 return "gang-timeout"  # node 0 released the formation
             if time.monotonic() > self._deadline() + grace:  # node 0 died while forming
                 gangs.leave(self.run_id, m.gang, m.node_rank)

@@ -206,6 +206,10 @@ def execute_queued(evaluation_id: int, *, device: str | None = None) -> str:
         return "failed"
     try:
         evaluate(request, device=device, evaluation_id=evaluation_id)
-    except Exception:  # noqa: BLE001 - run_stored recorded the reason on the row
+    except Exception as e:  # noqa: BLE001 - the reason goes on the row, where its page shows it
+        # run_stored recorded it; a failure before it (building the scorers) left the row running
+        current = store.get_evaluation(evaluation_id)
+        if current is not None and current.status == "running":
+            store.fail_evaluation(evaluation_id, f"{type(e).__name__}: {e}")
         return "failed"
     return "succeeded"

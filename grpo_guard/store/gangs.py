@@ -226,6 +226,17 @@ def state_of(run_id: int, gang: str, node_rank: int) -> str | None:
                                                        GangMember.node_rank == int(node_rank)))
 
 
+def states_of(run_id: int, gang: str, node_ranks: tuple[int, ...]) -> tuple[str | None, ...]:
+    """The states of several nodes of one formation read in one statement: two separate reads
+    can straddle node 0's seal (a node read ``joined`` before it and node 0 ``ready`` after it,
+    and took the formation for released)."""
+    with session_scope() as s:
+        rows = dict(s.execute(select(GangMember.node_rank, GangMember.state).where(
+            GangMember.run_id == int(run_id), GangMember.gang == gang,
+            GangMember.node_rank.in_([int(r) for r in node_ranks]))).all())
+    return tuple(rows.get(int(r)) for r in node_ranks)
+
+
 def beat(run_id: int, gang: str, node_rank: int) -> None:
     """This node is alive (its worker waits on its launch)."""
     with session_scope(write=True) as s:

@@ -84,7 +84,8 @@ def test_click_evaluate_then_the_table_equals_the_store(server, store_env):
         msg.wait_for()
         eid = int(msg.get_attribute("data-evaluation-id"))
         assert ev.get_evaluation(eid).status == "queued", "the request thread only queues the evaluation"
-        assert execute_queued(eid) == "succeeded"  # what the worker's task does
+        outcome = execute_queued(eid)  # what the worker's task does
+        assert outcome == "succeeded", [(r.id, r.model.kind, r.status, r.error) for r in ev.list_evaluations()]
         page.locator("button[role=tab]:has-text('Evaluations')").first.click()
         cell = page.locator(f'#run-evaluations td[data-eval="{eid}"][data-metric="toy_alignment"]')
         _wait_for(lambda: cell.count() == 1, 60, "the evaluations table")

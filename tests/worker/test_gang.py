@@ -265,3 +265,28 @@ def test_node_0_shut_down_mid_run_leaves_the_run_interrupted_for_the_next_gang(w
     rid = queries.create_run(RunConfig.from_dict(TWO_NODES))
     assert sorted(_two_takers(rid)) == ["interrupted", "node-done"]
     assert queries.get_run(rid).status == "interrupted"
+
+
+def test_a_follower_that_reads_the_seal_half_done_still_launches(world, monkeypatch):
+    """CI once saw a follower read its own row before node 0's seal and node 0's after it, take
+    the formation for released and return gang-timeout, leaving node 0 to wait for it. The
+    states are now read in one statement, and a sealed node 0 beside a ``joined`` own row means
+    "look again", never "released"."""
+    from worker.gang import _Part
+
+    rid = queries.create_run(RunConfig.from_dict(TWO_NODES))
+    take = dict(gpu=None, address="127.0.0.1", port=1, timeout_s=30)
+    lead, one = (gangs.take(rid, 2, host=f"w{i}", **take) for i in range(2))
+    assert gangs.states_of(rid, lead.gang, (1, 0, 7)) == ("joined", "joined", None)
+    reads = iter([("joined", "ready")])
+    real = gangs.states_of
+    monkeypatch.setattr(gangs, "states_of", lambda *a: next(reads, None) or real(*a))
+    from grpo_guard.store import lifecycle
+
+    claim = lifecycle.claim_run(rid, worker_host="w0")
+    assert gangs.seal(rid, lead.gang, 2, claim.attempt)
+    launched: list[str] = []
+    monkeypatch.setattr(_Part, "_launch", lambda self, lease, attempt, resume, stop: launched.append(lease)
+                        or (0, {}, None))
+    assert _Part(rid, one, RunConfig.from_dict(TWO_NODES), ["0"], "w1", None, None).follow() == "node-done"
+    assert launched == ["-"]

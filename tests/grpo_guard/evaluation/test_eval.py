@@ -166,6 +166,24 @@ def test_submit_queues_a_row_and_the_worker_task_fills_it(store, toy_config):
     assert row.status == "succeeded" and set(row.metrics) == {"toy_alignment", "toy_fidelity", "toy_palette_purity"}
 
 
+def test_a_queued_evaluation_whose_scorers_cannot_be_built_says_why_on_its_row(store, toy_config, monkeypatch):
+    """The scorers are built before the row's own try: the row once stayed ``running`` for ever."""
+    from grpo_guard.evaluation import runner
+
+    cfg_path, prompts = toy_config
+    res = _eval("--benchmark", "toy", "--config", cfg_path, "--prompts", prompts, "--images-per-prompt", "1",
+                "--submit")
+    eid = int(res.output.strip().splitlines()[-1])
+
+    def no_scorers(request):
+        raise OSError("the scorer's weights are not readable")
+
+    monkeypatch.setattr(runner, "build_scorers", no_scorers)
+    assert runner.execute_queued(eid) == "failed"
+    row = ev.get_evaluation(eid)
+    assert (row.status, row.error) == ("failed", "OSError: the scorer's weights are not readable")
+
+
 def _cached(repo):
     try:
         from huggingface_hub import snapshot_download
