@@ -84,7 +84,7 @@ def spawn_worker(gpu: str | None = None, *, queue: str | None = None, loglevel: 
     from grpo_guard.training.cpu import training_env
 
     child_env = training_env(os.environ if env is None else env)  # OpenMP defaults before its torch
-    child_env["GG_SUPERVISED"] = "1"  # worker.tasks.exit_without_pool_finalizers
+    child_env["GG_SUPERVISED"] = "1"  # worker.shutdown.exit_without_pool_finalizers
     if gpu is not None:  # "0+1": this worker owns GPUs 0 and 1 (multi-GPU runs launch on both)
         child_env["CUDA_VISIBLE_DEVICES"] = str(gpu).replace("+", ",")
         child_env["GG_WORKER_GPU"] = str(gpu).replace("+", ",")

@@ -44,6 +44,8 @@ from typing import Any
 
 from grpo_guard.store import gangs, lifecycle
 from grpo_guard.training.distributed import free_port
+from worker import shutdown
+from worker.attempt import RankFailure, RunSetupError, describe, env_float, finish, load_config, resume_point
 
 log = logging.getLogger("worker.gang")
 
@@ -52,21 +54,14 @@ DEFAULT_STALE_S = 30.0
 POLL_S = 0.2
 
 
-def _env_float(name: str, default: float) -> float:
-    try:
-        return float(os.environ.get(name, default))
-    except ValueError:
-        return default
-
-
 def timeout_s() -> float:
     """GG_GANG_TIMEOUT_S: how long a formation waits for all its nodes."""
-    return _env_float("GG_GANG_TIMEOUT_S", DEFAULT_TIMEOUT_S)
+    return env_float("GG_GANG_TIMEOUT_S", DEFAULT_TIMEOUT_S)
 
 
 def stale_s() -> float:
     """GG_GANG_STALE_S: a ready node whose worker has not beaten for this long is lost."""
-    return _env_float("GG_GANG_STALE_S", DEFAULT_STALE_S)
+    return env_float("GG_GANG_STALE_S", DEFAULT_STALE_S)
 
 
 def worker_address() -> str:
@@ -101,8 +96,8 @@ def execute(run_id: int, *, task_id: str | None = None, gang: str | None = None)
     host = os.environ.get("GG_WORKER_NAME") or socket.gethostname()
     gpu = os.environ.get("GG_WORKER_GPU") or None
     try:
-        config = tasks._load_config(run_id)
-    except tasks.RunSetupError as e:
+        config = load_config(run_id)
+    except RunSetupError as e:
         if lifecycle.fail_unclaimed(run_id, str(e)):
             log.error("run %s failed: %s", run_id, e)
             return "failed"
@@ -150,7 +145,7 @@ class _Part:
             if gangs.run_state(self.run_id)[0] != "queued":  # cancelled or deleted while forming
                 gangs.release(self.run_id, m.gang)
                 return "skipped"
-            if _shutting_down():  # this worker is being shut down: the run goes to the next gang
+            if shutdown.shutting_down():  # this worker is being shut down: the run goes to the next gang
                 gangs.release(self.run_id, m.gang)
                 _send_again(self.run_id)
                 return "interrupted"
@@ -198,7 +193,7 @@ class _Part:
         log.info("run %s: this worker joins run %s's gang as node %d instead", self.run_id, other_run,
                  joined.node_rank)
         try:
-            config = _config(other_run)
+            config = load_config(other_run)
         except Exception as e:  # its own node 0 reports a bad config; leave its gang
             log.warning("run %s: cannot join run %s's gang (%s)", self.run_id, other_run, e)
             gangs.leave(other_run, other_gang, joined.node_rank)
@@ -234,7 +229,7 @@ class _Part:
             if time.monotonic() > self._deadline() + grace:  # node 0 died while forming
                 gangs.leave(self.run_id, m.gang, m.node_rank)
                 return "gang-timeout"
-            if _shutting_down() and gangs.leave(self.run_id, m.gang, m.node_rank):
+            if shutdown.shutting_down() and gangs.leave(self.run_id, m.gang, m.node_rank):
                 self._send_join()  # another worker takes this node's place
                 return "interrupted"
             self._beat()
@@ -267,15 +262,14 @@ class _Part:
     def _run_as_node_0(self, claim: Any) -> str:
         from grpo_guard.store.lifecycle import LeaseLostError
         from grpo_guard.store.recorder import StoreRecorder
-        from worker import tasks
 
         recorder = StoreRecorder(self.run_id, lease=claim.lease, attempt=claim.attempt,
-                                 flush_interval=tasks._env_float("GG_FLUSH_SECONDS", 0.5),
-                                 heartbeat_interval=tasks._env_float("GG_HEARTBEAT_SECONDS", 5.0))
+                                 flush_interval=env_float("GG_FLUSH_SECONDS", 0.5),
+                                 heartbeat_interval=env_float("GG_HEARTBEAT_SECONDS", 5.0))
         try:
             nodes = ", ".join(f"node {x.node_rank} {x.worker_host}" for x in gangs.members(self.run_id))
             recorder.log_line(f"gang of {self.n} nodes × {self.config.num_gpus} GPU(s): {nodes}")
-            resume = tasks._resume_point(self.run_id, claim.attempt, recorder)
+            resume = resume_point(self.run_id, claim.attempt, recorder)
             recorder.flush()
             rc, results, why = self._launch(claim.lease, claim.attempt, resume, self._leader_should_stop())
             first = results.get(0) or {}
@@ -284,11 +278,11 @@ class _Part:
                 return "lease-lost"
             # a shutdown (Ctrl-C, SIGTERM) ends the launcher with a signal's exit code after the
             # ranks checkpointed and stopped together
-            if not why and first.get("status") in ("succeeded", "cancelled") and (rc == 0 or _shutting_down()):
+            if not why and first.get("status") in ("succeeded", "cancelled") and (rc == 0 or shutdown.shutting_down()):
                 gangs.end(self.run_id, self.m.gang, 0, "done")
                 recorder.close()
                 return self._finish(claim, first["status"])
-            if _shutting_down():  # stopped before rank 0 could report: the sweep resumes it at once
+            if shutdown.shutting_down():  # stopped before rank 0 could report: the sweep resumes it at once
                 gangs.end(self.run_id, self.m.gang, 0, "done")
                 with contextlib.suppress(Exception):
                     recorder.close()
@@ -303,7 +297,7 @@ class _Part:
                     recorder.close()
                 return self._requeue(claim, reason)
             failed = next((r for _, r in sorted(results.items()) if r.get("status") == "failed"), None) or {}
-            raise tasks.RankFailure(str(failed.get("error") or f"the gang's launch on node 0 exited with {rc}"),
+            raise RankFailure(str(failed.get("error") or f"the gang's launch on node 0 exited with {rc}"),
                                     failed.get("traceback"))
         except LeaseLostError as e:
             log.warning("run %s: %s", self.run_id, e)
@@ -311,11 +305,11 @@ class _Part:
         except Exception as e:
             import traceback
 
-            message = tasks._describe(e)
+            message = describe(e)
             with contextlib.suppress(Exception):
                 recorder.log_line(f"failed: {message}", "error")
                 recorder.close()
-            tasks._finish(self.run_id, claim.lease, "failed", error=message,
+            finish(self.run_id, claim.lease, "failed", error=message,
                           tb=getattr(e, "rank_traceback", None) or traceback.format_exc())
             gangs.end(self.run_id, self.m.gang, 0, "done")
             return "failed"
@@ -340,20 +334,18 @@ class _Part:
             time.sleep(POLL_S)
 
     def _finish(self, claim: Any, status: str) -> str:
-        from worker import tasks
 
-        if status == "cancelled" and tasks._interrupt.is_set() and not _user_stopped(self.run_id):
+        if status == "cancelled" and shutdown.shutting_down() and not _user_stopped(self.run_id):
             lifecycle.interrupt_run(self.run_id, claim.lease)
             return "interrupted"
-        tasks._finish(self.run_id, claim.lease, status)
+        finish(self.run_id, claim.lease, status)
         return status
 
     def _requeue(self, claim: Any, reason: str) -> str:
-        from worker import tasks
 
-        limit = int(_env_float("GG_MAX_ATTEMPTS", 3))
+        limit = int(env_float("GG_MAX_ATTEMPTS", 3))
         if claim.attempt >= limit:  # as for a lost worker: a run lost that often fails
-            tasks._finish(self.run_id, claim.lease, "failed",
+            finish(self.run_id, claim.lease, "failed",
                           error=f"{reason} (attempt {claim.attempt} of at most {limit}); resume it to try again")
             return "failed"
         log.warning("run %s: %s: requeued", self.run_id, reason)
@@ -385,7 +377,7 @@ class _Part:
             # Node 0: a shutdown creates its ranks' stop file (worker.ranks), so rank 0 checkpoints
             # and the whole gang stops together, ending interrupted. Elsewhere a shutdown still
             # ends this node's group: rank 0 could not tell that stop from the user's Stop.
-            with tasks.stopped_by_file(result) if r == 0 else contextlib.nullcontext():
+            with shutdown.stopped_by_file(result) if r == 0 else contextlib.nullcontext():
                 if tasks.LAUNCH_FN is not None:  # test double: runs to its end
                     rc = tasks.LAUNCH_FN(cmd, env)
                 else:
@@ -400,11 +392,14 @@ class _Part:
 def _watched(cmd: list[str], env: dict[str, str], check: Callable[[], str | None]) -> tuple[int, str | None]:
     """Run the launcher in its own process group; every second ``check()`` (which beats this node
     in the store) may say why it must stop, and the group is then ended. A shutdown signal
-    reaches the group through ``worker.tasks`` as for a one-node launch."""
-    from worker import tasks
+    reaches the group through ``worker.shutdown`` as for a one-node launch."""
 
     proc = subprocess.Popen(cmd, env=env, start_new_session=True)
-    tasks._launched = proc
+    with shutdown.tracking(proc):
+        return _watch(proc, check)
+
+
+def _watch(proc: subprocess.Popen, check: Callable[[], str | None]) -> tuple[int, str | None]:
     why: str | None = None
     try:
         while proc.poll() is None:
@@ -421,8 +416,6 @@ def _watched(cmd: list[str], env: dict[str, str], check: Callable[[], str | None
     except BaseException:
         _end_group(proc)
         raise
-    finally:
-        tasks._launched = None
 
 
 def _end_group(proc: subprocess.Popen) -> None:
@@ -436,23 +429,11 @@ def _end_group(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def _config(run_id: int) -> Any:
-    from worker import tasks
-
-    return tasks._load_config(run_id)
-
-
 def _checkpoint_path(run_id: int) -> str | None:
     from grpo_guard.store.artifacts import resolve
 
     latest = lifecycle.latest_checkpoint(run_id)
     return resolve(latest[1]) if latest else None
-
-
-def _shutting_down() -> bool:
-    from worker import tasks
-
-    return tasks._interrupt.is_set()
 
 
 def _user_stopped(run_id: int) -> bool:

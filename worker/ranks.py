@@ -74,19 +74,20 @@ def main(argv: list[str] | None = None) -> int:
     from grpo_guard.store.recorder import StoreControl, StoreRecorder
     from grpo_guard.training.distributed import init_from_env, shutdown
     from grpo_guard.training.recording import NullControl, NullRecorder
-    from worker.tasks import _describe, _env_float, _load_config, resolve_train_fn
+    from worker.attempt import describe, env_float, load_config
+    from worker.tasks import resolve_train_fn
 
     rank, _world = init_from_env()
     recorder: Any
     if rank == 0:
         recorder = StoreRecorder(args.run_id, lease=args.lease, attempt=args.attempt,
-                                 flush_interval=_env_float("GG_FLUSH_SECONDS", 0.5),
-                                 heartbeat_interval=_env_float("GG_HEARTBEAT_SECONDS", 5.0))
+                                 flush_interval=env_float("GG_FLUSH_SECONDS", 0.5),
+                                 heartbeat_interval=env_float("GG_HEARTBEAT_SECONDS", 5.0))
         control = RankControl(StoreControl(args.run_id, lease=args.lease), stop_file(args.result))
     else:  # it reads the stop file too, to cut its own sampling short (the ranks then agree)
         recorder, control = NullRecorder(), RankControl(NullControl(), stop_file(args.result))
     try:
-        config = _load_config(args.run_id)
+        config = load_config(args.run_id)
         result = resolve_train_fn()(config, recorder, control, resume_from=args.resume)
         if rank == 0:
             recorder.close()
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         _write(args.result, rank, {"status": "lease-lost", "error": str(e)})
         return 1
     except Exception as e:
-        _write(args.result, rank, {"status": "failed", "error": _describe(e), "traceback": traceback.format_exc()})
+        _write(args.result, rank, {"status": "failed", "error": describe(e), "traceback": traceback.format_exc()})
         if rank == 0:
             with contextlib.suppress(Exception):  # the store may be what failed; the worker records the end
                 recorder.close()

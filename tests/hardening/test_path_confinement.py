@@ -148,13 +148,13 @@ def test_the_worker_confines_a_stored_config_to_its_own_roots(store, tree, tmp_p
     """A stored config has no directory: the worker reads only under its GG_PROMPTS_DIR and the
     built-in sets, and the run fails with one stored sentence otherwise."""
     from grpo_guard.store import lifecycle, queries
-    from worker import tasks
+    from worker import attempt, tasks
 
     run_id = queries.create_run(RunConfig.from_dict({"epochs": 2}))
 
     def load(spec: str) -> RunConfig:
         monkeypatch.setattr(lifecycle, "stored_config", lambda rid: (json.dumps({"epochs": 2, "prompts": spec}),))
-        return tasks._load_config(run_id)
+        return attempt.load_config(run_id)
 
     for spec in ("file:/proc/self/environ", "file:/etc/passwd", f"file:{tree / 'good.txt'}", "file:good.txt"):
         with pytest.raises(tasks.RunSetupError) as err:

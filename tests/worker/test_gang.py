@@ -229,11 +229,11 @@ def test_a_real_two_node_gang_trains_the_toy_model_and_records_once(tmp_path, mo
 
 
 def test_a_worker_shut_down_while_its_gang_forms_hands_its_place_on(world, monkeypatch):
-    import worker.tasks
+    import worker.shutdown
 
     monkeypatch.setenv("GG_GANG_TIMEOUT_S", "20")
-    monkeypatch.setattr(worker.tasks, "_interrupt", threading.Event())
-    worker.tasks._interrupt.set()
+    monkeypatch.setattr(worker.shutdown, "interrupt", threading.Event())
+    worker.shutdown.interrupt.set()
     rid = queries.create_run(RunConfig.from_dict(TWO_NODES))
     assert execute_run(rid) == "interrupted", "node 0 gives the run back at once"
     assert queries.get_run(rid).status == "queued" and world[-1] == ("run", rid)
@@ -247,17 +247,17 @@ def test_a_worker_shut_down_while_its_gang_forms_hands_its_place_on(world, monke
 def test_node_0_shut_down_mid_run_leaves_the_run_interrupted_for_the_next_gang(world, monkeypatch):
     """Ctrl-C on node 0's worker: its launcher ends with a signal's exit code after rank 0
     checkpointed and reported ``cancelled``; the run is interrupted (resumed by the next sweep)."""
-    import worker.tasks
+    import worker.shutdown
 
     monkeypatch.setenv("GG_GANG_TIMEOUT_S", "20")
-    monkeypatch.setattr(worker.tasks, "_interrupt", threading.Event())
+    monkeypatch.setattr(worker.shutdown, "interrupt", threading.Event())
 
     def launch(cmd, env):
         node = int(cmd[cmd.index("--machine_rank") + 1])
         with open(f"{cmd[cmd.index('--result') + 1]}.{node}", "w", encoding="utf-8") as fh:
             json.dump({"status": "cancelled"}, fh)
         if node == 0:
-            worker.tasks._interrupt.set()
+            worker.shutdown.interrupt.set()
             return -15
         return 0
 

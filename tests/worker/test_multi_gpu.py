@@ -125,11 +125,11 @@ def test_a_multi_gpu_run_ends_interrupted_or_cancelled_as_rank_0_says_and_nothin
         sqlite_store, monkeypatch):
     import threading
 
-    from worker import tasks
+    from worker import shutdown
 
     monkeypatch.setenv("GG_WORKER_GPU", "0,1")
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    monkeypatch.setattr(tasks, "_interrupt", threading.Event())
+    monkeypatch.setattr(shutdown, "interrupt", threading.Event())
     calls: list[list[str]] = []
     monkeypatch.setattr("worker.tasks.LAUNCH_FN", _launch_double(
         calls, {0: {"status": "cancelled", "step": 1, "interrupted": True}, 1: {"status": "cancelled"}}))
@@ -137,7 +137,7 @@ def test_a_multi_gpu_run_ends_interrupted_or_cancelled_as_rank_0_says_and_nothin
     assert execute_run(rid) == "interrupted" and queries.get_run(rid).status == "interrupted"
 
     def users_stop_during_a_shutdown(cmd, env):  # rank 0 saw the user's stop: cancelled, not interrupted
-        tasks._interrupt.set()
+        shutdown.interrupt.set()
         return _launch_double(calls, {0: {"status": "cancelled", "step": 1, "interrupted": False}})(cmd, env)
 
     monkeypatch.setattr("worker.tasks.LAUNCH_FN", users_stop_during_a_shutdown)
@@ -159,20 +159,20 @@ def test_a_shutdown_signal_creates_the_launchs_stop_file_or_else_ends_its_group(
     import sys
     import threading
 
-    from worker import tasks
+    from worker import shutdown
 
     group = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
     try:
-        monkeypatch.setattr(tasks, "_interrupt", threading.Event())
-        monkeypatch.setattr(tasks, "_running", threading.Event())
-        tasks._running.set()
-        monkeypatch.setattr(tasks, "_launched", group)
-        monkeypatch.setattr(tasks, "_stop_file", str(tmp_path / "result.stop"))
-        tasks._on_shutdown_signal(signal.SIGINT, None)
-        assert (tmp_path / "result.stop").exists() and tasks._interrupt.is_set() and group.poll() is None
+        monkeypatch.setattr(shutdown, "interrupt", threading.Event())
+        monkeypatch.setattr(shutdown, "running", threading.Event())
+        shutdown.running.set()
+        monkeypatch.setattr(shutdown, "launched", group)
+        monkeypatch.setattr(shutdown, "stop_file", str(tmp_path / "result.stop"))
+        shutdown.on_signal(signal.SIGINT, None)
+        assert (tmp_path / "result.stop").exists() and shutdown.interrupt.is_set() and group.poll() is None
 
-        monkeypatch.setattr(tasks, "_stop_file", None)
-        tasks._on_shutdown_signal(signal.SIGINT, None)
+        monkeypatch.setattr(shutdown, "stop_file", None)
+        shutdown.on_signal(signal.SIGINT, None)
         assert group.wait(timeout=30) == -signal.SIGTERM
     finally:
         group.kill()
@@ -192,19 +192,19 @@ def test_a_real_two_rank_launch_on_cpu_records_once_and_a_shutdown_interrupts_it
     import threading
 
     from grpo_guard.store import lifecycle
-    from worker import tasks
+    from worker import shutdown
 
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     for k, v in {"GG_WORKER_GPU": "0,1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}.items():
         monkeypatch.setenv(k, v)
     epochs = 3
     rid = queries.create_run(RunConfig.from_dict({**TINY, "num_gpus": 2, "epochs": epochs, "checkpoint_every": 10}))
-    monkeypatch.setattr(tasks, "_interrupt", threading.Event())  # this process's shutdown flag, fresh
+    monkeypatch.setattr(shutdown, "interrupt", threading.Event())  # this process's shutdown flag, fresh
     out: dict[str, str] = {}
     worker = threading.Thread(target=lambda: out.update(status=execute_run(rid)), daemon=True)
     worker.start()
     wait_step(rid, 1, timeout=120)
-    tasks._on_shutdown_signal(signal.SIGINT, None)  # what the pool child does on Ctrl-C / SIGTERM
+    shutdown.on_signal(signal.SIGINT, None)  # what the pool child does on Ctrl-C / SIGTERM
     worker.join(timeout=120)
     row = queries.get_run(rid)
     assert out.get("status") == "interrupted" and row.status == "interrupted", f"{out} {row.status}: {row.error}"
@@ -213,7 +213,7 @@ def test_a_real_two_rank_launch_on_cpu_records_once_and_a_shutdown_interrupts_it
     assert [c.step for c in queries.checkpoints(rid) if c.on_disk] == [cut]
 
     assert lifecycle.requeue_interrupted(rid)
-    monkeypatch.setattr(tasks, "_interrupt", threading.Event())  # the next worker
+    monkeypatch.setattr(shutdown, "interrupt", threading.Event())  # the next worker
     assert execute_run(rid) == "succeeded", queries.get_run(rid).error
     steps, _ = queries.metric_series(rid, ["reward/total/mean"], max_points=100)["reward/total/mean"]
     assert steps == list(range(1, epochs + 1)), f"trained epochs {steps} (interrupted after {cut})"

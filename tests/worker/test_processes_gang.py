@@ -76,7 +76,9 @@ def test_a_gang_forms_beside_an_ordinary_run_and_a_lost_node_resumes_from_the_ch
             _wait(lambda: queries.get_run(rid).step >= 6, "the gang did not train", 90, ws)
             assert queries.checkpoints(rid) == [], "checkpoint_every 100: only Save now makes one before the end"
             assert queries.request_save_now(rid)  # reaches rank 0, on node 0, like any run's flag
-            _wait(lambda: not queries.get_run(rid).save_now, "Save now was not taken", 30, ws)
+            # the flag is cleared when rank 0 takes it; the checkpoint row follows once it is written
+            _wait(lambda: queries.checkpoints(rid), "Save now made no checkpoint", 60, ws)
+            assert not queries.get_run(rid).save_now, "Save now was taken"
             saved = [c.step for c in queries.checkpoints(rid)]
             assert len(saved) == 1 and 6 <= saved[0] < EPOCHS, saved
             joiner = next(w for w in ws if w.name == first[1].worker_host)
