@@ -317,7 +317,8 @@ def runs_show(run_id: int, as_json: bool) -> None:
     click.echo(f"run {row.id}: {row.name}\n  status     {row.status} (attempt {row.attempt})"
                + (": a worker shut down; it resumes from its checkpoint when a worker starts"
                   if row.status == "interrupted" else ""))
-    click.echo(f"  progress   step {row.step}/{row.total}; last stored step {row.last_step}")
+    stored = f"last stored step {row.last_step}" if row.last_step >= 0 else "no step stored yet"
+    click.echo(f"  progress   step {row.step}/{row.total}; {stored}")
     click.echo(f"  eval       proxy {_fmt(row.last_proxy)}, gold {_fmt(row.last_gold)} at step {row.last_eval_step}")
     if not row.config_error:
         from grpo_guard.config import ConfigError, RunConfig

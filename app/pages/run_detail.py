@@ -192,10 +192,15 @@ def _reward_servers(q: Any, run_id: int) -> list[tuple[str, str]]:
     return reward_server_rows(q.metric_series(run_id, keys)) if keys else []
 
 
+def last_stored(step: int) -> str:
+    """-1 is the store's "no step stored yet", which reads as a bug when printed."""
+    return f"last stored step {step}" if step >= 0 else "no step stored yet"
+
+
 def status_markdown(run: Any, extra: list[tuple[str, str]] | None = None) -> str:
     now = datetime.now(UTC)
     hb = f"{fmt_duration((now - run.heartbeat_at).total_seconds())} ago" if run.heartbeat_at else "—"
-    rows = [("status", run.status), ("step", f"{run.step} / {run.total} (last stored step {run.last_step})"),
+    rows = [("status", run.status), ("step", f"{run.step} / {run.total} ({last_stored(run.last_step)})"),
             ("attempt", run.attempt), ("worker", worker_text(run)),
             ("task id", run.task_id or "—"), ("heartbeat", hb), ("created", fmt_time(run.created_at, now=now)),
             ("enqueued", fmt_time(run.enqueued_at, now=now)), ("started", fmt_time(run.started_at, now=now)),

@@ -39,3 +39,6 @@ def test_status_rows_show_each_reward_servers_latency_and_failures():
         notes = ""
 
     assert "| reward server judge | last latency 0.125 s, 3 failed attempt(s) in all |" in status_markdown(Run(), rows)
+    assert "| step | 2 / 3 (last stored step 2) |" in status_markdown(Run())
+    Run.step, Run.last_step = 0, -1  # queued, or an attempt that has not stored a step yet
+    assert "| step | 0 / 3 (no step stored yet) |" in status_markdown(Run())

@@ -83,7 +83,8 @@ def test_runs_list_show_stop_resume_clone(cli):
 
     shown = json.loads(cli("runs", "show", str(rid), "--json").stdout)
     assert shown["config"]["epochs"] == 5 and shown["checkpoints"] == []
-    assert "status     queued" in cli("runs", "show", str(rid)).stdout
+    shown = cli("runs", "show", str(rid)).stdout
+    assert "status     queued" in shown and "step 0/5; no step stored yet" in shown
 
     assert json.loads(cli("runs", "stop", str(rid), "--json").stdout)["status"] == "cancelled"
     resumed = json.loads(cli("runs", "resume", str(rid), "--json").stdout)
