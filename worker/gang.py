@@ -26,6 +26,11 @@ run as a new attempt and sends it again; the next full gang resumes from the las
 (rows after it are pruned, as for any resumed run). Node 0's own loss is the ordinary lost
 worker: its heartbeat stops, the sweep requeues the run, and the other nodes stop on seeing the
 run's attempt change. Checkpoints and the store must be shared by every node (as for any worker).
+
+A worker shutdown (Ctrl-C, SIGTERM) on any node costs no step: node 0's worker creates its
+ranks' stop file, another node's worker marks its row ``stopping`` and waits, and node 0 then
+creates the stop file itself; rank 0 checkpoints, every rank of every node stops together, and
+the run ends ``interrupted`` (resumed by the next full gang). A second SIGTERM ends the ranks.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ from typing import Any
 
 from grpo_guard.store import gangs, lifecycle
 from grpo_guard.training.distributed import free_port
-from worker import shutdown
+from worker import ranks, shutdown
 from worker.attempt import RankFailure, RunSetupError, describe, env_float, finish, load_config, resume_point
 
 log = logging.getLogger("worker.gang")
@@ -131,6 +136,7 @@ class _Part:
         self.run_id, self.m, self.config, self.gpus = run_id, member, config, gpus
         self.host, self.gpu, self.task_id = host, gpu, task_id
         self.n = member.num_nodes
+        self.result_path: str | None = None  # this node's launch's result files, while it runs
 
     # ---- forming ---------------------------------------------------------------------------
     def lead(self) -> str:
@@ -241,13 +247,23 @@ class _Part:
         # stop because the attempt ended or a peer was lost did not die itself
         ok = rc == 0 or (len(results) == self.config.num_gpus and all(r.get("status") for r in results.values()))
         gangs.end(self.run_id, m.gang, m.node_rank, "done" if ok or why else "lost")
+        if ok and shutdown.shutting_down():  # node 0 stopped the gang for this worker's shutdown
+            return "interrupted"
         if why:
             log.warning("run %s: node %d stopped: %s", self.run_id, m.node_rank, why)
             return "node-stopped"
         return "node-done" if ok else "node-lost"
 
     def _follower_should_stop(self, attempt: int) -> Callable[[], str | None]:
+        asked = False
+
         def check() -> str | None:
+            nonlocal asked
+            if shutdown.shutting_down() and not asked:  # node 0 stops the gang at its next checkpoint
+                asked = True
+                if gangs.ask_to_stop(self.run_id, self.m.gang, self.m.node_rank):
+                    gangs.log(self.run_id, f"node {self.m.node_rank}'s worker ({self.host}) is shutting down: "
+                                           "node 0 checkpoints and stops the gang", "warning")
             status, now_attempt = gangs.run_state(self.run_id)
             if now_attempt != attempt or status in ("queued", "failed", "cancelled", "interrupted"):
                 return f"the run's attempt {attempt} ended ({status})"
@@ -281,7 +297,7 @@ class _Part:
             if not why and first.get("status") in ("succeeded", "cancelled") and (rc == 0 or shutdown.shutting_down()):
                 gangs.end(self.run_id, self.m.gang, 0, "done")
                 recorder.close()
-                return self._finish(claim, first["status"])
+                return self._finish(claim, first)
             if shutdown.shutting_down():  # stopped before rank 0 could report: the sweep resumes it at once
                 gangs.end(self.run_id, self.m.gang, 0, "done")
                 with contextlib.suppress(Exception):
@@ -298,7 +314,7 @@ class _Part:
                 return self._requeue(claim, reason)
             failed = next((r for _, r in sorted(results.items()) if r.get("status") == "failed"), None) or {}
             raise RankFailure(str(failed.get("error") or f"the gang's launch on node 0 exited with {rc}"),
-                                    failed.get("traceback"))
+                              failed.get("traceback"))
         except LeaseLostError as e:
             log.warning("run %s: %s", self.run_id, e)
             return "lease-lost"
@@ -310,14 +326,22 @@ class _Part:
                 recorder.log_line(f"failed: {message}", "error")
                 recorder.close()
             finish(self.run_id, claim.lease, "failed", error=message,
-                          tb=getattr(e, "rank_traceback", None) or traceback.format_exc())
+                   tb=getattr(e, "rank_traceback", None) or traceback.format_exc())
             gangs.end(self.run_id, self.m.gang, 0, "done")
             return "failed"
 
     def _leader_should_stop(self) -> Callable[[], str | None]:
         def check() -> str | None:
             lost = [r for r in gangs.lost_nodes(self.run_id, self.m.gang, stale_s()) if r != 0]
-            return f"node(s) {lost} of the gang lost" if lost else None
+            if lost:
+                return f"node(s) {lost} of the gang lost"
+            result = self.result_path
+            if result and gangs.stopping_nodes(self.run_id, self.m.gang):
+                # another node's worker shuts down: the ranks stop together at the next point
+                # where rank 0 can checkpoint, as for this worker's own shutdown (worker.ranks)
+                with contextlib.suppress(OSError), open(ranks.stop_file(result), "a", encoding="utf-8"):
+                    pass
+            return None
         return check
 
     def _lost_after_failure(self) -> list[int]:
@@ -327,26 +351,28 @@ class _Part:
         deadline = time.monotonic() + stale_s() + 2 * POLL_S
         while True:
             lost = [r for r in gangs.lost_nodes(self.run_id, self.m.gang, stale_s()) if r != 0]
-            open_ = [x for x in gangs.members(self.run_id) if x.node_rank != 0 and x.state == "ready"]
+            open_ = [x for x in gangs.members(self.run_id) if x.node_rank != 0 and x.state in gangs.TRAINING]
             if lost or not open_ or time.monotonic() > deadline:
                 return lost
             self._beat()
             time.sleep(POLL_S)
 
-    def _finish(self, claim: Any, status: str) -> str:
-
-        if status == "cancelled" and shutdown.shutting_down() and not _user_stopped(self.run_id):
-            lifecycle.interrupt_run(self.run_id, claim.lease)
+    def _finish(self, claim: Any, first: dict[str, Any]) -> str:
+        """End the attempt from rank 0's result; ``interrupted`` where rank 0 stopped for a
+        shutdown (this worker's, or another node's)."""
+        status = first["status"]
+        if first.get("interrupted") or (status == "cancelled" and shutdown.shutting_down()
+                                        and not _user_stopped(self.run_id)):
+            lifecycle.interrupt_run(self.run_id, claim.lease, step=first.get("step"))
             return "interrupted"
         finish(self.run_id, claim.lease, status)
         return status
 
     def _requeue(self, claim: Any, reason: str) -> str:
-
         limit = int(env_float("GG_MAX_ATTEMPTS", 3))
         if claim.attempt >= limit:  # as for a lost worker: a run lost that often fails
             finish(self.run_id, claim.lease, "failed",
-                          error=f"{reason} (attempt {claim.attempt} of at most {limit}); resume it to try again")
+                   error=f"{reason} (attempt {claim.attempt} of at most {limit}); resume it to try again")
             return "failed"
         log.warning("run %s: %s: requeued", self.run_id, reason)
         if gangs.requeue_lost_gang(self.run_id, claim.lease, reason):
@@ -365,7 +391,7 @@ class _Part:
 
         g, r = self.config.num_gpus, self.m.node_rank
         with tempfile.TemporaryDirectory(prefix=f"gg-run{self.run_id}-node{r}-") as tmp:
-            result = os.path.join(tmp, "result")
+            result = self.result_path = os.path.join(tmp, "result")
             args = ["worker.ranks", str(self.run_id), "--lease", lease, "--attempt", str(attempt), "--result", result]
             if resume:
                 args += ["--resume", resume]
@@ -374,10 +400,10 @@ class _Part:
             log.info("run %s: node %d of %d launching: %s", self.run_id, r, self.n, " ".join(cmd))
             env = training_env()
             why: str | None = None
-            # Node 0: a shutdown creates its ranks' stop file (worker.ranks), so rank 0 checkpoints
-            # and the whole gang stops together, ending interrupted. Elsewhere a shutdown still
-            # ends this node's group: rank 0 could not tell that stop from the user's Stop.
-            with shutdown.stopped_by_file(result) if r == 0 else contextlib.nullcontext():
+            # A shutdown on node 0 creates its ranks' stop file (worker.ranks), so rank 0
+            # checkpoints and the whole gang stops together, ending interrupted. On another node
+            # it asks node 0 to do the same through the store (the watch's check) and waits.
+            with shutdown.stopped_by_file(result) if r == 0 else shutdown.stopped_by_node_0():
                 if tasks.LAUNCH_FN is not None:  # test double: runs to its end
                     rc = tasks.LAUNCH_FN(cmd, env)
                 else:

@@ -31,6 +31,7 @@ interrupt = threading.Event()  # this process is being shut down
 running = threading.Event()    # a run is in progress in this process
 launched: subprocess.Popen | None = None  # the accelerate launcher of a multi-GPU run, if any
 stop_file: str | None = None  # the file that asks that run's ranks to stop (worker.ranks.stop_file)
+via_node_0 = False  # a gang's other node: its node 0 stops the gang (worker.gang), this one waits
 main_shutting_down = False  # set in the main process at shutdown; children forked after inherit it
 
 
@@ -52,6 +53,8 @@ def on_signal(signum: int, _frame: Any) -> None:
     if stop_file is not None:  # a multi-GPU run: its ranks see the file and stop together
         with contextlib.suppress(OSError), open(stop_file, "a", encoding="utf-8"):
             pass
+    elif via_node_0:  # the gang's node 0 hears of it through the store and stops every node
+        pass
     elif launched is not None:  # a launch that names no stop file: end its group as before
         with contextlib.suppress(OSError):
             os.killpg(launched.pid, signal.SIGTERM)
@@ -136,6 +139,20 @@ def stopped_by_file(result_path: str) -> Any:
         yield
     finally:
         stop_file = None
+
+
+@contextlib.contextmanager
+def stopped_by_node_0() -> Iterator[None]:
+    """While a gang's other node runs its ranks, a first shutdown signal only sets
+    :data:`interrupt`: the node's watch (``worker.gang``) asks node 0 to stop the whole gang at
+    its next checkpoint, and this node waits for its ranks to end. Ending the group here would
+    break the gang's collectives and cost every step since the last checkpoint."""
+    global via_node_0
+    via_node_0 = True
+    try:
+        yield
+    finally:
+        via_node_0 = False
 
 
 def launch(cmd: list[str], env: dict[str, str]) -> int:

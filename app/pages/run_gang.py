@@ -9,7 +9,8 @@ from typing import Any
 
 from app.common import fmt_duration
 
-STATES = {"joined": "joined, waiting for the gang", "ready": "ready, training", "lost": "lost",
+STATES = {"joined": "joined, waiting for the gang", "ready": "ready, training",
+          "stopping": "stopping (its worker shuts down; the gang checkpoints)", "lost": "lost",
           "done": "ended", "released": "released (the gang did not complete)"}
 
 

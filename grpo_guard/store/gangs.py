@@ -7,7 +7,11 @@ A run with ``num_nodes: N`` is taken by N workers together. Each taker inserts o
          '--formation---> join:  the lowest free node rank 1..N-1 of it (the primary key
                                   (run_id, node_rank) makes two takers never get the same rank)
     joined --all N joined: node 0 seals--> ready --launch exits--> done | lost
+       |                                     '--its worker shuts down--> stopping --> done | lost
        '--deadline passed (node 0 releases, or a member gives up)--> released
+
+``stopping`` asks node 0 to stop the whole gang at its next checkpoint (a node's own shutdown
+cannot: only rank 0, on node 0, decides when the ranks stop together).
 
 Every step is one INSERT or conditional UPDATE, so it holds on SQLite and PostgreSQL alike. The
 run row itself stays ``queued`` while the gang forms; only node 0 claims it (``lifecycle.
@@ -27,6 +31,8 @@ from sqlalchemy.exc import IntegrityError
 
 from grpo_guard.store.db import StoreError, as_utc, session_scope, utcnow
 from grpo_guard.store.models import GangMember, LogLine, Run
+
+TRAINING = ("ready", "stopping")  # the states of a node whose ranks run
 
 
 @dataclass(frozen=True)
@@ -244,24 +250,41 @@ def beat(run_id: int, gang: str, node_rank: int) -> None:
                                            GangMember.node_rank == int(node_rank)).values(heartbeat_at=utcnow()))
 
 
+def ask_to_stop(run_id: int, gang: str, node_rank: int) -> bool:
+    """This node's worker is shutting down: node 0 is to stop the gang at its next checkpoint
+    (:func:`stopping_nodes`). False if the node was not training any more."""
+    with session_scope(write=True) as s:
+        res = s.execute(update(GangMember).where(GangMember.run_id == int(run_id), GangMember.gang == gang,
+                                                 GangMember.node_rank == int(node_rank), GangMember.state == "ready")
+                        .values(state="stopping", heartbeat_at=utcnow()))
+        return bool(res.rowcount)
+
+
+def stopping_nodes(run_id: int, gang: str) -> list[int]:
+    """Node ranks of the gang whose workers are shutting down (:func:`ask_to_stop`)."""
+    with session_scope() as s:
+        return sorted(s.scalars(select(GangMember.node_rank).where(
+            GangMember.run_id == int(run_id), GangMember.gang == gang, GangMember.state == "stopping")).all())
+
+
 def end(run_id: int, gang: str, node_rank: int, state: str) -> None:
-    """A ready node's launch ended: ``done`` (exit 0) or ``lost``."""
+    """A training (ready or stopping) node's launch ended: ``done`` (exit 0) or ``lost``."""
     if state not in ("done", "lost"):
         raise ValueError(f"a gang member ends done or lost, not {state!r}")
     with session_scope(write=True) as s:
         s.execute(update(GangMember).where(GangMember.run_id == int(run_id), GangMember.gang == gang,
-                                           GangMember.node_rank == int(node_rank), GangMember.state == "ready")
-                  .values(state=state, heartbeat_at=utcnow()))
+                                           GangMember.node_rank == int(node_rank),
+                                           GangMember.state.in_(TRAINING)).values(state=state, heartbeat_at=utcnow()))
 
 
 def lost_nodes(run_id: int, gang: str, stale_after: float) -> list[int]:
-    """Node ranks of the gang that are lost: marked so, or ready with a heartbeat older than
+    """Node ranks of the gang that are lost: marked so, or training with a heartbeat older than
     ``stale_after`` seconds (the worker died with its launch)."""
     cut = utcnow() - timedelta(seconds=float(stale_after))
     with session_scope() as s:
         rows = s.execute(select(GangMember.node_rank, GangMember.state, GangMember.heartbeat_at).where(
             GangMember.run_id == int(run_id), GangMember.gang == gang)).all()
-    return sorted(r[0] for r in rows if r[1] == "lost" or (r[1] == "ready" and as_utc(r[2]) < cut))
+    return sorted(r[0] for r in rows if r[1] == "lost" or (r[1] in TRAINING and as_utc(r[2]) < cut))
 
 
 def mark_lost(run_id: int, gang: str, node_ranks: list[int]) -> None:
@@ -270,7 +293,7 @@ def mark_lost(run_id: int, gang: str, node_ranks: list[int]) -> None:
     with session_scope(write=True) as s:
         s.execute(update(GangMember).where(GangMember.run_id == int(run_id), GangMember.gang == gang,
                                            GangMember.node_rank.in_([int(r) for r in node_ranks]),
-                                           GangMember.state.in_(("ready", "joined"))).values(state="lost"))
+                                           GangMember.state.in_((*TRAINING, "joined"))).values(state="lost"))
 
 
 def run_state(run_id: int) -> tuple[str | None, int | None]:

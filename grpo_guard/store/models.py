@@ -316,7 +316,7 @@ class Evaluation(Base):
     )
 
 
-GANG_STATES = ("joined", "ready", "lost", "done", "released")
+GANG_STATES = ("joined", "ready", "stopping", "lost", "done", "released")
 
 
 class GangMember(Base):

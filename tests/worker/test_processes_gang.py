@@ -98,3 +98,35 @@ def test_a_gang_forms_beside_an_ordinary_run_and_a_lost_node_resumes_from_the_ch
         assert [m.state for m in second] == ["done", "done"] and all(m.attempt == 2 for m in second)
         assert joiner.name not in {m.worker_host for m in second}
         assert_continuous(rid, EPOCHS, NUM_STEPS, EVAL_EVERY)
+
+
+def test_ctrl_c_on_a_node_other_than_0_stops_the_gang_at_a_checkpoint_and_loses_no_step(tmp_path, monkeypatch):
+    """SIGTERM to the joiner's worker (what Ctrl-C on ``grpo-guard worker`` does): its ranks keep
+    running while node 0 stops every rank at its next checkpoint, the run ends ``interrupted``
+    there, and the next full gang resumes from exactly that step."""
+    with backend_env("sqlite", tmp_path) as url:
+        env = world_env(url, str(tmp_path), "embedded", GG_WORKER_ADDRESS="127.0.0.1",
+                        GG_GANG_NODES="2", GG_GANG_TIMEOUT_S="60", GG_GANG_STALE_S="10",
+                        GG_FAKE_STEP_SECONDS="0.2", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        with workers(env, ["w1", "w2", "w3"], str(tmp_path)) as ws:
+            rid = queries.create_run(RunConfig.from_dict({
+                "epochs": EPOCHS, "num_steps": NUM_STEPS, "eval_every": EVAL_EVERY, "checkpoint_every": 100,
+                "eval_seeds": [0], "num_nodes": 2, "prompts_per_epoch": 2}))
+            enqueue_run(rid)
+            _wait(lambda: queries.get_run(rid).step >= 6, "the gang did not train", 120, ws)
+            first = gangs.members(rid)
+            joiner = next(w for w in ws if w.name == first[1].worker_host)
+            os.killpg(joiner.proc.pid, signal.SIGTERM)  # the worker and its pool child, not the ranks
+            assert joiner.proc.wait(90) == 0, joiner.log()[-3000:]
+            assert wait_status(rid, timeout=150, workers_=ws) == "succeeded"
+        lines = [ln.message for ln in queries.log_lines(rid, tail=10_000)]
+        asked = [m for m in lines if f"node 1's worker ({joiner.name}) is shutting down" in m]
+        stopped = [m for m in lines if "interrupted after step" in m]
+        assert len(asked) == 1 and len(stopped) == 1, lines[-20:]
+        step = int(stopped[0].split("interrupted after step ")[1].split(":")[0])
+        assert 6 <= step < EPOCHS and not any("of the gang lost" in m for m in lines), lines[-20:]
+        assert any(f"resuming from the checkpoint of step {step}" in m for m in lines), lines[-20:]
+        assert [c.step for c in queries.checkpoints(rid)][:1] == [step], "the shutdown's checkpoint, nothing older"
+        assert_continuous(rid, EPOCHS, NUM_STEPS, EVAL_EVERY)

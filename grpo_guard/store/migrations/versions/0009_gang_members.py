@@ -17,7 +17,7 @@ branch_labels = None
 depends_on = None
 
 UTC_DATETIME = sa.DateTime(timezone=True)
-STATES = ("joined", "ready", "lost", "done", "released")
+STATES = ("joined", "ready", "stopping", "lost", "done", "released")
 
 
 def upgrade() -> None:
