@@ -19,9 +19,11 @@ Arms (``--arms``):
   libgomp's default spinning waits / with PASSIVE.
 - ``spin-10k`` / ``spin-100k``: the governor with GOMP_SPINCOUNT=10000 / 100000.
 
-Conditions: ``quiet`` (nothing of ours beside it; other users' load is recorded with every figure)
-and ``busy`` (one competitor process beside it: ``python -c "while True: pass"``, a single pure-
-Python busy loop, unpinned, started 1 s before the run in the same session and killed after it).
+Conditions: ``quiet`` (nothing of ours beside it; other users' load is recorded with every figure),
+``busy`` (one competitor process beside it: ``python -c "while True: pass"``, a single pure-
+Python busy loop, unpinned, started 1 s before the run in the same session and killed after it)
+and ``pair`` (two identical training processes of the arm at once, as ``grpo-guard serve``'s two
+embedded workers run an A/B pair; the figure is over both).
 
 Rounds alternate the order of the arms (A B, then B A, ...) so that load drift hits every arm alike.
 Variables the user set (OMP_WAIT_POLICY, MALLOC_*, OMP_NUM_THREADS) are removed from every arm's
@@ -51,7 +53,7 @@ from grpo_guard.training import cpu, threads  # noqa: E402
 
 ARMS = ("before", "after", "after-1t", "after-malloc", "spin-10k", "spin-100k", "passive-fixed", "gov-spin",
         "gov-passive")
-CONDITIONS = ("quiet", "busy")
+CONDITIONS = ("quiet", "busy", "pair")
 COMPETITOR = [sys.executable, "-c", "while True: pass"]
 SCRUB = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
          "MALLOC_MMAP_THRESHOLD_", "MALLOC_ARENA_MAX", cpu.SWITCH, threads.SWITCH, cpu.THREADS_FROM_QUOTA)
@@ -83,42 +85,58 @@ def load_now() -> float:
     return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
 
 
+def _read_scalars(out: str) -> tuple[dict[int, float], dict[str, float]]:
+    epochs_s: dict[int, float] = {}
+    metrics: dict[str, float] = {}  # every logged value but the timings: must not depend on the arm
+    with open(os.path.join(out, "scalars.jsonl"), encoding="utf-8") as fh:
+        for line in fh:
+            row = json.loads(line)
+            if "time/epoch" in row:
+                epochs_s[int(row["step"])] = float(row["time/epoch"])
+            metrics.update({f"{row['step']}:{k}": v for k, v in row.items()
+                            if k not in ("step", "wall_time", "timestamp") and not k.startswith("time/")})
+    return epochs_s, metrics
+
+
 def run_once(config_path: str, arm: str, condition: str, epochs: int) -> dict:
-    """One ``grpo-guard train`` process; its epoch times, peak RSS and context switches."""
+    """One ``grpo-guard train`` process (two at once for ``pair``); epoch times, peak RSS and
+    context switches (of both, for ``pair``)."""
     competitor = None
     if condition == "busy":
         competitor = subprocess.Popen(COMPETITOR)
         time.sleep(1.0)
     load = load_now()
-    with tempfile.TemporaryDirectory(prefix="gg-bench-shared-") as out:
+    with tempfile.TemporaryDirectory(prefix="gg-bench-shared-") as tmp:
+        outs = [os.path.join(tmp, f"run{i}") for i in range(2 if condition == "pair" else 1)]
         t = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "grpo_guard.cli", "train", config_path, "--epochs", str(epochs),
-                                 "--out", out], env=arm_env(arm), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        procs = [subprocess.Popen([sys.executable, "-m", "grpo_guard.cli", "train", config_path, "--epochs",
+                                   str(epochs), "--out", out], env=arm_env(arm), stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE) for out in outs]
+        usages = {}
         try:
-            _, status, usage = os.wait4(proc.pid, 0)
+            while len(usages) < len(procs):
+                pid, status, usage = os.wait4(-1, 0)
+                proc = next((p for p in procs if p.pid == pid), None)
+                if proc is not None:
+                    proc.returncode = os.waitstatus_to_exitcode(status)
+                    usages[pid] = usage
         finally:
             if competitor is not None:
                 competitor.kill()
                 competitor.wait()
         wall = time.perf_counter() - t
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-        if proc.returncode != 0:
-            raise SystemExit(f"{arm}/{condition}: grpo-guard train exited {proc.returncode}:\n{err[-2000:]}")
-        epochs_s: dict[int, float] = {}
-        metrics: dict[str, float] = {}  # every logged value but the timings: must not depend on the arm
-        with open(os.path.join(out, "scalars.jsonl"), encoding="utf-8") as fh:
-            for line in fh:
-                row = json.loads(line)
-                if "time/epoch" in row:
-                    epochs_s[int(row["step"])] = float(row["time/epoch"])
-                metrics.update({f"{row['step']}:{k}": v for k, v in row.items()
-                                if k not in ("step", "wall_time", "timestamp") and not k.startswith("time/")})
-    measured = [v for s, v in sorted(epochs_s.items()) if s > 1] or list(epochs_s.values())
+        for proc in procs:
+            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+            if proc.returncode != 0:
+                raise SystemExit(f"{arm}/{condition}: grpo-guard train exited {proc.returncode}:\n{err[-2000:]}")
+        read = [_read_scalars(out) for out in outs]
+    epochs_s, metrics = read[0]
+    measured = [v for e, _ in read for s, v in sorted(e.items()) if s > 1] or list(epochs_s.values())
+    us = list(usages.values())
     return {"arm": arm, "condition": condition, "epoch_s": measured, "all_epochs_s": epochs_s, "wall_s": wall,
             "metrics": metrics,
-            "peak_rss_mb": usage.ru_maxrss / 1024, "ctx_switches": usage.ru_nvcsw + usage.ru_nivcsw,
-            "voluntary_ctx": usage.ru_nvcsw, "load_at_start": load, "load_at_end": load_now()}
+            "peak_rss_mb": max(u.ru_maxrss for u in us) / 1024, "ctx_switches": sum(u.ru_nvcsw + u.ru_nivcsw for u in us),
+            "voluntary_ctx": sum(u.ru_nvcsw for u in us), "load_at_start": load, "load_at_end": load_now()}
 
 
 def summarize(runs: list[dict], arms: list[str]) -> tuple[str, dict]:
@@ -127,15 +145,17 @@ def summarize(runs: list[dict], arms: list[str]) -> tuple[str, dict]:
                 for v in (r[key] if isinstance(r[key], list) else [r[key]])]
         return statistics.median(vals) if vals else float("nan")
 
+    conds = [c for c in CONDITIONS if any(r["condition"] == c for r in runs)]
     table = {a: {c: {k: med(a, c, k) for k in ("epoch_s", "peak_rss_mb", "ctx_switches", "load_at_start")}
-                 for c in CONDITIONS} for a in arms}
-    lines = ["| arm | quiet s/epoch | busy s/epoch | busy / quiet | peak RSS quiet (MB) | peak RSS busy (MB) "
-             "| context switches quiet / busy | load (1 min) quiet / busy |", "|---|---|---|---|---|---|---|---|"]
+                 for c in conds} for a in arms}
+    lines = ["| arm | " + " | ".join(f"{c} s/epoch" for c in conds) + " | peak RSS (MB) " + " / ".join(conds)
+             + " | context switches | load (1 min) |", "|---|" + "---|" * (len(conds) + 3)]
     for a in arms:
-        q, b = table[a]["quiet"], table[a]["busy"]
-        lines.append(f"| {a} | {q['epoch_s']:.2f} | {b['epoch_s']:.2f} | {b['epoch_s'] / q['epoch_s']:.2f}× "
-                     f"| {q['peak_rss_mb']:.0f} | {b['peak_rss_mb']:.0f} | {q['ctx_switches']:.0f} / "
-                     f"{b['ctx_switches']:.0f} | {q['load_at_start']:.1f} / {b['load_at_start']:.1f} |")
+        row = table[a]
+        lines.append(f"| {a} | " + " | ".join(f"{row[c]['epoch_s']:.2f}" for c in conds) + " | "
+                     + " / ".join(f"{row[c]['peak_rss_mb']:.0f}" for c in conds) + " | "
+                     + " / ".join(f"{row[c]['ctx_switches']:.0f}" for c in conds) + " | "
+                     + " / ".join(f"{row[c]['load_at_start']:.1f}" for c in conds) + " |")
     # The settings change no math, but a thread count that changes (the governor, or OMP_NUM_THREADS=1)
     # changes float rounding in full reductions; so: identical where the count was fixed, else the
     # largest relative difference from the first run.
@@ -153,7 +173,7 @@ def summarize(runs: list[dict], arms: list[str]) -> tuple[str, dict]:
         if rels:
             lines.append(f"metrics of {a} against the first run ({len(ref)} logged values): "
                          + ("identical" if max(rels) == 0 else f"largest relative difference {max(rels):.1e}"))
-    if "before" in table and "after" in table:
+    if "before" in table and "after" in table and {"quiet", "busy"} <= set(conds):
         quiet = table["after"]["quiet"]["epoch_s"] / table["before"]["quiet"]["epoch_s"]
         busy = table["after"]["busy"]["epoch_s"] / table["before"]["busy"]["epoch_s"]
         lines.append(f"after / before, quiet: {quiet:.3f} ({(quiet - 1) * 100:+.1f} %); busy: {busy:.3f}")
@@ -165,7 +185,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="alternating rounds (each runs every arm × condition once)")
     ap.add_argument("--epochs", type=int, default=2, help="epochs per run (the first is a warm-up)")
     ap.add_argument("--arms", default="before,after", help=f"comma-separated, of {', '.join(ARMS)}")
-    ap.add_argument("--conditions", default="quiet,busy", help="comma-separated, of quiet, busy")
+    ap.add_argument("--conditions", default="quiet,busy", help="comma-separated, of quiet, busy, pair")
     ap.add_argument("--model", default=None, help="toy pipeline directory (default: the shipped base model)")
     ap.add_argument("--json", default=None, help="also write every run here")
     args = ap.parse_args()
