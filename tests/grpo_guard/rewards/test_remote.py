@@ -133,6 +133,9 @@ class _Faulty(BaseHTTPRequestHandler):
         self.rfile.read(int(self.headers["Content-Length"]))
         self.server.calls += 1
         mode = self.server.mode
+        if mode == "drop":  # the process died mid-request: the connection closes without an answer
+            self.close_connection = True
+            return
         if mode == "slow":
             time.sleep(1.0)
         body = {"slow": b'{"protocol": "grpo-guard-reward/1", "scores": [1.0, 1.0]}',
@@ -147,7 +150,8 @@ class _Faulty(BaseHTTPRequestHandler):
 
 @pytest.mark.parametrize("mode, reason", [("slow", "no answer within the 0.3 s timeout"), ("garbage", "the body is not JSON"),
                                           ("nan", "the JSON holds NaN"), ("short", "the answer has 1 scores for 2 images"),
-                                          ("500", "HTTP 500 \\(CUDA out of memory\\)")])
+                                          ("500", "HTTP 500 \\(CUDA out of memory\\)"),
+                                          ("drop", "the connection failed \\(RemoteDisconnected")])
 def test_a_faulty_server_is_retried_then_fails_loudly_never_a_score(mode, reason):
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Faulty)
     server.daemon_threads, server.mode, server.calls = True, mode, 0
@@ -160,6 +164,20 @@ def test_a_faulty_server_is_retried_then_fails_loudly_never_a_score(mode, reason
             remote(_images(2), PROMPTS)
         assert server.calls == 3, "two retries after the first failure"
         assert remote.take_stats() == {"failures": 3.0}
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_nan_from_the_served_reward_is_a_500_then_a_loud_error_never_a_score():
+    server = make_server("toy_fg_share", "127.0.0.1", 0, reward=lambda images, prompts: np.full(len(images), np.nan))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        remote = RemoteReward("r", ServerSpec("r", server.url, "toy_fg_share", retries=1, backoff=0.01))
+        with pytest.raises(RewardServerError, match=r"failed 2 time\(s\), last: HTTP 500 \(ValueError: the reward "
+                                                    r"returned a non-finite score \(nan\) for image 0\)"):
+            remote(_images(2), PROMPTS)
+        assert remote.take_stats() == {"failures": 2.0}
     finally:
         server.shutdown()
         server.server_close()
