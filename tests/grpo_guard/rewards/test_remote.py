@@ -80,6 +80,27 @@ def test_a_public_bind_needs_a_token():
         check_bind("0.0.0.0", None)
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost", "LOCALHOST",
+                                  "localhost.localdomain", "ip6-localhost", "0.0.0.0", "::", "10.0.0.7",
+                                  "gpu-box", ""])
+def test_the_bind_rules_are_serves(host):
+    """`grpo-guard reward-server` refuses exactly the hosts `grpo-guard serve` refuses without credentials."""
+    from app.main import AuthConfigError
+    from app.main import check_bind as serve_check_bind
+
+    try:
+        serve_check_bind(host, [])
+        serve_ok = True
+    except AuthConfigError:
+        serve_ok = False
+    try:
+        check_bind(host, None)
+        ours_ok = True
+    except ValueError:
+        ours_ok = False
+    assert ours_ok == serve_ok, host
+
+
 def test_a_declared_server_is_a_name_and_a_config_never_names_a_url(declared, toy_server):
     from grpo_guard.config import RunConfig
 
