@@ -362,6 +362,11 @@ def _score(run: TrainRun, samples: EpochSamples) -> EpochRewards:
     several ranks, gather before normalising (§3.1) so every rank sees the whole batch in row order."""
     row_prompts = [samples.prompts[i] for i in samples.my_index.tolist()]
     scores = score_images(samples.images, row_prompts, {k: fn for k, (fn, _) in run.proxies.items()})
+    for k, v in scores.items():  # a NaN is a failed score (an unparsed judge answer), never a value to train on
+        if not np.isfinite(v).all():
+            raise ValueError(f"proxy reward {k!r} gave NaN or inf for {int((~np.isfinite(v)).sum())} of {len(v)} "
+                             "images this epoch; nothing of the epoch was recorded (the run resumes from its last "
+                             "checkpoint once the reward is fixed)")
     total = sum(w * scores[k] for k, (_, w) in run.proxies.items())                     # (N_r,) float64
     sizes = None
     if run.world > 1:

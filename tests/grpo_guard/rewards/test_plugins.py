@@ -121,3 +121,19 @@ def test_a_broken_plugin_is_one_warning_naming_it(tmp_path, monkeypatch, caplog)
         monkeypatch.undo()
         load_extras(reload=True)
     assert not [p for p in PROBLEMS if "broken-plugin" in p]
+
+
+@pytest.mark.slow
+def test_a_proxy_that_gives_nan_fails_the_epoch_naming_it(tmp_path):
+    """An unparsed judge answer (unifiedreward's NaN) or a broken plugin: the epoch fails with the
+    reward's name, nothing of it is trained on or recorded."""
+    import numpy as np
+
+    def half_nan(images, prompts):
+        out = np.full(len(images), 0.5)
+        out[::2] = np.nan
+        return out
+
+    cfg = toy_config(rewards={"toy_fg_share": 1.0})
+    with pytest.raises(ValueError, match=r"proxy reward 'toy_fg_share' gave NaN or inf for 2 of 4 images"):
+        toy_run(cfg, str(tmp_path / "ckpt"), rewards={"toy_fg_share": half_nan})
