@@ -14,7 +14,14 @@ import numpy as np
 import pytest
 
 from grpo_guard.rewards import REGISTRY, build_reward, load_extras
-from grpo_guard.rewards.protocol import PROTOCOL, ProtocolError, parse_answer, parse_request, score_request
+from grpo_guard.rewards.protocol import (
+    PROTOCOL,
+    ProtocolError,
+    parse_answer,
+    parse_request,
+    score_answer,
+    score_request,
+)
 from grpo_guard.rewards.remote import RemoteReward, RewardServerError
 from grpo_guard.rewards.server import check_bind, make_server
 from grpo_guard.rewards.servers import ServerSpec, parse_entry
@@ -261,3 +268,61 @@ def test_a_server_killed_mid_run_fails_the_epoch_loudly_and_the_run_resumes(decl
     assert result.status == "succeeded" and result.step == 2
     assert rec.scalars[(2, "reward/toy_remote/mean")] == whole.scalars[(2, "reward/toy_fg_share/mean")], \
         "the resumed epoch must score what an uninterrupted in-process run scores"
+
+
+class _TurnsFaulty(BaseHTTPRequestHandler):
+    """Scores toy_fg_share for the server's first ``ok_calls`` requests (and again once ``healed``),
+    then answers with the fault ``mode``: slow (past the timeout), garbage JSON, or NaN scores."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *a):
+        pass
+
+    def do_POST(self):  # noqa: N802
+        _, images, prompts = parse_request(self.rfile.read(int(self.headers["Content-Length"])))
+        srv = self.server
+        srv.calls += 1
+        mode = "ok" if srv.calls <= srv.ok_calls or srv.healed else srv.mode
+        if mode == "slow":
+            time.sleep(3.0)
+        body = {"garbage": b"{not json",
+                "nan": json.dumps({"protocol": PROTOCOL, "scores": [0.5] * len(images)}).replace("0.5", "NaN", 1).encode(),
+                }.get(mode) or score_answer(srv.reward(images, prompts))
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode, reason", [("slow", "no answer within the 1.5 s timeout"),
+                                          ("garbage", "the body is not JSON"), ("nan", "the JSON holds NaN")])
+def test_a_fault_mid_run_is_a_loud_error_no_reward_is_recorded_and_the_run_resumes(mode, reason, declared, tmp_path):
+    """Eval 0, epoch 1 and eval 1 are scored; epoch 2's request meets the fault."""
+    from grpo_guard.training.recording import MemoryControl, MemoryRecorder
+    from grpo_guard.training.trainer import train
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _TurnsFaulty)
+    server.daemon_threads, server.handle_error = True, lambda *a: None  # the slow answer's client has gone
+    server.mode, server.calls, server.ok_calls, server.healed = mode, 0, 3, False
+    server.reward = build_reward("toy_fg_share")
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        declared(toy_remote={"url": url, "reward": "toy_fg_share", "retries": 1, "backoff": 0.01, "timeout": 1.5})
+        cfg = toy_config(rewards={"toy_remote": 1.0}, epochs=2)
+        ckpt_dir = str(tmp_path / "ckpt")
+        rec = MemoryRecorder(ckpt_dir)
+        with pytest.raises(RewardServerError, match=f"'toy_remote' \\({url}\\) failed 2 time\\(s\\), last: {reason}"):
+            train(cfg, rec, MemoryControl())
+        assert not [k for k in rec.scalars if k[0] == 2 and not k[1].startswith("reward/toy_remote/")], \
+            "nothing of epoch 2 but the failure count is recorded"
+        assert rec.scalars[(2, "reward/toy_remote/failures")] == 2.0 and (2, "reward/toy_remote/mean") not in rec.scalars
+        assert all(v != 0 for (step, k), v in rec.scalars.items() if k == "reward/toy_remote/mean"), "never a 0"
+        server.healed = True  # the operator fixes the server; the run resumes from epoch 1's checkpoint
+        result, again = toy_run(cfg, ckpt_dir, resume_from=os.path.join(ckpt_dir, "ckpt_000001.pt"))
+        assert result.status == "succeeded" and result.step == 2 and (2, "reward/toy_remote/mean") in again.scalars
+    finally:
+        server.shutdown()
+        server.server_close()
