@@ -31,9 +31,12 @@ MAX_BODY_BYTES = 512 << 20  # 4096 PNGs of 1024² are ~8 GiB raw but far less as
 log = logging.getLogger("grpo_guard.reward_server")
 
 
+LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")  # as `grpo-guard serve` (app/main.py)
+
+
 def is_loopback(host: str) -> bool:
     host = (host or "").strip().strip("[]")
-    if host.lower() == "localhost":
+    if host.lower() in LOOPBACK_NAMES:
         return True
     try:
         return ipaddress.ip_address(host).is_loopback

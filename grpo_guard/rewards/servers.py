@@ -16,6 +16,7 @@ The file::
         timeout: 60                    # seconds per request (default 60)
         batch_size: 32                 # images per request (default 32)
         retries: 3                     # extra tries after a failure, with backoff (default 3)
+        backoff: 0.5                   # seconds before the first retry, doubled after each (default 0.5)
         token_env: GG_GENEVAL_TOKEN    # the bearer token is read from this variable (never the file)
 
 A run config names ``geneval_remote`` like any reward and can never name a URL, so a shared YAML

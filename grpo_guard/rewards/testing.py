@@ -110,22 +110,28 @@ QWEN_SPECIAL = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>
                 "<|image_pad|>", "<|video_pad|>")
 
 
-def tiny_qwen_vl_dir(tmp_path, *, seed: int = 0, name: str = "tiny_qwen_vl") -> str:
-    """Save a random ``Qwen2_5_VLForConditionalGeneration`` (2 text layers, hidden 32; a 1-block
-    vision tower), a byte-level BPE tokenizer trained in code on the toy prompts (Qwen's special
-    tokens, the digits 1–5 as tokens) and a ``Qwen2VLImageProcessor`` (32 px images: 16 patches,
-    4 merged tokens) under ``tmp_path/name``: the layout of ``CodeGoat24/UnifiedReward-qwen-7b``."""
+def tiny_qwen_vl_dir(tmp_path, *, seed: int = 0, name: str = "tiny_qwen_vl", arch: str = "qwen2_5_vl") -> str:
+    """Save a random Qwen-VL judge (2 text layers, hidden 32; a 1-block vision tower), a byte-level
+    BPE tokenizer trained in code on the toy prompts (Qwen's special tokens, the digits 1–5 as
+    tokens) and a ``Qwen2VLImageProcessor`` (32 px images: 16 patches, 4 merged tokens) under
+    ``tmp_path/name``: the layout of ``CodeGoat24/UnifiedReward-qwen-7b``. ``arch`` picks the model
+    class: ``qwen2_5_vl`` (``Qwen2_5_VLForConditionalGeneration``, the 7B judge's) or ``qwen2_vl``
+    (``Qwen2VLForConditionalGeneration``, the earlier UnifiedReward judges')."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import (
         PreTrainedTokenizerFast,
         Qwen2_5_VLConfig,
         Qwen2_5_VLForConditionalGeneration,
+        Qwen2VLConfig,
+        Qwen2VLForConditionalGeneration,
         Qwen2VLImageProcessor,
     )
 
     from grpo_guard.toyworld.tokenizers import toy_corpus
 
+    if arch not in ("qwen2_5_vl", "qwen2_vl"):
+        raise ValueError(f"arch must be 'qwen2_5_vl' or 'qwen2_vl', got {arch!r}")
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
@@ -134,21 +140,27 @@ def tiny_qwen_vl_dir(tmp_path, *, seed: int = 0, name: str = "tiny_qwen_vl") -> 
         show_progress=False))
     tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>")
     ids = {s: tok.convert_tokens_to_ids(s) for s in QWEN_SPECIAL}
-    cfg = Qwen2_5_VLConfig(
-        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                         rope_scaling={"type": "mrope", "mrope_section": [1, 1, 2]},
-                         bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
-                         pad_token_id=ids["<|endoftext|>"]),
-        vision_config=dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=32,
-                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
-                           fullatt_block_indexes=[0]),
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-        bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])
+    special = dict(bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])
+    text = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, max_position_embeddings=1024,
+                rope_scaling={"type": "mrope", "mrope_section": [1, 1, 2]}, **special)
+    tokens = dict(image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+                  vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+    if arch == "qwen2_vl":  # the vision tower's width is embed_dim; hidden_size is what it hands the LM
+        cfg = Qwen2VLConfig(text_config=text, vision_config=dict(depth=1, embed_dim=32, hidden_size=32, mlp_ratio=2,
+                                                                 num_heads=2, patch_size=14, spatial_merge_size=2,
+                                                                 temporal_patch_size=2), **tokens)
+        model_cls = Qwen2VLForConditionalGeneration
+    else:
+        cfg = Qwen2_5_VLConfig(
+            text_config=text,
+            vision_config=dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=32,
+                               patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
+                               fullatt_block_indexes=[0]), **tokens, **special)
+        model_cls = Qwen2_5_VLForConditionalGeneration
     torch.manual_seed(seed)
     out = os.path.join(str(tmp_path), name)
-    Qwen2_5_VLForConditionalGeneration(cfg).eval().save_pretrained(out)
+    model_cls(cfg).eval().save_pretrained(out)
     tok.save_pretrained(out)
     Qwen2VLImageProcessor(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 16, patch_size=14, merge_size=2,
                           temporal_patch_size=2).save_pretrained(out)

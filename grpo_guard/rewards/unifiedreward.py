@@ -102,7 +102,11 @@ class UnifiedReward:
         texts = [TEMPLATE.format(pads="<|image_pad|>" * int(n), question=QUESTION.format(prompt=str(p))) + suffix
                  for n, p in zip(pads, prompts, strict=True)]
         tok = self.tokenizer(texts, return_tensors="pt", padding=True)
-        return {**{k: v.to(self.device) for k, v in tok.items()},
+        # 1 on the image tokens, 0 on text (what Qwen's processor returns): without it transformers
+        # gives the image patches plain 1-D positions instead of M-RoPE's (t, h, w) grid, and the
+        # real judge scores images it sees wrongly placed (Qwen2-VL refuses to run at all)
+        mm_types = (tok["input_ids"] == self.model.config.image_token_id).long()
+        return {**{k: v.to(self.device) for k, v in tok.items()}, "mm_token_type_ids": mm_types.to(self.device),
                 "pixel_values": px["pixel_values"].to(self.device, self.dtype),
                 "image_grid_thw": px["image_grid_thw"].to(self.device)}
 

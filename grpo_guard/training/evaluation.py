@@ -3,9 +3,10 @@ the EMA weights, scored by every proxy reward (weight 0 included) and every gold
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -88,6 +89,22 @@ def reward_health(*reward_maps: Mapping[str, object]) -> dict[str, float]:
     out = {M.REWARD_FAILURES.format(name=k): v for k, v in fails.items()}
     out.update({M.REWARD_LATENCY.format(name=k): float(np.mean(v)) for k, v in lat.items()})
     return out
+
+
+@contextlib.contextmanager
+def fatal_reward_failures_logged(recorder: Recorder, step: int, *reward_maps: Mapping[str, object]) -> Iterator[None]:
+    """Around a scoring that may end the run: when a reward server fails for good, its failed
+    attempts (and the latency of the calls that did answer) are still logged at ``step`` before the
+    error goes on, so the Run page's Status tab counts the failures that failed the run. No reward
+    of the step is logged; resuming prunes the step's rows with the rest of the epoch."""
+    from grpo_guard.rewards.remote import RewardServerError  # standard library + numpy
+
+    try:
+        yield
+    except RewardServerError:
+        recorder.log_scalars(step, reward_health(*reward_maps))
+        recorder.flush()
+        raise
 
 
 @torch.no_grad()

@@ -21,7 +21,7 @@ from grpo_guard.models.base import Backbone
 from grpo_guard.training import sharding
 from grpo_guard.training.checkpoint import Checkpoint, checkpoint_path, prune_checkpoints, save_checkpoint
 from grpo_guard.training.ema import EMA
-from grpo_guard.training.evaluation import EvalSet, evaluate
+from grpo_guard.training.evaluation import EvalSet, evaluate, fatal_reward_failures_logged
 from grpo_guard.training.recording import Recorder
 from grpo_guard.training.train_state import TrainerState
 
@@ -68,7 +68,8 @@ def evaluate_at(run: TrainRun, state: TrainerState, step: int) -> None:
         return
     c, recorder = run.config, run.recorder
     t = time.perf_counter()
-    with run.ema.swapped() if run.ema is not None else contextlib.nullcontext():
+    with run.ema.swapped() if run.ema is not None else contextlib.nullcontext(), \
+            fatal_reward_failures_logged(recorder, step, run.golds, run.proxies):
         vals = evaluate(run.backbone, run.eval_set, run.eval_sigmas, cfg_scale=c.cfg_scale, proxies=run.proxies,
                         golds=run.golds, step=step, recorder=recorder, chunk=c.sample_batch_size,
                         should_stop=run.should_stop)

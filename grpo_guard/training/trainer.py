@@ -56,7 +56,7 @@ from grpo_guard.planning.runtime import resolve_rows_per_forward
 from grpo_guard.policy import group_advantages, zero_variance_mask
 from grpo_guard.training import distributed as ddp
 from grpo_guard.training.checkpoint import load_checkpoint
-from grpo_guard.training.evaluation import reward_health, score_images
+from grpo_guard.training.evaluation import fatal_reward_failures_logged, reward_health, score_images
 from grpo_guard.training.interrupt import Interrupted, PreUpdateSnapshot, interrupt_requested
 from grpo_guard.training.recording import Control, NullRecorder, Recorder, StepStat
 from grpo_guard.training.rollout import (
@@ -202,7 +202,8 @@ def train(config: RunConfig, recorder: Recorder, control: Control, *, resume_fro
         t_sample = time.perf_counter()
 
         # 4c. Score with the proxy rewards, gathered over the ranks.
-        scored = _score(run, samples)
+        with fatal_reward_failures_logged(recorder, epoch, run.proxies, run.golds):  # then the run fails
+            scored = _score(run, samples)
         t_reward = time.perf_counter()
 
         # 4d. Group advantages over the whole batch; zero-advantage samples are dropped (§3.1).
@@ -361,6 +362,11 @@ def _score(run: TrainRun, samples: EpochSamples) -> EpochRewards:
     several ranks, gather before normalising (§3.1) so every rank sees the whole batch in row order."""
     row_prompts = [samples.prompts[i] for i in samples.my_index.tolist()]
     scores = score_images(samples.images, row_prompts, {k: fn for k, (fn, _) in run.proxies.items()})
+    for k, v in scores.items():  # a NaN is a failed score (an unparsed judge answer), never a value to train on
+        if not np.isfinite(v).all():
+            raise ValueError(f"proxy reward {k!r} gave NaN or inf for {int((~np.isfinite(v)).sum())} of {len(v)} "
+                             "images this epoch; nothing of the epoch was recorded (the run resumes from its last "
+                             "checkpoint once the reward is fixed)")
     total = sum(w * scores[k] for k, (_, w) in run.proxies.items())                     # (N_r,) float64
     sizes = None
     if run.world > 1:

@@ -31,8 +31,14 @@ class BreaksAfter:
         return self.inner(images, prompts)
 
 
+def _last(run_id: int, key: str) -> float:
+    return queries.metric_series(run_id, [key])[key][1][-1]
+
+
 @pytest.mark.slow
 def test_a_reward_server_that_breaks_fails_the_run_loudly_and_it_resumes(real_trainer, monkeypatch):  # noqa: F811
+    from app.pages.run_detail import reward_server_rows  # the Status tab's rows
+
     reward = BreaksAfter(3)  # eval 0, epoch 1, eval 1 are scored; epoch 2's request fails
     server = make_server("toy_fg_share", "127.0.0.1", 0, reward=reward)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -50,13 +56,18 @@ def test_a_reward_server_that_breaks_fails_the_run_loudly_and_it_resumes(real_tr
         assert steps == [1] and all(math.isfinite(v) for v in values), "epoch 2 must store no reward at all"
         assert [c.step for c in queries.checkpoints(rid)] == [1]
         fails = queries.metric_series(rid, ["reward/toy_remote/failures"])["reward/toy_remote/failures"]
-        assert fails[0] == [0, 1] and fails[1] == [0.0, 0.0]
+        assert fails == ([0, 1, 2], [0.0, 0.0, 2.0]), "the attempts that failed the run are counted at its epoch"
+        keys = ["reward/toy_remote/failures", "reward/toy_remote/latency"]
+        assert reward_server_rows(queries.metric_series(rid, keys)) == [
+            ("reward server toy_remote", f"last latency {_last(rid, keys[1]):.3f} s, 2 failed attempt(s) in all")]
 
         reward.healed = True  # the operator fixes the server; the run resumes from epoch 1's checkpoint
         queries.resume_run(rid)
         assert real_trainer(rid) == "succeeded"
         steps, _ = queries.metric_series(rid, ["reward/toy_remote/mean"])["reward/toy_remote/mean"]
         assert steps == [1, 2]
+        fails = queries.metric_series(rid, ["reward/toy_remote/failures"])["reward/toy_remote/failures"]
+        assert fails == ([0, 1, 2], [0.0, 0.0, 0.0]), "resuming re-runs epoch 2, whose attempts all succeeded"
     finally:
         server.shutdown()
         server.server_close()

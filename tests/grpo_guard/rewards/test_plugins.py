@@ -55,6 +55,20 @@ def test_rewards_list_shows_the_installed_plugin(plugin_site):
     assert rows["toy_fg_share"]["source"] == "grpo-guard"
 
 
+def test_plugins_load_lazily_on_the_first_read_of_the_registry(plugin_site):
+    """Importing the registry (and config validation's module) imports no plugin; the first read
+    of the registry does, in every process alike, and build_reward then calls its factory."""
+    code = ("import sys, json; import grpo_guard.rewards as R, grpo_guard.config; "
+            "before = 'gg_reward_example' in sys.modules; names = R.available(); "
+            "after = 'gg_reward_example' in sys.modules; "
+            "score = R.build_reward('example_brightness', target=0.0)(__import__('numpy').zeros((1, 4, 4, 3), 'uint8'), ['x']); "
+            "print(json.dumps([before, after, 'example_brightness' in names, score.tolist()]))")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, plugin_site])}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == [False, True, True, [1.0]], out.stdout
+
+
 def test_a_config_names_the_plugin_by_name_and_its_options_are_checked(with_plugin):
     cfg = RunConfig.from_dict({"rewards": {"example_brightness": 1.0},
                                "reward_options": {"example_brightness": {"target": 0.8}}})
@@ -100,8 +114,26 @@ def test_a_broken_plugin_is_one_warning_naming_it(tmp_path, monkeypatch, caplog)
         assert any("not_callable" in p and "not callable" in p for p in mine), mine
         assert "broken_reward" not in REGISTRY and REGISTRY["toy_fg_share"].source == "grpo-guard"
         assert build_reward("toy_fg_share") is not None  # the rest of the registry still works
-        assert any("broken_reward" in r.getMessage() for r in caplog.records), "no warning was logged"
+        for name in ("'broken_reward'", "'toy_fg_share'", "'not_callable'", "'exits'"):
+            warned = [r for r in caplog.records if name in r.getMessage() and r.levelname == "WARNING"]
+            assert len(warned) == 1, f"one warning naming {name}, got {[r.getMessage() for r in warned]}"
     finally:
         monkeypatch.undo()
         load_extras(reload=True)
     assert not [p for p in PROBLEMS if "broken-plugin" in p]
+
+
+@pytest.mark.slow
+def test_a_proxy_that_gives_nan_fails_the_epoch_naming_it(tmp_path):
+    """An unparsed judge answer (unifiedreward's NaN) or a broken plugin: the epoch fails with the
+    reward's name, nothing of it is trained on or recorded."""
+    import numpy as np
+
+    def half_nan(images, prompts):
+        out = np.full(len(images), 0.5)
+        out[::2] = np.nan
+        return out
+
+    cfg = toy_config(rewards={"toy_fg_share": 1.0})
+    with pytest.raises(ValueError, match=r"proxy reward 'toy_fg_share' gave NaN or inf for 2 of 4 images"):
+        toy_run(cfg, str(tmp_path / "ckpt"), rewards={"toy_fg_share": half_nan})

@@ -14,7 +14,14 @@ import numpy as np
 import pytest
 
 from grpo_guard.rewards import REGISTRY, build_reward, load_extras
-from grpo_guard.rewards.protocol import PROTOCOL, ProtocolError, parse_answer, parse_request, score_request
+from grpo_guard.rewards.protocol import (
+    PROTOCOL,
+    ProtocolError,
+    parse_answer,
+    parse_request,
+    score_answer,
+    score_request,
+)
 from grpo_guard.rewards.remote import RemoteReward, RewardServerError
 from grpo_guard.rewards.server import check_bind, make_server
 from grpo_guard.rewards.servers import ServerSpec, parse_entry
@@ -80,6 +87,27 @@ def test_a_public_bind_needs_a_token():
         check_bind("0.0.0.0", None)
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost", "LOCALHOST",
+                                  "localhost.localdomain", "ip6-localhost", "0.0.0.0", "::", "10.0.0.7",
+                                  "gpu-box", ""])
+def test_the_bind_rules_are_serves(host):
+    """`grpo-guard reward-server` refuses exactly the hosts `grpo-guard serve` refuses without credentials."""
+    from app.main import AuthConfigError
+    from app.main import check_bind as serve_check_bind
+
+    try:
+        serve_check_bind(host, [])
+        serve_ok = True
+    except AuthConfigError:
+        serve_ok = False
+    try:
+        check_bind(host, None)
+        ours_ok = True
+    except ValueError:
+        ours_ok = False
+    assert ours_ok == serve_ok, host
+
+
 def test_a_declared_server_is_a_name_and_a_config_never_names_a_url(declared, toy_server):
     from grpo_guard.config import RunConfig
 
@@ -133,6 +161,9 @@ class _Faulty(BaseHTTPRequestHandler):
         self.rfile.read(int(self.headers["Content-Length"]))
         self.server.calls += 1
         mode = self.server.mode
+        if mode == "drop":  # the process died mid-request: the connection closes without an answer
+            self.close_connection = True
+            return
         if mode == "slow":
             time.sleep(1.0)
         body = {"slow": b'{"protocol": "grpo-guard-reward/1", "scores": [1.0, 1.0]}',
@@ -147,7 +178,8 @@ class _Faulty(BaseHTTPRequestHandler):
 
 @pytest.mark.parametrize("mode, reason", [("slow", "no answer within the 0.3 s timeout"), ("garbage", "the body is not JSON"),
                                           ("nan", "the JSON holds NaN"), ("short", "the answer has 1 scores for 2 images"),
-                                          ("500", "HTTP 500 \\(CUDA out of memory\\)")])
+                                          ("500", "HTTP 500 \\(CUDA out of memory\\)"),
+                                          ("drop", "the connection failed \\(RemoteDisconnected")])
 def test_a_faulty_server_is_retried_then_fails_loudly_never_a_score(mode, reason):
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Faulty)
     server.daemon_threads, server.mode, server.calls = True, mode, 0
@@ -160,6 +192,20 @@ def test_a_faulty_server_is_retried_then_fails_loudly_never_a_score(mode, reason
             remote(_images(2), PROMPTS)
         assert server.calls == 3, "two retries after the first failure"
         assert remote.take_stats() == {"failures": 3.0}
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_nan_from_the_served_reward_is_a_500_then_a_loud_error_never_a_score():
+    server = make_server("toy_fg_share", "127.0.0.1", 0, reward=lambda images, prompts: np.full(len(images), np.nan))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        remote = RemoteReward("r", ServerSpec("r", server.url, "toy_fg_share", retries=1, backoff=0.01))
+        with pytest.raises(RewardServerError, match=r"failed 2 time\(s\), last: HTTP 500 \(ValueError: the reward "
+                                                    r"returned a non-finite score \(nan\) for image 0\)"):
+            remote(_images(2), PROMPTS)
+        assert remote.take_stats() == {"failures": 2.0}
     finally:
         server.shutdown()
         server.server_close()
@@ -222,3 +268,61 @@ def test_a_server_killed_mid_run_fails_the_epoch_loudly_and_the_run_resumes(decl
     assert result.status == "succeeded" and result.step == 2
     assert rec.scalars[(2, "reward/toy_remote/mean")] == whole.scalars[(2, "reward/toy_fg_share/mean")], \
         "the resumed epoch must score what an uninterrupted in-process run scores"
+
+
+class _TurnsFaulty(BaseHTTPRequestHandler):
+    """Scores toy_fg_share for the server's first ``ok_calls`` requests (and again once ``healed``),
+    then answers with the fault ``mode``: slow (past the timeout), garbage JSON, or NaN scores."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *a):
+        pass
+
+    def do_POST(self):  # noqa: N802
+        _, images, prompts = parse_request(self.rfile.read(int(self.headers["Content-Length"])))
+        srv = self.server
+        srv.calls += 1
+        mode = "ok" if srv.calls <= srv.ok_calls or srv.healed else srv.mode
+        if mode == "slow":
+            time.sleep(3.0)
+        body = {"garbage": b"{not json",
+                "nan": json.dumps({"protocol": PROTOCOL, "scores": [0.5] * len(images)}).replace("0.5", "NaN", 1).encode(),
+                }.get(mode) or score_answer(srv.reward(images, prompts))
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode, reason", [("slow", "no answer within the 1.5 s timeout"),
+                                          ("garbage", "the body is not JSON"), ("nan", "the JSON holds NaN")])
+def test_a_fault_mid_run_is_a_loud_error_no_reward_is_recorded_and_the_run_resumes(mode, reason, declared, tmp_path):
+    """Eval 0, epoch 1 and eval 1 are scored; epoch 2's request meets the fault."""
+    from grpo_guard.training.recording import MemoryControl, MemoryRecorder
+    from grpo_guard.training.trainer import train
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _TurnsFaulty)
+    server.daemon_threads, server.handle_error = True, lambda *a: None  # the slow answer's client has gone
+    server.mode, server.calls, server.ok_calls, server.healed = mode, 0, 3, False
+    server.reward = build_reward("toy_fg_share")
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        declared(toy_remote={"url": url, "reward": "toy_fg_share", "retries": 1, "backoff": 0.01, "timeout": 1.5})
+        cfg = toy_config(rewards={"toy_remote": 1.0}, epochs=2)
+        ckpt_dir = str(tmp_path / "ckpt")
+        rec = MemoryRecorder(ckpt_dir)
+        with pytest.raises(RewardServerError, match=f"'toy_remote' \\({url}\\) failed 2 time\\(s\\), last: {reason}"):
+            train(cfg, rec, MemoryControl())
+        assert not [k for k in rec.scalars if k[0] == 2 and not k[1].startswith("reward/toy_remote/")], \
+            "nothing of epoch 2 but the failure count is recorded"
+        assert rec.scalars[(2, "reward/toy_remote/failures")] == 2.0 and (2, "reward/toy_remote/mean") not in rec.scalars
+        assert all(v != 0 for (step, k), v in rec.scalars.items() if k == "reward/toy_remote/mean"), "never a 0"
+        server.healed = True  # the operator fixes the server; the run resumes from epoch 1's checkpoint
+        result, again = toy_run(cfg, ckpt_dir, resume_from=os.path.join(ckpt_dir, "ckpt_000001.pt"))
+        assert result.status == "succeeded" and result.step == 2 and (2, "reward/toy_remote/mean") in again.scalars
+    finally:
+        server.shutdown()
+        server.server_close()

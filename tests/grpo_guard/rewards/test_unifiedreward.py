@@ -1,8 +1,10 @@
-"""UnifiedReward, the Qwen2.5-VL judge, on a tiny random Qwen2.5-VL built in code (no hub)."""
+"""UnifiedReward, the Qwen2.5-VL judge, on tiny random Qwen2-VL and Qwen2.5-VL models built in code
+(no hub)."""
 
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -14,12 +16,12 @@ from grpo_guard.rewards.unifiedreward import parse_score
 PROMPTS = ["a red circle on a blue background", "a green square on a white background", "a photo of a cat"]
 
 
-@pytest.fixture(scope="module")
-def judge_dir(tmp_path_factory):
+@pytest.fixture(scope="module", params=["qwen2_vl", "qwen2_5_vl"])
+def judge_dir(request, tmp_path_factory):
     import torch
 
     torch.set_num_threads(1)
-    return tiny_qwen_vl_dir(tmp_path_factory.mktemp("uni"))
+    return tiny_qwen_vl_dir(tmp_path_factory.mktemp("uni"), arch=request.param, name=request.param)
 
 
 @pytest.mark.parametrize("answer, score", [
@@ -47,6 +49,20 @@ def test_logits_rule_scores_every_image_in_one_to_five_batched(judge_dir):
     assert s.shape == (3,) and np.all((s >= 1) & (s <= 5)), s
     one = build_reward("unifiedreward", path=judge_dir, score="logits", batch_size=1, device="cpu")(imgs, PROMPTS)
     assert np.allclose(s, one, atol=1e-5), "left-padded batches must score as single images do"
+
+
+def test_the_judge_sees_the_image_at_its_m_rope_grid_positions(judge_dir):
+    """Qwen-VL places the image tokens on a (t, h, w) grid (M-RoPE) only when told which tokens are
+    the image's: a 32 px image is 2×2 merged tokens spanning 2 positions, so the text after it
+    starts 2 earlier than with 1-D positions (rope_deltas -2). Plain positions would feed the real
+    judge a scrambled image; Qwen2-VL would refuse to run."""
+    imgs = np.random.default_rng(2).integers(0, 256, (1, 32, 32, 3), dtype=np.uint8)
+    judge = build_reward("unifiedreward", path=judge_dir, score="logits", batch_size=1, device="cpu")
+    want = {"qwen2_vl": "Qwen2VLForConditionalGeneration", "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration"}
+    assert type(judge.model).__name__ == want[os.path.basename(judge_dir)]
+    judge(imgs, PROMPTS[:1])
+    deltas = judge.model.model.rope_deltas
+    assert deltas is not None and deltas.tolist() == [[-2]], deltas
 
 
 def test_generate_rule_answers_every_image_and_an_unparsed_answer_is_nan(judge_dir):
