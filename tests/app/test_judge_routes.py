@@ -79,6 +79,24 @@ def test_without_login_the_judge_types_a_name(session, monkeypatch):
         assert c.get("/judge/img/not-a-token").status_code == 404
 
 
+def test_sides_of_1000_handed_out_trials_are_a_fair_coin(session):
+    """The binomial check on what the server hands out, not only on the coin: 1,000 trials of
+    the same first pair (the page reloaded each time), each side read back from the trial book
+    that only the server holds."""
+    from app.judge_routes import next_trial
+    from tests.grpo_guard.judging.test_stats import assert_fair_coin
+
+    flips, pairs = [], set()
+    for _ in range(1000):
+        t = next_trial({"session": session, "reset": True}, "sides")
+        trial, side = BOOK.image(t["left"].rsplit("/", 1)[1])
+        assert side == "left" and trial.token == t["trial"]
+        flips.append(trial.sample("left").id == trial.a.id)
+        pairs.add((trial.a.id, trial.b.id))
+    assert len(pairs) == 1, "the same pair each time: only its sides may change"
+    assert_fair_coin(flips)
+
+
 def test_png_text_chunks_are_stripped_and_pixels_kept():
     from tests.app.synthetic import image
 

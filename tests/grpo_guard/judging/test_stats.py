@@ -78,16 +78,26 @@ def test_fleiss_kappa_of_fleiss_worked_example():
     assert fleiss_kappa([["a"]]) is None
 
 
-def test_side_randomisation_is_balanced_over_1000_trials():
-    """A fair coin: the number of trials with A on the left passes a two-sided exact binomial
-    test at 1e-4 (a biased or alternating side would not be random: also check runs)."""
-    n = 1000
-    flips = [coin() for _ in range(n)]
+def assert_fair_coin(flips: list[bool]) -> None:
+    """A fair coin: the number of heads passes a two-sided exact binomial test at 1e-4, and the
+    number of runs a Wald–Wolfowitz test at 4.5 sigma (a strictly alternating side is balanced
+    but not random)."""
+    n = len(flips)
     k = sum(flips)
     p_two = min(1.0, 2 * sum(math.comb(n, i) for i in range(0, min(k, n - k) + 1)) / 2**n)
     assert p_two > 1e-4, f"A shown left {k} times of {n}: the side coin is biased"
-    runs = 1 + sum(a != b for a, b in zip(flips, flips[1:], strict=False))  # Wald–Wolfowitz: ~N(501, 15.8²)
-    assert abs(runs - (1 + 2 * k * (n - k) / n)) < 4.5 * math.sqrt(2 * k * (n - k) * (2 * k * (n - k) - n) / (n * n * (n - 1)))
+    runs = 1 + sum(a != b for a, b in zip(flips, flips[1:], strict=False))  # ~N(501, 15.8²) for n = 1000
+    mu = 1 + 2 * k * (n - k) / n
+    sd = math.sqrt(2 * k * (n - k) * (2 * k * (n - k) - n) / (n * n * (n - 1)))
+    assert abs(runs - mu) < 4.5 * sd, f"{runs} runs of sides in {n} trials (expected {mu:.0f} ± {sd:.1f})"
+
+
+def test_side_coin_is_fair_over_1000_flips_and_the_check_catches_bias():
+    assert_fair_coin([coin() for _ in range(1000)])
+    rng = random.Random(0)
+    for biased in ([True] * 1000, [i % 2 == 0 for i in range(1000)], [rng.random() < 0.4 for _ in range(1000)]):
+        with pytest.raises(AssertionError):
+            assert_fair_coin(biased)
 
 
 class S:
