@@ -82,6 +82,13 @@ class TrialBook:
             return sorted((t for t in self._trials.values() if t.session_id == session_id and t.judge == judge),
                           key=lambda t: t.issued)
 
+    def pending_pairs(self, judge: str) -> set[frozenset[int]]:
+        """The sample pairs handed to this judge and not yet answered, in every session (two
+        tabs on two sessions that share a pair must not both show it)."""
+        with self._lock:
+            self._expire()
+            return {t.pair for t in self._trials.values() if t.judge == judge}
+
     def reset(self, session_id: int, judge: str) -> None:
         """Forget a judge's unanswered trials (a reloaded page starts afresh)."""
         with self._lock:
@@ -257,9 +264,8 @@ def next_trial(body: dict[str, Any], judge: str) -> dict[str, Any]:
         raise ApiError(404, f"no judging session {sid}") from None
     if body.get("reset"):
         BOOK.reset(sid, judge)
-    pending = [t.pair for t in BOOK.pending(sid, judge)]
     prog = S.progress(sess, judge)
-    found = S.next_pair(sess, judge, pending)
+    found = S.next_pair(sess, judge, BOOK.pending_pairs(judge))
     if found is None:
         return {"trial": None, "done": prog.done, "total": prog.total}
     t = BOOK.issue(sid, judge, *found, a_left=S.coin())

@@ -125,8 +125,10 @@ def test_trial_book_keeps_few_pending_trials_per_judge():
     assert len(pending) == MAX_PENDING and pending[-1] is trials[-1], "the oldest unanswered trials are dropped"
     assert book.image(trials[0].images["left"]) is None and book.image(trials[-1].images["right"])[1] == "right"
     assert trials[-1].sample("left").id == trials[-1].a.id and book.pending(1, "bob") == []
+    other = book.issue(2, "ann", _S(100), _S(101), a_left=False)
+    assert book.pending_pairs("ann") == {t.pair for t in trials[-MAX_PENDING:]} | {other.pair}, "every session's"
     book.reset(1, "ann")
-    assert book.pending(1, "ann") == [] and BOOK is not book
+    assert book.pending(1, "ann") == [] and book.pending_pairs("ann") == {other.pair} and BOOK is not book
 
 
 def test_results_tables_carry_the_summary(session):
