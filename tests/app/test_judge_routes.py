@@ -145,6 +145,13 @@ def test_results_tables_carry_the_summary(session):
         assert f'data-a="{p.a[0]}:{p.a[1]}" data-b="{p.b[0]}:{p.b[1]}"' in html
     assert "no judgments yet" in results_html(type(s)(**{**s.__dict__, "judgments": 0}), {})
     assert "No judging session #4242" in show_session(4242)[0]
+    # three runs at two matched steps: a Bradley–Terry table per step, each checkpoint a row
+    from grpo_guard.judging.sessions import summarize
+    from tests.grpo_guard.judging.test_stats import _row
+
+    rows = [_row("ann", (r, st), (r % 3 + 1, st), "a", (10 * st + r, 10 * st + r + 100)) for st in (0, 1) for r in (1, 2, 3)]
+    html = results_html(summarize(rows), {1: "#1 x"})
+    assert html.count('class="gg-table judge-results-bt"') == 2 and 'data-ck="3:1"' in html and "#1 x @ step 0" in html
 
 
 def test_experiments_human_series_pools_each_arms_seeds(store):

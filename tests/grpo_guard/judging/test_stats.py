@@ -150,16 +150,27 @@ def _row(judge, a, b, outcome, pair=(1, 2), family=""):
                        "tie" if outcome == "tie" else "left", (), 100, None)
 
 
-def test_summary_scores_checkpoints_only_when_the_judged_pairs_connect_them():
+def test_summary_scores_each_group_of_checkpoints_the_judged_pairs_connect():
     from grpo_guard.judging.sessions import summarize
 
     islands = [_row("ann", (1, 0), (2, 0), "a"), _row("ann", (1, 10), (2, 10), "b")]
-    assert summarize(islands).bradley_terry is None, "matched steps are separate islands"
+    assert summarize(islands).bradley_terry == (), "two checkpoints per island: their win rate says it all"
     chain = [_row("ann", (1, 0), (1, 10), "a", (1, 2)), _row("ann", (1, 10), (1, 20), "a", (2, 3)),
              _row("ann", (1, 0), (1, 20), "b", (1, 3))]
-    s = summarize(chain)
-    assert s.bradley_terry is not None and set(s.bradley_terry.scores) == {(1, 0), (1, 10), (1, 20)}
+    (bt,) = summarize(chain).bradley_terry
+    assert set(bt.scores) == {(1, 0), (1, 10), (1, 20)}
     assert [r.outcome for r in chain] == ["a", "a", "b"]
+    # three runs at matched steps 0 and 10: one group per step, each fitted on its own judgments.
+    # Step 0: run 1 beats run 2 2:1 and run 2 beats run 3 2:1 -> 4:2:1 (the chain solved by hand
+    # above); step 10: run 3 beats run 1 once and loses once, ties run 2 twice -> all equal.
+    step0 = [("a", (1, 0), (2, 0)), ("a", (1, 0), (2, 0)), ("b", (1, 0), (2, 0)),
+             ("a", (2, 0), (3, 0)), ("a", (2, 0), (3, 0)), ("b", (2, 0), (3, 0))]
+    step10 = [("a", (3, 10), (1, 10)), ("b", (3, 10), (1, 10)), ("tie", (3, 10), (2, 10)), ("tie", (2, 10), (3, 10))]
+    rows = [_row("ann", a, b, out, (i, 100 + i)) for i, (out, a, b) in enumerate(step0 + step10)]
+    first, second = summarize(rows).bradley_terry
+    assert first.scores == pytest.approx({(1, 0): 4 / 7, (2, 0): 2 / 7, (3, 0): 1 / 7}, abs=1e-7)
+    assert second.scores == pytest.approx(dict.fromkeys([(1, 10), (2, 10), (3, 10)], 1 / 3), abs=1e-7)
+    assert [len(g["scores"]) for g in summarize(rows).to_dict()["bradley_terry"]] == [3, 3]
 
 
 def test_two_judges_give_cohen_and_three_give_fleiss():
