@@ -87,7 +87,7 @@ def results_html(summary: Any, labels: dict[int, str]) -> str:
         a = s.agreement
         k = "undefined" if a.kappa is None else f"{a.kappa:.3f}"
         parts.append(f'<p id="judge-results-kappa" data-kappa="{"" if a.kappa is None else a.kappa}">Agreement: '
-                     f"{'Cohen' if a.method == 'cohen' else 'Fleiss'}' kappa <b>{k}</b> over {a.items} pair(s) judged by "
+                     f"{_sessions().KAPPA_NAMES[a.method]} kappa <b>{k}</b> over {a.items} pair(s) judged by "
                      f"{a.judges} judges.</p>")
     else:
         parts.append('<p class="gg-muted">Agreement: needs two judges on the same pairs.</p>')

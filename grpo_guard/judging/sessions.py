@@ -94,6 +94,9 @@ class PairStat:
     rate: WinRate
 
 
+KAPPA_NAMES = {"cohen": "Cohen's", "fleiss": "Fleiss'"}
+
+
 @dataclass(frozen=True)
 class Agreement:
     method: str  # "cohen" | "fleiss"
@@ -276,7 +279,7 @@ def summary_text(s: Summary, label=lambda c: f"run {c[0]} step {c[1]}") -> str:
     if s.agreement is not None:
         a = s.agreement
         k = "undefined" if a.kappa is None else f"{a.kappa:.3f}"
-        lines.append(f"agreement: {'Cohen' if a.method == 'cohen' else 'Fleiss'}' kappa {k} over {a.items} pair(s), "
+        lines.append(f"agreement: {KAPPA_NAMES[a.method]} kappa {k} over {a.items} pair(s), "
                      f"{a.judges} judges")
     if s.reasons:
         lines.append("reasons: " + ", ".join(f"{k} {v}" for k, v in s.reasons.items()))

@@ -173,8 +173,24 @@ def test_summary_scores_each_group_of_checkpoints_the_judged_pairs_connect():
     assert [len(g["scores"]) for g in summarize(rows).to_dict()["bradley_terry"]] == [3, 3]
 
 
+def test_win_rates_per_task_family_count_each_familys_judgments():
+    from grpo_guard.judging.sessions import summarize, summary_text
+
+    a, b = (1, 10), (2, 10)
+    rows = [_row("ann", a, b, "a", (1, 2), "color"), _row("ann", a, b, "a", (3, 4), "color"),
+            _row("ann", a, b, "b", (5, 6), "count"), _row("ann", a, b, "tie", (7, 8), "count"),
+            _row("ann", a, b, "a", (9, 10))]  # a prompt without metadata: in the pair's rate only
+    s = summarize(rows)
+    assert [(p.family, p.rate.wins, p.rate.losses, p.rate.ties) for p in s.families] == [("color", 2, 0, 0),
+                                                                                        ("count", 0, 1, 1)]
+    count = s.families[1].rate
+    assert count.rate == pytest.approx(0.25) and (count.lo, count.hi) == pytest.approx(wilson(0.5, 2))
+    assert (s.pairs[0].rate.wins, s.pairs[0].rate.n) == (3, 5)
+    assert "[count] run 1 step 10 vs run 2 step 10: 0.250" in summary_text(s)
+
+
 def test_two_judges_give_cohen_and_three_give_fleiss():
-    from grpo_guard.judging.sessions import agreement
+    from grpo_guard.judging.sessions import agreement, summarize, summary_text
 
     a, b = (1, 0), (2, 0)
     two = [_row("ann", a, b, "a", (1, 2)), _row("bob", a, b, "a", (1, 2)),
@@ -184,4 +200,5 @@ def test_two_judges_give_cohen_and_three_give_fleiss():
     assert ag.method == "cohen" and ag.items == 2 and ag.kappa == pytest.approx(1 / 3)
     three = two + [_row("cy", a, b, "a", (1, 2))]
     assert agreement(three).method == "fleiss" and agreement(three).judges == 3
+    assert "Fleiss' kappa" in summary_text(summarize(three)) and "Cohen's kappa" in summary_text(summarize(two))
     assert agreement(two[:1]) is None
