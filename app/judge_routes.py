@@ -202,7 +202,7 @@ def judge_of(request: Request, typed: Any) -> str:
         if not user:
             raise ApiError(401, "sign in first: this server requires a login")
         return str(user)[:200]
-    name = str(typed or "").strip()
+    name = typed.strip() if isinstance(typed, str) else ""
     if not name or len(name) > NAME_MAX:
         raise ApiError(400, f"type your name (1 to {NAME_MAX} characters) before judging")
     return name

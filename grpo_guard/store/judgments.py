@@ -23,6 +23,13 @@ from grpo_guard.store.models import EvalSample, JudgingSession, Judgment
 
 CHOICES = ("left", "right", "tie")
 MAX_REASONS = 8
+MAX_ID = 2**31 - 1  # session and run ids are 32-bit INTEGER columns
+
+
+def _id_in_range(i: int) -> bool:
+    """Whether an id can name a row at all: a bigger one (from a URL or the CLI) is simply not
+    found, instead of overflowing the database driver."""
+    return 0 < i <= MAX_ID
 
 
 class JudgingSessionNotFoundError(RunNotFoundError):
@@ -125,6 +132,8 @@ def create_session(spec: Mapping[str, Any], pairs: Sequence[tuple[int, int]], *,
 
 def get_session(session_id: int) -> JudgingSessionRow:
     """One session; ``JudgingSessionNotFoundError`` (a LookupError) if there is none."""
+    if not _id_in_range(int(session_id)):
+        raise JudgingSessionNotFoundError(f"no judging session with id {session_id}")
     with session_scope() as s:
         r = s.get(JudgingSession, int(session_id))
         if r is None:
@@ -151,7 +160,7 @@ def _judge_sample(r: Any) -> JudgeSample:
 
 def run_samples(run_ids: Iterable[int]) -> list[JudgeSample]:
     """Every eval sample of the runs, by run, step, prompt and seed."""
-    ids = [int(i) for i in run_ids]
+    ids = [int(i) for i in run_ids if _id_in_range(int(i))]
     if not ids:
         return []
     with session_scope() as s:
@@ -203,7 +212,7 @@ def add_judgment(session_id: int, judge: str, a: JudgeSample, b: JudgeSample, *,
                 and_(Judgment.sample_a_id == b.id, Judgment.sample_b_id == a.id)))
     try:
         with session_scope(write=True) as s:
-            if s.get(JudgingSession, int(session_id)) is None:
+            if not _id_in_range(int(session_id)) or s.get(JudgingSession, int(session_id)) is None:
                 raise JudgingSessionNotFoundError(f"no judging session with id {session_id}")
             if s.scalar(select(Judgment.id).where(*seen).limit(1)) is not None:
                 return False
@@ -233,9 +242,11 @@ def judgments(*, session_id: int | None = None, run_ids: Iterable[int] | None = 
     ``run_ids``) and by judge."""
     conds = []
     if session_id is not None:
+        if not _id_in_range(int(session_id)):
+            return []
         conds.append(Judgment.session_id == int(session_id))
     if run_ids is not None:
-        ids = [int(i) for i in run_ids]
+        ids = [int(i) for i in run_ids if _id_in_range(int(i))]
         if not ids:
             return []
         conds.append(or_(Judgment.a_run_id.in_(ids), Judgment.b_run_id.in_(ids)))

@@ -74,6 +74,8 @@ def test_without_login_the_judge_types_a_name(session, monkeypatch):
         r = c.post("/judge/api/next", json={"session": session})
         assert r.status_code == 400 and "type your name" in r.json()["error"]
         assert c.post("/judge/api/next", json={"session": 999, "name": "cy"}).status_code == 404
+        assert c.post("/judge/api/next", json={"session": 10**20, "name": "cy"}).status_code == 404, "not a 500"
+        assert c.post("/judge/api/next", json={"session": session, "name": ["cy"]}).status_code == 400
         t = c.post("/judge/api/next", json={"session": session, "name": "cy", "reset": True}).json()
         assert set(t) == {"trial", "prompt", "left", "right", "done", "total"}
         assert c.get("/judge/img/not-a-token").status_code == 404
