@@ -79,6 +79,21 @@ def test_without_login_the_judge_types_a_name(session, monkeypatch):
         t = c.post("/judge/api/next", json={"session": session, "name": "cy", "reset": True}).json()
         assert set(t) == {"trial", "prompt", "left", "right", "done", "total"}
         assert c.get("/judge/img/not-a-token").status_code == 404
+        # a sample file that is not a PNG is refused, not sent with whatever metadata it carries
+        from grpo_guard.store import artifacts
+
+        path = artifacts.resolve(BOOK.image(t["left"].rsplit("/", 1)[1])[0].sample("left").image_location)
+        with open(path, "rb") as fh:
+            kept = fh.read()
+        try:
+            with open(path, "wb") as fh:
+                fh.write(b"\xff\xd8\xff\xe1 Exif zebra run 7 step 40")
+            r = c.get(t["left"])
+            assert r.status_code == 415 and b"zebra" not in r.content
+        finally:
+            with open(path, "wb") as fh:
+                fh.write(kept)
+        assert c.get(t["left"]).status_code == 200
 
 
 def test_sides_of_1000_handed_out_trials_are_a_fair_coin(session):
