@@ -121,6 +121,16 @@ def test_judge_20_pairs_by_keyboard_blind_fast_and_the_results_equal_the_store(s
                 seen.append((f"response {resp.url} {json.dumps(resp.headers)}", b""))
 
         page.on("response", keep)
+
+        def through(route):
+            """Every image goes through here, so its bytes are read for certain: Playwright's
+            response.body() comes back empty for a fetch() the page reads as a blob."""
+            resp = route.fetch()
+            body = resp.body()
+            seen.append((f"image {route.request.url} {json.dumps(resp.headers)}", body))
+            route.fulfill(response=resp, body=body)
+
+        page.route("**/judge/img/**", through)
         page.goto(server["link"], wait_until="domcontentloaded")
         page.locator("#judge-name").fill("ann")
         page.locator("#judge-name").press("Enter")
@@ -137,6 +147,7 @@ def test_judge_20_pairs_by_keyboard_blind_fast_and_the_results_equal_the_store(s
         state = page.evaluate("window.ggJudge")
         page.screenshot(path=os.path.join(ARTIFACTS, "judge_done.png"))
         page.remove_listener("response", keep)
+        page.unroute("**/judge/img/**")
         assert state["errors"] == [], state["errors"]
 
         # 1. every choice stored as pressed, once, by the typed judge
@@ -154,7 +165,10 @@ def test_judge_20_pairs_by_keyboard_blind_fast_and_the_results_equal_the_store(s
         assert not bad, f"the judging page leaked: {bad[:5]}"
         apis = [json.loads(body) for where, body in seen if where.startswith("response") and "/judge/api/" in where]
         assert apis and all(set(a) <= {"trial", "prompt", "left", "right", "done", "total", "ok"} for a in apis)
-        assert sum(where.startswith("response") and "/judge/img/" in where for where, _ in seen) == 2 * 20, "each pair fetched once, prefetch included"
+        images = [body for where, body in seen if where.startswith("image ")]
+        assert len(images) == 2 * 20, "each pair fetched once, prefetch included"
+        assert all(body.startswith(b"\x89PNG\r\n\x1a\n") and len(body) > 100 for body in images), \
+            "the image bytes themselves were read (and searched) above"
 
         # 4. a second judge with the buttons and the reason tags (key 1, a click on "artifacts"; key
         #    2 twice is off again); the tags start unpressed on each new pair
