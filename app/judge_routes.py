@@ -129,6 +129,8 @@ class TrialBook:
 
 
 BOOK = TrialBook()
+# next_trial runs in the thread pool: choosing a pair and booking it as pending is one step
+_HANDING_OUT = threading.Lock()
 
 
 # ---- images ----------------------------------------------------------------------------------
@@ -262,13 +264,14 @@ def next_trial(body: dict[str, Any], judge: str) -> dict[str, Any]:
         sess = J.get_session(sid)
     except LookupError:
         raise ApiError(404, f"no judging session {sid}") from None
-    if body.get("reset"):
-        BOOK.reset(sid, judge)
-    prog = S.progress(sess, judge)
-    found = S.next_pair(sess, judge, BOOK.pending_pairs(judge))
-    if found is None:
-        return {"trial": None, "done": prog.done, "total": prog.total}
-    t = BOOK.issue(sid, judge, *found, a_left=S.coin())
+    with _HANDING_OUT:  # two calls at once (a prefetch and a reload) must not both pick the same pair
+        if body.get("reset"):
+            BOOK.reset(sid, judge)
+        prog = S.progress(sess, judge)
+        found = S.next_pair(sess, judge, BOOK.pending_pairs(judge))
+        if found is None:
+            return {"trial": None, "done": prog.done, "total": prog.total}
+        t = BOOK.issue(sid, judge, *found, a_left=S.coin())
     return {"trial": t.token, "prompt": t.a.prompt, "left": f"judge/img/{t.images['left']}",
             "right": f"judge/img/{t.images['right']}", "done": prog.done, "total": prog.total}
 

@@ -114,6 +114,28 @@ def test_sides_of_1000_handed_out_trials_are_a_fair_coin(session):
     assert_fair_coin(flips)
 
 
+def test_pairs_handed_out_at_once_are_all_different(session):
+    """Calls for one judge that run at the same time (a prefetch beside a reload; the handler
+    runs in the thread pool) each get a different pair."""
+    import threading
+
+    from app.judge_routes import next_trial
+
+    def call(start: threading.Barrier, judge: str, got: list) -> None:
+        start.wait()
+        got.append(next_trial({"session": session}, judge)["trial"])
+
+    for rnd in range(5):
+        start, got = threading.Barrier(MAX_PENDING), []
+        threads = [threading.Thread(target=call, args=(start, f"race-{rnd}", got)) for _ in range(MAX_PENDING)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        pairs = [BOOK.get(tok).pair for tok in got]
+        assert len(set(pairs)) == MAX_PENDING, f"round {rnd}: a pair was handed out twice at once"
+
+
 def test_png_text_chunks_are_stripped_and_pixels_kept():
     from tests.app.synthetic import image
 
