@@ -24,11 +24,13 @@ import secrets
 import struct
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 TRIAL_TTL_S = 3600.0
 MAX_PENDING = 4  # trials handed to one judge and not yet answered (the shown one and the prefetched)
@@ -80,6 +82,13 @@ class TrialBook:
             return sorted((t for t in self._trials.values() if t.session_id == session_id and t.judge == judge),
                           key=lambda t: t.issued)
 
+    def pending_pairs(self, judge: str) -> set[frozenset[int]]:
+        """The sample pairs handed to this judge and not yet answered, in every session (two
+        tabs on two sessions that share a pair must not both show it)."""
+        with self._lock:
+            self._expire()
+            return {t.pair for t in self._trials.values() if t.judge == judge}
+
     def reset(self, session_id: int, judge: str) -> None:
         """Forget a judge's unanswered trials (a reloaded page starts afresh)."""
         with self._lock:
@@ -120,6 +129,8 @@ class TrialBook:
 
 
 BOOK = TrialBook()
+# next_trial runs in the thread pool: choosing a pair and booking it as pending is one step
+_HANDING_OUT = threading.Lock()
 
 
 # ---- images ----------------------------------------------------------------------------------
@@ -178,7 +189,9 @@ def logged_in_user(request: Request) -> str | None:
     return g.tokens.get(token) if token else None
 
 
-class NoJudge(Exception):
+class ApiError(Exception):
+    """A judging API call answered with ``{"error": message}`` and this HTTP status."""
+
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
@@ -189,11 +202,11 @@ def judge_of(request: Request, typed: Any) -> str:
     if login_required(request):
         user = logged_in_user(request)
         if not user:
-            raise NoJudge(401, "sign in first: this server requires a login")
+            raise ApiError(401, "sign in first: this server requires a login")
         return str(user)[:200]
-    name = str(typed or "").strip()
+    name = typed.strip() if isinstance(typed, str) else ""
     if not name or len(name) > NAME_MAX:
-        raise NoJudge(400, f"type your name (1 to {NAME_MAX} characters) before judging")
+        raise ApiError(400, f"type your name (1 to {NAME_MAX} characters) before judging")
     return name
 
 
@@ -217,6 +230,77 @@ def _int(v: Any) -> int | None:
         return None
 
 
+JudgeCall = Callable[[dict[str, Any], str], dict[str, Any]]
+
+
+def judge_api(handler: JudgeCall) -> Callable[[Request], Awaitable[Response]]:
+    """The prelude every judging API call shares: read the JSON body, find the judge (the
+    signed-in user, or the typed name), run ``handler(body, judge)`` off the event loop (it
+    reads the store) and answer its dict as JSON, or an ``ApiError`` as ``{"error"}``."""
+
+    async def route(request: Request) -> Response:  # no functools.wraps: FastAPI would read the handler's signature
+        body = await _body(request)
+        try:
+            judge = judge_of(request, body.get("name"))
+            data = await run_in_threadpool(handler, body, judge)
+        except ApiError as e:
+            return _error(e.status, str(e))
+        return JSONResponse(data, headers={"Cache-Control": "no-store"})
+
+    route.__name__ = handler.__name__
+    return route
+
+
+def next_trial(body: dict[str, Any], judge: str) -> dict[str, Any]:
+    """``POST /judge/api/next``: the judge's next blind pair of the session (a fresh trial
+    token, the prompt, two image URLs, sides by a fair coin), or ``trial: None`` when done."""
+    from grpo_guard.judging import sessions as S
+    from grpo_guard.store import judgments as J
+
+    sid = _int(body.get("session"))
+    if sid is None:
+        raise ApiError(400, "no judging session in the request")
+    try:
+        sess = J.get_session(sid)
+    except LookupError:
+        raise ApiError(404, f"no judging session {sid}") from None
+    with _HANDING_OUT:  # two calls at once (a prefetch and a reload) must not both pick the same pair
+        if body.get("reset"):
+            BOOK.reset(sid, judge)
+        prog = S.progress(sess, judge)
+        found = S.next_pair(sess, judge, BOOK.pending_pairs(judge))
+        if found is None:
+            return {"trial": None, "done": prog.done, "total": prog.total}
+        t = BOOK.issue(sid, judge, *found, a_left=S.coin())
+    return {"trial": t.token, "prompt": t.a.prompt, "left": f"judge/img/{t.images['left']}",
+            "right": f"judge/img/{t.images['right']}", "done": prog.done, "total": prog.total}
+
+
+def choose(body: dict[str, Any], judge: str) -> dict[str, Any]:
+    """``POST /judge/api/choose``: store the judge's choice on an open trial."""
+    from grpo_guard.judging import sessions as S
+    from grpo_guard.store import judgments as J
+    from grpo_guard.store.db import StoreError
+
+    t = BOOK.get(str(body.get("trial") or ""))
+    if t is None or t.judge != judge:
+        raise ApiError(404, "this pair is no longer open (expired or already judged); the next one follows")
+    choice = body.get("choice")
+    if choice not in J.CHOICES:
+        raise ApiError(400, f"choice must be one of {', '.join(J.CHOICES)}")
+    reasons = body.get("reasons") or []
+    if not isinstance(reasons, list) or any(r not in S.REASONS for r in reasons):
+        raise ApiError(400, f"reasons are any of: {', '.join(S.REASONS)}")
+    try:
+        J.add_judgment(t.session_id, judge, t.a, t.b, left_sample_id=t.sample("left").id, choice=choice,
+                       reasons=reasons, decide_ms=_int(body.get("decide_ms")))
+    except (StoreError, ValueError) as e:
+        raise ApiError(400 if isinstance(e, ValueError) else 503, str(e)) from None
+    BOOK.close(t.token)
+    prog = S.progress(J.get_session(t.session_id), judge)
+    return {"ok": True, "done": prog.done, "total": prog.total}
+
+
 def install(app: FastAPI) -> None:
     """Add the judging routes to ``app`` (call before Gradio is mounted at '/', which would
     otherwise answer every path)."""
@@ -232,65 +316,8 @@ def install(app: FastAPI) -> None:
         return HTMLResponse(judge_html(sid, ask_name=not login_required(request)),
                             headers={"Cache-Control": "no-store"})
 
-    @app.post("/judge/api/next", include_in_schema=False)
-    async def next_trial(request: Request) -> Response:
-        from grpo_guard.judging import sessions as S
-        from grpo_guard.store import judgments as J
-
-        body = await _body(request)
-        try:
-            judge = judge_of(request, body.get("name"))
-        except NoJudge as e:
-            return _error(e.status, str(e))
-        sid = _int(body.get("session"))
-        if sid is None:
-            return _error(400, "no judging session in the request")
-        try:
-            sess = J.get_session(sid)
-        except LookupError:
-            return _error(404, f"no judging session {sid}")
-        if body.get("reset"):
-            BOOK.reset(sid, judge)
-        pending = [t.pair for t in BOOK.pending(sid, judge)]
-        prog = S.progress(sess, judge)
-        found = S.next_pair(sess, judge, pending)
-        headers = {"Cache-Control": "no-store"}
-        if found is None:
-            return JSONResponse({"trial": None, "done": prog.done, "total": prog.total}, headers=headers)
-        t = BOOK.issue(sid, judge, *found, a_left=S.coin())
-        return JSONResponse({"trial": t.token, "prompt": t.a.prompt, "left": f"judge/img/{t.images['left']}",
-                             "right": f"judge/img/{t.images['right']}", "done": prog.done, "total": prog.total},
-                            headers=headers)
-
-    @app.post("/judge/api/choose", include_in_schema=False)
-    async def choose(request: Request) -> Response:
-        from grpo_guard.judging import sessions as S
-        from grpo_guard.store import judgments as J
-        from grpo_guard.store.db import StoreError
-
-        body = await _body(request)
-        try:
-            judge = judge_of(request, body.get("name"))
-        except NoJudge as e:
-            return _error(e.status, str(e))
-        t = BOOK.get(str(body.get("trial") or ""))
-        if t is None or t.judge != judge:
-            return _error(404, "this pair is no longer open (expired or already judged); the next one follows")
-        choice = body.get("choice")
-        if choice not in J.CHOICES:
-            return _error(400, f"choice must be one of {', '.join(J.CHOICES)}")
-        reasons = body.get("reasons") or []
-        if not isinstance(reasons, list) or any(r not in S.REASONS for r in reasons):
-            return _error(400, f"reasons are any of: {', '.join(S.REASONS)}")
-        ms = _int(body.get("decide_ms"))
-        try:
-            J.add_judgment(t.session_id, judge, t.a, t.b, left_sample_id=t.sample("left").id, choice=choice,
-                           reasons=reasons, decide_ms=ms)
-        except (StoreError, ValueError) as e:
-            return _error(400 if isinstance(e, ValueError) else 503, str(e))
-        BOOK.close(t.token)
-        prog = S.progress(J.get_session(t.session_id), judge)
-        return JSONResponse({"ok": True, "done": prog.done, "total": prog.total}, headers={"Cache-Control": "no-store"})
+    app.post("/judge/api/next", include_in_schema=False)(judge_api(next_trial))
+    app.post("/judge/api/choose", include_in_schema=False)(judge_api(choose))
 
     @app.get("/judge/img/{token}", include_in_schema=False)
     def image(token: str, request: Request) -> Response:
@@ -308,8 +335,8 @@ def install(app: FastAPI) -> None:
         except (OSError, ValueError):
             return _error(410, "this image is gone from the artifact store")
         try:
-            data, kind = strip_png(data), "image/png"
-        except ValueError:
-            kind = "application/octet-stream"
+            data = strip_png(data)
+        except ValueError:  # eval samples are PNGs; other bytes could carry metadata we do not strip
+            return _error(415, "this sample is not a PNG image, so it is not shown blind")
         # private: the same token is fetched once for the prefetch and shown from the browser's copy
-        return Response(data, media_type=kind, headers={"Cache-Control": "private, max-age=3600"})
+        return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})

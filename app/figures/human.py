@@ -12,7 +12,7 @@ import numpy as np
 from app.figures.base import PALETTE, Fig, _layout, empty_figure
 from grpo_guard.judging.stats import WinRate
 
-TITLE = "Human gold: win rate (ties ½), Wilson 95 %"
+TITLE = "Human gold (win rate)"  # short: the legend shares its line on a third-width plot
 
 
 def human_figure(series: Mapping[str, Sequence[tuple[int, WinRate]]], *, uirevision: str | None = None,
@@ -41,7 +41,7 @@ def human_figure(series: Mapping[str, Sequence[tuple[int, WinRate]]], *, uirevis
         return empty_figure(title, "no human judgments yet: press Judge", uirevision=uirevision)
     lay = _layout(title, uirevision)
     lay["xaxis"] = dict(title=dict(text="eval step"))
-    lay["yaxis"] = dict(title=dict(text="win rate"), range=[-0.02, 1.02])
+    lay["yaxis"] = dict(title=dict(text="win rate, ties ½ (Wilson 95 %)"), range=[-0.02, 1.02])
     lay["shapes"] = [dict(type="line", xref="paper", x0=0, x1=1, y0=0.5, y1=0.5,
                           line=dict(color="#9ca3af", dash="dot", width=1))]
     lay["hovermode"] = "closest"

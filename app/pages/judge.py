@@ -74,19 +74,20 @@ def results_html(summary: Any, labels: dict[int, str]) -> str:
     if s.families:
         parts.append("<h4>Per task family</h4>"
                      f'<table class="gg-table" id="judge-results-families">{_pair_rows(s.families, labels, True)}</table>')
-    if s.bradley_terry is not None:
-        bt = s.bradley_terry
+    for i, bt in enumerate(s.bradley_terry):
         rows = "".join(f'<tr data-ck="{k[0]}:{k[1]}"><td>{_ck(labels, k)}</td><td>{v:.4f}</td></tr>'
                        for k, v in sorted(bt.scores.items(), key=lambda kv: -kv[1]))
         note = (" Regularised with one virtual tie per compared pair: a checkpoint won or lost every comparison."
                 if bt.regularised else "")
-        parts.append(f"<h4>Bradley–Terry scores (MM iteration, ties half a win each; sum 1)</h4>{esc(note)}"
-                     f'<table class="gg-table" id="judge-results-bt"><tr><th>checkpoint</th><th>score</th></tr>{rows}</table>')
+        parts.append(f"<h4>Bradley–Terry scores of {len(bt.scores)} checkpoints connected by judged pairs (MM "
+                     f"iteration, ties half a win each; sum 1)</h4>{esc(note)}"
+                     f'<table class="gg-table judge-results-bt" id="judge-results-bt-{i}">'
+                     f"<tr><th>checkpoint</th><th>score</th></tr>{rows}</table>")
     if s.agreement is not None:
         a = s.agreement
         k = "undefined" if a.kappa is None else f"{a.kappa:.3f}"
         parts.append(f'<p id="judge-results-kappa" data-kappa="{"" if a.kappa is None else a.kappa}">Agreement: '
-                     f"{'Cohen' if a.method == 'cohen' else 'Fleiss'}' kappa <b>{k}</b> over {a.items} pair(s) judged by "
+                     f"{_sessions().KAPPA_NAMES[a.method]} kappa <b>{k}</b> over {a.items} pair(s) judged by "
                      f"{a.judges} judges.</p>")
     else:
         parts.append('<p class="gg-muted">Agreement: needs two judges on the same pairs.</p>')

@@ -94,6 +94,9 @@ class PairStat:
     rate: WinRate
 
 
+KAPPA_NAMES = {"cohen": "Cohen's", "fleiss": "Fleiss'"}
+
+
 @dataclass(frozen=True)
 class Agreement:
     method: str  # "cohen" | "fleiss"
@@ -109,7 +112,7 @@ class Summary:
     judges: tuple[str, ...]
     pairs: tuple[PairStat, ...]
     families: tuple[PairStat, ...]
-    bradley_terry: BradleyTerry | None
+    bradley_terry: tuple[BradleyTerry, ...]  # one fit per group of >= 3 checkpoints connected by judged pairs
     agreement: Agreement | None
     reasons: dict[str, int]
     median_decide_ms: float | None
@@ -120,10 +123,8 @@ class Summary:
             return {"a": list(p.a), "b": list(p.b), "family": p.family, "wins": r.wins, "losses": r.losses,
                     "ties": r.ties, "n": r.n, "win_rate": r.rate, "lo": r.lo, "hi": r.hi}
 
-        bt = None
-        if self.bradley_terry is not None:
-            bt = {"scores": [{"run": k[0], "step": k[1], "score": v} for k, v in self.bradley_terry.scores.items()],
-                  "regularised": self.bradley_terry.regularised}
+        bt = [{"scores": [{"run": k[0], "step": k[1], "score": v} for k, v in g.scores.items()],
+               "regularised": g.regularised} for g in self.bradley_terry]
         ag = None if self.agreement is None else self.agreement.__dict__
         return {"session": self.session_id, "judgments": self.judgments, "judges": list(self.judges),
                 "pairs": [ps(p) for p in self.pairs], "families": [ps(p) for p in self.families],
@@ -155,24 +156,26 @@ def agreement(rows: Sequence[J.JudgmentRow]) -> Agreement | None:
     return Agreement("fleiss", fleiss_kappa([list(v.values()) for v in shared.values()]), len(shared), len(judges))
 
 
-def _connected(edges: Sequence[tuple[Checkpoint, Checkpoint]]) -> int:
-    """The number of checkpoints when the judged pairs connect them all, else 0: Bradley–Terry
-    scores compare checkpoints only through chains of judged pairs (matched steps of two runs
-    are separate islands, each already summarised by its win rate)."""
-    nodes = {c for e in edges for c in e}
-    if not nodes:
-        return 0
+def components(edges: Iterable[tuple[Checkpoint, Checkpoint]]) -> list[frozenset[Checkpoint]]:
+    """The groups of checkpoints connected by judged pairs, ordered by their smallest member.
+    Bradley–Terry scores compare checkpoints only through chains of judged pairs: runs judged
+    at matched steps form one group per step, each run against its base one group per run."""
     adj: dict[Checkpoint, set[Checkpoint]] = defaultdict(set)
     for a, b in edges:
         adj[a].add(b)
         adj[b].add(a)
-    start = next(iter(nodes))
-    seen, todo = {start}, [start]
-    while todo:
-        for nxt in adj[todo.pop()] - seen:
-            seen.add(nxt)
-            todo.append(nxt)
-    return len(nodes) if seen == nodes else 0
+    out, seen = [], set()
+    for start in sorted(adj):
+        if start in seen:
+            continue
+        group, todo = {start}, [start]
+        while todo:
+            for nxt in adj[todo.pop()] - group:
+                group.add(nxt)
+                todo.append(nxt)
+        seen |= group
+        out.append(frozenset(group))
+    return out
 
 
 def summarize(rows: Sequence[J.JudgmentRow], session_id: int = 0) -> Summary:
@@ -181,9 +184,11 @@ def summarize(rows: Sequence[J.JudgmentRow], session_id: int = 0) -> Summary:
     fam_counts = _count([j for j in rows if j.family], lambda j: (j.family, (j.a_run_id, j.a_step), (j.b_run_id, j.b_step)))
     pairs = tuple(PairStat(a, b, "", win_rate(*c)) for (a, b), c in sorted(pair_counts.items()))
     fams = tuple(PairStat(a, b, f, win_rate(*c)) for (f, a, b), c in sorted(fam_counts.items()))
-    bt = None
-    if _connected(list(pair_counts)) >= 3:
-        bt = bradley_terry([((j.a_run_id, j.a_step), (j.b_run_id, j.b_step), j.outcome) for j in rows])
+    games = [((j.a_run_id, j.a_step), (j.b_run_id, j.b_step), j.outcome) for j in rows
+             if (j.a_run_id, j.a_step) != (j.b_run_id, j.b_step)]
+    # two checkpoints are already summarised by their win rate; scores need three or more
+    bt = tuple(bradley_terry([g for g in games if g[0] in group])
+               for group in components((a, b) for a, b in pair_counts if a != b) if len(group) >= 3)
     reasons: dict[str, int] = defaultdict(int)
     for j in rows:
         for r in j.reasons:
@@ -267,14 +272,14 @@ def summary_text(s: Summary, label=lambda c: f"run {c[0]} step {c[1]}") -> str:
     if s.families:
         lines.append("per task family:")
         lines += [f"  [{p.family}] {label(p.a)} vs {label(p.b)}: {p.rate.fmt()}" for p in s.families]
-    if s.bradley_terry is not None:
-        note = " (regularised: some checkpoint won or lost every comparison)" if s.bradley_terry.regularised else ""
-        lines.append(f"Bradley–Terry scores (sum 1){note}:")
-        lines += [f"  {label(k)}: {v:.4f}" for k, v in sorted(s.bradley_terry.scores.items(), key=lambda kv: -kv[1])]
+    for bt in s.bradley_terry:
+        note = " (regularised: some checkpoint won or lost every comparison)" if bt.regularised else ""
+        lines.append(f"Bradley–Terry scores (sum 1 over {len(bt.scores)} connected checkpoints){note}:")
+        lines += [f"  {label(k)}: {v:.4f}" for k, v in sorted(bt.scores.items(), key=lambda kv: -kv[1])]
     if s.agreement is not None:
         a = s.agreement
         k = "undefined" if a.kappa is None else f"{a.kappa:.3f}"
-        lines.append(f"agreement: {'Cohen' if a.method == 'cohen' else 'Fleiss'}' kappa {k} over {a.items} pair(s), "
+        lines.append(f"agreement: {KAPPA_NAMES[a.method]} kappa {k} over {a.items} pair(s), "
                      f"{a.judges} judges")
     if s.reasons:
         lines.append("reasons: " + ", ".join(f"{k} {v}" for k, v in s.reasons.items()))

@@ -2,8 +2,9 @@
 draw from, and judgments. The statistics live in ``grpo_guard.judging``; this module only
 reads and writes rows. Imports no torch.
 
-A judgment is written at most once per (session, judge, sample pair): the unique key makes a
-retried or double-pressed choice a no-op (``add_judgment`` returns False).
+A judge judges a sample pair at most once, in any session: ``add_judgment`` returns False
+and writes nothing for a pair the judge already judged (the unique key on (session, judge,
+pair) also holds when two identical inserts race on PostgreSQL).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import and_, or_, select
 
 from grpo_guard.store.db import RunNotFoundError, StoreError, as_utc, session_scope, utcnow
 from grpo_guard.store.entities import stored_json
@@ -22,6 +23,13 @@ from grpo_guard.store.models import EvalSample, JudgingSession, Judgment
 
 CHOICES = ("left", "right", "tie")
 MAX_REASONS = 8
+MAX_ID = 2**31 - 1  # session and run ids are 32-bit INTEGER columns
+
+
+def _id_in_range(i: int) -> bool:
+    """Whether an id can name a row at all: a bigger one (from a URL or the CLI) is simply not
+    found, instead of overflowing the database driver."""
+    return 0 < i <= MAX_ID
 
 
 class JudgingSessionNotFoundError(RunNotFoundError):
@@ -124,6 +132,8 @@ def create_session(spec: Mapping[str, Any], pairs: Sequence[tuple[int, int]], *,
 
 def get_session(session_id: int) -> JudgingSessionRow:
     """One session; ``JudgingSessionNotFoundError`` (a LookupError) if there is none."""
+    if not _id_in_range(int(session_id)):
+        raise JudgingSessionNotFoundError(f"no judging session with id {session_id}")
     with session_scope() as s:
         r = s.get(JudgingSession, int(session_id))
         if r is None:
@@ -150,7 +160,7 @@ def _judge_sample(r: Any) -> JudgeSample:
 
 def run_samples(run_ids: Iterable[int]) -> list[JudgeSample]:
     """Every eval sample of the runs, by run, step, prompt and seed."""
-    ids = [int(i) for i in run_ids]
+    ids = [int(i) for i in run_ids if _id_in_range(int(i))]
     if not ids:
         return []
     with session_scope() as s:
@@ -184,8 +194,9 @@ def _clean_reasons(reasons: Iterable[str] | None) -> list[str]:
 
 def add_judgment(session_id: int, judge: str, a: JudgeSample, b: JudgeSample, *, left_sample_id: int,
                  choice: str, reasons: Iterable[str] | None = None, decide_ms: int | None = None) -> bool:
-    """Store one choice; False when this judge already judged this pair in this session (a
-    retry or a double key press: nothing is written)."""
+    """Store one choice; False when this judge already judged this pair, in this session or
+    any other, either way round (a retry, a double key press, or a second tab that was handed
+    the same pair: nothing is written, so no judge counts twice on one pair)."""
     judge = str(judge or "").strip()
     if not judge or len(judge) > 200:
         raise ValueError("a judge name is 1 to 200 characters")
@@ -196,13 +207,14 @@ def add_judgment(session_id: int, judge: str, a: JudgeSample, b: JudgeSample, *,
     if decide_ms is not None:
         decide_ms = max(0, min(int(decide_ms), 2**31 - 1))
     tags = json.dumps(_clean_reasons(reasons))
-    key = (Judgment.session_id == int(session_id), Judgment.judge == judge, Judgment.sample_a_id == a.id,
-           Judgment.sample_b_id == b.id)
+    seen = (Judgment.judge == judge,
+            or_(and_(Judgment.sample_a_id == a.id, Judgment.sample_b_id == b.id),
+                and_(Judgment.sample_a_id == b.id, Judgment.sample_b_id == a.id)))
     try:
         with session_scope(write=True) as s:
-            if s.get(JudgingSession, int(session_id)) is None:
+            if not _id_in_range(int(session_id)) or s.get(JudgingSession, int(session_id)) is None:
                 raise JudgingSessionNotFoundError(f"no judging session with id {session_id}")
-            if s.scalar(select(Judgment.id).where(*key)) is not None:
+            if s.scalar(select(Judgment.id).where(*seen).limit(1)) is not None:
                 return False
             s.add(Judgment(session_id=int(session_id), judge=judge, sample_a_id=a.id, sample_b_id=b.id,
                            a_run_id=a.run_id, a_step=a.step, b_run_id=b.run_id, b_step=b.step, prompt=a.prompt,
@@ -230,9 +242,11 @@ def judgments(*, session_id: int | None = None, run_ids: Iterable[int] | None = 
     ``run_ids``) and by judge."""
     conds = []
     if session_id is not None:
+        if not _id_in_range(int(session_id)):
+            return []
         conds.append(Judgment.session_id == int(session_id))
     if run_ids is not None:
-        ids = [int(i) for i in run_ids]
+        ids = [int(i) for i in run_ids if _id_in_range(int(i))]
         if not ids:
             return []
         conds.append(or_(Judgment.a_run_id.in_(ids), Judgment.b_run_id.in_(ids)))

@@ -74,9 +74,66 @@ def test_without_login_the_judge_types_a_name(session, monkeypatch):
         r = c.post("/judge/api/next", json={"session": session})
         assert r.status_code == 400 and "type your name" in r.json()["error"]
         assert c.post("/judge/api/next", json={"session": 999, "name": "cy"}).status_code == 404
+        assert c.post("/judge/api/next", json={"session": 10**20, "name": "cy"}).status_code == 404, "not a 500"
+        assert c.post("/judge/api/next", json={"session": session, "name": ["cy"]}).status_code == 400
         t = c.post("/judge/api/next", json={"session": session, "name": "cy", "reset": True}).json()
         assert set(t) == {"trial", "prompt", "left", "right", "done", "total"}
         assert c.get("/judge/img/not-a-token").status_code == 404
+        # a sample file that is not a PNG is refused, not sent with whatever metadata it carries
+        from grpo_guard.store import artifacts
+
+        path = artifacts.resolve(BOOK.image(t["left"].rsplit("/", 1)[1])[0].sample("left").image_location)
+        with open(path, "rb") as fh:
+            kept = fh.read()
+        try:
+            with open(path, "wb") as fh:
+                fh.write(b"\xff\xd8\xff\xe1 Exif zebra run 7 step 40")
+            r = c.get(t["left"])
+            assert r.status_code == 415 and b"zebra" not in r.content
+        finally:
+            with open(path, "wb") as fh:
+                fh.write(kept)
+        assert c.get(t["left"]).status_code == 200
+
+
+def test_sides_of_1000_handed_out_trials_are_a_fair_coin(session):
+    """The binomial check on what the server hands out, not only on the coin: 1,000 trials of
+    the same first pair (the page reloaded each time), each side read back from the trial book
+    that only the server holds."""
+    from app.judge_routes import next_trial
+    from tests.grpo_guard.judging.test_stats import assert_fair_coin
+
+    flips, pairs = [], set()
+    for _ in range(1000):
+        t = next_trial({"session": session, "reset": True}, "sides")
+        trial, side = BOOK.image(t["left"].rsplit("/", 1)[1])
+        assert side == "left" and trial.token == t["trial"]
+        flips.append(trial.sample("left").id == trial.a.id)
+        pairs.add((trial.a.id, trial.b.id))
+    assert len(pairs) == 1, "the same pair each time: only its sides may change"
+    assert_fair_coin(flips)
+
+
+def test_pairs_handed_out_at_once_are_all_different(session):
+    """Calls for one judge that run at the same time (a prefetch beside a reload; the handler
+    runs in the thread pool) each get a different pair."""
+    import threading
+
+    from app.judge_routes import next_trial
+
+    def call(start: threading.Barrier, judge: str, got: list) -> None:
+        start.wait()
+        got.append(next_trial({"session": session}, judge)["trial"])
+
+    for rnd in range(5):
+        start, got = threading.Barrier(MAX_PENDING), []
+        threads = [threading.Thread(target=call, args=(start, f"race-{rnd}", got)) for _ in range(MAX_PENDING)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        pairs = [BOOK.get(tok).pair for tok in got]
+        assert len(set(pairs)) == MAX_PENDING, f"round {rnd}: a pair was handed out twice at once"
 
 
 def test_png_text_chunks_are_stripped_and_pixels_kept():
@@ -107,8 +164,10 @@ def test_trial_book_keeps_few_pending_trials_per_judge():
     assert len(pending) == MAX_PENDING and pending[-1] is trials[-1], "the oldest unanswered trials are dropped"
     assert book.image(trials[0].images["left"]) is None and book.image(trials[-1].images["right"])[1] == "right"
     assert trials[-1].sample("left").id == trials[-1].a.id and book.pending(1, "bob") == []
+    other = book.issue(2, "ann", _S(100), _S(101), a_left=False)
+    assert book.pending_pairs("ann") == {t.pair for t in trials[-MAX_PENDING:]} | {other.pair}, "every session's"
     book.reset(1, "ann")
-    assert book.pending(1, "ann") == [] and BOOK is not book
+    assert book.pending(1, "ann") == [] and book.pending_pairs("ann") == {other.pair} and BOOK is not book
 
 
 def test_results_tables_carry_the_summary(session):
@@ -125,6 +184,13 @@ def test_results_tables_carry_the_summary(session):
         assert f'data-a="{p.a[0]}:{p.a[1]}" data-b="{p.b[0]}:{p.b[1]}"' in html
     assert "no judgments yet" in results_html(type(s)(**{**s.__dict__, "judgments": 0}), {})
     assert "No judging session #4242" in show_session(4242)[0]
+    # three runs at two matched steps: a Bradley–Terry table per step, each checkpoint a row
+    from grpo_guard.judging.sessions import summarize
+    from tests.grpo_guard.judging.test_stats import _row
+
+    rows = [_row("ann", (r, st), (r % 3 + 1, st), "a", (10 * st + r, 10 * st + r + 100)) for st in (0, 1) for r in (1, 2, 3)]
+    html = results_html(summarize(rows), {1: "#1 x"})
+    assert html.count('class="gg-table judge-results-bt"') == 2 and 'data-ck="3:1"' in html and "#1 x @ step 0" in html
 
 
 def test_experiments_human_series_pools_each_arms_seeds(store):

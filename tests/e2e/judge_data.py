@@ -1,7 +1,8 @@
 """A store for the judging browser tests: two SYNTHETIC runs (tests/app/synthetic.py) with eval
 samples at steps 0, 10 and 20 (4 prompts x 2 seeds), named with markers a blinding test can
 look for, and every eval PNG given a tEXt chunk naming its run and step (what a leaky image
-would carry). Prints the run ids."""
+would carry); and the stored experiment of tests/experiment_data.py. Prints the two run ids,
+then the experiment id."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ def png_with_text(data: bytes, text: str) -> bytes:
     return data[:ihdr_end] + chunk + data[ihdr_end:]
 
 
-def build() -> tuple[int, int]:
+def build() -> tuple[int, int, int]:
     from grpo_guard.store import artifacts, queries
     from tests.app.synthetic import make_run
 
@@ -32,7 +33,9 @@ def build() -> tuple[int, int]:
                 data = fh.read()
             with open(path, "wb") as fh:
                 fh.write(png_with_text(data, f"{queries.get_run(rid).name} {s.image_location} step {s.step}"))
-    return ids
+    from tests.experiment_data import stored_experiment
+
+    return (*ids, stored_experiment())  # an experiment, for its Judge button and per-arm human series
 
 
 if __name__ == "__main__":

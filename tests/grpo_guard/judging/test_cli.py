@@ -58,6 +58,8 @@ def test_judge_new_prints_the_url_and_summary_export_read_the_store(runs):
     (["judge", "new", "--runs", "1", "--steps", "0,15"], "no eval samples at step 15"),
     (["judgments", "summary", "4242"], "no judging session with id 4242"),
     (["judgments", "export", "4242"], "no judging session with id 4242"),
+    (["judgments", "summary", str(10**20)], f"no judging session with id {10**20}"),
+    (["judge", "new", "--runs", f"1,{10**20}"], f"run {10**20} has no eval samples"),
 ])
 def test_bad_input_is_one_line(runs, args, needle):
     from grpo_guard.store import judgments as J

@@ -78,16 +78,26 @@ def test_fleiss_kappa_of_fleiss_worked_example():
     assert fleiss_kappa([["a"]]) is None
 
 
-def test_side_randomisation_is_balanced_over_1000_trials():
-    """A fair coin: the number of trials with A on the left passes a two-sided exact binomial
-    test at 1e-4 (a biased or alternating side would not be random: also check runs)."""
-    n = 1000
-    flips = [coin() for _ in range(n)]
+def assert_fair_coin(flips: list[bool]) -> None:
+    """A fair coin: the number of heads passes a two-sided exact binomial test at 1e-4, and the
+    number of runs a Wald–Wolfowitz test at 4.5 sigma (a strictly alternating side is balanced
+    but not random)."""
+    n = len(flips)
     k = sum(flips)
     p_two = min(1.0, 2 * sum(math.comb(n, i) for i in range(0, min(k, n - k) + 1)) / 2**n)
     assert p_two > 1e-4, f"A shown left {k} times of {n}: the side coin is biased"
-    runs = 1 + sum(a != b for a, b in zip(flips, flips[1:], strict=False))  # Wald–Wolfowitz: ~N(501, 15.8²)
-    assert abs(runs - (1 + 2 * k * (n - k) / n)) < 4.5 * math.sqrt(2 * k * (n - k) * (2 * k * (n - k) - n) / (n * n * (n - 1)))
+    runs = 1 + sum(a != b for a, b in zip(flips, flips[1:], strict=False))  # ~N(501, 15.8²) for n = 1000
+    mu = 1 + 2 * k * (n - k) / n
+    sd = math.sqrt(2 * k * (n - k) * (2 * k * (n - k) - n) / (n * n * (n - 1)))
+    assert abs(runs - mu) < 4.5 * sd, f"{runs} runs of sides in {n} trials (expected {mu:.0f} ± {sd:.1f})"
+
+
+def test_side_coin_is_fair_over_1000_flips_and_the_check_catches_bias():
+    assert_fair_coin([coin() for _ in range(1000)])
+    rng = random.Random(0)
+    for biased in ([True] * 1000, [i % 2 == 0 for i in range(1000)], [rng.random() < 0.4 for _ in range(1000)]):
+        with pytest.raises(AssertionError):
+            assert_fair_coin(biased)
 
 
 class S:
@@ -140,20 +150,47 @@ def _row(judge, a, b, outcome, pair=(1, 2), family=""):
                        "tie" if outcome == "tie" else "left", (), 100, None)
 
 
-def test_summary_scores_checkpoints_only_when_the_judged_pairs_connect_them():
+def test_summary_scores_each_group_of_checkpoints_the_judged_pairs_connect():
     from grpo_guard.judging.sessions import summarize
 
     islands = [_row("ann", (1, 0), (2, 0), "a"), _row("ann", (1, 10), (2, 10), "b")]
-    assert summarize(islands).bradley_terry is None, "matched steps are separate islands"
+    assert summarize(islands).bradley_terry == (), "two checkpoints per island: their win rate says it all"
     chain = [_row("ann", (1, 0), (1, 10), "a", (1, 2)), _row("ann", (1, 10), (1, 20), "a", (2, 3)),
              _row("ann", (1, 0), (1, 20), "b", (1, 3))]
-    s = summarize(chain)
-    assert s.bradley_terry is not None and set(s.bradley_terry.scores) == {(1, 0), (1, 10), (1, 20)}
+    (bt,) = summarize(chain).bradley_terry
+    assert set(bt.scores) == {(1, 0), (1, 10), (1, 20)}
     assert [r.outcome for r in chain] == ["a", "a", "b"]
+    # three runs at matched steps 0 and 10: one group per step, each fitted on its own judgments.
+    # Step 0: run 1 beats run 2 2:1 and run 2 beats run 3 2:1 -> 4:2:1 (the chain solved by hand
+    # above); step 10: run 3 beats run 1 once and loses once, ties run 2 twice -> all equal.
+    step0 = [("a", (1, 0), (2, 0)), ("a", (1, 0), (2, 0)), ("b", (1, 0), (2, 0)),
+             ("a", (2, 0), (3, 0)), ("a", (2, 0), (3, 0)), ("b", (2, 0), (3, 0))]
+    step10 = [("a", (3, 10), (1, 10)), ("b", (3, 10), (1, 10)), ("tie", (3, 10), (2, 10)), ("tie", (2, 10), (3, 10))]
+    rows = [_row("ann", a, b, out, (i, 100 + i)) for i, (out, a, b) in enumerate(step0 + step10)]
+    first, second = summarize(rows).bradley_terry
+    assert first.scores == pytest.approx({(1, 0): 4 / 7, (2, 0): 2 / 7, (3, 0): 1 / 7}, abs=1e-7)
+    assert second.scores == pytest.approx(dict.fromkeys([(1, 10), (2, 10), (3, 10)], 1 / 3), abs=1e-7)
+    assert [len(g["scores"]) for g in summarize(rows).to_dict()["bradley_terry"]] == [3, 3]
+
+
+def test_win_rates_per_task_family_count_each_familys_judgments():
+    from grpo_guard.judging.sessions import summarize, summary_text
+
+    a, b = (1, 10), (2, 10)
+    rows = [_row("ann", a, b, "a", (1, 2), "color"), _row("ann", a, b, "a", (3, 4), "color"),
+            _row("ann", a, b, "b", (5, 6), "count"), _row("ann", a, b, "tie", (7, 8), "count"),
+            _row("ann", a, b, "a", (9, 10))]  # a prompt without metadata: in the pair's rate only
+    s = summarize(rows)
+    assert [(p.family, p.rate.wins, p.rate.losses, p.rate.ties) for p in s.families] == [("color", 2, 0, 0),
+                                                                                        ("count", 0, 1, 1)]
+    count = s.families[1].rate
+    assert count.rate == pytest.approx(0.25) and (count.lo, count.hi) == pytest.approx(wilson(0.5, 2))
+    assert (s.pairs[0].rate.wins, s.pairs[0].rate.n) == (3, 5)
+    assert "[count] run 1 step 10 vs run 2 step 10: 0.250" in summary_text(s)
 
 
 def test_two_judges_give_cohen_and_three_give_fleiss():
-    from grpo_guard.judging.sessions import agreement
+    from grpo_guard.judging.sessions import agreement, summarize, summary_text
 
     a, b = (1, 0), (2, 0)
     two = [_row("ann", a, b, "a", (1, 2)), _row("bob", a, b, "a", (1, 2)),
@@ -163,4 +200,5 @@ def test_two_judges_give_cohen_and_three_give_fleiss():
     assert ag.method == "cohen" and ag.items == 2 and ag.kappa == pytest.approx(1 / 3)
     three = two + [_row("cy", a, b, "a", (1, 2))]
     assert agreement(three).method == "fleiss" and agreement(three).judges == 3
+    assert "Fleiss' kappa" in summary_text(summarize(three)) and "Cohen's kappa" in summary_text(summarize(two))
     assert agreement(two[:1]) is None

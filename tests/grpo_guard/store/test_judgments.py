@@ -76,6 +76,29 @@ def test_a_session_hands_each_pair_once_and_records_choices_once(store):
     assert S.export(sid, "csv").splitlines()[0].startswith("id,session_id,judge,")
 
 
+def test_a_judge_never_gets_a_pair_twice_across_sessions(store):
+    """Two sessions over the same runs share their pairs: what a judge judged in the first is
+    never handed in the second, and a choice on it there (a second tab) is not written."""
+    a, b = _run(n_steps=(0,)), _run(n_steps=(0,))
+    first, second = S.new_session([a, b], pairs=6), S.new_session([a, b], pairs=6)
+    assert {frozenset(p) for p in J.get_session(first).pairs} == {frozenset(p) for p in J.get_session(second).pairs}
+    judged = []
+    for _ in range(4):
+        x, y = S.next_pair(J.get_session(first), "ann")
+        assert J.add_judgment(first, "ann", x, y, left_sample_id=x.id, choice="left")
+        judged.append((x, y))
+    sess2 = J.get_session(second)
+    assert S.progress(sess2, "ann") == S.Progress(4, 6), "progress counts pairs judged in any session"
+    rest = []
+    while (nxt := S.next_pair(sess2, "ann", pending=[frozenset((p.id, q.id)) for p, q in rest])) is not None:
+        rest.append(nxt)
+    assert len(rest) == 2 and not {frozenset((p.id, q.id)) for p, q in rest} & {frozenset((p.id, q.id)) for p, q in judged}
+    x, y = judged[0]
+    assert not J.add_judgment(second, "ann", y, x, left_sample_id=y.id, choice="tie"), "either way round"
+    assert len(J.judgments(judge="ann", run_ids=[a])) == 4
+    assert J.add_judgment(second, "bob", x, y, left_sample_id=x.id, choice="tie"), "another judge may judge it"
+
+
 def test_bad_sessions_and_choices_are_refused_with_one_sentence(store):
     a = _run(n_steps=(0, 10))
     with pytest.raises(ValueError, match="no eval samples at step 30"):
