@@ -104,8 +104,8 @@ def eval_cmd(benchmark: str | None, list_: bool, run_id: int | None, step: str, 
     present = sorted({p.get("tag") for p in model.per_prompt if p.get("tag")})
     rows = table_rows(request.benchmark.metric_names(present), base.metrics if base else model.metrics, model.metrics)
     click.echo(markdown(f"{request.benchmark.name} — {request.model.label()}", rows), nl=False)
-    click.echo(f"evaluation {model.evaluation_id}" + (f", base {base.evaluation_id}"
-                                                      + (" (reused)" if base.reused else "") if base else ""), err=True)
+    click.echo(f"evaluation {model.evaluation_id}" + (" (reused)" if model.reused else "")
+               + (f", base {base.evaluation_id}" + (" (reused)" if base.reused else "") if base else ""), err=True)
     partners = []
     if request.model.kind == "run":
         from grpo_guard.evaluation.request import equal_proxy_partners

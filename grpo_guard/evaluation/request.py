@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from grpo_guard.config import ConfigError, RunConfig
-from grpo_guard.evaluation.benchmarks import Benchmark, get_benchmark, protocol
+from grpo_guard.evaluation.benchmarks import Benchmark, for_config, get_benchmark, protocol
 from grpo_guard.store.evaluations import ModelRef
 
 MAX_IMAGES_PER_PROMPT = 64
@@ -52,8 +52,9 @@ class EvalRequest:
     def from_json(cls, data: dict[str, Any]) -> EvalRequest:
         from grpo_guard.prompts import resolve_prompts
 
-        bench = get_benchmark(data["benchmark"])
-        return cls(bench, ModelRef(**data["model"]), RunConfig.from_dict(data["config"]), data["prompts"],
+        config = RunConfig.from_dict(data["config"])
+        bench = for_config(get_benchmark(data["benchmark"]), config)
+        return cls(bench, ModelRef(**data["model"]), config, data["prompts"],
                    resolve_prompts(data["prompts"], field="prompts"), int(data["images_per_prompt"]),
                    data.get("checkpoint_file"))
 
@@ -146,6 +147,7 @@ def build_request(benchmark: str, *, run_id: int | None = None, step: str = "bes
         # the model's own config; the given one says where this machine keeps the scorers' weights
         config = RunConfig.from_dict({**config.to_dict(),
                                       "reward_options": RunConfig.from_file(config_path).reward_options})
+    bench = for_config(bench, config)
     spec = prompts or bench.prompts
     if spec is None:
         raise ValueError(f"The {bench.name} benchmark needs --prompts (hf:DATASET[:SPLIT][#COLUMN] or file:PATH).")

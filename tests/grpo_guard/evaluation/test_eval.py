@@ -73,6 +73,9 @@ def test_base_then_checkpoint_reuses_the_base_and_writes_the_table(store, toy_co
     (row,) = ev.list_evaluations()
     assert row.model.kind == "base" and row.status == "succeeded" and row.protocol["images_per_prompt"] == 2
     assert len(row.metrics) == 3 and f"| toy_alignment | {row.metrics['toy_alignment']:.4f} |" in base.output
+    again = _eval("--benchmark", "toy", "--config", cfg_path, "--prompts", prompts, "--images-per-prompt", "2")
+    assert f"evaluation {row.id} (reused)" in again.output and len(ev.list_evaluations()) == 1
+    assert "### toy — base toy\n" in again.output
 
     # a run with a checkpoint whose LoRA moved the model a little
     config = RunConfig.from_file(cfg_path)
@@ -256,3 +259,40 @@ def test_missing_scorer_weights_are_one_sentence_before_any_model_loads(store, t
     res = CliRunner().invoke(main, ["eval", "--benchmark", "geneval", "--config", toy_config[0]])
     assert res.exit_code == 1 and "Mask2Former detector" in res.output and "Traceback" not in res.output
     assert len(ev.list_evaluations()) == before
+
+
+def test_preference_scores_the_five_and_the_configs_other_gold_evaluators(store, toy_config, tmp_path,
+                                                                           monkeypatch):
+    """Flow-GRPO's five preference scorers, then every other gold evaluator the model's config
+    names (here a toy one), each a mean over the prompt set; the pages' tables keep them all."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from grpo_guard.evaluation.benchmarks import for_config
+    from grpo_guard.rewards.testing import tiny_blip_dir, tiny_clip_dir, tiny_mlp_head_state
+
+    clip = tiny_clip_dir(tmp_path)
+    head = tmp_path / "aesthetic_head.pth"
+    torch.save(tiny_mlp_head_state(32), head)
+    for var, value in {"PICKSCORE_PATH": clip, "CLIPSCORE_PATH": clip, "HPSV2_PATH": clip, "AESTHETIC_PATH": clip,
+                       "AESTHETIC_HEAD": str(head), "IMAGEREWARD_PATH": tiny_blip_dir(tmp_path)}.items():
+        monkeypatch.setenv(f"GG_REWARD_{var}", value)
+    cfg = tmp_path / "pref.yaml"
+    cfg.write_text(RunConfig.from_dict({"eval_num_steps": 2, "gold": ["toy_palette_purity"]}).to_yaml())
+    five = ("pickscore", "imagereward", "aesthetic", "clipscore", "hpsv2")
+    bench = for_config(get_benchmark("preference"), SimpleNamespace(gold=["hpsv2", "mine", "mine"]))
+    assert bench.scorers == (*five, "mine"), "hpsv2 is one of the five already"
+    assert get_benchmark("preference").scorers == five, "the registry's benchmark is not changed"
+    assert for_config(get_benchmark("toy"), SimpleNamespace(gold=["mine"])).scorers == get_benchmark("toy").scorers
+    out = tmp_path / "pref"
+    res = _eval("--benchmark", "preference", "--config", str(cfg), "--prompts", toy_config[1], "--out", str(out))
+    assert res.exit_code == 0, res.output
+    row = ev.get_evaluation(json.loads((out / "table.json").read_text())["evaluation_id"])
+    assert list(row.metrics) == [*five, "toy_palette_purity"] and row.protocol["images_per_prompt"] == 1
+    for name in row.metrics:
+        assert row.metrics[name] == pytest.approx(np.mean([p[name] for p in row.per_prompt])), name
+    assert [r["metric"] for r in json.loads((out / "table.json").read_text())["rows"]] == list(row.metrics)
+    from app.pages.evaluation_tables import _metrics
+
+    assert _metrics("preference", [row]) == [*five, "toy_palette_purity"]
