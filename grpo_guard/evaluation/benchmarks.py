@@ -6,8 +6,8 @@ submit path validate requests with it); :mod:`grpo_guard.evaluation.runner` does
   ``summary_scores.py`` define it — strict verdicts, 4 images per prompt, Overall = the mean of the
   task families' accuracies (the paper's figure), each family, and the image mean. The official
   prompts: ``--prompts geneval:file:evaluation_metadata.jsonl`` (default ``geneval:test``).
-- ``ocr``: Flow-GRPO's OCR accuracy (the ``ocr`` scorer: 1 − normalised edit distance of the
-  quoted text) on ``ocr:test``, one image per prompt.
+- ``ocr``: Flow-GRPO's OCR accuracy (the ``ocr`` scorer: 1 when the quoted text is read anywhere
+  in the image, else 1 − its normalised edit distance) on ``ocr:test``, one image per prompt.
 - ``preference``: PickScore, ImageReward, Aesthetic, CLIPScore and HPSv2 means on a prompt set
   (``hf:`` or ``file:``, DrawBench-style), one image per prompt, as Flow-GRPO's tables report them,
   and the mean of every other gold evaluator the model's config names (``gold:``: any registered
@@ -69,7 +69,8 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
     Benchmark("geneval", "GenEval: Overall (mean of the six task families), each family and the image mean; "
               "strict verdicts, 4 images per prompt", "geneval:test", 4, ("geneval",), "overall",
               fixed_options=(("geneval", (("score", "strict"),)),)),
-    Benchmark("ocr", "OCR accuracy (1 - normalised edit distance of the quoted text) on ocr:test, as Flow-GRPO",
+    Benchmark("ocr", "OCR accuracy (1 - normalised edit distance of the quoted text, 1 when it is read "
+              "anywhere in the image) on ocr:test, as Flow-GRPO",
               "ocr:test", 1, ("ocr",), "ocr"),
     Benchmark("preference", "PickScore, ImageReward, Aesthetic, CLIPScore and HPSv2, then the config's other "
               "gold evaluators, on a prompt set (--prompts hf:... or file:..., DrawBench-style)", None, 1,
