@@ -45,6 +45,28 @@ def write_outputs(out_dir: str, request, model, base, partners: list | None = No
     return paths
 
 
+def _exit_on_sigterm():
+    """SIGTERM (a timeout, a closed session) becomes SystemExit, so a foreground evaluation that is
+    stopped removes its row and images as on Ctrl-C instead of leaving a row ``running`` for ever.
+    Returns the previous handler (None off the main thread, where signals cannot be set)."""
+    import signal
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    try:
+        return signal.signal(signal.SIGTERM, stop)
+    except ValueError:
+        return None
+
+
+def _restore_sigterm(previous) -> None:
+    import signal
+
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @click.command("eval")
 @click.option("--benchmark", default=None, help="geneval, ocr, preference or toy (--list).")
 @click.option("--list", "list_", is_flag=True, help="List the benchmarks and exit.")
@@ -89,7 +111,16 @@ def eval_cmd(benchmark: str | None, list_: bool, run_id: int | None, step: str, 
             click.echo(f"Warning: {warning}", err=True)
         click.echo(done.ids[0])
         return
-    from grpo_guard.evaluation.runner import evaluate
+    previous = _exit_on_sigterm()
+    try:
+        _foreground(request, device, out_dir)
+    finally:
+        _restore_sigterm(previous)
+
+
+def _foreground(request, device: str | None, out_dir: str | None) -> None:
+    """Evaluate here: the model, the base column (reused when stored), the partners at equal proxy."""
+    from grpo_guard.evaluation.runner import evaluate, evaluate_one
     from grpo_guard.evaluation.table import markdown, table_rows
     from grpo_guard.models.base import ModelNotFoundError
 
@@ -104,15 +135,21 @@ def eval_cmd(benchmark: str | None, list_: bool, run_id: int | None, step: str, 
     present = sorted({p.get("tag") for p in model.per_prompt if p.get("tag")})
     rows = table_rows(request.benchmark.metric_names(present), base.metrics if base else model.metrics, model.metrics)
     click.echo(markdown(f"{request.benchmark.name} — {request.model.label()}", rows), nl=False)
-    click.echo(f"evaluation {model.evaluation_id}" + (f", base {base.evaluation_id}"
-                                                      + (" (reused)" if base.reused else "") if base else ""), err=True)
+    click.echo(f"evaluation {model.evaluation_id}" + (" (reused)" if model.reused else "")
+               + (f", base {base.evaluation_id}" + (" (reused)" if base.reused else "") if base else ""), err=True)
     partners = []
     if request.model.kind == "run":
         from grpo_guard.evaluation.request import equal_proxy_partners
-        from grpo_guard.evaluation.runner import evaluate_one
 
-        for other, level, value in equal_proxy_partners(request):
-            got = evaluate_one(other, device=device, keep_failed=False)
+        try:
+            found = equal_proxy_partners(request)
+        except ValueError as e:  # a partner's checkpoint without a readable sidecar
+            raise click.ClickException(str(e)) from None
+        for other, level, value in found:
+            try:
+                got = evaluate_one(other, device=device, keep_failed=False)
+            except (ValueError, ModelNotFoundError) as e:
+                raise click.ClickException(f"{other.model.label()} at equal proxy: {e}") from None
             rows = table_rows(request.benchmark.metric_names(present), model.metrics, got.metrics)
             title = (f"at equal proxy: {other.model.label()} (eval/proxy {value:.4f}) against "
                      f"{request.model.label()} (eval/proxy {level:.4f})")

@@ -33,6 +33,8 @@ def _metrics(bench: str, rows: Sequence[Any]) -> list[str]:
 
     present = sorted({m for r in rows for m in r.metrics})
     names = BENCHMARKS[bench].metric_names(present) if bench in BENCHMARKS else present
+    # the protocol's metrics in its order, then any a request added (preference: the config's gold)
+    names += [m for m in present if m not in names]
     return [m for m in names if any(m in r.metrics for r in rows)]
 
 

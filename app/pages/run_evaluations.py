@@ -61,6 +61,7 @@ def _table(bench: Any, done: list[Any]) -> str:
                              first.protocol_hash)
     tags = sorted({m for r in done for m in r.metrics})
     metrics = bench.metric_names(tags) if bench is not None else tags
+    metrics += [m for m in tags if m not in metrics]  # a request's own (preference: the config's gold)
     metrics = [m for m in metrics if any(m in r.metrics for r in done)]
     head = "".join(f'<th>step {r.model.step} <span class="gg-muted">#{r.id}</span></th>' for r in done)
     body = []

@@ -6,10 +6,12 @@ submit path validate requests with it); :mod:`grpo_guard.evaluation.runner` does
   ``summary_scores.py`` define it — strict verdicts, 4 images per prompt, Overall = the mean of the
   task families' accuracies (the paper's figure), each family, and the image mean. The official
   prompts: ``--prompts geneval:file:evaluation_metadata.jsonl`` (default ``geneval:test``).
-- ``ocr``: Flow-GRPO's OCR accuracy (the ``ocr`` scorer: 1 − normalised edit distance of the
-  quoted text) on ``ocr:test``, one image per prompt.
+- ``ocr``: Flow-GRPO's OCR accuracy (the ``ocr`` scorer: 1 when the quoted text is read anywhere
+  in the image, else 1 − its normalised edit distance) on ``ocr:test``, one image per prompt.
 - ``preference``: PickScore, ImageReward, Aesthetic, CLIPScore and HPSv2 means on a prompt set
-  (``hf:`` or ``file:``, DrawBench-style), one image per prompt, as Flow-GRPO's tables report them.
+  (``hf:`` or ``file:``, DrawBench-style), one image per prompt, as Flow-GRPO's tables report them,
+  and the mean of every other gold evaluator the model's config names (``gold:``: any registered
+  one, built in, from a plugin or a reward server), after those five.
 - ``toy``: the toy world's gold evaluators on ``toy:heldout`` (runs anywhere, CI included).
 """
 
@@ -18,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 FAMILIES = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
@@ -67,10 +69,11 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
     Benchmark("geneval", "GenEval: Overall (mean of the six task families), each family and the image mean; "
               "strict verdicts, 4 images per prompt", "geneval:test", 4, ("geneval",), "overall",
               fixed_options=(("geneval", (("score", "strict"),)),)),
-    Benchmark("ocr", "OCR accuracy (1 - normalised edit distance of the quoted text) on ocr:test, as Flow-GRPO",
+    Benchmark("ocr", "OCR accuracy (1 - normalised edit distance of the quoted text, 1 when it is read "
+              "anywhere in the image) on ocr:test, as Flow-GRPO",
               "ocr:test", 1, ("ocr",), "ocr"),
-    Benchmark("preference", "PickScore, ImageReward, Aesthetic, CLIPScore and HPSv2 on a prompt set "
-              "(--prompts hf:... or file:..., DrawBench-style)", None, 1,
+    Benchmark("preference", "PickScore, ImageReward, Aesthetic, CLIPScore and HPSv2, then the config's other "
+              "gold evaluators, on a prompt set (--prompts hf:... or file:..., DrawBench-style)", None, 1,
               ("pickscore", "imagereward", "aesthetic", "clipscore", "hpsv2"), "pickscore"),
     Benchmark("toy", "the toy world's gold evaluators on toy:heldout", "toy:heldout", 4,
               ("toy_alignment", "toy_fidelity", "toy_palette_purity"), "toy_alignment"),
@@ -82,6 +85,15 @@ def get_benchmark(name: str) -> Benchmark:
     if name not in BENCHMARKS:
         raise ValueError(f"Unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)} (grpo-guard eval --list).")
     return BENCHMARKS[name]
+
+
+def for_config(bench: Benchmark, config: Any) -> Benchmark:
+    """``bench`` as it runs for a model of ``config``: ``preference`` also scores the config's
+    other gold evaluators (module docstring); every other benchmark is fixed."""
+    if bench.name != "preference":
+        return bench
+    extra = tuple(dict.fromkeys(str(n) for n in (getattr(config, "gold", None) or ()) if n not in bench.scorers))
+    return replace(bench, scorers=bench.scorers + extra) if extra else bench
 
 
 def prompt_set_hash(prompts: Sequence[Any]) -> str:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from grpo_guard.config import ConfigError, RunConfig
-from grpo_guard.evaluation.benchmarks import Benchmark, get_benchmark, protocol
+from grpo_guard.evaluation.benchmarks import Benchmark, for_config, get_benchmark, protocol
 from grpo_guard.store.evaluations import ModelRef
 
 MAX_IMAGES_PER_PROMPT = 64
@@ -52,8 +52,9 @@ class EvalRequest:
     def from_json(cls, data: dict[str, Any]) -> EvalRequest:
         from grpo_guard.prompts import resolve_prompts
 
-        bench = get_benchmark(data["benchmark"])
-        return cls(bench, ModelRef(**data["model"]), RunConfig.from_dict(data["config"]), data["prompts"],
+        config = RunConfig.from_dict(data["config"])
+        bench = for_config(get_benchmark(data["benchmark"]), config)
+        return cls(bench, ModelRef(**data["model"]), config, data["prompts"],
                    resolve_prompts(data["prompts"], field="prompts"), int(data["images_per_prompt"]),
                    data.get("checkpoint_file"))
 
@@ -113,6 +114,22 @@ def file_digest(path: str) -> str:
     return h.hexdigest()
 
 
+def check_scorers(bench: Benchmark, config: RunConfig) -> None:
+    """ValueError (one sentence) when a scorer of ``bench`` is not registered here or does not
+    score the model's backbone (OCR or PickScore on toy images, the toy evaluators on SD3's)."""
+    from grpo_guard.rewards import REGISTRY
+
+    for name in bench.scorers:
+        spec = REGISTRY.get(name)
+        if spec is None:
+            raise ValueError(f"The {bench.name} benchmark scores with {name!r}, which is not a registered reward "
+                             "here (grpo-guard rewards list).")
+        if config.backbone not in spec.backbones:
+            raise ValueError(f"The {bench.name} benchmark scores with {name}, which does not score {config.backbone} "
+                             f"images (it scores {', '.join(spec.backbones)}); pick a benchmark for this model "
+                             "(grpo-guard eval --list).")
+
+
 def build_request(benchmark: str, *, run_id: int | None = None, step: str = "best", checkpoint: str | None = None,
                   config_path: str | None = None, prompts: str | None = None,
                   images_per_prompt: int | None = None) -> EvalRequest:
@@ -146,9 +163,11 @@ def build_request(benchmark: str, *, run_id: int | None = None, step: str = "bes
         # the model's own config; the given one says where this machine keeps the scorers' weights
         config = RunConfig.from_dict({**config.to_dict(),
                                       "reward_options": RunConfig.from_file(config_path).reward_options})
+    bench = for_config(bench, config)
     spec = prompts or bench.prompts
     if spec is None:
         raise ValueError(f"The {bench.name} benchmark needs --prompts (hf:DATASET[:SPLIT][#COLUMN] or file:PATH).")
+    check_scorers(bench, config)
     ipp = int(images_per_prompt if images_per_prompt is not None else bench.images_per_prompt)
     if not 1 <= ipp <= MAX_IMAGES_PER_PROMPT:
         raise ValueError(f"--images-per-prompt must be between 1 and {MAX_IMAGES_PER_PROMPT}, got {ipp}.")

@@ -145,7 +145,7 @@ def build_reward(name: str, **options: Any) -> Reward:
 # from the HF cache. `device` "cuda" is each data-parallel rank's own GPU.
 _REAL = ("sd3", "flux")
 _RUN = (("device", "str"), ("dtype", "fp32|fp16"), ("batch_size", "int"))
-# OCR accuracy of the prompt's quoted text: 1 − normalised edit distance (rapidocr, bundled models).
+# OCR accuracy of the prompt's quoted text: 1 when read anywhere, else 1 − normalised edit distance (rapidocr).
 register("ocr", "grpo_guard.rewards.ocr:ocr", "proxy", backbones=_REAL, options=(("min_score", "float"),))
 # CLIP cosine(image, prompt); CLIP ViT-L/14 from option path, GG_REWARD_CLIPSCORE_PATH or the HF cache.
 register("clipscore", "grpo_guard.rewards.clip:clipscore", "any",

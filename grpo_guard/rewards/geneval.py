@@ -15,8 +15,9 @@ from the ``metadata`` option (a path to an ``evaluation_metadata.jsonl``, looked
 
 ``score`` picks what ``reward(images, prompts)`` returns: ``flow_grpo`` (Flow-GRPO's reward-server
 partial credit, exactly: its formula on images that went through its JPEG round trip — PIL's
-default quality 75 — before detection and colour), ``partial`` (ours: clipped terms, no JPEG) or
-``strict`` (GenEval's 0/1 verdict). :meth:`GenEvalReward.details` returns the strict verdict per
+default quality 75 — before detection and colour, the detector seeing them with red and blue
+swapped as its server's mmdet call does), ``partial`` (ours: clipped terms, no JPEG) or ``strict``
+(GenEval's 0/1 verdict). :meth:`GenEvalReward.details` returns the strict verdict per
 image (``image_mean``) and per task family; :meth:`GenEvalReward.summary` turns their means into
 GenEval's ``overall`` (the mean of the family accuracies, the paper's figure). Evaluation logs
 ``eval/geneval/overall``, ``eval/geneval/image_mean`` and ``eval/geneval/<family>``.
@@ -179,9 +180,14 @@ class GenEvalReward:
         check_images(images, prompts)
         metas = [prompt_metadata(p, self.table) for p in prompts]
         self._load()
+        seen = images = np.asarray(images)
         if self.score == "flow_grpo":
             images = jpeg_round_trip(images)
-        detections = self.detector(np.asarray(images))  # type: ignore[misc]
+            # Flow-GRPO's server hands mmdet's inference_detector RGB arrays, which its test
+            # pipeline takes for BGR (Normalize to_rgb=True flips them): its detector sees red and
+            # blue swapped. The colours are still named on the RGB image, as there.
+            seen = np.ascontiguousarray(images[..., ::-1])
+        detections = self.detector(seen)  # type: ignore[misc]
         return [(m, score_geneval(m, dets, img, colour_of=self.colour_of, **self.rules))
                 for m, dets, img in zip(metas, detections, images, strict=True)]
 

@@ -8,16 +8,20 @@ are reproduced here rather than taken from the transformers image processor (whi
 - test scale: resize keeping the aspect ratio so the long side is at most 1333 and the short side
   at most 800 (mmcv ``rescale_size``: factor = min(1333 / long, 800 / short), sides rounded
   half up), bilinear on the uint8 image (OpenCV's ``INTER_LINEAR``, as ``mmcv.imresize``);
-  normalise with the ImageNet mean/std, pad bottom/right with zeros to a multiple of 32;
+  pad bottom/right to a multiple of 32 with the pixel value 128, then normalise with the ImageNet
+  mean/std (so the padding is (128 − mean) / std, not 0);
 - post-processing: mask logits upsampled bilinearly to the padded input, cropped to the resized
   image, upsampled bilinearly to the original image size, and only then thresholded at 0
   (sigmoid 0.5); scores = softmax class probability (no-object column dropped) of the top-100
   (query, class) pairs × the mean sigmoid inside the binary mask; boxes from the masks with
   exclusive right/bottom edges (``mask2bbox``).
 
-Not checked against GenEval's config file itself (not in the stored sources): whether its test
-pipeline pads before or after normalising; it matters only where a resized side is not a
-multiple of 32 (a square image resizes to 800 × 800 and needs no padding).
+The padding follows the instance-segmentation ``mask2former_r50_lsj_8x2_50e_coco.py`` of mmdet's
+``2.x`` branch (which GenEval installs and whose swin-s config inherits it): Resize (keep ratio),
+Pad (``size_divisor=32, pad_val=pad_cfg``, ``img=(128, 128, 128)``), then Normalize. That file's
+``2.x`` head is not in the stored sources; the order and value were read from the configs derived
+from it (the earlier panoptic-era version normalised first and padded with zeros). It matters only
+where a resized side is not a multiple of 32: a square image resizes to 800 × 800, no padding.
 
 What still differs from GenEval: the weights are the transformers port of the same checkpoint
 (``facebook/mask2former-swin-small-coco-instance``), so its floating-point path is not mmdet's.
@@ -32,6 +36,7 @@ from grpo_guard.rewards.weights import default_device
 
 TEST_SCALE = DETECTOR_SCALE  # mmdet img_scale: (longest side, shortest side)
 SIZE_DIVISOR = 32
+PAD_VALUE = 128.0          # mmdet pad_cfg img=(128, 128, 128), padded before normalising
 MAX_PER_IMAGE = 100        # mmdet test_cfg.max_per_image
 
 
@@ -107,13 +112,15 @@ class Mask2FormerDetector:
         self.scale = (int(scale[0]), int(scale[1]))
 
     def _inputs(self, chunk: list[np.ndarray]):
-        """Normalised, zero-padded (B, 3, Hp, Wp) float32 and each image's resized (h, w)."""
+        """Normalised (B, 3, Hp, Wp) float32, padded with 128 before normalising, and each image's
+        resized (h, w)."""
         import torch
 
         sizes = [scaled_size(*im.shape[:2], self.scale) for im in chunk]
         hp = -(-max(h for h, _ in sizes) // SIZE_DIVISOR) * SIZE_DIVISOR
         wp = -(-max(w for _, w in sizes) // SIZE_DIVISOR) * SIZE_DIVISOR
-        batch = torch.zeros((len(chunk), 3, hp, wp), dtype=torch.float32)
+        pad = (PAD_VALUE - self.mean) / self.std  # (1, 3, 1, 1)
+        batch = pad.expand(len(chunk), 3, hp, wp).clone()
         for i, (im, (h, w)) in enumerate(zip(chunk, sizes, strict=True)):
             px = torch.from_numpy(resize_bilinear(im, h, w)).permute(2, 0, 1).float()[None]
             batch[i, :, :h, :w] = ((px - self.mean) / self.std)[0]

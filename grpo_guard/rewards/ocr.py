@@ -2,7 +2,9 @@
 
 reward = 1 − min(edit distance, |target|) / |target|, where the target is the prompt's quoted
 text and the recognised text is everything the OCR engine reads in the image, both lower-cased
-with spaces removed (as Flow-GRPO scores it). A prompt without quoted text scores 0.
+with spaces removed, and 1 when the target appears anywhere in the recognised text (as Flow-GRPO's
+``flow_grpo/ocr.py`` scores it: other text in the image is not penalised). A prompt without quoted
+text scores 0.
 
 The engine is ``rapidocr-onnxruntime`` with the PP-OCRv4 detection/recognition models bundled in
 its wheel (STACK.md §5): nothing is downloaded (install with the ``ocr`` extra).
@@ -43,10 +45,13 @@ def edit_distance(a: str, b: str) -> int:
 
 
 def text_accuracy(recognised: str, target: str) -> float:
-    """1 − normalised edit distance between the recognised text and the target, in [0, 1]."""
+    """1 − normalised edit distance between the recognised text and the target, in [0, 1]; 1 when
+    the target is contained in the recognised text (Flow-GRPO's ``if prompt in recognized_text``)."""
     t, r = _normalise(target), _normalise(recognised)
     if not t:
         return 0.0
+    if t in r:
+        return 1.0
     return 1.0 - min(edit_distance(r, t), len(t)) / len(t)
 
 

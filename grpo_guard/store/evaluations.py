@@ -42,7 +42,8 @@ class ModelRef:
             return f"run #{self.run_id} @ step {self.step}"
         if self.kind == "checkpoint":
             return f"checkpoint {self.checkpoint_path}"
-        return f"base {self.key.split(':', 1)[-1]}"
+        backbone, _, model = self.key.split(":", 1)[-1].partition(":")
+        return f"base {backbone}" + (f" ({model})" if model else "")
 
 
 @dataclass(frozen=True)

@@ -102,3 +102,19 @@ def test_shared_training_and_eval_prompts_get_a_warning_not_an_error():
     assert RunConfig(prompts="toy:train", eval_prompts="toy:heldout").prompt_overlap_warning() is None
     assert RunConfig(prompts="geneval:train", eval_prompts="geneval:test", backbone="sd3", model="/m",
                      rewards={"geneval": 1.0}).prompt_overlap_warning() is None
+
+
+def test_config_validate_prints_the_overlap_warning_and_still_validates(tmp_path):
+    from click.testing import CliRunner
+
+    from grpo_guard.cli import main
+    from grpo_guard.config import RunConfig
+
+    same = ["a red circle on a blue background", "a green square on a red background"]
+    path = tmp_path / "overlap.yaml"
+    path.write_text(RunConfig.from_dict({"prompts": same, "eval_prompts": same[:1]}).to_yaml())
+    res = CliRunner().invoke(main, ["config", "validate", str(path)])
+    assert res.exit_code == 0, res.output
+    assert "Warning: 1 of the 1 eval prompts are also training prompts" in res.output
+    path.write_text(RunConfig.from_dict({"prompts": same[1:], "eval_prompts": same[:1]}).to_yaml())
+    assert "Warning" not in CliRunner().invoke(main, ["config", "validate", str(path)]).output

@@ -44,3 +44,14 @@ def test_paper_hyperparameters_of_the_examples():
     assert (flux.dynamics, flux.noise_level, flux.num_steps, flux.learning_rate, flux.clip_range) == \
         ("dance_grpo", 0.3, 16, 2e-4, 2e-6)
     assert flux.init_same_noise and flux.train_timesteps == "random" and flux.timestep_fraction == 0.6
+
+
+def test_the_geneval_examples_score_as_flow_grpo_and_evaluate_four_images_per_prompt():
+    """Issue 19: Flow-GRPO's reward-server partial credit for RL, GenEval's 4 images per prompt at
+    eval, and training prompts that share none with the eval prompts."""
+    for name in ("sd35m_geneval_grpo_guard.yaml", "sd35m_geneval_flow_grpo.yaml"):
+        cfg = RunConfig.from_file(os.path.join(ROOT, "examples", name))
+        assert cfg.reward_options["geneval"]["score"] == "flow_grpo", name
+        assert list(cfg.eval_seeds) == [0, 1, 2, 3], name
+        assert (cfg.prompts, cfg.eval_prompts) == ("geneval:train", "geneval:test"), name
+        assert cfg.prompt_overlap_warning() is None, name

@@ -53,6 +53,10 @@ def test_ocr_text_matching_rules():
     assert text_accuracy("hello  world", "Hello World") == 1.0
     assert text_accuracy("", "abc") == 0.0 and text_accuracy("xyzxyzxyz", "abc") == 0.0
     assert text_accuracy("Helo World", "Hello World") == pytest.approx(0.9)
+    # Flow-GRPO: the target anywhere in what was read is a full score (edit distance would say 0.5)
+    assert text_accuracy("OPEN hello world 24/7", "Hello World") == 1.0
+    assert text_accuracy("abcdefghij", "abcdefghij") == 1.0 and text_accuracy("xxabcde", "abcdef") == pytest.approx(
+        1 - 3 / 6)
 
 
 def test_ocr_reward_reads_text_rendered_with_pillow():

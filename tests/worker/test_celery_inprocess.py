@@ -85,3 +85,25 @@ def test_a_worker_on_the_embedded_broker_waits_at_most_its_polling_interval_per_
     for timeout in (2.0, None, 0.1):
         filesystem.Transport.drain_events(transport, None, timeout=timeout)
     assert asked == [0.5, None, 0.1]
+
+
+def test_a_queued_evaluation_is_sent_by_name_and_the_worker_fills_its_row(memory_app, tmp_path):
+    """``grpo-guard eval --submit`` and the Run page's Evaluate… store a queued row and send
+    ``worker.tasks.evaluate_model`` by name; the worker, not the sender, evaluates."""
+    from grpo_guard.evaluation.request import build_request
+    from grpo_guard.store import evaluations as ev
+    from worker.submit import submit_evaluation
+
+    (tmp_path / "p.txt").write_text("a red circle on a blue background\n")
+    cfg = tmp_path / "toy.yaml"
+    cfg.write_text(RunConfig.from_dict({"eval_num_steps": 2}).to_yaml())
+    request = build_request("toy", config_path=str(cfg), prompts=f"file:{tmp_path / 'p.txt'}", images_per_prompt=1)
+    done = submit_evaluation(request)
+    assert done.warnings == ()
+    (eid,) = done.ids
+    deadline = time.monotonic() + 120
+    while ev.get_evaluation(eid).status in ("queued", "running") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    row = ev.get_evaluation(eid)
+    assert (row.status, row.error) == ("succeeded", None)
+    assert set(row.metrics) == {"toy_alignment", "toy_fidelity", "toy_palette_purity"}

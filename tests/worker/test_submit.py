@@ -87,6 +87,14 @@ def test_a_broker_failure_keeps_the_runs_queued_and_says_so(store, broker_down):
         assert queries.get_run(rid).status == "queued", "the stored run is not lost"
 
 
+def test_shared_training_and_eval_prompts_are_submitted_with_a_warning(store, sent):
+    same = ["a red circle on a blue background"]
+    done = submit.submit_runs([("grpo_guard", RunConfig.from_dict({"prompts": same, "eval_prompts": same}))])
+    assert len(done.ids) == 1 and sent == [(done.ids[0], 1)]
+    (warning,) = done.warnings
+    assert "1 of the 1 eval prompts are also training prompts" in warning
+
+
 def test_a_bad_config_or_name_writes_nothing(store, sent):
     before = _count()
     bad = RunConfig.from_dict({"rewards": {"no_such_reward": 1.0}})

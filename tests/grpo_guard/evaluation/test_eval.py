@@ -36,6 +36,20 @@ def toy_config(tmp_path_factory):
     return str(path), f"file:{d / 'prompts.txt'}"
 
 
+@pytest.fixture(scope="module")
+def sd3_config(tmp_path_factory):
+    """A tiny random SD3 pipeline's config: the real-image benchmarks (geneval, preference) refuse
+    the toy backbone, whose images their scorers do not score."""
+    from grpo_guard.models.testing import tiny_sd3_pipeline_dir
+
+    d = tmp_path_factory.mktemp("sd3cfg")
+    path = d / "sd3.yaml"
+    path.write_text(RunConfig.from_dict({"backbone": "sd3", "model": tiny_sd3_pipeline_dir(d), "resolution": 32,
+                                         "eval_num_steps": 2, "rewards": {"jpeg_compressibility": 1.0},
+                                         "gold": ["jpeg_incompressibility"], "lora_rank": 4}).to_yaml())
+    return str(path)
+
+
 def test_geneval_overall_is_the_mean_of_the_family_accuracies():
     bench = get_benchmark("geneval")
     # 4 single_object images all right, 2 counting images wrong, 2 position half right
@@ -73,6 +87,9 @@ def test_base_then_checkpoint_reuses_the_base_and_writes_the_table(store, toy_co
     (row,) = ev.list_evaluations()
     assert row.model.kind == "base" and row.status == "succeeded" and row.protocol["images_per_prompt"] == 2
     assert len(row.metrics) == 3 and f"| toy_alignment | {row.metrics['toy_alignment']:.4f} |" in base.output
+    again = _eval("--benchmark", "toy", "--config", cfg_path, "--prompts", prompts, "--images-per-prompt", "2")
+    assert f"evaluation {row.id} (reused)" in again.output and len(ev.list_evaluations()) == 1
+    assert "### toy — base toy\n" in again.output
 
     # a run with a checkpoint whose LoRA moved the model a little
     config = RunConfig.from_file(cfg_path)
@@ -111,21 +128,24 @@ def test_base_then_checkpoint_reuses_the_base_and_writes_the_table(store, toy_co
 @pytest.mark.parametrize("args, message", [
     (["--benchmark", "nope", "--config", "CFG"], "Unknown benchmark 'nope'; known: geneval, ocr, preference, toy"),
     (["--benchmark", "preference", "--config", "CFG"], "The preference benchmark needs --prompts"),
-    (["--benchmark", "geneval", "--config", "CFG", "--prompts", "toy:heldout"], "needs GenEval metadata"),
+    (["--benchmark", "geneval", "--config", "SD3", "--prompts", "toy:heldout"], "needs GenEval metadata"),
     (["--benchmark", "toy", "--checkpoint", "/nope/ckpt_000001.pt"], "No checkpoint file at /nope/ckpt_000001.pt."),
     (["--benchmark", "toy", "--run", "999"], "No run with id 999 in the store."),
     (["--benchmark", "toy", "--config", "CFG", "--images-per-prompt", "0"], "--images-per-prompt must be between"),
+    (["--benchmark", "ocr", "--config", "CFG"], "scores with ocr, which does not score toy images"),
+    (["--benchmark", "preference", "--config", "CFG", "--prompts", "toy:heldout"], "does not score toy images"),
 ])
-def test_bad_input_is_one_sentence_and_stores_nothing(store, toy_config, args, message):
+def test_bad_input_is_one_sentence_and_stores_nothing(store, toy_config, sd3_config, args, message):
     before = len(ev.list_evaluations())
-    res = CliRunner().invoke(main, ["eval", *[toy_config[0] if a == "CFG" else a for a in args]])
+    paths = {"CFG": toy_config[0], "SD3": sd3_config}
+    res = CliRunner().invoke(main, ["eval", *[paths.get(a, a) for a in args]])
     assert res.exit_code != 0
     if message:
         assert message in res.output and "Traceback" not in res.output
     assert len(ev.list_evaluations()) == before
 
 
-def test_geneval_benchmark_with_tiny_detector_and_clip(store, toy_config, tmp_path, monkeypatch):
+def test_geneval_benchmark_with_tiny_detector_and_clip(store, sd3_config, tmp_path, monkeypatch):
     from grpo_guard.rewards.testing import tiny_clip_dir, tiny_mask2former_dir
 
     monkeypatch.setenv("GG_REWARD_GENEVAL_DETECTOR_PATH", tiny_mask2former_dir(tmp_path))
@@ -137,7 +157,7 @@ def test_geneval_benchmark_with_tiny_detector_and_clip(store, toy_config, tmp_pa
          "prompt": "a photo of two cats"},
         {"tag": "colors", "include": [{"class": "cup", "count": 1, "color": "red"}], "prompt": "a photo of a red cup"},
     ]) + "\n")
-    res = _eval("--benchmark", "geneval", "--config", toy_config[0], "--prompts", f"geneval:file:{meta}",
+    res = _eval("--benchmark", "geneval", "--config", sd3_config, "--prompts", f"geneval:file:{meta}",
                 "--images-per-prompt", "2")
     assert res.exit_code == 0, res.output
     row = ev.list_evaluations()[0]
@@ -196,11 +216,11 @@ def _cached(repo):
 @pytest.mark.skipif(not (_cached("facebook/mask2former-swin-small-coco-instance")
                          and _cached("openai/clip-vit-large-patch14")),
                     reason="the real GenEval detector and CLIP are not both in the local HF cache")
-def test_geneval_benchmark_with_the_real_weights(store, toy_config, tmp_path):
+def test_geneval_benchmark_with_the_real_weights(store, sd3_config, tmp_path):
     meta = tmp_path / "evaluation_metadata.jsonl"
     meta.write_text(json.dumps({"tag": "single_object", "include": [{"class": "dog", "count": 1}],
                                 "prompt": "a photo of a dog"}) + "\n")
-    res = _eval("--benchmark", "geneval", "--config", toy_config[0], "--prompts", f"geneval:file:{meta}",
+    res = _eval("--benchmark", "geneval", "--config", sd3_config, "--prompts", f"geneval:file:{meta}",
                 "--images-per-prompt", "1", "--device", "cpu")
     assert res.exit_code == 0, res.output
     row = ev.get_evaluation(ev.list_evaluations()[0].id)
@@ -248,11 +268,81 @@ def test_a_paired_run_also_gets_its_partner_at_equal_proxy(store, toy_config, tm
     assert "at equal proxy: run #" in (out / "table.md").read_text()
 
 
-def test_missing_scorer_weights_are_one_sentence_before_any_model_loads(store, toy_config, tmp_path, monkeypatch):
+def test_missing_scorer_weights_are_one_sentence_before_any_model_loads(store, sd3_config, tmp_path, monkeypatch):
     empty = tmp_path / "no-detector"
     empty.mkdir()
     monkeypatch.setenv("GG_REWARD_GENEVAL_DETECTOR_PATH", str(empty))
     before = len(ev.list_evaluations())
-    res = CliRunner().invoke(main, ["eval", "--benchmark", "geneval", "--config", toy_config[0]])
+    res = CliRunner().invoke(main, ["eval", "--benchmark", "geneval", "--config", sd3_config])
     assert res.exit_code == 1 and "Mask2Former detector" in res.output and "Traceback" not in res.output
     assert len(ev.list_evaluations()) == before
+
+
+def test_preference_scores_the_five_and_the_configs_other_gold_evaluators(store, toy_config, sd3_config, tmp_path,
+                                                                           monkeypatch):
+    """Flow-GRPO's five preference scorers, then every other gold evaluator the model's config
+    names (here a model-free one), each a mean over the prompt set; the pages' tables keep them all."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from grpo_guard.evaluation.benchmarks import for_config
+    from grpo_guard.rewards.testing import tiny_blip_dir, tiny_clip_dir, tiny_mlp_head_state
+
+    clip = tiny_clip_dir(tmp_path)
+    head = tmp_path / "aesthetic_head.pth"
+    torch.save(tiny_mlp_head_state(32), head)
+    for var, value in {"PICKSCORE_PATH": clip, "CLIPSCORE_PATH": clip, "HPSV2_PATH": clip, "AESTHETIC_PATH": clip,
+                       "AESTHETIC_HEAD": str(head), "IMAGEREWARD_PATH": tiny_blip_dir(tmp_path)}.items():
+        monkeypatch.setenv(f"GG_REWARD_{var}", value)
+    cfg = sd3_config
+    five = ("pickscore", "imagereward", "aesthetic", "clipscore", "hpsv2")
+    bench = for_config(get_benchmark("preference"), SimpleNamespace(gold=["hpsv2", "mine", "mine"]))
+    assert for_config(get_benchmark("preference"), RunConfig.from_file(cfg)).scorers == (*five, "jpeg_incompressibility")
+    assert bench.scorers == (*five, "mine"), "hpsv2 is one of the five already"
+    assert get_benchmark("preference").scorers == five, "the registry's benchmark is not changed"
+    assert for_config(get_benchmark("toy"), SimpleNamespace(gold=["mine"])).scorers == get_benchmark("toy").scorers
+    out = tmp_path / "pref"
+    res = _eval("--benchmark", "preference", "--config", cfg, "--prompts", toy_config[1], "--out", str(out))
+    assert res.exit_code == 0, res.output
+    row = ev.get_evaluation(json.loads((out / "table.json").read_text())["evaluation_id"])
+    assert list(row.metrics) == [*five, "jpeg_incompressibility"] and row.protocol["images_per_prompt"] == 1
+    for name in row.metrics:
+        assert row.metrics[name] == pytest.approx(np.mean([p[name] for p in row.per_prompt])), name
+    assert [r["metric"] for r in json.loads((out / "table.json").read_text())["rows"]] == list(row.metrics)
+    from app.pages.evaluation_tables import _metrics
+
+    assert _metrics("preference", [row]) == [*five, "jpeg_incompressibility"]
+
+
+def test_a_foreground_evaluation_stopped_by_sigterm_leaves_nothing_stored(tmp_path):
+    """A timeout or a closed session sends SIGTERM: the row and images go, as on Ctrl-C."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.storehelpers import backend_env
+
+    cfg = tmp_path / "toy.yaml"
+    cfg.write_text(RunConfig.from_dict({"eval_num_steps": 20}).to_yaml())
+    with backend_env("sqlite", tmp_path / "store") as _:
+        env = {**os.environ, "PYTHONPATH": os.getcwd()}
+        proc = subprocess.Popen([sys.executable, "-m", "grpo_guard.cli", "eval", "--benchmark", "toy", "--config",
+                                 str(cfg), "--images-per-prompt", "16"], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        try:
+            deadline = time.monotonic() + 180
+            while not ev.list_evaluations() and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert [r.status for r in ev.list_evaluations()] == ["running"], proc.poll()
+            proc.send_signal(signal.SIGTERM)
+            out, _ = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == 128 + signal.SIGTERM, out[-2000:]
+        assert ev.list_evaluations() == [], "the stopped evaluation's row is gone"
+        images = tmp_path / "store" / "artifacts" / "evaluations"
+        assert not images.exists() or not any(images.rglob("*.png")), "and so are its images"

@@ -190,16 +190,30 @@ def test_flow_grpo_score_sees_images_after_a_pil_jpeg_round_trip(images):
         seen.append(np.array(imgs))
         return [[Detection("dog", 0.9, (0, 0, 10, 10))] for _ in imgs]
 
+    named = []
+
+    def colour_of(img, objs, cls):
+        named.append(np.array(img))
+        return ["red"] * len(objs)
+
     prompts = [Prompt("a photo of a dog", DOG)] * len(images)
     fg = build_reward("geneval", score="flow_grpo", detector=detector, colour_of=lambda img, objs, cls: [])
     r, extras = fg.details(images, prompts)
     assert r.tolist() == [1.0] * 3 and set(extras) == {"image_mean", "flow_grpo", "single_object"}
     buf = io.BytesIO()
     Image.fromarray(images[0]).save(buf, format="JPEG")
-    np.testing.assert_array_equal(seen[0][0], np.asarray(Image.open(buf)))
-    assert not np.array_equal(seen[0][0], images[0])
+    jpeg = np.asarray(Image.open(buf))
+    # its server gives mmdet RGB arrays that mmdet's pipeline reads as BGR: red and blue swapped
+    np.testing.assert_array_equal(seen[0][0], jpeg[..., ::-1])
+    assert not np.array_equal(jpeg, images[0]) and not np.array_equal(jpeg[..., ::-1], jpeg)
+    # ... while the colours are named on the RGB JPEG image
+    red_dog = Prompt("a photo of a red dog", {"tag": "colors", "include": [{"class": "dog", "count": 1,
+                                                                           "color": "red"}]})
+    assert build_reward("geneval", score="flow_grpo", detector=detector, colour_of=colour_of)(
+        images[:1], [red_dog]).tolist() == [1.0]
+    np.testing.assert_array_equal(named[0], jpeg)
     build_reward("geneval", score="partial", detector=detector, colour_of=lambda img, objs, cls: [])(images, prompts)
-    np.testing.assert_array_equal(seen[1], images), "partial and strict score the images as given"
+    np.testing.assert_array_equal(seen[-1], images), "partial and strict score the images as given"
 
 
 def test_overall_is_the_mean_of_the_family_accuracies_not_of_the_images():

@@ -38,14 +38,20 @@ class _FakeMask2Former(torch.nn.Module):
     def __init__(self):
         super().__init__()
         self.seen = []
+        self.pixels = None
+        self.masks = None  # (input h, w) -> (1, 1, mh, mw) logits; None: the coarse 4x4 grid
 
     def forward(self, pixel_values):
         self.seen.append(tuple(pixel_values.shape))
+        self.pixels = pixel_values.clone()
         b, _, h, w = pixel_values.shape
         cls = torch.full((b, 1, 81), -10.0)
         cls[:, 0, 16] = 10.0  # COCO class 16 = dog
-        masks = torch.full((b, 1, 4, 4), -4.0)
-        masks[:, 0, 1, 1] = 4.0
+        if self.masks is not None:
+            masks = self.masks(h, w).expand(b, 1, -1, -1)
+        else:
+            masks = torch.full((b, 1, 4, 4), -4.0)
+            masks[:, 0, 1, 1] = 4.0
         return type("Out", (), {"class_queries_logits": cls, "masks_queries_logits": masks})()
 
 
@@ -70,10 +76,42 @@ def test_detector_tests_at_800_and_thresholds_bilinear_logits_at_the_image_size(
     assert 120 < dog.mask.sum() < 256 and not dog.mask[16, 16] and dog.mask[24, 24]
 
 
-def test_a_wide_image_is_padded_to_a_multiple_of_32(detector):
+def test_a_wide_image_is_padded_to_a_multiple_of_32_with_128_before_normalising(detector):
     detector.model.seen.clear()
     detector(np.zeros((1, 48, 100, 3), np.uint8))
-    assert detector.model.seen == [(1, 3, 640, 1344)], "667 -> 672... resized (640, 1333), padded to /32"
+    assert detector.model.seen == [(1, 3, 640, 1344)], "resized to (640, 1333), padded to /32"
+    px = detector.model.pixels[0]
+    mean, std = np.array([123.675, 116.28, 103.53]), np.array([58.395, 57.12, 57.375])
+    # mmdet's instance lsj test pipeline: Pad(pad_val 128) then Normalize
+    np.testing.assert_allclose(px[:, :, 1333:].mean((1, 2)).numpy(), (128 - mean) / std, rtol=1e-5)
+    np.testing.assert_allclose(px[:, :, :1333].mean((1, 2)).numpy(), (0 - mean) / std, rtol=1e-5)
+
+
+def test_mask_logits_are_cropped_to_the_resized_image_before_the_upsampling(detector):
+    """An object the logits put only in the padding is not in the image: mmdet crops the padded
+    logits to the resized size before upsampling to the original (without the crop, the padding
+    would be squeezed into the image's last column and the dog found there)."""
+    def in_the_padding(h, w):
+        m = torch.full((1, 1, h // 4, w // 4), -4.0)
+        m[..., -2:] = 4.0  # input columns 1336..1343: all beyond the resized 1333
+        return m
+
+    detector.model.masks = in_the_padding
+    try:
+        (dets,) = detector(np.zeros((1, 48, 100, 3), np.uint8))
+        assert dets == [], "an empty mask scores 0: no detection"
+
+        def at_the_right_edge(h, w):
+            m = torch.full((1, 1, h // 4, w // 4), -4.0)
+            m[..., -5:] = 4.0  # input columns 1324..1343: the image's last ~9 of 1333
+            return m
+
+        detector.model.masks = at_the_right_edge
+        (dets,) = detector(np.zeros((1, 48, 100, 3), np.uint8))
+        (dog,) = dets
+        assert dog.box[2] == 100.0 and 98.0 <= dog.box[0] <= 99.0
+    finally:
+        detector.model.masks = None
 
 
 def test_a_crop_1_or_3_px_tall_reaches_clip_channels_last(tmp_path):

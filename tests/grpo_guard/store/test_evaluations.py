@@ -19,7 +19,8 @@ def test_an_evaluation_is_created_finished_and_found_again_for_the_same_protocol
     got = ev.find_result("base:toy:", "toy", ev.protocol_hash(proto))
     assert got.id == eid and got.metrics == {"toy_alignment": 0.5} and got.per_prompt[0]["prompt"] == "p"
     assert ev.find_result("base:toy:", "toy", ev.protocol_hash({**proto, "images_per_prompt": 4})) is None
-    assert got.protocol == proto and got.model.label() == "base toy:"
+    assert got.protocol == proto and got.model.label() == "base toy"
+    assert ev.ModelRef("base", "base:sd3:/models/sd3.5-medium").label() == "base sd3 (/models/sd3.5-medium)"
 
 
 def test_a_runs_evaluations_are_listed_and_deleted_with_it(store):
