@@ -43,6 +43,9 @@ def export_cmd(run_id: int | None, checkpoint: str | None, step: str, weights: s
 
     if (run_id is None) == (checkpoint is None):
         raise click.UsageError("give a RUN_ID or --checkpoint PATH (one of them).")
+    step_given = click.get_current_context().get_parameter_source("step") != click.core.ParameterSource.DEFAULT
+    if checkpoint and step_given:  # silently exporting another step than asked would be worse
+        raise click.UsageError("--step picks a checkpoint of RUN_ID; with --checkpoint PATH the file is the step.")
     if private and not repo_id:
         raise click.UsageError("--private goes with --push-to-hub REPO_ID.")
 

@@ -232,3 +232,68 @@ def test_push_to_hub_uploads_linked_components_as_files(tmp_path, monkeypatch):
     _FakeApi.calls = []
     push_to_hub(str(tmp_path / "out"), "me/pipe")
     assert _FakeApi.calls[-1] == ("create_commit", ["transformer/w.safetensors", "vae/config.json"], "me/pipe", "model")
+
+
+def _run_with_checkpoints(config: RunConfig, ckpts: dict[int, dict], gone: tuple[int, ...] = (),
+                          progress: tuple[int, int] | None = None) -> int:
+    """A run whose checkpoints (placeholder files) record ``ckpts`` {step: meta}; ``gone`` are
+    deleted from disk afterwards."""
+    from grpo_guard.store import queries
+    from grpo_guard.store.recorder import StoreRecorder
+
+    run_id = queries.create_run(config, name="no-best")
+    rec = StoreRecorder(run_id, background=False)
+    d = rec.checkpoint_dir()
+    for step, meta in ckpts.items():
+        path = os.path.join(d, f"ckpt_{step:06d}.pt")
+        with open(path, "wb") as fh:
+            fh.write(b"placeholder")
+        rec.log_checkpoint(step, path, meta)
+    for step in gone:
+        os.remove(os.path.join(d, f"ckpt_{step:06d}.pt"))
+    if progress:
+        rec.set_progress(*progress)
+    rec.close()
+    return run_id
+
+
+def test_no_best_checkpoint_says_why(tmp_path):
+    """A short run whose gold never beat the base model (best_step 0: no checkpoint exists there)
+    must not be told its best checkpoint "was pruned"; each cause has its own sentence."""
+    from grpo_guard.export.facts import ExportError, from_store
+
+    config = make_config("toy", 4, "", checkpoint_every=2)
+    cases = [({1: {"best_step": 0}, 2: {"best_step": 0}}, (), "is the base model's own (step 0, before any training)"),
+             ({2: {"best_step": -1}}, (), "has recorded no gold score"),
+             ({2: {"best_step": 3}, 4: {"best_step": 3}}, (), "is at step 3, where no checkpoint was saved "
+                                                              "(checkpoint_every 2)"),
+             ({2: {"best_step": 2}, 4: {"best_step": 2}}, (2,), "(step 2) was deleted from disk")]
+    with backend_env("sqlite", tmp_path):
+        for ckpts, gone, text in cases:
+            run_id = _run_with_checkpoints(config, ckpts, gone)
+            with pytest.raises(ExportError) as err:
+                from_store(run_id, "best")
+            msg = str(err.value)
+            assert text in msg and "export --step last or an epoch number." in msg, msg
+            assert msg.count(". ") == 0, msg
+            assert from_store(run_id, "last").step == max(set(ckpts) - set(gone))
+
+
+def test_card_says_how_far_a_stopped_run_got(tmp_path):
+    """The card's epochs are the store's: a run stopped early is not described by its plan."""
+    from grpo_guard.export.card import CardFacts, render
+    from grpo_guard.export.facts import from_store
+    from grpo_guard.store import queries
+
+    config = make_config("toy", 4, "", epochs=40)
+    with backend_env("sqlite", tmp_path):
+        run_id = _run_with_checkpoints(config, {2: {"best_step": 2}}, progress=(2, 40))
+        chosen = from_store(run_id, "last")
+        run = queries.get_run(run_id)
+    assert (chosen.trained_epochs, chosen.run_status) == (2, run.status) and run.step == 2
+    facts = CardFacts(config=config, step=2, step_reason="last", weights="raw", format="lora", load_from="/o",
+                      base_model="/b", trained_epochs=2, run_status="cancelled")
+    per_epoch = f"{config.prompts_per_epoch * config.group_size} images per epoch"
+    assert f"- Epochs: 2 trained of the 40 planned (run status: cancelled), {per_epoch}" in render(facts)
+    facts.trained_epochs = 40
+    assert f"- Epochs: 40, {per_epoch}" in render(facts)

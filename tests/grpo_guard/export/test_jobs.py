@@ -138,3 +138,25 @@ def test_panel_callbacks(store, monkeypatch):
     assert "done" in table and "pipeline" in table and "raw" in table
     assert files == [jobs.list_exports(run_id)[0].zip_path]
     assert run_export.refresh(run_id, sig)[2] == sig  # unchanged: nothing resent
+
+
+def test_the_zip_download_needs_the_login(store, monkeypatch):
+    """The finished zip is served like every artifact: behind the app's login, and only there."""
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from grpo_guard.export import jobs
+
+    run_id = fill_run(str(store), make_config("toy", 4, ""), real=False)
+    release = threading.Event()
+    release.set()
+    jobs.start_export(run_id, popen=lambda cmd, **kw: FakeProc(cmd, [], 0, release))
+    assert _wait(lambda: jobs.list_exports(run_id)[0].status == "done")
+    zip_path = jobs.list_exports(run_id)[0].zip_path
+    monkeypatch.setenv("GG_AUTH", "ann:pw")
+    with TestClient(create_app(host="0.0.0.0", port=7998)) as c:
+        assert c.get(f"/gradio_api/file={zip_path}").status_code == 401
+        assert c.post("/login", data={"username": "ann", "password": "pw"}).status_code == 200
+        r = c.get(f"/gradio_api/file={zip_path}")
+        with open(zip_path, "rb") as fh:
+            assert r.status_code == 200 and r.content == fh.read()
