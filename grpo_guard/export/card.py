@@ -180,7 +180,9 @@ def render(f: CardFacts) -> str:
            f"- Over-optimisation alarm: {alarm}.", ""]
     if f.components:
         out += ["- Components: " + ", ".join(f"{k} ({v})" for k, v in sorted(f.components.items()))
-                + ". Linked ones are symlinks to the base model's folders.", ""]
+                + (". Linked ones were symlinks to the base model's folders where this was exported (a zip "
+                   "download or a hub upload carries their files)." if "linked" in f.components.values() else "."),
+                ""]
     if f.grid:
         out += [f"![eval samples at step {f.step}]({f.grid})", "", f.grid_caption, ""]
     else:

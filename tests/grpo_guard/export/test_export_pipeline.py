@@ -59,8 +59,9 @@ def test_linked_and_copied_pipelines(sd3_full, tmp_path):
     # the tiny base stores float32 safetensors: its unchanged components are linked, never the trained ones
     assert {"text_encoder", "vae", "tokenizer"} <= set(ll) and not {"transformer", "scheduler"} & set(ll)
     assert cl == [], "--copy leaves no link"
-    assert "tokenizer (copied)" in (tmp_path / "copied" / "README.md").read_text()
-    assert "tokenizer (linked)" in (tmp_path / "linked" / "README.md").read_text()
+    copied_card, linked_card = (tmp_path / "copied" / "README.md").read_text(), (tmp_path / "linked" / "README.md").read_text()
+    assert "tokenizer (copied)" in copied_card and "symlink" not in copied_card
+    assert "tokenizer (linked)" in linked_card and "Linked ones were symlinks" in linked_card
     # the exported transformer holds the checkpoint's weights
     trained = load_file(os.path.join(copied, "transformer", "diffusion_pytorch_model.safetensors"))
     raw = load_checkpoint(ckpt).trainable
