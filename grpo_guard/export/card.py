@@ -53,6 +53,7 @@ class CardFacts:
     components: dict[str, str] = field(default_factory=dict)  # pipeline: component -> how
     trained_epochs: int | None = None  # the store's progress of the run (None: not known)
     run_status: str = ""
+    history: bool = True  # False: only a checkpoint file was given (no eval series, alarm or samples)
 
     @property
     def hub_base(self) -> str | None:
@@ -146,7 +147,8 @@ def render(f: CardFacts) -> str:
     alarm = (f"fired at epoch {f.alarm_onset} (proxy rising while gold falls)"
              + (": this step is after it" if f.step > f.alarm_onset else ": this step is before it"
                 if f.step < f.alarm_onset else ": at this step")
-             if f.alarm_onset is not None else "did not fire")
+             if f.alarm_onset is not None else "did not fire" if f.history else
+             "unknown (only the checkpoint file was exported, without its run's history)")
     weights = ("the EMA weights (what evaluation sampled)" if f.weights == "ema" else
                "the raw weights" + (" (the run kept an EMA; raw was asked for)" if c.ema else " (the run kept no EMA)"))
     first_ema = c.first_ema_epoch()
@@ -186,7 +188,8 @@ def render(f: CardFacts) -> str:
     if f.grid:
         out += [f"![eval samples at step {f.step}]({f.grid})", "", f.grid_caption, ""]
     else:
-        out += [f"No eval samples are stored for step {f.step} (evaluation ran every {c.eval_every} epochs).", ""]
+        out += [f"No eval samples are stored for step {f.step} (evaluation ran every {c.eval_every} epochs)."
+                if f.history else "No eval samples came with the checkpoint file.", ""]
     out += ["## Use it with diffusers", "",
             "These lines give the same image as `grpo-guard sample --checkpoint` for this checkpoint "
             f"(prompt {f.prompt!r}, seed {f.seed}: deterministic Euler sampling as in evaluation):", "",

@@ -36,6 +36,7 @@ class Chosen:
     samples: list[tuple[str, int, str]] = field(default_factory=list)  # (prompt, seed, image path)
     trained_epochs: int | None = None  # the run's progress in the store
     run_status: str = ""
+    history: bool = True  # False: a lone checkpoint file, no run's eval series, alarm or samples known
 
 
 def parse_step(step: str) -> str | int:
@@ -154,6 +155,11 @@ def from_checkpoint(path: str) -> Chosen:
         side = {}
     meta = side.get("meta") or {}
     step = int(side.get("step", -1))
+    in_store = _from_store_path(path, step)
+    if in_store is not None:  # a checkpoint of a stored run (`grpo-guard runs best` prints such paths)
+        if meta.get("best"):
+            in_store.reason = "best gold"
+        return in_store
     chosen = Chosen(path=os.path.abspath(path), step=step, reason="chosen")
     if meta.get("best"):
         chosen.reason = "best gold"
@@ -162,7 +168,8 @@ def from_checkpoint(path: str) -> Chosen:
             chosen.eval_at_step[key] = v
     run_dir = os.path.dirname(os.path.dirname(os.path.abspath(path)))
     scalars = os.path.join(run_dir, "scalars.jsonl")
-    if os.path.isfile(scalars):
+    chosen.history = os.path.isfile(scalars)
+    if chosen.history:
         from grpo_guard.training.recording import read_jsonl
 
         for row in read_jsonl(scalars):
@@ -178,3 +185,21 @@ def from_checkpoint(path: str) -> Chosen:
             if row.get("step") == step and row.get("image"):
                 chosen.samples.append((row["prompt"], int(row["seed"]), os.path.join(run_dir, row["image"])))
     return chosen
+
+
+def _from_store_path(path: str, step: int) -> Chosen | None:
+    """What the store knows about ``path`` when it is a checkpoint file of one of its runs
+    (``<artifacts>/runs/<id>/checkpoints/``); None when it is not, or no store can be read (the
+    file alone is then exported, with what its sidecar says)."""
+    from grpo_guard.store import db
+
+    if step < 0 or db.missing_store():
+        return None
+    rel = os.path.relpath(os.path.realpath(path), os.path.realpath(db.artifacts_root())).split(os.sep)
+    if len(rel) != 4 or rel[0] != "runs" or not rel[1].isdigit() or rel[2] != "checkpoints":
+        return None
+    try:
+        chosen = from_store(int(rel[1]), step)
+    except Exception:  # noqa: BLE001 - unknown run, unreachable database: the file still exports
+        return None
+    return chosen if os.path.realpath(chosen.path) == os.path.realpath(path) else None

@@ -297,3 +297,49 @@ def test_card_says_how_far_a_stopped_run_got(tmp_path):
     assert f"- Epochs: 2 trained of the 40 planned (run status: cancelled), {per_epoch}" in render(facts)
     facts.trained_epochs = 40
     assert f"- Epochs: 40, {per_epoch}" in render(facts)
+
+
+def test_checkpoint_path_of_a_stored_run_gets_the_stores_facts(lora_run, tmp_path):
+    """`grpo-guard runs best` prints a path; exporting it with --checkpoint PATH must tell the same
+    truth as the run id (step 0, the alarm, the samples), not what a lone file would."""
+    from grpo_guard.store import queries
+
+    ckpt = queries.artifact_path(queries.best_checkpoint(lora_run["run_id"]).location)
+    out = tmp_path / "by-path"
+    res = _cli("--checkpoint", ckpt, "--out", str(out))
+    assert res.exit_code == 0, res.output
+    text = (out / "README.md").read_text()
+    assert f"(run #{lora_run['run_id']})" in text and "| base model (step 0) | 0.1000 | 0.5000 |" in text
+    assert "fired at epoch 10" in text and (out / "eval_samples.png").is_file()
+
+
+def test_checkpoint_of_a_train_folder_and_a_lone_file(tmp_path):
+    """--checkpoint PATH: a `grpo-guard train --out` folder gives step 0, the alarm and the
+    samples from its JSONL files; a lone file says the alarm is unknown instead of "did not fire"."""
+    import json
+
+    from grpo_guard.export.card import CardFacts, render
+    from grpo_guard.export.facts import from_checkpoint
+    from tests.grpo_guard.export.helpers import _png
+
+    config = make_config("toy", 4, "")
+    run = tmp_path / "trainrun"
+    ckpt = make_checkpoint(config, str(run / "checkpoints"), step=5)
+    lone = from_checkpoint(ckpt)
+    assert not lone.history and lone.alarm_onset is None and lone.eval_at_base == {} and lone.samples == []
+    text = render(CardFacts(config=config, step=5, step_reason=lone.reason, weights="ema", format="lora",
+                            load_from="/o", base_model="/b", history=lone.history))
+    assert "Over-optimisation alarm: unknown (only the checkpoint file" in text and "did not fire" not in text
+    assert "No eval samples came with the checkpoint file." in text
+    (run / "samples").mkdir()
+    (run / "samples" / "a.png").write_bytes(_png(0))
+    rows = [{"step": 0, M.EVAL_PROXY: 0.1, M.EVAL_GOLD: 0.5}, {"step": 5, M.EVAL_PROXY: 0.3, M.EVAL_GOLD: 0.6},
+            {"step": 7, M.ALARM_ONSET: 7.0}]
+    (run / "scalars.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (run / "samples.jsonl").write_text(json.dumps({"step": 5, "prompt": "a red circle", "seed": 1,
+                                                   "image": "samples/a.png"}) + "\n")
+    got = from_checkpoint(ckpt)
+    assert got.history and got.step == 5 and got.alarm_onset == 7
+    assert got.eval_at_base == {M.EVAL_PROXY: 0.1, M.EVAL_GOLD: 0.5}
+    assert got.eval_at_step == {M.EVAL_PROXY: 0.3, M.EVAL_GOLD: 0.6}
+    assert got.samples == [("a red circle", 1, str(run / "samples" / "a.png"))]
