@@ -54,6 +54,7 @@ class CardFacts:
     trained_epochs: int | None = None  # the store's progress of the run (None: not known)
     run_status: str = ""
     history: bool = True  # False: only a checkpoint file was given (no eval series, alarm or samples)
+    has_ema: bool | None = None  # whether the checkpoint holds EMA weights (None: as the config says)
 
     @property
     def hub_base(self) -> str | None:
@@ -150,7 +151,8 @@ def render(f: CardFacts) -> str:
              if f.alarm_onset is not None else "did not fire" if f.history else
              "unknown (only the checkpoint file was exported, without its run's history)")
     weights = ("the EMA weights (what evaluation sampled)" if f.weights == "ema" else
-               "the raw weights" + (" (the run kept an EMA; raw was asked for)" if c.ema else " (the run kept no EMA)"))
+               "the raw weights" + (" (the run kept an EMA; raw was asked for)"
+                                    if (c.ema if f.has_ema is None else f.has_ema) else " (the checkpoint keeps no EMA)"))
     first_ema = c.first_ema_epoch()
     if f.weights == "ema" and first_ema is not None and f.step < first_ema:
         # the EMA has not moved yet: saying "the trained model" here would not be true

@@ -198,7 +198,7 @@ def _build(chosen: Chosen, ckpt, tmp: str, out: str, *, fmt: str, weights: str, 
         max_sequence_length=int(bb.max_sequence_length), scheduler_overrides=build.scheduler_overrides(model),
         latent_shape=tuple(bb.latent_shape(ckpt.config.resolution)), license=_license(ckpt.config, base),
         grid=grid, grid_caption=caption, components=components, trained_epochs=chosen.trained_epochs,
-        run_status=chosen.run_status, history=chosen.history)
+        run_status=chosen.run_status, history=chosen.history, has_ema=ckpt.ema is not None)
     with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as fh:
         fh.write(render(facts))
     files = sorted(os.listdir(tmp))

@@ -64,3 +64,13 @@ def test_card_says_when_the_ema_weights_are_still_the_base_models():
     for step, weights in ((first, "ema"), (first - 1, "raw")):
         facts.step, facts.weights = step, weights
         assert "still the base model's" not in render(facts)
+
+
+def test_raw_weights_say_whether_an_ema_was_there():
+    """The card's reason for raw weights follows the checkpoint, not only the config's ``ema``."""
+    cfg = RunConfig.from_dict({"backbone": "toy", "lora_rank": 4, "ema": True})
+    facts = CardFacts(config=cfg, step=3, step_reason="chosen", weights="raw", format="lora", load_from="/o",
+                      base_model="/b", has_ema=False)
+    assert "the raw weights (the checkpoint keeps no EMA)" in render(facts)
+    facts.has_ema = True
+    assert "the raw weights (the run kept an EMA; raw was asked for)" in render(facts)
