@@ -137,7 +137,22 @@ def test_panel_callbacks(store, monkeypatch):
     table, files, sig = run_export.refresh(run_id, None)
     assert "done" in table and "pipeline" in table and "raw" in table
     assert files == [jobs.list_exports(run_id)[0].zip_path]
-    assert run_export.refresh(run_id, sig)[2] == sig  # unchanged: nothing resent
+    import gradio as gr
+
+    assert run_export.refresh(run_id, sig) == (gr.skip(), gr.skip(), sig)  # unchanged: nothing resent
+    # another export's progress redraws the table but does not resend the zips (Gradio would
+    # reread every one of them, tens of GB for a large pipeline, at each progress line)
+    hold = threading.Event()
+    monkeypatch.setattr(jobs, "start_export", lambda *a, **k: real(
+        *a, popen=lambda cmd, **kw: FakeProc(cmd, ["export: loading the base model"], 0, hold), **k))
+    assert "in the background" in run_export.start(str(run_id), "lora", "ema", "best")
+    assert _wait(lambda: jobs.list_exports(run_id)[0].progress == "loading the base model")
+    table, files, sig2 = run_export.refresh(run_id, sig)
+    assert "loading the base model" in table and files == gr.skip() and sig2 != sig
+    hold.set()
+    assert _wait(lambda: jobs.list_exports(run_id)[0].status == "done")
+    table, files, _ = run_export.refresh(run_id, sig2)
+    assert files == [j.zip_path for j in jobs.list_exports(run_id)] and len(files) == 2
 
 
 def test_the_zip_download_needs_the_login(store, monkeypatch):
