@@ -83,6 +83,7 @@ def fill_run(root: str, config: RunConfig, real: bool = True) -> int:
         path = make_checkpoint(config, d, step=step, seed=step) if real and step != 2 else _copy_as(d, step)
         rec.log_checkpoint(step, path, {"reason": "periodic", "best_step": 5})
     os.remove(os.path.join(d, "ckpt_000002.pt"))  # keep_checkpoints pruned it
+    rec.set_progress(10, config.epochs)  # stopped after epoch 10
     rec.close()
     return run_id
 

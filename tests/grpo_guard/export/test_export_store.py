@@ -93,7 +93,11 @@ def test_card_fields_equal_the_store(lora_run, tmp_path):
     assert "| base model (step 0) | 0.1000 | 0.5000 |" in text
     assert "| this export (step 5) | 0.3000 | 0.6250 |" in text
     assert "fired at epoch 10" in text and "this step is before it" in text
-    assert f"{stored.prompts_per_epoch * stored.group_size} images per epoch" in text
+    assert (f"- Epochs: {run.step} trained of the {stored.epochs} planned (run status: {run.status}), "
+            f"{stored.prompts_per_epoch * stored.group_size} images per epoch") in text and run.step == 10
+    assert f"Training prompts: `{stored.prompts}`; evaluation prompts: `{stored.eval_prompts}`" in text
+    assert f"Algorithm: GRPO-Guard (Flow-GRPO with RatioNorm and gradient reweighting); dynamics `{stored.dynamics}`" in text
+    assert f"LoRA rank {stored.lora_rank}, alpha {stored.lora_alpha:g}, targets {', '.join(stored.lora_targets)}" in text
     assert all(f"| {name} | {w:g} |" in text for name, w in stored.rewards.items())
     with Image.open(out / "eval_samples.png") as grid:
         assert grid.size == (64, 32)  # the two eval images of step 5 side by side
