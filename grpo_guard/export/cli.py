@@ -19,7 +19,8 @@ from grpo_guard.store.cli import data_dir_option
 @click.option("--format", "fmt", type=click.Choice(["lora", "pipeline"]), default=None,
               help="lora: pytorch_lora_weights.safetensors for the base model (default for LoRA runs); "
                    "pipeline: a complete save_pretrained directory (default for full fine-tuning).")
-@click.option("--out", "out", required=True, type=click.Path(), help="Directory to write (must not exist).")
+@click.option("--out", "out", required=True, type=click.Path(), metavar="DIR",
+              help="Directory to write (must not exist).")
 @click.option("--force", is_flag=True, help="Replace an existing --out (only once the new export is complete).")
 @click.option("--copy", "copy", is_flag=True,
               help="pipeline: copy the base's unchanged components into --out instead of linking them.")
