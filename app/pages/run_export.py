@@ -53,15 +53,21 @@ def job_files(jobs: list[Any]) -> list[str]:
 
 
 def refresh(rid: Any, seen: Any) -> tuple[Any, Any, Any]:
-    """Jobs table, zip downloads and the new signature; skipped when nothing changed."""
+    """Jobs table, zip downloads and the new signature; each skipped when it did not change.
+
+    The downloads are resent only when the set of zips changes: Gradio hashes (and copies into
+    its cache) every file it is handed, and a pipeline zip of a large model is tens of GB, so
+    resending them at each progress line of another export would reread them every 2 s."""
     run_id = parse_int(rid)
     if run_id is None:
         return '<div class="gg-muted">Pick a run.</div>', None, None
     jobs = _jobs().list_exports(run_id)
-    sig = [run_id, *[(j.name, j.status, j.progress) for j in jobs]]
-    if sig == seen:
-        return gr.skip(), gr.skip(), seen
-    return jobs_html(jobs), job_files(jobs) or None, sig
+    files = job_files(jobs)
+    sig = [[run_id, *[[j.name, j.status, j.progress] for j in jobs]], [run_id, *files]]
+    old = seen if isinstance(seen, list) and len(seen) == 2 else [None, None]
+    table = gr.skip() if sig[0] == old[0] else jobs_html(jobs)
+    downloads = gr.skip() if sig[1] == old[1] else (files or None)
+    return table, downloads, sig
 
 
 def start(rid: Any, fmt: str, weights: str, step: str) -> str:

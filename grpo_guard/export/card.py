@@ -51,6 +51,10 @@ class CardFacts:
     grid: str | None = None  # file name of the eval-sample grid beside README.md
     grid_caption: str = ""
     components: dict[str, str] = field(default_factory=dict)  # pipeline: component -> how
+    trained_epochs: int | None = None  # the store's progress of the run (None: not known)
+    run_status: str = ""
+    history: bool = True  # False: only a checkpoint file was given (no eval series, alarm or samples)
+    has_ema: bool | None = None  # whether the checkpoint holds EMA weights (None: as the config says)
 
     @property
     def hub_base(self) -> str | None:
@@ -144,9 +148,21 @@ def render(f: CardFacts) -> str:
     alarm = (f"fired at epoch {f.alarm_onset} (proxy rising while gold falls)"
              + (": this step is after it" if f.step > f.alarm_onset else ": this step is before it"
                 if f.step < f.alarm_onset else ": at this step")
-             if f.alarm_onset is not None else "did not fire")
+             if f.alarm_onset is not None else "did not fire" if f.history else
+             "unknown (only the checkpoint file was exported, without its run's history)")
     weights = ("the EMA weights (what evaluation sampled)" if f.weights == "ema" else
-               "the raw weights" + (" (the run kept an EMA; raw was asked for)" if c.ema else " (the run kept no EMA)"))
+               "the raw weights" + (" (the run kept an EMA; raw was asked for)"
+                                    if (c.ema if f.has_ema is None else f.has_ema) else " (the checkpoint keeps no EMA)"))
+    first_ema = c.first_ema_epoch()
+    if f.weights == "ema" and first_ema is not None and f.step < first_ema:
+        # the EMA has not moved yet: saying "the trained model" here would not be true
+        weights += (f", which at this step are still the base model's: the EMA updates every ema_every={c.ema_every} "
+                    f"optimizer steps and an epoch takes {c.optimizer_steps_per_epoch()}, so it first moves after "
+                    f"epoch {first_ema} (export --weights raw for the trained weights)")
+    epochs = f"Epochs: {c.epochs}"
+    if f.trained_epochs is not None and f.trained_epochs < c.epochs:
+        epochs = (f"Epochs: {f.trained_epochs} trained of the {c.epochs} planned"
+                  + (f" (run status: {f.run_status})" if f.run_status else ""))
     out = ["---", yaml.safe_dump(front_matter(f), sort_keys=False, allow_unicode=True).strip(), "---", "",
            f"# {title}", "",
            f"Fine-tuned from {base} with {algo}, exported by GRPO-Guard Studio as {what}.", "",
@@ -155,7 +171,7 @@ def render(f: CardFacts) -> str:
            f"- Adapter: {adapter}.",
            f"- Training prompts: `{c.prompts}`; evaluation prompts: `{c.eval_prompts}` × seeds "
            f"{', '.join(str(s) for s in c.eval_seeds)}.",
-           f"- Epochs: {c.epochs}, {c.prompts_per_epoch * c.group_size} images per epoch "
+           f"- {epochs}, {c.prompts_per_epoch * c.group_size} images per epoch "
            f"({c.prompts_per_epoch} prompts × group {c.group_size}), at {c.resolution} px.",
            f"- Gold evaluators (never optimised): {', '.join(c.gold) or 'none'}.", "",
            _rewards(c), "",
@@ -168,11 +184,14 @@ def render(f: CardFacts) -> str:
            f"- Over-optimisation alarm: {alarm}.", ""]
     if f.components:
         out += ["- Components: " + ", ".join(f"{k} ({v})" for k, v in sorted(f.components.items()))
-                + ". Linked ones are symlinks to the base model's folders.", ""]
+                + (". Linked ones were symlinks to the base model's folders where this was exported (a zip "
+                   "download or a hub upload carries their files)." if "linked" in f.components.values() else "."),
+                ""]
     if f.grid:
         out += [f"![eval samples at step {f.step}]({f.grid})", "", f.grid_caption, ""]
     else:
-        out += [f"No eval samples are stored for step {f.step} (evaluation ran every {c.eval_every} epochs).", ""]
+        out += [f"No eval samples are stored for step {f.step} (evaluation ran every {c.eval_every} epochs)."
+                if f.history else "No eval samples came with the checkpoint file.", ""]
     out += ["## Use it with diffusers", "",
             "These lines give the same image as `grpo-guard sample --checkpoint` for this checkpoint "
             f"(prompt {f.prompt!r}, seed {f.seed}: deterministic Euler sampling as in evaluation):", "",

@@ -19,7 +19,8 @@ from grpo_guard.store.cli import data_dir_option
 @click.option("--format", "fmt", type=click.Choice(["lora", "pipeline"]), default=None,
               help="lora: pytorch_lora_weights.safetensors for the base model (default for LoRA runs); "
                    "pipeline: a complete save_pretrained directory (default for full fine-tuning).")
-@click.option("--out", "out", required=True, type=click.Path(), help="Directory to write (must not exist).")
+@click.option("--out", "out", required=True, type=click.Path(), metavar="DIR",
+              help="Directory to write (must not exist).")
 @click.option("--force", is_flag=True, help="Replace an existing --out (only once the new export is complete).")
 @click.option("--copy", "copy", is_flag=True,
               help="pipeline: copy the base's unchanged components into --out instead of linking them.")
@@ -43,6 +44,9 @@ def export_cmd(run_id: int | None, checkpoint: str | None, step: str, weights: s
 
     if (run_id is None) == (checkpoint is None):
         raise click.UsageError("give a RUN_ID or --checkpoint PATH (one of them).")
+    step_given = click.get_current_context().get_parameter_source("step") != click.core.ParameterSource.DEFAULT
+    if checkpoint and step_given:  # silently exporting another step than asked would be worse
+        raise click.UsageError("--step picks a checkpoint of RUN_ID; with --checkpoint PATH the file is the step.")
     if private and not repo_id:
         raise click.UsageError("--private goes with --push-to-hub REPO_ID.")
 

@@ -41,13 +41,38 @@ def check_out(out: str, force: bool) -> str:
     if os.path.exists(out) and not os.path.isdir(out):
         raise ExportError(f"{out} is a file, not a directory; choose another --out.")
     parent = os.path.dirname(out)
-    try:
-        os.makedirs(parent, exist_ok=True)
-    except OSError as e:
-        raise ExportError(f"cannot create {parent} ({e.strerror or type(e).__name__}); choose another --out.") from None
-    if not os.access(parent, os.W_OK):
-        raise ExportError(f"{parent} is not writable; choose another --out.")
+    existing = parent
+    while not os.path.isdir(existing):  # created only when the export starts (and removed if it fails)
+        if os.path.lexists(existing):
+            raise ExportError(f"{existing} is not a directory; choose another --out.")
+        existing = os.path.dirname(existing)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ExportError(f"{existing} is not writable; choose another --out.")
     return out
+
+
+def _make_parent(out: str) -> list[str]:
+    """Create ``out``'s missing parent directories; returns them, deepest first (what a failed
+    export removes again, so that it leaves nothing behind)."""
+    made, d = [], os.path.dirname(out)
+    while not os.path.isdir(d):
+        made.append(d)
+        d = os.path.dirname(d)
+    try:
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+    except OSError as e:
+        _remove_empty(made)
+        raise ExportError(f"cannot create {os.path.dirname(out)} ({e.strerror or type(e).__name__}); "
+                          "choose another --out.") from None
+    return made
+
+
+def _remove_empty(dirs: list[str]) -> None:
+    for d in dirs:
+        try:
+            os.rmdir(d)
+        except OSError:
+            return
 
 
 def grid_png(samples: list[tuple[str, int, str]], path: str, limit: int = GRID_MAX) -> tuple[int, str]:
@@ -104,6 +129,9 @@ def export(chosen: Chosen, out: str, *, fmt: str | None = None, weights: str = "
     if fmt == "lora" and not config.lora_rank:
         raise ExportError("this run fine-tuned the whole transformer (lora_rank 0), so it has no LoRA to export; "
                           "use --format pipeline.")
+    if copy and fmt == "lora":
+        raise ExportError("--copy copies the base model's components into a pipeline export, and a LoRA export "
+                          "holds none; drop --copy or use --format pipeline.")
     from grpo_guard.export.build import base_pipeline_dir
 
     try:
@@ -111,7 +139,13 @@ def export(chosen: Chosen, out: str, *, fmt: str | None = None, weights: str = "
     except ModelNotFoundError as e:
         raise ExportError(str(e).rstrip(".") + ".") from None
 
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-", dir=os.path.dirname(out))
+    made = _make_parent(out)
+    try:
+        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-", dir=os.path.dirname(out))
+    except OSError as e:
+        _remove_empty(made)
+        raise ExportError(f"cannot write into {os.path.dirname(out)} ({e.strerror or type(e).__name__}); "
+                          "choose another --out.") from None
     try:
         result = _build(chosen, ckpt, tmp, out, fmt=fmt, weights=which, copy=copy, device=device,
                         load_from=load_from or out, say=say)
@@ -120,6 +154,7 @@ def export(chosen: Chosen, out: str, *, fmt: str | None = None, weights: str = "
         _replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        _remove_empty(made)
         raise
     say("done")
     return result
@@ -162,7 +197,8 @@ def _build(chosen: Chosen, ckpt, tmp: str, out: str, *, fmt: str, weights: str, 
         eval_at_base=dict(chosen.eval_at_base), alarm_onset=chosen.alarm_onset, prompt=str(prompt), seed=int(seed),
         max_sequence_length=int(bb.max_sequence_length), scheduler_overrides=build.scheduler_overrides(model),
         latent_shape=tuple(bb.latent_shape(ckpt.config.resolution)), license=_license(ckpt.config, base),
-        grid=grid, grid_caption=caption, components=components)
+        grid=grid, grid_caption=caption, components=components, trained_epochs=chosen.trained_epochs,
+        run_status=chosen.run_status, history=chosen.history, has_ema=ckpt.ema is not None)
     with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as fh:
         fh.write(render(facts))
     files = sorted(os.listdir(tmp))

@@ -34,6 +34,9 @@ class Chosen:
     eval_at_base: dict[str, float] = field(default_factory=dict)
     alarm_onset: int | None = None
     samples: list[tuple[str, int, str]] = field(default_factory=list)  # (prompt, seed, image path)
+    trained_epochs: int | None = None  # the run's progress in the store
+    run_status: str = ""
+    history: bool = True  # False: a lone checkpoint file, no run's eval series, alarm or samples known
 
 
 def parse_step(step: str) -> str | int:
@@ -73,8 +76,7 @@ def from_store(run_id: int, step: str | int = "best") -> Chosen:
     if step == "best":
         row = queries.best_checkpoint(run.id)
         if row is None:
-            raise ExportError(f"run {run.id} has no best-gold checkpoint on disk (it was pruned or the run "
-                              "evaluated no gold); export --step last or an epoch number.")
+            raise ExportError(_no_best(run.id, rows, run.config or {}))
         reason = "best gold"
     elif step == "last":
         on_disk = [c for c in rows if c.on_disk]
@@ -100,7 +102,7 @@ def from_store(run_id: int, step: str | int = "best") -> Chosen:
         return next((_finite(v) for st, v in zip(steps, values, strict=True) if st == s), None)
 
     chosen = Chosen(path=path, step=row.step, reason=reason, run_id=run.id, run_name=run.name,
-                    run_config=run.config or None)
+                    run_config=run.config or None, trained_epochs=int(run.step), run_status=run.status)
     for key in (M.EVAL_PROXY, M.EVAL_GOLD):
         if (v := at(key, row.step)) is not None:
             chosen.eval_at_step[key] = v
@@ -114,6 +116,26 @@ def from_store(run_id: int, step: str | int = "best") -> Chosen:
         except ValueError:
             continue
     return chosen
+
+
+def _no_best(run_id: int, rows: list[Any], config: dict[str, Any]) -> str:
+    """Why run ``run_id`` has no best-gold checkpoint to export, in one sentence: a short run
+    whose gold never beat the base model's (step 0, which has no checkpoint) must not read as
+    a pruned or gold-less one."""
+    fix = "export --step last or an epoch number"
+    if not any(c.on_disk for c in rows):
+        return f"every checkpoint of run {run_id} was deleted from disk; nothing can be exported."
+    best = rows[-1].meta.get("best_step")
+    if not isinstance(best, int) or best < 0:
+        return f"run {run_id} has recorded no gold score, so it has no best-gold checkpoint; {fix}."
+    if best == 0:
+        return (f"the best gold score of run {run_id} is the base model's own (step 0, before any training), "
+                f"which has no checkpoint; {fix}.")
+    if any(c.step == best for c in rows):
+        return f"the best-gold checkpoint of run {run_id} (step {best}) was deleted from disk; {fix}."
+    every = config.get("checkpoint_every", "?")
+    return (f"the best gold score of run {run_id} is at step {best}, where no checkpoint was saved "
+            f"(checkpoint_every {every}); {fix}.")
 
 
 def from_checkpoint(path: str) -> Chosen:
@@ -133,6 +155,11 @@ def from_checkpoint(path: str) -> Chosen:
         side = {}
     meta = side.get("meta") or {}
     step = int(side.get("step", -1))
+    in_store = _from_store_path(path, step)
+    if in_store is not None:  # a checkpoint of a stored run (`grpo-guard runs best` prints such paths)
+        if meta.get("best"):
+            in_store.reason = "best gold"
+        return in_store
     chosen = Chosen(path=os.path.abspath(path), step=step, reason="chosen")
     if meta.get("best"):
         chosen.reason = "best gold"
@@ -141,7 +168,8 @@ def from_checkpoint(path: str) -> Chosen:
             chosen.eval_at_step[key] = v
     run_dir = os.path.dirname(os.path.dirname(os.path.abspath(path)))
     scalars = os.path.join(run_dir, "scalars.jsonl")
-    if os.path.isfile(scalars):
+    chosen.history = os.path.isfile(scalars)
+    if chosen.history:
         from grpo_guard.training.recording import read_jsonl
 
         for row in read_jsonl(scalars):
@@ -157,3 +185,21 @@ def from_checkpoint(path: str) -> Chosen:
             if row.get("step") == step and row.get("image"):
                 chosen.samples.append((row["prompt"], int(row["seed"]), os.path.join(run_dir, row["image"])))
     return chosen
+
+
+def _from_store_path(path: str, step: int) -> Chosen | None:
+    """What the store knows about ``path`` when it is a checkpoint file of one of its runs
+    (``<artifacts>/runs/<id>/checkpoints/``); None when it is not, or no store can be read (the
+    file alone is then exported, with what its sidecar says)."""
+    from grpo_guard.store import db
+
+    if step < 0 or db.missing_store():
+        return None
+    rel = os.path.relpath(os.path.realpath(path), os.path.realpath(db.artifacts_root())).split(os.sep)
+    if len(rel) != 4 or rel[0] != "runs" or not rel[1].isdigit() or rel[2] != "checkpoints":
+        return None
+    try:
+        chosen = from_store(int(rel[1]), step)
+    except Exception:  # noqa: BLE001 - unknown run, unreachable database: the file still exports
+        return None
+    return chosen if os.path.realpath(chosen.path) == os.path.realpath(path) else None

@@ -48,3 +48,29 @@ def test_render_holds_one_runnable_block_and_the_config():
     compile(code, "card", "exec")
     assert "| base model (step 0) | n/a | n/a |" in text and "| this export (step 30) | 0.5000 | n/a |" in text
     assert f.config.to_yaml().rstrip("\n") in text
+
+
+def test_card_says_when_the_ema_weights_are_still_the_base_models():
+    """ema_every larger than an epoch's optimizer steps: an early export's EMA weights are the
+    base model's, and a card calling them the trained model would not tell the truth."""
+    cfg = RunConfig.from_dict({"backbone": "toy", "lora_rank": 4, "ema_every": 8, "epochs": 10})
+    first = cfg.first_ema_epoch()
+    assert first is not None and first > 1
+    facts = CardFacts(config=cfg, step=first - 1, step_reason="chosen", weights="ema", format="lora",
+                      load_from="/o", base_model="/b")
+    text = render(facts)
+    assert "the EMA weights (what evaluation sampled), which at this step are still the base model's" in text
+    assert f"so it first moves after epoch {first} (export --weights raw for the trained weights)" in text
+    for step, weights in ((first, "ema"), (first - 1, "raw")):
+        facts.step, facts.weights = step, weights
+        assert "still the base model's" not in render(facts)
+
+
+def test_raw_weights_say_whether_an_ema_was_there():
+    """The card's reason for raw weights follows the checkpoint, not only the config's ``ema``."""
+    cfg = RunConfig.from_dict({"backbone": "toy", "lora_rank": 4, "ema": True})
+    facts = CardFacts(config=cfg, step=3, step_reason="chosen", weights="raw", format="lora", load_from="/o",
+                      base_model="/b", has_ema=False)
+    assert "the raw weights (the checkpoint keeps no EMA)" in render(facts)
+    facts.has_ema = True
+    assert "the raw weights (the run kept an EMA; raw was asked for)" in render(facts)

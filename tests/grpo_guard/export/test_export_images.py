@@ -45,11 +45,11 @@ print("fresh-ok")
 """
 
 
-def _sample(ckpt: str, prompt: str, seed: int, out: str) -> np.ndarray:
+def _sample(ckpt: str, prompt: str, seed: int, out: str, weights: str = "auto") -> np.ndarray:
     from grpo_guard.cli import main
 
     res = CliRunner().invoke(main, ["sample", "--checkpoint", ckpt, "--prompt", prompt, "--seed", str(seed),
-                                    "--out", out])
+                                    "--weights", weights, "--out", out])
     assert res.exit_code == 0, res.output
     return np.asarray(Image.open(out).convert("RGB"), dtype=np.int16)
 
@@ -77,6 +77,9 @@ def test_diffusers_images_equal_grpo_guard_sample(tmp_path):
             key = (ckpt, prompt, seed)
             if key not in expected:
                 expected[key] = _sample(ckpt, eval(prompt), seed, str(tmp_path / f"{kind}{rank}.png"))
+                # the weights show in the pixels: otherwise equal images would prove nothing
+                raw = _sample(ckpt, eval(prompt), seed, str(tmp_path / f"{kind}{rank}-raw.png"), "raw")
+                assert np.abs(raw - expected[key]).max() >= 5, f"{kind} rank {rank}: EMA and raw images nearly equal"
             cases[-1]["key"] = key
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")

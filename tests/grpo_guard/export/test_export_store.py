@@ -93,7 +93,11 @@ def test_card_fields_equal_the_store(lora_run, tmp_path):
     assert "| base model (step 0) | 0.1000 | 0.5000 |" in text
     assert "| this export (step 5) | 0.3000 | 0.6250 |" in text
     assert "fired at epoch 10" in text and "this step is before it" in text
-    assert f"{stored.prompts_per_epoch * stored.group_size} images per epoch" in text
+    assert (f"- Epochs: {run.step} trained of the {stored.epochs} planned (run status: {run.status}), "
+            f"{stored.prompts_per_epoch * stored.group_size} images per epoch") in text and run.step == 10
+    assert f"Training prompts: `{stored.prompts}`; evaluation prompts: `{stored.eval_prompts}`" in text
+    assert f"Algorithm: GRPO-Guard (Flow-GRPO with RatioNorm and gradient reweighting); dynamics `{stored.dynamics}`" in text
+    assert f"LoRA rank {stored.lora_rank}, alpha {stored.lora_alpha:g}, targets {', '.join(stored.lora_targets)}" in text
     assert all(f"| {name} | {w:g} |" in text for name, w in stored.rewards.items())
     with Image.open(out / "eval_samples.png") as grid:
         assert grid.size == (64, 32)  # the two eval images of step 5 side by side
@@ -232,3 +236,114 @@ def test_push_to_hub_uploads_linked_components_as_files(tmp_path, monkeypatch):
     _FakeApi.calls = []
     push_to_hub(str(tmp_path / "out"), "me/pipe")
     assert _FakeApi.calls[-1] == ("create_commit", ["transformer/w.safetensors", "vae/config.json"], "me/pipe", "model")
+
+
+def _run_with_checkpoints(config: RunConfig, ckpts: dict[int, dict], gone: tuple[int, ...] = (),
+                          progress: tuple[int, int] | None = None) -> int:
+    """A run whose checkpoints (placeholder files) record ``ckpts`` {step: meta}; ``gone`` are
+    deleted from disk afterwards."""
+    from grpo_guard.store import queries
+    from grpo_guard.store.recorder import StoreRecorder
+
+    run_id = queries.create_run(config, name="no-best")
+    rec = StoreRecorder(run_id, background=False)
+    d = rec.checkpoint_dir()
+    for step, meta in ckpts.items():
+        path = os.path.join(d, f"ckpt_{step:06d}.pt")
+        with open(path, "wb") as fh:
+            fh.write(b"placeholder")
+        rec.log_checkpoint(step, path, meta)
+    for step in gone:
+        os.remove(os.path.join(d, f"ckpt_{step:06d}.pt"))
+    if progress:
+        rec.set_progress(*progress)
+    rec.close()
+    return run_id
+
+
+def test_no_best_checkpoint_says_why(tmp_path):
+    """A short run whose gold never beat the base model (best_step 0: no checkpoint exists there)
+    must not be told its best checkpoint "was pruned"; each cause has its own sentence."""
+    from grpo_guard.export.facts import ExportError, from_store
+
+    config = make_config("toy", 4, "", checkpoint_every=2)
+    cases = [({1: {"best_step": 0}, 2: {"best_step": 0}}, (), "is the base model's own (step 0, before any training)"),
+             ({2: {"best_step": -1}}, (), "has recorded no gold score"),
+             ({2: {"best_step": 3}, 4: {"best_step": 3}}, (), "is at step 3, where no checkpoint was saved "
+                                                              "(checkpoint_every 2)"),
+             ({2: {"best_step": 2}, 4: {"best_step": 2}}, (2,), "(step 2) was deleted from disk")]
+    with backend_env("sqlite", tmp_path):
+        for ckpts, gone, text in cases:
+            run_id = _run_with_checkpoints(config, ckpts, gone)
+            with pytest.raises(ExportError) as err:
+                from_store(run_id, "best")
+            msg = str(err.value)
+            assert text in msg and "export --step last or an epoch number." in msg, msg
+            assert msg.count(". ") == 0, msg
+            assert from_store(run_id, "last").step == max(set(ckpts) - set(gone))
+
+
+def test_card_says_how_far_a_stopped_run_got(tmp_path):
+    """The card's epochs are the store's: a run stopped early is not described by its plan."""
+    from grpo_guard.export.card import CardFacts, render
+    from grpo_guard.export.facts import from_store
+    from grpo_guard.store import queries
+
+    config = make_config("toy", 4, "", epochs=40)
+    with backend_env("sqlite", tmp_path):
+        run_id = _run_with_checkpoints(config, {2: {"best_step": 2}}, progress=(2, 40))
+        chosen = from_store(run_id, "last")
+        run = queries.get_run(run_id)
+    assert (chosen.trained_epochs, chosen.run_status) == (2, run.status) and run.step == 2
+    facts = CardFacts(config=config, step=2, step_reason="last", weights="raw", format="lora", load_from="/o",
+                      base_model="/b", trained_epochs=2, run_status="cancelled")
+    per_epoch = f"{config.prompts_per_epoch * config.group_size} images per epoch"
+    assert f"- Epochs: 2 trained of the 40 planned (run status: cancelled), {per_epoch}" in render(facts)
+    facts.trained_epochs = 40
+    assert f"- Epochs: 40, {per_epoch}" in render(facts)
+
+
+def test_checkpoint_path_of_a_stored_run_gets_the_stores_facts(lora_run, tmp_path):
+    """`grpo-guard runs best` prints a path; exporting it with --checkpoint PATH must tell the same
+    truth as the run id (step 0, the alarm, the samples), not what a lone file would."""
+    from grpo_guard.store import queries
+
+    ckpt = queries.artifact_path(queries.best_checkpoint(lora_run["run_id"]).location)
+    out = tmp_path / "by-path"
+    res = _cli("--checkpoint", ckpt, "--out", str(out))
+    assert res.exit_code == 0, res.output
+    text = (out / "README.md").read_text()
+    assert f"(run #{lora_run['run_id']})" in text and "| base model (step 0) | 0.1000 | 0.5000 |" in text
+    assert "fired at epoch 10" in text and (out / "eval_samples.png").is_file()
+
+
+def test_checkpoint_of_a_train_folder_and_a_lone_file(tmp_path):
+    """--checkpoint PATH: a `grpo-guard train --out` folder gives step 0, the alarm and the
+    samples from its JSONL files; a lone file says the alarm is unknown instead of "did not fire"."""
+    import json
+
+    from grpo_guard.export.card import CardFacts, render
+    from grpo_guard.export.facts import from_checkpoint
+    from tests.grpo_guard.export.helpers import _png
+
+    config = make_config("toy", 4, "")
+    run = tmp_path / "trainrun"
+    ckpt = make_checkpoint(config, str(run / "checkpoints"), step=5)
+    lone = from_checkpoint(ckpt)
+    assert not lone.history and lone.alarm_onset is None and lone.eval_at_base == {} and lone.samples == []
+    text = render(CardFacts(config=config, step=5, step_reason=lone.reason, weights="ema", format="lora",
+                            load_from="/o", base_model="/b", history=lone.history))
+    assert "Over-optimisation alarm: unknown (only the checkpoint file" in text and "did not fire" not in text
+    assert "No eval samples came with the checkpoint file." in text
+    (run / "samples").mkdir()
+    (run / "samples" / "a.png").write_bytes(_png(0))
+    rows = [{"step": 0, M.EVAL_PROXY: 0.1, M.EVAL_GOLD: 0.5}, {"step": 5, M.EVAL_PROXY: 0.3, M.EVAL_GOLD: 0.6},
+            {"step": 7, M.ALARM_ONSET: 7.0}]
+    (run / "scalars.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (run / "samples.jsonl").write_text(json.dumps({"step": 5, "prompt": "a red circle", "seed": 1,
+                                                   "image": "samples/a.png"}) + "\n")
+    got = from_checkpoint(ckpt)
+    assert got.history and got.step == 5 and got.alarm_onset == 7
+    assert got.eval_at_base == {M.EVAL_PROXY: 0.1, M.EVAL_GOLD: 0.5}
+    assert got.eval_at_step == {M.EVAL_PROXY: 0.3, M.EVAL_GOLD: 0.6}
+    assert got.samples == [("a red circle", 1, str(run / "samples" / "a.png"))]

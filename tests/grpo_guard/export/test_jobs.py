@@ -137,4 +137,41 @@ def test_panel_callbacks(store, monkeypatch):
     table, files, sig = run_export.refresh(run_id, None)
     assert "done" in table and "pipeline" in table and "raw" in table
     assert files == [jobs.list_exports(run_id)[0].zip_path]
-    assert run_export.refresh(run_id, sig)[2] == sig  # unchanged: nothing resent
+    import gradio as gr
+
+    assert run_export.refresh(run_id, sig) == (gr.skip(), gr.skip(), sig)  # unchanged: nothing resent
+    # another export's progress redraws the table but does not resend the zips (Gradio would
+    # reread every one of them, tens of GB for a large pipeline, at each progress line)
+    hold = threading.Event()
+    monkeypatch.setattr(jobs, "start_export", lambda *a, **k: real(
+        *a, popen=lambda cmd, **kw: FakeProc(cmd, ["export: loading the base model"], 0, hold), **k))
+    assert "in the background" in run_export.start(str(run_id), "lora", "ema", "best")
+    assert _wait(lambda: jobs.list_exports(run_id)[0].progress == "loading the base model")
+    table, files, sig2 = run_export.refresh(run_id, sig)
+    assert "loading the base model" in table and files == gr.skip() and sig2 != sig
+    hold.set()
+    assert _wait(lambda: jobs.list_exports(run_id)[0].status == "done")
+    table, files, _ = run_export.refresh(run_id, sig2)
+    assert files == [j.zip_path for j in jobs.list_exports(run_id)] and len(files) == 2
+
+
+def test_the_zip_download_needs_the_login(store, monkeypatch):
+    """The finished zip is served like every artifact: behind the app's login, and only there."""
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from grpo_guard.export import jobs
+
+    run_id = fill_run(str(store), make_config("toy", 4, ""), real=False)
+    release = threading.Event()
+    release.set()
+    jobs.start_export(run_id, popen=lambda cmd, **kw: FakeProc(cmd, [], 0, release))
+    assert _wait(lambda: jobs.list_exports(run_id)[0].status == "done")
+    zip_path = jobs.list_exports(run_id)[0].zip_path
+    monkeypatch.setenv("GG_AUTH", "ann:pw")
+    with TestClient(create_app(host="0.0.0.0", port=7998)) as c:
+        assert c.get(f"/gradio_api/file={zip_path}").status_code == 401
+        assert c.post("/login", data={"username": "ann", "password": "pw"}).status_code == 200
+        r = c.get(f"/gradio_api/file={zip_path}")
+        with open(zip_path, "rb") as fh:
+            assert r.status_code == 200 and r.content == fh.read()
