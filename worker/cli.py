@@ -423,12 +423,14 @@ def runs_clone(run_id: int, overrides: Sequence[str], epochs: int | None, wait: 
 @_store_errors
 def runs_best(run_id: int) -> None:
     """Print the path of the run's best-gold checkpoint."""
+    from grpo_guard.export.facts import no_best_reason
     from grpo_guard.store import queries
 
-    queries.get_run_summary(run_id)
+    run = queries.get_run(run_id)
     best = queries.best_checkpoint(run_id)
     if best is None:
-        raise click.ClickException(f"run {run_id} has no best-gold checkpoint on disk")
+        raise click.ClickException(no_best_reason(run_id, queries.checkpoints(run_id), run.config or {},
+                                                  fix=f"`grpo-guard runs show {run_id}` lists its checkpoints"))
     click.echo(queries.artifact_path(best.location))
 
 

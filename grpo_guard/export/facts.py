@@ -76,7 +76,7 @@ def from_store(run_id: int, step: str | int = "best") -> Chosen:
     if step == "best":
         row = queries.best_checkpoint(run.id)
         if row is None:
-            raise ExportError(_no_best(run.id, rows, run.config or {}))
+            raise ExportError(no_best_reason(run.id, rows, run.config or {}))
         reason = "best gold"
     elif step == "last":
         on_disk = [c for c in rows if c.on_disk]
@@ -118,11 +118,13 @@ def from_store(run_id: int, step: str | int = "best") -> Chosen:
     return chosen
 
 
-def _no_best(run_id: int, rows: list[Any], config: dict[str, Any]) -> str:
-    """Why run ``run_id`` has no best-gold checkpoint to export, in one sentence: a short run
-    whose gold never beat the base model's (step 0, which has no checkpoint) must not read as
-    a pruned or gold-less one."""
-    fix = "export --step last or an epoch number"
+def no_best_reason(run_id: int, rows: list[Any], config: dict[str, Any],
+                   fix: str = "export --step last or an epoch number") -> str:
+    """Why run ``run_id`` (its checkpoint ``rows``) has no best-gold checkpoint, in one sentence
+    ending with ``fix``: a short run whose gold never beat the base model's (step 0, which has no
+    checkpoint) must not read as a pruned or gold-less one. Imports no torch."""
+    if not rows:
+        return f"run {run_id} has no checkpoint yet; {fix}."
     if not any(c.on_disk for c in rows):
         return f"every checkpoint of run {run_id} was deleted from disk; nothing can be exported."
     best = rows[-1].meta.get("best_step")

@@ -111,7 +111,7 @@ def test_runs_best_prints_the_best_gold_checkpoint_path(store):
 
     rid = queries.create_run(RunConfig.from_dict({}))
     r = CliRunner().invoke(main, ["runs", "best", str(rid)])
-    assert r.exit_code == 1 and "no best-gold checkpoint" in r.stderr
+    assert r.exit_code == 1 and f"run {rid} has no checkpoint yet" in r.stderr
     rec = StoreRecorder(rid)
     for step, meta in ((3, {"best_step": 3}), (6, {"best_step": 3})):
         loc = f"{checkpoint_location(rid)}/ckpt_{step:06d}.pt"
@@ -120,6 +120,14 @@ def test_runs_best_prints_the_best_gold_checkpoint_path(store):
     rec.close()
     r = CliRunner().invoke(main, ["runs", "best", str(rid)])
     assert r.exit_code == 0 and r.stdout.strip().endswith("ckpt_000003.pt")
+    other = queries.create_run(RunConfig.from_dict({}))
+    rec = StoreRecorder(other)  # a short run whose gold never beat the base model's
+    loc = f"{checkpoint_location(other)}/ckpt_000002.pt"
+    put_bytes(loc, b"w")
+    rec.log_checkpoint(2, queries.artifact_path(loc), {"best_step": 0})
+    rec.close()
+    r = CliRunner().invoke(main, ["runs", "best", str(other)])
+    assert r.exit_code == 1 and "is the base model's own (step 0" in r.stderr, r.stderr
     assert "no run with id 99999" in CliRunner().invoke(main, ["runs", "best", "99999"]).stderr
 
 
