@@ -68,6 +68,20 @@ def embedded_plan(cores: int | None = None, *, workers: int | None = None, gpu: 
     return [max(1, base + (1 if i < extra else 0)) for i in range(n)]
 
 
+def embedded_thread_env(share: int, cores: int | None = None, env: dict[str, str] | None = None) -> dict[str, str]:
+    """The thread variables of one embedded worker whose share of the cores is ``share``. Where
+    the thread governor can act (grpo_guard/training/threads.py: CPU tuning on, no thread count
+    the user fixed), every core is the worker's ceiling and the governor shares them: a run alone
+    uses them all, two runs settle on their shares; otherwise the share is fixed."""
+    from grpo_guard.training import cpu  # torch-free
+
+    env = dict(os.environ if env is None else env)
+    if share >= 1 and cpu.governor_allowed(env):
+        ceiling = str(max(share, cores or cpu.owned_cores()))
+        return {**dict.fromkeys(THREAD_VARS, ceiling), cpu.THREADS_FROM_QUOTA: ceiling}
+    return dict.fromkeys(THREAD_VARS, str(share))
+
+
 def _start_embedded_workers(threads: list[int], log_file: Any = None) -> list[subprocess.Popen]:
     """One worker process per entry of ``threads`` on the default device, sharing this
     process's environment (data dir, database, the embedded filesystem broker); each one's
@@ -79,7 +93,7 @@ def _start_embedded_workers(threads: list[int], log_file: Any = None) -> list[su
     out = {} if log_file is None else {"stdout": log_file, "stderr": subprocess.STDOUT}
     procs = []
     for i, n in enumerate(threads):
-        env = {**os.environ, **dict.fromkeys(THREAD_VARS, str(n)), "GG_WORKER_PRELOAD": "1"}
+        env = {**os.environ, **embedded_thread_env(n, sum(threads)), "GG_WORKER_PRELOAD": "1"}
         procs.append(spawn_worker(None, loglevel="warning", name=f"embedded{i + 1}@%h", env=env,
                                   **supervised_popen(), **out))
     return procs
@@ -169,7 +183,10 @@ def serve_cmd(host: str, port: int, with_worker: bool | None, n_workers: int | N
                 log_file = open(os.path.join(log_dir, "workers.log"), "ab")  # noqa: SIM115 (closed below)
             waiting = _interrupted_summary()
             procs = _start_embedded_workers(threads, log_file)
-            click.echo(f"{len(procs)} embedded worker(s), torch threads {'+'.join(map(str, threads))} "
+            ceiling = embedded_thread_env(threads[0], sum(threads))["OMP_NUM_THREADS"]
+            share = (f"torch threads {'+'.join(map(str, threads))}" if ceiling == str(threads[0])
+                     else f"up to {ceiling} torch threads each (the thread governor shares the cores)")
+            click.echo(f"{len(procs)} embedded worker(s), {share} "
                        f"(stop with Ctrl-C; --no-worker to skip)"
                        + (f"; their log: {log_file.name}" if log_file else ""), err=True)
             if waiting:

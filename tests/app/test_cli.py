@@ -47,6 +47,21 @@ def test_embedded_workers_split_the_cores_between_the_arms_of_a_pair():
     assert embedded_plan(4, workers=4, gpu=False) == [1, 1, 1, 1]
 
 
+def test_where_the_governor_acts_each_embedded_worker_may_use_every_core():
+    """A run alone then trains on all the cores; the governor of each run gives cores back when
+    the other arm runs (benchmarks/trainer, condition pair). Where it cannot act, the split is fixed."""
+    from app.cli import embedded_thread_env
+    from grpo_guard.training import cpu
+
+    governed = embedded_thread_env(1, 2, {})
+    assert governed["OMP_NUM_THREADS"] == governed["MKL_NUM_THREADS"] == "2"
+    assert cpu.governor_allowed(governed), "a ceiling the governor works under, not a count the user fixed"
+    for off in ({"GG_THREAD_GOVERNOR": "0"}, {"GG_CPU_TUNING": "0"}, {"OMP_NUM_THREADS": "4"}):
+        fixed = embedded_thread_env(1, 2, off)
+        assert fixed == {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}, off
+        assert not cpu.governor_allowed({**off, **fixed})
+
+
 def test_library_noise_is_dropped_and_other_library_warnings_still_show(caplog, monkeypatch):
     # transformers' and diffusers' own logging stops propagation to the root logger (where caplog
     # listens) once either library has been imported in this process by an earlier test
