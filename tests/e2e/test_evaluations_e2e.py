@@ -7,47 +7,21 @@ and of the base model. The run trains and evaluates on the same prompts, so the 
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import sys
 
 import pytest
 
 from tests.e2e.test_ui_e2e import (
     ARTIFACTS,
-    ROOT,
-    _free_port,
     _wait_for,
-    _wait_health,
     chromium_page,
-    stop_group,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    if shutil.which("chromium") is None:
-        pytest.fail("Debian's chromium is not installed (apt-get install -y chromium; see scripts/install.sh)")
-    data = tmp_path_factory.mktemp("e2e-eval")
-    env = {**os.environ, "GG_DATA_DIR": str(data), "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONPATH": ROOT}
-    for k in ("GG_DATABASE_URL", "GG_ARTIFACTS", "GG_BROKER_URL", "GG_AUTH", "GG_AUTH_FILE"):
-        env.pop(k, None)
-    made = subprocess.run([sys.executable, "-m", "tests.e2e.eval_data"], env=env, cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
-    assert made.returncode == 0, made.stderr[-2000:]
-    port = _free_port()
-    log = open(data / "serve.log", "w")  # noqa: SIM115 (closed in teardown)
-    proc = subprocess.Popen([sys.executable, "-m", "grpo_guard.cli", "serve", "--port", str(port), "--no-worker"],
-                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_health(url, proc, timeout=180)
-        yield {"url": url, "run": int(made.stdout.strip().splitlines()[-1]), "data": str(data)}
-    finally:
-        stop_group(proc)
-        log.close()
+@pytest.fixture
+def server(eval_store_server):
+    return eval_store_server
 
 
 @pytest.fixture
