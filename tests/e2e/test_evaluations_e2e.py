@@ -35,6 +35,22 @@ def store_env(server, monkeypatch):
     db.dispose_engines()
 
 
+def _choose(page, elem_id: str, value: str) -> None:
+    """Type ``value`` into a Gradio dropdown and make sure it took: CI twice saw Enter pressed
+    before the filtered list had updated, which left the default (geneval) selected, so the
+    toy run was evaluated on GenEval (failed, or refused before anything loaded)."""
+    box = page.locator(f"#{elem_id} input").first
+    for _ in range(10):
+        box.click()
+        box.fill(value)
+        page.wait_for_timeout(300)  # the dropdown filters its list on input
+        box.press("Enter")
+        box.press("Tab")  # blur: a value the dropdown did not take reverts here
+        if box.input_value() == value:
+            return
+    raise AssertionError(f"the dropdown #{elem_id} did not take {value!r} (shows {box.input_value()!r})")
+
+
 def test_click_evaluate_then_the_table_equals_the_store(server, store_env):
     from grpo_guard.evaluation.runner import execute_queued
     from grpo_guard.store import evaluations as ev
@@ -46,16 +62,13 @@ def test_click_evaluate_then_the_table_equals_the_store(server, store_env):
         assert "eval prompts are also training prompts" in page.locator("#run-prompt-overlap").inner_text()
         page.locator("#tab-checkpoints-button, button[role=tab]:has-text('Checkpoints')").first.click()
         page.locator("#run-evaluate").get_by_text("Evaluate…").first.click()
-        bench = page.locator("#run-eval-benchmark input").first
-        bench.fill("toy")
-        bench.press("Enter")
-        step = page.locator("#run-eval-step input").first
-        step.fill("last")
-        step.press("Enter")
+        _choose(page, "run-eval-benchmark", "toy")
+        _choose(page, "run-eval-step", "last")
         page.locator("#run-eval-ipp textarea, #run-eval-ipp input").first.fill("1")
         page.locator("#run-eval-go").click()
         msg = page.locator("#run-eval-message")
         msg.wait_for()
+        assert msg.get_attribute("data-evaluation-id"), msg.inner_text()
         eid = int(msg.get_attribute("data-evaluation-id"))
         assert ev.get_evaluation(eid).status == "queued", "the request thread only queues the evaluation"
         outcome = execute_queued(eid)  # what the worker's task does
