@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -172,11 +172,37 @@ def evaluate_one(request: EvalRequest, *, device: str | None = None, reuse: bool
         hit = store.find_result(request.model.key, request.benchmark.name, store.protocol_hash(proto))
         if hit is not None:
             return EvalResult(hit.id, hit.metrics, hit.per_prompt, hit.images_location, reused=True)
-    if evaluation_id is None:
-        evaluation_id = store.create_evaluation(request.benchmark.name, request.model,
-                                                {**proto, "_request": request.to_json()}, status="running")
-    return run_stored(evaluation_id, request, device=device, scorers=scorers, progress=progress,
-                      keep_failed=keep_failed)
+    created = evaluation_id is None
+    try:
+        if created:
+            with _signals_held():  # a SIGTERM mid-insert would leave a row no one knows the id of
+                evaluation_id = store.create_evaluation(request.benchmark.name, request.model,
+                                                        {**proto, "_request": request.to_json()}, status="running")
+        return run_stored(evaluation_id, request, device=device, scorers=scorers, progress=progress,
+                          keep_failed=keep_failed)
+    except BaseException:
+        if created and evaluation_id is not None and not keep_failed:
+            # a signal before run_stored's own clean-up began (CI sent SIGTERM just then)
+            with contextlib.suppress(Exception):
+                store.delete_evaluation(evaluation_id)
+        raise
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM (main thread only) for a short block; they are delivered after it."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def evaluate(request: EvalRequest, *, device: str | None = None, evaluation_id: int | None = None,

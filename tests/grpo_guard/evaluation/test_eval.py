@@ -315,6 +315,38 @@ def test_preference_scores_the_five_and_the_configs_other_gold_evaluators(store,
     assert _metrics("preference", [row]) == [*five, "jpeg_incompressibility"]
 
 
+def test_a_sigterm_as_the_row_is_inserted_still_removes_it(store, toy_config, monkeypatch):
+    """CI sent SIGTERM just as a foreground evaluation's row appeared: the signal landed after the
+    insert and before the clean-up that deletes the row was in place, and the row stayed. The
+    insert now holds SIGINT/SIGTERM; here a real SIGTERM arrives inside it."""
+    import os
+    import signal
+
+    from grpo_guard.evaluation import runner
+    from grpo_guard.evaluation.request import build_request
+
+    request = build_request("toy", config_path=toy_config[0], prompts=toy_config[1], images_per_prompt=1).base()
+    real = ev.create_evaluation
+
+    def create_then_signalled(*args, **kwargs):
+        eid = real(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)  # held until the insert's caller has the id
+        return eid
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    monkeypatch.setattr(ev, "create_evaluation", create_then_signalled)
+    before = {r.id for r in ev.list_evaluations()}
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        with pytest.raises(SystemExit):
+            runner.evaluate_one(request, reuse=False, keep_failed=False)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert {r.id for r in ev.list_evaluations()} == before, "the row of the stopped evaluation is gone"
+
+
 def test_a_foreground_evaluation_stopped_by_sigterm_leaves_nothing_stored(tmp_path):
     """A timeout or a closed session sends SIGTERM: the row and images go, as on Ctrl-C."""
     import os
