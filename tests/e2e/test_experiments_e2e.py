@@ -14,14 +14,12 @@ import sys
 
 import pytest
 
+from tests.e2e.conftest import served, store_env
 from tests.e2e.test_ui_e2e import (
     ARTIFACTS,
     ROOT,
-    _free_port,
     _wait_for,
-    _wait_health,
     chromium_page,
-    stop_group,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -39,24 +37,13 @@ def server(tmp_path_factory):
     if shutil.which("chromium") is None:
         pytest.fail("Debian's chromium is not installed (apt-get install -y chromium; see scripts/install.sh)")
     data = tmp_path_factory.mktemp("e2e-exp")
-    env = {**os.environ, "GG_DATA_DIR": str(data), "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONPATH": ROOT}
-    for k in ("GG_DATABASE_URL", "GG_ARTIFACTS", "GG_BROKER_URL", "GG_AUTH", "GG_AUTH_FILE"):
-        env.pop(k, None)
+    env = store_env(data)
     made = subprocess.run([sys.executable, "-c", "from grpo_guard.store import db; db.upgrade(); "
                            "from tests.experiment_data import stored_experiment; print(stored_experiment())"],
                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert made.returncode == 0, made.stderr[-2000:]
-    port = _free_port()
-    log = open(data / "serve.log", "w")  # noqa: SIM115 (closed in teardown)
-    proc = subprocess.Popen([sys.executable, "-m", "grpo_guard.cli", "serve", "--port", str(port), "--no-worker"],
-                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_health(url, proc, timeout=180)
+    with served(data, env) as url:
         yield {"url": url, "env": env, "experiment": int(made.stdout.strip().splitlines()[-1]), "data": str(data)}
-    finally:
-        stop_group(proc)
-        log.close()
 
 
 @pytest.fixture(scope="module")

@@ -25,15 +25,14 @@ import sys
 
 import pytest
 
+from tests.e2e.conftest import served, store_env
 from tests.e2e.judge_data import RUN_NAMES
 from tests.e2e.test_ui_e2e import (
     ARTIFACTS,
     ROOT,
     _free_port,
     _wait_for,
-    _wait_health,
     chromium_page,
-    stop_group,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -54,9 +53,7 @@ def server(tmp_path_factory):
     if shutil.which("chromium") is None:
         pytest.fail("Debian's chromium is not installed (apt-get install -y chromium; see scripts/install.sh)")
     data = tmp_path_factory.mktemp("e2e-judge")
-    env = {**os.environ, "GG_DATA_DIR": str(data), "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONPATH": ROOT}
-    for k in ("GG_DATABASE_URL", "GG_ARTIFACTS", "GG_BROKER_URL", "GG_AUTH", "GG_AUTH_FILE", "GG_PUBLIC_URL"):
-        env.pop(k, None)
+    env = store_env(data, "GG_PUBLIC_URL")
     made = subprocess.run([sys.executable, "-m", "tests.e2e.judge_data"], env=env, cwd=ROOT, capture_output=True,
                           text=True, timeout=180)
     assert made.returncode == 0, made.stderr[-2000:]
@@ -68,16 +65,9 @@ def server(tmp_path_factory):
     assert new.returncode == 0, new.stderr[-2000:]
     link = new.stdout.strip().splitlines()[-1]
     assert re.fullmatch(re.escape(url) + r"/judge\?session=\d+", link), f"judge new prints the session URL: {link!r}"
-    log = open(data / "serve.log", "w")  # noqa: SIM115 (closed in teardown)
-    proc = subprocess.Popen([sys.executable, "-m", "grpo_guard.cli", "serve", "--port", str(port), "--no-worker"],
-                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        _wait_health(url, proc, timeout=180)
+    with served(data, env, port):
         yield {"url": url, "link": link, "session": int(link.rsplit("=", 1)[1]), "runs": runs, "data": str(data),
                "experiment": experiment}
-    finally:
-        stop_group(proc)
-        log.close()
 
 
 @pytest.fixture(scope="module")

@@ -50,13 +50,20 @@ def _wait(predicate, what: str, timeout: float, ws) -> None:
         time.sleep(0.1)
 
 
+def _gang_world(url: str, tmp_path, monkeypatch, *, stale_s: str) -> dict[str, str]:
+    """The workers' environment (2-node gangs on 127.0.0.1, the trainer double at 0.2 s an epoch),
+    set in this process too."""
+    env = world_env(url, str(tmp_path), "embedded", GG_WORKER_ADDRESS="127.0.0.1", GG_GANG_NODES="2",
+                    GG_GANG_TIMEOUT_S="60", GG_GANG_STALE_S=stale_s, GG_FAKE_STEP_SECONDS="0.2",
+                    OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    return env
+
+
 def test_a_gang_forms_beside_an_ordinary_run_and_a_lost_node_resumes_from_the_checkpoint(tmp_path, monkeypatch):
     with backend_env("sqlite", tmp_path) as url:
-        env = world_env(url, str(tmp_path), "embedded", GG_WORKER_ADDRESS="127.0.0.1",
-                        GG_GANG_NODES="2", GG_GANG_TIMEOUT_S="60", GG_GANG_STALE_S="3",
-                        GG_FAKE_STEP_SECONDS="0.2", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-        for k, v in env.items():
-            monkeypatch.setenv(k, v)
+        env = _gang_world(url, tmp_path, monkeypatch, stale_s="3")
         with workers(env, ["w1", "w2", "w3"], str(tmp_path)) as ws:
             ordinary = queries.create_run(RunConfig.from_dict({"epochs": 50, "num_steps": 2, "eval_seeds": [0]}))
             enqueue_run(ordinary)
@@ -105,11 +112,7 @@ def test_ctrl_c_on_a_node_other_than_0_stops_the_gang_at_a_checkpoint_and_loses_
     running while node 0 stops every rank at its next checkpoint, the run ends ``interrupted``
     there, and the next full gang resumes from exactly that step."""
     with backend_env("sqlite", tmp_path) as url:
-        env = world_env(url, str(tmp_path), "embedded", GG_WORKER_ADDRESS="127.0.0.1",
-                        GG_GANG_NODES="2", GG_GANG_TIMEOUT_S="60", GG_GANG_STALE_S="10",
-                        GG_FAKE_STEP_SECONDS="0.2", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-        for k, v in env.items():
-            monkeypatch.setenv(k, v)
+        env = _gang_world(url, tmp_path, monkeypatch, stale_s="10")
         with workers(env, ["w1", "w2", "w3"], str(tmp_path)) as ws:
             rid = queries.create_run(RunConfig.from_dict({
                 "epochs": EPOCHS, "num_steps": NUM_STEPS, "eval_every": EVAL_EVERY, "checkpoint_every": 100,
